@@ -7,6 +7,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 DEPS    := $(VENV)/.ddm-deps
 BUILT   := $(VENV)/.ddm-built
+WHEELS  ?= $(HOME)/.cache/ddm/wheels
 RUST_SRC := $(wildcard rust/src/*.rs) Cargo.toml
 export PYO3_PYTHON := $(abspath $(PY))
 
@@ -20,7 +21,11 @@ $(DEPS): pyproject.toml
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	print('\n'.join(['maturin>=1.5,<2'] + p['dependencies'] + p['optional-dependencies']['test']))" \
 	  > $(VENV)/requirements.txt
-	$(PIP) install --disable-pip-version-check -q -r $(VENV)/requirements.txt
+	# PyPI's torch (with its CUDA libraries) is several GB and the registry proxy sends it uncacheable,
+	# so wheels are kept in a local directory: later setups install from it with no network at all.
+	$(PIP) install -q --no-index --find-links $(WHEELS) -r $(VENV)/requirements.txt 2>/dev/null || \
+	  { $(PIP) download -q -d $(WHEELS) -r $(VENV)/requirements.txt && \
+	    $(PIP) install -q --no-index --find-links $(WHEELS) -r $(VENV)/requirements.txt; }
 	touch $@
 
 build: $(BUILT)
