@@ -1,0 +1,252 @@
+"""Training configuration: one flat dataclass, read from TOML, every field documented.
+
+A TOML file may list the fields at top level or group them in tables (`[optim]`, `[model]`, ...): tables
+are flattened one level, the table names are only for the reader. Unknown keys are an error. Defaults
+follow SEDD's configs (Lou, Meng, Ermon 2024) where they fit a laptop run; where a default differs the
+comment gives SEDD's value.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ddm.model.transformer import SIZES, ModelConfig
+
+__all__ = ["TrainConfig", "load_config", "make_graph", "make_schedule"]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `ddm train --config FILE.toml` reads it."""
+
+    # run
+    run_dir: str = _f("runs/default", "directory for checkpoints, the log and the plot")
+    seed: int = _f(0, "seeds the weights, the data order and the noise: same seed, same run")
+    device: str = _f("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    # data
+    data: str = _f("hamlet", "UTF-8 text file, a token file from ddm.data.build_token_file, or 'hamlet'")
+    tokenizer: str = _f("char", "'char' (vocabulary = characters of the corpus) or 'bytes' (UTF-8)")
+    val_fraction: float = _f(0.1, "held-out fraction: the contiguous tail of the corpus, never trained on")
+    # model
+    model: str = _f("tiny", f"model size, one of {sorted(SIZES)} (SEDD: small)")
+    seq_len: int = _f(128, "tokens per training sequence (SEDD: 1024 GPT-2 tokens)")
+    dropout: float = _f(0.1, "dropout in the transformer blocks (SEDD: 0.1)")
+    time_conditioning: bool = _f(True, "False: absorbing-only time-independent network (SPEC section 4)")
+    graph: str = _f("absorbing", "forward process: 'absorbing' or 'uniform'")
+    schedule: str = _f("loglinear", "noise schedule: 'loglinear' or 'geometric'")
+    schedule_eps: float = _f(1e-3, "log-linear schedule: sigma_bar(1) = ln(1 / eps) (SEDD: 1e-3)")
+    sigma_min: float = _f(1e-4, "geometric schedule: sigma_bar(0) (SEDD: 1e-4)")
+    sigma_max: float = _f(20.0, "geometric schedule: sigma_bar(1) (SEDD: 20)")
+    # optimisation
+    steps: int = _f(5000, "optimizer steps in total (SEDD: 1.3M at batch 512)")
+    batch_size: int = _f(32, "sequences per optimizer step (SEDD: 512)")
+    grad_accum: int = _f(1, "micro-batches per step; each holds batch_size / grad_accum sequences")
+    lr: float = _f(3e-4, "AdamW peak learning rate (SEDD: 3e-4)")
+    beta1: float = _f(0.9, "AdamW beta1 (SEDD: 0.9)")
+    beta2: float = _f(0.999, "AdamW beta2 (SEDD: 0.999)")
+    adam_eps: float = _f(1e-8, "AdamW epsilon (SEDD: 1e-8)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (SEDD: 0)")
+    warmup_steps: int = _f(500, "linear learning-rate warm-up steps, then constant (SEDD: 2500)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off) (SEDD: 1.0)")
+    ema_decay: float = _f(
+        0.999, "EMA decay, warmed up as min(decay, (1+n)/(10+n)) (SEDD: 0.9999, for runs of 1M steps)"
+    )
+    eps_t: float = _f(1e-3, "training times t ~ U[eps_t, 1] (SEDD: 1e-3)")
+    bf16: bool = _f(True, "bf16 autocast on CUDA (CPU always trains in float32)")
+    # logging, evaluation, checkpoints
+    log_every: int = _f(10, "steps between lines of the log (log.jsonl)")
+    eval_every: int = _f(500, "steps between held-out bound estimates (0: only at the end)")
+    eval_sequences: int = _f(32, "held-out blocks for the in-training bound (0: all of them)")
+    eval_num_t: int = _f(16, "stratified times per block for the in-training bound")
+    save_every: int = _f(1000, "steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
+    plot: bool = _f(True, "write curves.png (needs matplotlib)")
+    progress: bool = _f(True, "show a progress bar")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The comment of a field."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}[name]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Builds a config from a (possibly grouped) dict; unknown keys and wrong types are errors."""
+        flat: dict[str, Any] = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    if k in flat:
+                        raise ValueError(f"config key {k!r} is given twice")
+                    flat[k] = v
+            else:
+                if key in flat:
+                    raise ValueError(f"config key {key!r} is given twice")
+                flat[key] = value
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(flat) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}; known keys: {sorted(known)}")
+        values = {k: _coerce(k, v, type(known[k].default)) for k, v in flat.items()}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-able flat dict of the fields."""
+        return asdict(self)
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
+    def to_toml(self) -> str:
+        """The config as TOML, one commented line per field."""
+        lines = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool):
+                s = "true" if v else "false"
+            elif isinstance(v, str):
+                s = '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                s = repr(v)
+            lines.append(f"{f.name} = {s}  # {f.metadata['help']}")
+        return "\n".join(lines) + "\n"
+
+    def model_config(self) -> ModelConfig:
+        """The `ModelConfig` of this run."""
+        return ModelConfig.from_size(
+            self.model,
+            seq_len=self.seq_len,
+            dropout=self.dropout,
+            time_conditioning=self.time_conditioning,
+            bf16=self.bf16,
+        )
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field."""
+        positive_int = (
+            "seq_len",
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "save_every",
+            "keep_checkpoints",
+            "eval_num_t",
+        )
+        for name in positive_int:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "eval_sequences"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.model not in SIZES:
+            raise ValueError(f"model must be one of {sorted(SIZES)}, got {self.model!r}")
+        if self.graph not in ("absorbing", "uniform"):
+            raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
+        if self.schedule not in ("loglinear", "geometric"):
+            raise ValueError(f"schedule must be 'loglinear' or 'geometric', got {self.schedule!r}")
+        if self.tokenizer not in ("char", "bytes"):
+            raise ValueError(f"tokenizer must be 'char' or 'bytes', got {self.tokenizer!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("beta1", "beta2", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("adam_eps", "schedule_eps", "sigma_min", "sigma_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if not 0.0 <= self.eps_t < 1.0:
+            raise ValueError(f"eps_t must be in [0, 1), got {self.eps_t!r}")
+        if not self.schedule_eps < 1.0:
+            raise ValueError(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
+        if not self.time_conditioning and self.graph != "absorbing":
+            raise ValueError("time_conditioning = false needs graph = 'absorbing'")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"config key {name!r} must be of type {kind.__name__}, got {value!r}")
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Reads a TOML config file and applies overrides (None values are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        try:
+            d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    config = TrainConfig.from_dict(d)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return config.replace(**overrides) if overrides else config
+
+
+def make_graph(config: TrainConfig, vocab_size: int) -> Any:
+    """The graph of the run over `vocab_size` real tokens."""
+    from ddm import graphs
+
+    return graphs.Absorbing(vocab_size) if config.graph == "absorbing" else graphs.Uniform(vocab_size)
+
+
+def make_schedule(config: TrainConfig) -> Any:
+    """The noise schedule of the run."""
+    from ddm import schedules
+
+    if config.schedule == "loglinear":
+        return schedules.LogLinear(eps=config.schedule_eps)
+    return schedules.Geometric(sigma_min=config.sigma_min, sigma_max=config.sigma_max)

@@ -1,0 +1,8 @@
+"""The score network (DiT-style transformer), its embeddings and the EMA of its weights."""
+
+from __future__ import annotations
+
+from ddm.model.ema import EMA
+from ddm.model.transformer import SIZES, ModelConfig, ScoreModel, is_absorbing
+
+__all__ = ["EMA", "SIZES", "ModelConfig", "ScoreModel", "is_absorbing"]

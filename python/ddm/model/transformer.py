@@ -1,0 +1,246 @@
+"""The score network: a DiT-style transformer over token sequences (SEDD, Lou, Meng, Ermon 2024, C.1).
+
+Tokens are embedded, the total noise `sigma_bar` is embedded into a conditioning vector `c`, and each
+block applies adaLN-Zero modulation (shift, scale and a gate, all regressed from `c` by a zero-initialised
+linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary positions and an MLP. The
+output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
+graph the output is the SEDD "scale by sigma" parametrisation (SPEC section 4):
+
+    l = raw - log esigm1(sigma_bar) - log(dim - 1),   then l[x^i] := 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
+
+__all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
+
+# Named sizes. `tiny` trains in minutes on a laptop CPU; `small` and `medium` are SEDD's sizes.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden": 192, "heads": 4, "blocks": 3, "cond_dim": 64},
+    "small": {"hidden": 768, "heads": 12, "blocks": 12, "cond_dim": 128},
+    "medium": {"hidden": 1024, "heads": 16, "blocks": 24, "cond_dim": 128},
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a `ScoreModel`. Defaults are SEDD's `small` model."""
+
+    hidden: int = 768  # width of the residual stream
+    heads: int = 12  # attention heads; hidden / heads must be even (rotary pairs)
+    blocks: int = 12  # transformer blocks
+    cond_dim: int = 128  # width of the noise conditioning vector
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * hidden
+    dropout: float = 0.1  # dropout on the attention and MLP branches (SEDD: 0.1)
+    seq_len: int = 1024  # the longest sequence the model accepts (rotary table length)
+    time_conditioning: bool = True  # False: absorbing only, the network ignores sigma (SPEC section 4)
+    scale_by_sigma: bool = True  # absorbing "scale by sigma" output parametrisation
+    bf16: bool = True  # bf16 autocast on CUDA (CPU always runs float32)
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> ModelConfig:
+        """Config of a named size (`tiny`, `small`, `medium`) with fields overridden."""
+        if size not in SIZES:
+            raise ValueError(f"model size must be one of {sorted(SIZES)}, got {size!r}")
+        return cls(**{**SIZES[size], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the fields."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field."""
+        for name in ("hidden", "heads", "blocks", "cond_dim", "mlp_ratio", "seq_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError(
+                f"model.hidden / model.heads must be even for rotary, got {self.hidden // self.heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def is_absorbing(graph: Any) -> bool:
+    """True for an absorbing graph (it has a MASK state)."""
+    from ddm.graphs import Absorbing
+
+    return isinstance(graph, Absorbing)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift  # (B, L, hidden)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention."""
+
+    def __init__(self, hidden: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = nn.LayerNorm(hidden, bias=False)
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.attn_out = nn.Linear(hidden, hidden, bias=False)
+        self.norm2 = nn.LayerNorm(hidden, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp_ratio * hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * hidden, hidden),
+        )
+        # adaLN-Zero: shift/scale/gate for both branches, zero at init so each block starts as identity.
+        self.modulation = nn.Linear(cond_dim, 6 * hidden)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`h` `[B, L, hidden]`, `c` `[B, cond_dim]` -> `[B, L, hidden]`."""
+        B, L, D = h.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(
+            6, dim=-1
+        )  # (B, 1, D)
+        p = self.dropout if self.training else 0.0
+
+        a = _modulate(self.norm1(h), shift1, scale1)  # (B, L, D)
+        q, k, v = (
+            self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (B, H, L, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, hd), non-causal
+        o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
+        h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
+
+        m = self.mlp(_modulate(self.norm2(h), shift2, scale2))  # (B, L, D)
+        return h + gate2 * F.dropout(m, p, self.training)
+
+
+class _FinalLayer(nn.Module):
+    def __init__(self, hidden: int, cond_dim: int, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, bias=False)
+        self.modulation = nn.Linear(cond_dim, 2 * hidden)
+        self.linear = nn.Linear(hidden, dim)
+        for layer in (self.modulation, self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(c)[:, None].chunk(2, dim=-1)  # (B, 1, hidden)
+        return self.linear(_modulate(self.norm(h), shift, scale))  # (B, L, dim)
+
+
+class ScoreModel(nn.Module):
+    """Score network `model(x, sigma) -> log-score`, carrying what a sampler needs.
+
+    Attributes:
+        config: the `ModelConfig`.
+        graph: the forward graph (`ddm.graphs.Uniform` or `Absorbing`); `dim = graph.dim`.
+        schedule: the noise schedule the model was trained with.
+        seq_len: the longest accepted sequence.
+        time_independent: True for an absorbing model without noise input: its output depends on sigma
+            only through the closed-form scale, so a sampler may reuse the network output when no token
+            changed.
+        tokenizer: the tokenizer of the training corpus, or None.
+    """
+
+    def __init__(
+        self, config: ModelConfig | dict | str, graph: Any, schedule: Any, tokenizer: Any = None
+    ) -> None:
+        super().__init__()
+        if isinstance(config, str):
+            config = ModelConfig.from_size(config)
+        elif isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        elif not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, dict or size name, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.graph = graph
+        self.schedule = schedule
+        self.tokenizer = tokenizer
+        self.dim = int(graph.dim)
+        self.seq_len = config.seq_len
+        self.absorbing = is_absorbing(graph)
+        if not config.time_conditioning and not (self.absorbing and config.scale_by_sigma):
+            raise ValueError(
+                "model.time_conditioning=False needs an absorbing graph and scale_by_sigma=True "
+                "(only the absorbing score factorises into a time-independent part and a closed-form scale)"
+            )
+        self.time_independent = not config.time_conditioning
+
+        self.embed = nn.Embedding(self.dim, config.hidden)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.noise_embed = NoiseEmbedding(config.cond_dim)
+        self.rotary = Rotary(config.hidden // config.heads, config.seq_len)
+        self.blocks = nn.ModuleList(
+            DiTBlock(config.hidden, config.heads, config.cond_dim, config.mlp_ratio, config.dropout)
+            for _ in range(config.blocks)
+        )
+        self.final = _FinalLayer(config.hidden, config.cond_dim, self.dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Log-score of the concrete score (SPEC section 1).
+
+        Args:
+            x: tokens, int64 `[B, L]` with values in `[0, dim)` and `L <= seq_len`.
+            sigma: total noise `sigma_bar`, `[B]`, `[B, 1]`, 0-d or a float.
+
+        Returns:
+            float32 `[B, L, dim]` log-scores, exactly 0 at the current token.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
+        B, L = x.shape
+        if L > self.seq_len:
+            raise ValueError(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(B)
+        if sigma.numel() != B:
+            raise ValueError(f"sigma must have B={B} entries (or one), got shape {tuple(sigma.shape)}")
+
+        cond = sigma if self.config.time_conditioning else torch.zeros_like(sigma)
+        use_bf16 = self.config.bf16 and x.device.type == "cuda"
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            c = F.silu(self.noise_embed(cond))  # (B, cond_dim)
+            h = self.embed(x)  # (B, L, hidden)
+            cos, sin = self.rotary(L)
+            for block in self.blocks:
+                h = block(h, c, cos, sin)
+            raw = self.final(h, c)  # (B, L, dim)
+        raw = raw.float()
+
+        if self.absorbing and self.config.scale_by_sigma:
+            # log esigm1(s) = s + log(-expm1(-s)): stable for small and large s.
+            log_esigm1 = sigma + torch.log(-torch.expm1(-sigma))  # (B,)
+            raw = raw - log_esigm1[:, None, None] - math.log(self.dim - 1)
+        return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token
