@@ -280,9 +280,9 @@ class Graph(abc.ABC):
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
     # ---- shared plumbing --------------------------------------------------------------------------------
-    def _prep(self, i: Any, sigma: Any, name: str = "sigma") -> tuple[torch.Tensor, torch.Tensor]:
-        i = _check_tokens(i, self.dim, "i")
-        sigma = _as_noise(sigma, name, dtype=_noise_dtype(sigma), device=i.device)
+    def _prep(self, i: Any, sigma: Any, name: str = "i") -> tuple[torch.Tensor, torch.Tensor]:
+        i = _check_tokens(i, self.dim, name)
+        sigma = _as_noise(sigma, "sigma", dtype=_noise_dtype(sigma), device=i.device)
         return i, sigma
 
 
@@ -371,7 +371,7 @@ class Uniform(Graph):
         With `e = exp(-sigma)`: `p(x0) = e + (1 - e)/N`, `p(y) = (1 - e)/N` otherwise, so
         `KL = p(x0) log(1 + (N - 1) e) + (N - 1)/N (1 - e) log(1 - e)`.
         """
-        x0, sigma = self._prep(x0, sigma)
+        x0, sigma = self._prep(x0, sigma, "x0")
         n = self.vocab_size
         e = torch.exp(-sigma)
         one_m_e = -torch.expm1(-sigma)
@@ -500,7 +500,7 @@ class Absorbing(Graph):
         t = 1), the size of the approximation SEDD and MDLM make by starting the reverse process from
         all-MASK.
         """
-        x0, sigma = self._prep(x0, sigma)
+        x0, sigma = self._prep(x0, sigma, "x0")
         kl = -torch.log(-torch.expm1(-sigma))  # -log(1 - e^{-sigma})
         shape = torch.broadcast_shapes(x0.shape, sigma.shape)
         kl = torch.broadcast_to(kl, shape)

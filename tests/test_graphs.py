@@ -1,0 +1,325 @@
+"""Closed forms of ddm.graphs against the explicit rate matrix and its matrix exponential (SPEC section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ddm.graphs import Absorbing, Graph, Uniform, from_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+F64 = torch.float64
+
+
+def explicit_q(kind: str, n: int) -> torch.Tensor:
+    """Q[y, x] = rate x -> y, written from SPEC section 2 independently of the library."""
+    if kind == "uniform":
+        return torch.full((n, n), 1.0 / n, dtype=F64) - torch.eye(n, dtype=F64)
+    q = torch.zeros(n + 1, n + 1, dtype=F64)
+    for j in range(n):
+        q[n, j] = 1.0
+        q[j, j] = -1.0
+    return q
+
+
+def make(kind: str, n: int) -> Graph:
+    return Uniform(n) if kind == "uniform" else Absorbing(n)
+
+
+kinds = st.sampled_from(["uniform", "absorbing"])
+sizes = st.integers(min_value=2, max_value=7)
+# total noise from 1e-7 to 60, log-uniform, plus the exact endpoints that matter
+sigmas = st.one_of(
+    st.floats(min_value=-7.0, max_value=math.log10(60.0)).map(lambda e: 10.0**e),
+    st.sampled_from([0.0, 1e-6, 40.0, 50.0]),
+)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-12, atol: float = 1e-14) -> None:
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+# ---- the rate matrix ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_rate_matrix_matches_spec(kind: str, n: int) -> None:
+    g = make(kind, n)
+    q = explicit_q(kind, n)
+    close(g.rate_matrix(), q, atol=0, rtol=1e-15)
+    i = torch.arange(g.dim)
+    close(g.rate(i, dtype=F64), q.T, atol=0, rtol=1e-15)  # row i of the result = column i of Q
+    close(g.transp_rate(i, dtype=F64), q, atol=0, rtol=1e-15)
+    close(q.sum(0), torch.zeros(g.dim, dtype=F64), atol=1e-15, rtol=0)  # columns sum to 0
+
+
+def test_dims_and_mask_id() -> None:
+    assert Uniform(7).dim == 7 and not Uniform(7).absorbing
+    a = Absorbing(7)
+    assert a.dim == 8 and a.mask_id == 7 == a.dim - 1 and a.absorbing
+
+
+# ---- closed forms against matrix_exp ------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=kinds, n=sizes, sigma=sigmas)
+def test_transition_closed_forms_equal_matrix_exp(kind: str, n: int, sigma: float) -> None:
+    g = make(kind, n)
+    kernel = torch.linalg.matrix_exp(sigma * explicit_q(kind, n))  # (dim, dim), kernel[y, x] = p(y | x)
+    i = torch.arange(g.dim)
+    s = torch.tensor(sigma, dtype=F64)
+    close(g.transition(i, s), kernel.T)
+    close(g.transp_transition(i, s), kernel)
+    # columns of the kernel are probability laws
+    close(g.transition(i, s).sum(-1), torch.ones(g.dim, dtype=F64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=kinds, n=sizes, a=sigmas, b=sigmas)
+def test_semigroup(kind: str, n: int, a: float, b: float) -> None:
+    g = make(kind, n)
+    i = torch.arange(g.dim)
+
+    def kernel(s: float) -> torch.Tensor:
+        return g.transition(i, torch.tensor(s, dtype=F64)).T  # (dim, dim), [y, x]
+
+    close(kernel(a + b), kernel(a) @ kernel(b))
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=kinds, n=sizes, d=st.floats(min_value=0.0, max_value=12.0), seed=st.integers(0, 2**31))
+def test_staggered_score_equals_inverse_kernel(kind: str, n: int, d: float, seed: int) -> None:
+    g = make(kind, n)
+    gen = torch.Generator().manual_seed(seed)
+    score = torch.rand(3, 4, g.dim, dtype=F64, generator=gen) * 5
+    inv = torch.linalg.matrix_exp(-d * explicit_q(kind, n))  # (dim, dim)
+    expected = score @ inv.T  # out_y = sum_j inv[y, j] s_j
+    scale = math.exp(d) * score.abs().sum(-1, keepdim=True)  # entries are sums of terms of this size
+    got = g.staggered_score(score, torch.tensor(d, dtype=F64))
+    assert torch.all((got - expected).abs() <= 1e-13 * scale)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_staggered_score_per_sequence_noise(kind: str) -> None:
+    g = make(kind, 4)
+    score = torch.rand(2, 3, g.dim, dtype=F64)
+    d = torch.tensor([[0.3], [1.7]], dtype=F64)  # (B, 1)
+    got = g.staggered_score(score, d)
+    for b in range(2):
+        close(got[b], g.staggered_score(score[b], d[b, 0]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=kinds, n=sizes, seed=st.integers(0, 2**31))
+def test_reverse_rate(kind: str, n: int, seed: int) -> None:
+    g = make(kind, n)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(g.dim, (3, 5), generator=gen)
+    s = torch.rand(3, 5, g.dim, dtype=F64, generator=gen) * 3
+    rr = g.reverse_rate(x, s)
+    close(rr.sum(-1), torch.zeros(3, 5, dtype=F64), atol=1e-14, rtol=0)
+    q = explicit_q(kind, n)
+    expected = q[x] * s  # Q(x, y) s_y
+    off = torch.arange(g.dim) != x[..., None]
+    close(torch.where(off, rr, 0.0), torch.where(off, expected, 0.0))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_per_sequence_sigma_broadcasts(kind: str) -> None:
+    g = make(kind, 5)
+    x = torch.randint(g.vocab_size, (3, 4))
+    sigma = torch.tensor([[0.1], [1.0], [3.0]], dtype=F64)
+    out = g.transition(x, sigma)
+    assert out.shape == (3, 4, g.dim) and out.dtype == F64
+    for b in range(3):
+        close(out[b], g.transition(x[b], float(sigma[b, 0])).to(F64), rtol=1e-6, atol=1e-7)
+        close(out[b], g.transition(x[b], sigma[b, 0]))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_dtypes_follow_sigma(kind: str) -> None:
+    g = make(kind, 4)
+    x = torch.randint(g.vocab_size, (2, 3))
+    assert g.transition(x, 0.5).dtype == torch.get_default_dtype()
+    assert g.transition(x, torch.tensor(0.5, dtype=torch.float32)).dtype == torch.float32
+    assert g.transp_transition(x, torch.tensor(0.5, dtype=F64)).dtype == F64
+    assert g.staggered_score(torch.rand(2, 3, g.dim, dtype=torch.float32), 0.5).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_transition_is_differentiable(kind: str) -> None:
+    # d/dsigma exp(sigma Q) = Q exp(sigma Q)
+    g = make(kind, 4)
+    i = torch.arange(g.dim)
+    sigma = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    weights = torch.rand(g.dim, g.dim, dtype=F64)
+    (g.transition(i, sigma) * weights).sum().backward()
+    q = explicit_q(kind, 4)
+    expected = ((q @ torch.linalg.matrix_exp(0.7 * q)).T * weights).sum()
+    close(sigma.grad, expected)
+    score = torch.rand(2, g.dim, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda sc, s: g.staggered_score(sc, s), (score, sigma))
+    assert torch.autograd.gradcheck(lambda s: g.transp_transition(i, s), (sigma,))
+
+
+# ---- sampling -----------------------------------------------------------------------------------------
+
+
+def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    keep = probs > 0
+    assert counts[~keep].sum() == 0, "a zero-probability state was drawn"
+    expected = probs[keep] * counts.sum()
+    return float(stats.chisquare(counts[keep].double().numpy(), expected.double().numpy()).pvalue)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+@pytest.mark.parametrize("sigma", [0.05, 0.7, 3.0])
+def test_sample_transition_law(kind: str, sigma: float) -> None:
+    # chi-square goodness of fit at a fixed seed; the threshold 1e-4 fails a correct sampler 0.01% of seeds
+    g = make(kind, 6)
+    gen = torch.Generator().manual_seed(1234)
+    for start in [0, 3]:
+        x0 = torch.full((200, 500), start)
+        xt = g.sample_transition(x0, torch.tensor(sigma, dtype=F64), generator=gen)
+        counts = torch.bincount(xt.flatten(), minlength=g.dim)
+        probs = g.transition(torch.tensor(start), torch.tensor(sigma, dtype=F64))
+        assert chi2_pvalue(counts, probs) > 1e-4
+
+
+def test_sample_transition_per_sequence_and_mask_stays() -> None:
+    g = Absorbing(5)
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randint(5, (2, 20000), generator=gen)
+    x0[:, :100] = g.mask_id
+    sigma = torch.tensor([[0.2], [2.0]], dtype=F64)
+    xt = g.sample_transition(x0, sigma, generator=gen)
+    assert torch.all(xt[:, :100] == g.mask_id)
+    assert torch.all((xt == x0) | (xt == g.mask_id))
+    for b in range(2):
+        frac = (xt[b, 100:] == g.mask_id).double().mean().item()
+        p = 1 - math.exp(-sigma[b, 0].item())
+        assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / 19900)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_sample_transition_is_seeded(kind: str) -> None:
+    g = make(kind, 9)
+    x0 = torch.randint(9, (4, 50))
+    a = g.sample_transition(x0, 0.8, generator=torch.Generator().manual_seed(3))
+    b = g.sample_transition(x0, 0.8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.int64
+
+
+def test_sample_limit_law() -> None:
+    g = Uniform(7)
+    x = g.sample_limit(300, 400, generator=torch.Generator().manual_seed(5))
+    assert x.shape == (300, 400) and x.dtype == torch.int64
+    assert chi2_pvalue(torch.bincount(x.flatten(), minlength=7), torch.full((7,), 1 / 7, dtype=F64)) > 1e-4
+    a = Absorbing(7)
+    assert torch.all(a.sample_limit(3, 4) == a.mask_id)
+
+
+# ---- the prior term -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=sizes, sigma=st.floats(min_value=1e-3, max_value=30.0))
+def test_prior_kl_uniform_bruteforce(n: int, sigma: float) -> None:
+    g = Uniform(n)
+    p = torch.linalg.matrix_exp(sigma * explicit_q("uniform", n))  # [y, x0]
+    x0 = torch.arange(n)[None, :]
+    expected = (p * torch.log(p * n)).sum(0)  # KL(p(. | x0) || 1/N) per x0
+    got = g.prior_kl(x0, torch.tensor(sigma, dtype=F64))
+    assert got.shape == (1, n)
+    # the brute force's own absolute error: matrix_exp entries are off by ~1e-16 sigma, and log(N p)
+    # multiplies that by N; the large-noise regime is checked against asymptotics below
+    close(got[0], expected, rtol=1e-9, atol=1e-15 * n * max(sigma, 1.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=sizes, sigma=st.floats(min_value=1e-6, max_value=40.0))
+def test_prior_kl_absorbing_bruteforce(n: int, sigma: float) -> None:
+    # the forward KL against the point mass at MASK is infinite; the returned term is the reverse KL
+    # KL(delta_MASK || p(. | x0)) = -log p(MASK | x0), 0 for x0 = MASK
+    g = Absorbing(n)
+    p = torch.linalg.matrix_exp(sigma * explicit_q("absorbing", n))  # [y, x0]
+    x0 = torch.arange(n + 1)[None, :]
+    expected = -torch.log(p[n, :])
+    got = g.prior_kl(x0, torch.tensor(sigma, dtype=F64))
+    close(got[0], expected, rtol=1e-9, atol=1e-14)  # -log(p) of an O(1) p: absolute error ~ 1 ulp
+    assert got[0, n] == 0
+
+
+@pytest.mark.parametrize("sigma", [20.0, 30.0, 40.0])
+@pytest.mark.parametrize("n", [2, 7, 50257])
+def test_prior_kl_large_noise_asymptotics(sigma: float, n: int) -> None:
+    # where the brute force cancels to 0: with e = exp(-sigma), uniform KL = (N - 1) e^2 / 2 (1 + O(e)) and
+    # absorbing -log(1 - e) = e + e^2 / 2 + O(e^3); the closed forms must keep full relative accuracy
+    e = math.exp(-sigma)
+    s = torch.tensor(sigma, dtype=F64)
+    got_u = Uniform(n).prior_kl(torch.zeros(1, 1, dtype=torch.long), s).item()
+    assert got_u == pytest.approx((n - 1) * e * e / 2, rel=1e-6)
+    got_a = Absorbing(n).prior_kl(torch.zeros(1, 1, dtype=torch.long), s).item()
+    assert got_a == pytest.approx(e + e * e / 2, rel=1e-12)
+
+
+# ---- config and validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("g", [Uniform(5), Absorbing(50257)])
+def test_config_round_trip(g: Graph) -> None:
+    cfg = g.to_config()
+    assert cfg == {"type": "absorbing" if g.absorbing else "uniform", "vocab_size": g.vocab_size}
+    assert from_config(cfg) == g and type(from_config(cfg)) is type(g)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: Uniform(1), ValueError, "vocab_size"),
+        (lambda: Absorbing(0), ValueError, "vocab_size"),
+        (lambda: Uniform(3.0), TypeError, "vocab_size"),
+        (lambda: from_config({"type": "gaussian", "vocab_size": 3}), ValueError, "type"),
+        (lambda: from_config({"type": "uniform"}), ValueError, "vocab_size"),
+        (lambda: from_config({"type": "uniform", "vocab_size": 3, "x": 1}), ValueError, "unknown"),
+        (lambda: Uniform(4).transition(torch.tensor([0, 4]), 0.1), ValueError, "outside"),
+        (lambda: Absorbing(4).transition(torch.tensor([-1]), 0.1), ValueError, "outside"),
+        (lambda: Absorbing(4).transition(torch.tensor([0.0]), 0.1), TypeError, "integer"),
+        (lambda: Uniform(4).transition(torch.tensor([0]), -0.1), ValueError, "sigma"),
+        (
+            lambda: Uniform(4).transition(torch.tensor([0]), torch.tensor([0.1, math.nan])),
+            ValueError,
+            "sigma",
+        ),
+        (lambda: Uniform(4).sample_transition(torch.tensor([0]), -1.0), ValueError, "sigma"),
+        (lambda: Uniform(4).staggered_score(torch.rand(2, 4), -1.0), ValueError, "dsigma"),
+        (lambda: Uniform(4).staggered_score(torch.rand(2, 5), 1.0), ValueError, "dim"),
+        (
+            lambda: Absorbing(4).score_entropy(
+                torch.rand(2, 3, 4), 1.0, torch.zeros(2, 3).long(), torch.zeros(2, 3).long()
+            ),
+            ValueError,
+            "dim",
+        ),  # noqa: E501
+        (lambda: Absorbing(4).prior_kl(torch.tensor([[5]]), 1.0), ValueError, "x0"),
+    ],
+)
+def test_bad_input(call, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_cuda_matches_cpu(kind: str) -> None:
+    g = make(kind, 6)
+    x = torch.randint(g.vocab_size, (3, 5))
+    sigma = torch.rand(3, 1, dtype=F64)
+    close(g.transition(x.cuda(), sigma.cuda()).cpu(), g.transition(x, sigma))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    assert g.sample_transition(x.cuda(), sigma.cuda(), generator=gen).device.type == "cuda"
