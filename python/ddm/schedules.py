@@ -95,13 +95,19 @@ class LogLinear(Schedule):
             raise ValueError(f"eps must lie in (0, 1), got {eps}")
         self.eps = eps
 
+    def _one_minus(self, t: torch.Tensor) -> torch.Tensor:
+        """`1 - (1 - eps) t`, written as `(1 - t) + eps t` for `t >= 1/2`, where `1 - t` is exact and the
+        value near `eps` keeps full relative accuracy (`1 - eps` itself is rounded)."""
+        return torch.where(t < 0.5, 1.0 - (1.0 - self.eps) * t, (1.0 - t) + self.eps * t)
+
     def total_noise(self, t: Any) -> torch.Tensor:
         t = _as_time(t)
-        return -torch.log1p(-(1.0 - self.eps) * t)
+        small = t.clamp(max=0.5)  # log1p is accurate near t = 0, the log branch near t = 1
+        return torch.where(t < 0.5, -torch.log1p(-(1.0 - self.eps) * small), -torch.log(self._one_minus(t)))
 
     def rate_noise(self, t: Any) -> torch.Tensor:
         t = _as_time(t)
-        return (1.0 - self.eps) / (1.0 - (1.0 - self.eps) * t)
+        return (1.0 - self.eps) / self._one_minus(t)
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "loglinear", "eps": self.eps}
