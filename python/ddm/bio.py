@@ -38,6 +38,7 @@ __all__ = [
     "ProteinTokenizer",
     "parse_fasta",
     "parse_swissprot",
+    "swissprot_crc64",
     "read_text_maybe_gz",
 ]
 
@@ -204,25 +205,48 @@ def _finish(parts: list[str]) -> str:
     return seq[:-1] if seq.endswith("*") else seq
 
 
+def _crc64_table() -> list[int]:
+    table = []
+    for i in range(256):
+        part = i
+        for _ in range(8):
+            part = (part >> 1) ^ 0xD800000000000000 if part & 1 else part >> 1
+        table.append(part)
+    return table
+
+
+_CRC64 = _crc64_table()
+
+
+def swissprot_crc64(seq: str) -> str:
+    """The CRC64 that Swiss-Prot prints on `SQ` lines (ISO 3309 polynomial, reflected, initial value 0)."""
+    crc = 0
+    for c in seq.encode("ascii"):
+        crc = _CRC64[(crc ^ c) & 0xFF] ^ (crc >> 8)
+    return f"{crc:016X}"
+
+
 def parse_swissprot(text: str) -> Iterator[tuple[str, str]]:
     """Entries of a UniProt/Swiss-Prot flat file: `(entry name, sequence)` pairs.
 
     An entry starts at an `ID` line (its first word after `ID` is the name) and ends at `//`; the
-    sequence is the lines after `SQ` (two-letter code blank), spaces removed. The length on the `SQ`
-    line is checked against the sequence read: a mismatch is a ValueError.
+    sequence is the lines after `SQ` (two-letter code blank), spaces removed. The length and the CRC64
+    on the `SQ` line are checked against the sequence read: a mismatch is a ValueError.
     """
     name: str | None = None
     expected = -1
+    crc = ""
     in_seq = False
     parts: list[str] = []
     for lineno, line in enumerate(io.StringIO(text), start=1):
         code = line[:2]
         if code == "ID":
-            name, in_seq, parts, expected = line[2:].split()[0], False, [], -1
+            name, in_seq, parts, expected, crc = line[2:].split()[0], False, [], -1, ""
         elif code == "SQ":
             fields = line.split()
             # "SQ   SEQUENCE   472 AA;  52552 MW;  ..."
             expected = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else -1
+            crc = fields[-2] if len(fields) > 2 and fields[-1] == "CRC64;" else ""
             in_seq = True
         elif code == "//":
             if name is None:
@@ -231,6 +255,10 @@ def parse_swissprot(text: str) -> Iterator[tuple[str, str]]:
             if expected >= 0 and len(seq) != expected:
                 raise ValueError(
                     f"Swiss-Prot entry {name!r}: SQ line says {expected} residues, read {len(seq)}"
+                )
+            if crc and swissprot_crc64(seq) != crc:
+                raise ValueError(
+                    f"Swiss-Prot entry {name!r}: CRC64 {swissprot_crc64(seq)} != {crc} on its SQ line"
                 )
             yield name, seq
             name, in_seq, parts = None, False, []

