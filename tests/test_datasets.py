@@ -368,3 +368,13 @@ def test_real_shakespeare(real_cache):
     assert "TWELFTH NIGHT" in parts["valid"].upper() and "TWELFTH NIGHT" not in parts["train"].upper()
     tok = D.dataset_tokenizer("shakespeare")
     assert tok.decode(D.tokens("shakespeare", "test")) == parts["test"]
+
+
+def test_corpus_tail_is_the_validation_split(fake_dataset):
+    torch = pytest.importorskip("torch")
+    c = D.corpus("fake-dna")
+    np.testing.assert_array_equal(c.train_tokens, D.tokens("fake-dna", "train"))
+    np.testing.assert_array_equal(c.val_tokens, D.tokens("fake-dna", "valid"))
+    x = c.batch(4, 32, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 32) and x.dtype == torch.long and int(x.max()) < 5
+    assert D.corpus("fake-dna").tokens.filename == c.tokens.filename  # reused, not rewritten

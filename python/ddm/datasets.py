@@ -65,6 +65,7 @@ __all__ = [
     "FetchError",
     "Source",
     "cache_dir",
+    "corpus",
     "dataset_tokenizer",
     "fetch",
     "fetch_archive",
@@ -820,6 +821,46 @@ def tokens(name: str, split: str, tokenizer=None, cache=None) -> np.memmap:
     path = token_file(name, split, tokenizer, cache)
     meta = json.loads(Path(str(path) + ".json").read_text())
     return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(int(meta["n_tokens"]),))
+
+
+def corpus(name: str, tokenizer: str | dict[str, Any] | None = None, cache: str | os.PathLike | None = None):
+    """Dataset `name` as a training `ddm.data.Corpus`: the train split, then the validation split as its
+    held-out tail (the test split stays untouched for a final evaluation).
+
+    The two splits are written once into one memory-mapped token file (`trainval.bin`), and the
+    corpus's `val_fraction` is set so that its tail is exactly the validation split.
+
+    Args:
+        name: a dataset in `REGISTRY`.
+        tokenizer: None or `"char"` for the dataset's own tokenizer (for a DNA or protein dataset,
+            `"char"` is a ValueError: name `"dna"` or `"protein"`), else a tokenizer name or config.
+        cache: the cache root (default `cache_dir()`).
+    """
+    from ddm.data import Corpus
+
+    tok = dataset_tokenizer(name, tokenizer, cache)
+    parts = [tokens(name, s, tok.to_config(), cache) for s in ("train", "valid")]
+    path = token_file(name, "train", tok.to_config(), cache).with_name("trainval.bin")
+    source = {"dataset": name, "split": "train+valid", "sha256": _spec(name).source.sha256, "format": _FORMAT}
+    sidecar = Path(str(path) + ".json")
+    n = parts[0].size + parts[1].size
+    try:
+        meta = json.loads(sidecar.read_text())
+        ok = meta["source"] == source and meta["n_tokens"] == n and meta["tokenizer"] == tok.to_config()
+    except (OSError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(np.asarray(part).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        meta = {"dtype": str(parts[0].dtype), "n_tokens": n, "tokenizer": tok.to_config(), "source": source}
+        _atomic_write_bytes(sidecar, json.dumps(meta).encode())
+    arr = np.memmap(path, dtype=parts[0].dtype, mode="r", shape=(n,))
+    return Corpus(arr, tok, parts[1].size / n)
 
 
 def unigram_bits(train: np.ndarray, held_out: np.ndarray, vocab_size: int) -> dict[str, float]:
