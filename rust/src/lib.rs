@@ -3,5 +3,17 @@
 //!
 //! The kernels are pure Rust over slices; `python.rs` (feature `python`) is the thin PyO3 layer.
 
+pub mod categorical;
+pub mod error;
+pub mod graphs;
+pub mod rng;
+pub mod steps;
+pub mod threads;
+
 #[cfg(feature = "python")]
 mod python;
+
+pub use error::KernelError;
+pub use graphs::{corrupt, Graph};
+pub use rng::RngKey;
+pub use steps::{analytic_step, denoise_step, euler_step, reverse_step, step_probs, StepKind};

@@ -1,9 +1,446 @@
 //! PyO3 bindings: argument checks, error mapping and GIL release only; no math here.
+//!
+//! Every array is checked before it is borrowed: exact dtype (nothing is cast), rank, shape against the
+//! other arguments and the graph, C-contiguity and alignment. Inputs are borrowed read-only in place;
+//! the kernel runs with the GIL released inside the process's rayon pool (`threads.rs`); a new result
+//! is handed to NumPy without a copy, or written into `out`.
 
+use numpy::ndarray::{Array2, Dimension};
+use numpy::prelude::*;
+use numpy::{dtype, Element, PyArray, PyArray1, PyArray2, PyArray3, PyUntypedArray};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
+
+use crate::error::KernelError;
+use crate::graphs::{self, Graph};
+use crate::rng::RngKey;
+use crate::steps::{self, StepKind};
+use crate::threads;
+
+impl From<KernelError> for PyErr {
+    fn from(e: KernelError) -> PyErr {
+        if e.is_type_error() {
+            PyTypeError::new_err(e.to_string())
+        } else {
+            PyValueError::new_err(e.to_string())
+        }
+    }
+}
+
+fn type_err(arg: &'static str, msg: String) -> KernelError {
+    KernelError::Type { arg, msg }
+}
+
+fn shape_err(arg: &'static str, msg: String) -> KernelError {
+    KernelError::Shape { arg, msg }
+}
+
+/// `obj` as a NumPy array of exactly element type `T` and rank `ndim`, C-contiguous and aligned.
+fn checked_array<'py, T: Element, D: Dimension>(
+    obj: &Bound<'py, PyAny>,
+    arg: &'static str,
+    dtype_name: &str,
+    layout: &str,
+) -> Result<Bound<'py, PyArray<T, D>>, KernelError> {
+    let py = obj.py();
+    let arr = obj.cast::<PyUntypedArray>().map_err(|_| {
+        let ty = obj
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_string(), |n| n.to_string());
+        type_err(
+            arg,
+            format!("expected a numpy.ndarray of dtype {dtype_name}, got {ty}"),
+        )
+    })?;
+    let dt = arr.dtype();
+    if !dt.is_equiv_to(&dtype::<T>(py)) {
+        return Err(type_err(
+            arg,
+            format!("expected dtype {dtype_name}, got {dt} (nothing is cast implicitly)"),
+        ));
+    }
+    let nd = D::NDIM.unwrap_or(0);
+    if arr.ndim() != nd {
+        return Err(shape_err(
+            arg,
+            format!(
+                "expected a {nd}-d array {layout}, got shape {:?}",
+                arr.shape()
+            ),
+        ));
+    }
+    if !arr.is_c_contiguous() {
+        return Err(shape_err(
+            arg,
+            "must be C-contiguous (use np.ascontiguousarray)".into(),
+        ));
+    }
+    if !arr.is_aligned() {
+        return Err(shape_err(arg, "must be aligned for its dtype".into()));
+    }
+    arr.cast::<PyArray<T, D>>().map(|a| a.clone()).map_err(|_| {
+        type_err(
+            arg,
+            format!("expected a numpy.ndarray of dtype {dtype_name}"),
+        )
+    })
+}
+
+/// A Python int in [0, 2^64): TypeError for a non-integer, ValueError when out of range.
+fn uint(obj: &Bound<'_, PyAny>, arg: &'static str) -> Result<u64, KernelError> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(type_err(arg, "expected an int, got bool".into()));
+    }
+    match obj.extract::<u64>() {
+        Ok(v) => Ok(v),
+        Err(_) if obj.is_instance_of::<PyInt>() || obj.hasattr("__index__").unwrap_or(false) => {
+            Err(KernelError::Value {
+                arg,
+                msg: format!("must be an integer in [0, 2**64), got {obj}"),
+            })
+        }
+        Err(_) => Err(type_err(
+            arg,
+            format!("expected an int, got {}", obj.get_type()),
+        )),
+    }
+}
+
+/// The graph from `absorbing` (a bool) and `vocab_size` (an int >= 1).
+fn graph(
+    absorbing: &Bound<'_, PyAny>,
+    vocab_size: &Bound<'_, PyAny>,
+) -> Result<Graph, KernelError> {
+    let absorbing = absorbing.extract::<bool>().map_err(|_| {
+        type_err(
+            "absorbing",
+            format!("expected a bool, got {}", absorbing.get_type()),
+        )
+    })?;
+    let n = uint(vocab_size, "vocab_size")?;
+    let n = usize::try_from(n).map_err(|_| KernelError::Value {
+        arg: "vocab_size",
+        msg: format!("too large: {n}"),
+    })?;
+    Graph::new(absorbing, n)
+}
+
+/// The checked arguments shared by every kernel.
+struct Common<'py> {
+    graph: Graph,
+    x: Bound<'py, PyArray2<i64>>,
+    level: Bound<'py, PyArray1<f64>>,
+    key: RngKey,
+    out: Option<Bound<'py, PyArray2<i64>>>,
+    batch: usize,
+    len: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn common<'py>(
+    x: &Bound<'py, PyAny>,
+    level: &Bound<'py, PyAny>,
+    level_arg: &'static str,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    seq_offset: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> Result<Common<'py>, KernelError> {
+    let graph = graph(absorbing, vocab_size)?;
+    let key = RngKey::new(
+        uint(seed, "seed")?,
+        uint(step, "step")?,
+        uint(seq_offset, "seq_offset")?,
+    );
+    let x = checked_array::<i64, _>(x, "x", "int64", "[B, L]")?;
+    let level = checked_array::<f64, _>(level, level_arg, "float64", "[B]")?;
+    let (batch, len) = (x.shape()[0], x.shape()[1]);
+    if level.shape()[0] != batch {
+        return Err(shape_err(
+            level_arg,
+            format!(
+                "expected shape [B] = [{batch}] (B from x), got [{}]",
+                level.shape()[0]
+            ),
+        ));
+    }
+    let out = match out {
+        None => None,
+        Some(o) if o.is_none() => None,
+        Some(o) => {
+            let o = checked_array::<i64, _>(o, "out", "int64", "[B, L]")?;
+            if o.shape() != x.shape() {
+                return Err(shape_err(
+                    "out",
+                    format!(
+                        "expected shape {:?} (the shape of x), got {:?}",
+                        x.shape(),
+                        o.shape()
+                    ),
+                ));
+            }
+            Some(o)
+        }
+    };
+    Ok(Common {
+        graph,
+        x,
+        level,
+        key,
+        out,
+        batch,
+        len,
+    })
+}
+
+/// Runs `kernel(x, level, out)` without the GIL in the rayon pool, writing into `out` or a new array.
+fn run<'py, F>(py: Python<'py>, c: Common<'py>, kernel: F) -> PyResult<Bound<'py, PyArray2<i64>>>
+where
+    F: FnOnce(&[i64], &[f64], &mut [i64]) -> Result<(), KernelError> + Send,
+{
+    let pool = threads::pool().map_err(PyRuntimeError::new_err)?;
+    let xr =
+        c.x.try_readonly()
+            .map_err(|e| shape_err("x", format!("cannot be borrowed: {e}")))?;
+    let lr = c
+        .level
+        .try_readonly()
+        .map_err(|e| shape_err("level", format!("cannot be borrowed: {e}")))?;
+    let xs = xr.as_slice().map_err(|e| shape_err("x", e.to_string()))?;
+    let ls = lr
+        .as_slice()
+        .map_err(|e| shape_err("level", e.to_string()))?;
+    match c.out {
+        Some(out) => {
+            {
+                let mut ow = out.try_readwrite().map_err(|e| {
+                    shape_err(
+                        "out",
+                        format!(
+                            "must be writeable and must not share memory with the inputs ({e})"
+                        ),
+                    )
+                })?;
+                let os = ow
+                    .as_slice_mut()
+                    .map_err(|e| shape_err("out", e.to_string()))?;
+                py.detach(|| pool.install(|| kernel(xs, ls, os)))?;
+            }
+            Ok(out)
+        }
+        None => {
+            let mut v = vec![0i64; xs.len()];
+            py.detach(|| pool.install(|| kernel(xs, ls, &mut v)))?;
+            let a = Array2::from_shape_vec((c.batch, c.len), v)
+                .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
+            Ok(PyArray2::from_owned_array(py, a))
+        }
+    }
+}
+
+/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2).
+#[pyfunction]
+#[pyo3(signature = (x, sigma, absorbing, vocab_size, seed, step=None, seq_offset=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn corrupt<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    sigma: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: Option<&Bound<'py, PyAny>>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let zero = 0u64.into_pyobject(py)?.into_any();
+    let c = common(
+        x,
+        sigma,
+        "sigma",
+        absorbing,
+        vocab_size,
+        seed,
+        step.unwrap_or(&zero),
+        seq_offset.unwrap_or(&zero),
+        out,
+    )?;
+    let (graph, key, len) = (c.graph, c.key, c.len);
+    run(py, c, move |xs, ls, os| {
+        graphs::corrupt(graph, xs, ls, len, key, os)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reverse<'py>(
+    py: Python<'py>,
+    kind: StepKind,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    level: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let zero = 0u64.into_pyobject(py)?.into_any();
+    let c = common(
+        x,
+        level,
+        kind.level_arg(),
+        absorbing,
+        vocab_size,
+        seed,
+        step,
+        seq_offset.unwrap_or(&zero),
+        out,
+    )?;
+    let dim = c.graph.dim();
+    let ls = checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")
+        .map_err(PyErr::from)?;
+    let ls: Bound<'py, PyArray3<f32>> = ls;
+    let sh = ls.shape();
+    if sh[0] != c.batch || sh[1] != c.len {
+        return Err(shape_err(
+            "log_score",
+            format!(
+                "expected shape [B, L, dim] with [B, L] = {:?} from x, got {sh:?}",
+                [c.batch, c.len]
+            ),
+        )
+        .into());
+    }
+    if sh[2] != dim {
+        let what = if c.graph.absorbing {
+            format!(
+                "the absorbing graph with vocab_size {} has dim = vocab_size + 1 = {dim}",
+                c.graph.vocab_size
+            )
+        } else {
+            format!(
+                "the uniform graph with vocab_size {} has dim = vocab_size = {dim}",
+                c.graph.vocab_size
+            )
+        };
+        return Err(shape_err("log_score", format!("last dim is {}, but {what}", sh[2])).into());
+    }
+    let lr = ls
+        .try_readonly()
+        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
+    let lss = lr
+        .as_slice()
+        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
+    let (graph, key, len) = (c.graph, c.key, c.len);
+    run(py, c, move |xs, lv, os| {
+        steps::reverse_step(kind, graph, xs, lss, lv, len, key, os)
+    })
+}
+
+/// One Euler step (SPEC section 5), `rate_dt = sigma(t_k) * dt`.
+#[pyfunction]
+#[pyo3(signature = (x, log_score, rate_dt, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn euler_step<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    rate_dt: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    reverse(
+        py,
+        StepKind::Euler,
+        x,
+        log_score,
+        rate_dt,
+        absorbing,
+        vocab_size,
+        seed,
+        step,
+        seq_offset,
+        out,
+    )
+}
+
+/// One analytic (Tweedie tau-leaping) step (SPEC section 5), `dsigma = sigma_bar(t_k) - sigma_bar(t_k+1)`.
+#[pyfunction]
+#[pyo3(signature = (x, log_score, dsigma, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn analytic_step<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    dsigma: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    reverse(
+        py,
+        StepKind::Analytic,
+        x,
+        log_score,
+        dsigma,
+        absorbing,
+        vocab_size,
+        seed,
+        step,
+        seq_offset,
+        out,
+    )
+}
+
+/// The denoise step (SPEC section 5), `sigma = sigma_bar(eps)`; absorbing never returns MASK.
+#[pyfunction]
+#[pyo3(signature = (x, log_score, sigma, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn denoise_step<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    sigma: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    reverse(
+        py,
+        StepKind::Denoise,
+        x,
+        log_score,
+        sigma,
+        absorbing,
+        vocab_size,
+        seed,
+        step,
+        seq_offset,
+        out,
+    )
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(corrupt, m)?)?;
+    m.add_function(wrap_pyfunction!(euler_step, m)?)?;
+    m.add_function(wrap_pyfunction!(analytic_step, m)?)?;
+    m.add_function(wrap_pyfunction!(denoise_step, m)?)?;
     Ok(())
 }

@@ -1,0 +1,408 @@
+//! Vectorisable exp and an exact inverse-CDF categorical draw over a cached row.
+//!
+//! A reverse step reads a row of log-scores once: [`exp_blocks`] writes `exp(l_y - shift)` as f64 into a
+//! per-thread cache and sums it in blocks of [`BLOCK`] states (float64 accumulation). A draw then scans
+//! the block sums and only one block of the cache ([`draw_blocks`]), so no pass over the row is needed
+//! to find the drawn state. The draw is exact in float64: a uniform `u` with 53 random bits, the target
+//! `u * total`, and a running f64 sum; no float32 Gumbel-max, which truncates tails (Zheng et al. 2024,
+//! arXiv 2409.02908; SPEC section 5).
+
+/// States per block of the cached row.
+pub const BLOCK: usize = 64;
+
+/// Lanes of the inner loops: eight f64 accumulators (two AVX2 registers).
+const LANES: usize = 8;
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+/// ln 2 split in two (fdlibm's `ln2_hi` / `ln2_lo`): `k * LN2_HI` is exact for |k| < 2^11.
+const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+/// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+/// exp(x) overflows f64 above this.
+pub const EXP_MAX: f64 = 709.782_712_893_384;
+/// exp(x) rounds to 0 below this.
+pub const EXP_MIN: f64 = -745.133_219_101_941_2;
+
+/// exp(x) in f64, written so that LLVM vectorises it (no libm call, no table, no branch: selects only).
+///
+/// Cody-Waite range reduction `x = k ln2 + r`, |r| <= ln2 / 2, then the degree-12 Taylor polynomial of
+/// exp(r) by Horner (truncation error r^13 / 13! < 2e-16 relative), then the scale 2^k built from the
+/// exponent bits as 2^k1 * 2^k2 so that k in [-1075, 1024] never leaves the normal range of either
+/// factor. Accuracy: a few ulp (< 1e-15 relative) on [-708, 709.78]; the subnormal range [EXP_MIN, -708)
+/// is computed with one extra rounding; below EXP_MIN the result is 0, above EXP_MAX it is +inf; NaN
+/// gives NaN. Uses no fused multiply-add, so the result is bit-identical on every x86-64 / aarch64 CPU
+/// and in the scalar and vector paths.
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    let xc = if x > EXP_MAX {
+        EXP_MAX
+    } else if x < EXP_MIN {
+        EXP_MIN
+    } else {
+        x
+    };
+    let t = xc * LOG2E + ROUND_MAGIC;
+    let kf = t - ROUND_MAGIC;
+    // k as an integer: the difference of the mantissas (same exponent), in [-1075, 1024].
+    let k = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()) as i64;
+    let r = (xc - kf * LN2_HI) - kf * LN2_LO;
+    let mut p = 1.0 / 479_001_600.0; // 1/12!
+    p = p * r + 1.0 / 39_916_800.0;
+    p = p * r + 1.0 / 3_628_800.0;
+    p = p * r + 1.0 / 362_880.0;
+    p = p * r + 1.0 / 40_320.0;
+    p = p * r + 1.0 / 5_040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // k = k1 + k2 with k1 = floor(k / 2) (a logical shift of k + 2048 > 0), both in [-538, 512].
+    let k1 = (((k + 2048) as u64) >> 1) as i64 - 1024;
+    let k2 = k - k1;
+    let s1 = f64::from_bits(((k1 + 1023) as u64) << 52);
+    let s2 = f64::from_bits(((k2 + 1023) as u64) << 52);
+    let y = p * s1 * s2;
+    if x > EXP_MAX {
+        f64::INFINITY
+    } else if x < EXP_MIN {
+        0.0
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn exp_blocks_impl(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
+    let mut chk = [0f32; LANES];
+    for ((s, c), bs) in src
+        .chunks(BLOCK)
+        .zip(cache.chunks_mut(BLOCK))
+        .zip(block_sums.iter_mut())
+    {
+        let mut acc = [0f64; LANES];
+        let mut s8 = s.chunks_exact(LANES);
+        let mut c8 = c.chunks_exact_mut(LANES);
+        for (sv, cv) in (&mut s8).zip(&mut c8) {
+            for j in 0..LANES {
+                let v = sv[j];
+                // v - v is 0 for a finite v and NaN for NaN or +-inf: a fused finiteness check.
+                chk[j] += v - v;
+                let e = exp_f64(v as f64 - shift);
+                cv[j] = e;
+                acc[j] += e;
+            }
+        }
+        let mut tail = 0.0;
+        for (&v, cv) in s8.remainder().iter().zip(c8.into_remainder()) {
+            chk[0] += v - v;
+            let e = exp_f64(v as f64 - shift);
+            *cv = e;
+            tail += e;
+        }
+        *bs = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+            + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+            + tail;
+    }
+    chk.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn exp_blocks_avx2(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
+    exp_blocks_impl(src, shift, cache, block_sums)
+}
+
+/// Writes `cache[y] = exp(src[y] - shift)` and `block_sums[k] = sum of cache over block k`.
+///
+/// Returns 0 when every `src[y]` is finite and NaN otherwise (the finiteness check fused into the
+/// pass). `cache` must have `src.len()` entries and `block_sums` `src.len().div_ceil(BLOCK)`.
+pub fn exp_blocks(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
+    debug_assert_eq!(cache.len(), src.len());
+    debug_assert_eq!(block_sums.len(), src.len().div_ceil(BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above); the function has no other precondition.
+            return unsafe { exp_blocks_avx2(src, shift, cache, block_sums) };
+        }
+    }
+    exp_blocks_impl(src, shift, cache, block_sums)
+}
+
+/// The weight of a cached value once clipped at `clip`: `max(0, v - clip)`.
+#[inline(always)]
+fn clipped(v: f64, clip: f64) -> f64 {
+    let d = v - clip;
+    if d > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
+#[inline(always)]
+fn clipped_blocks_impl(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+    for (c, bs) in cache.chunks(BLOCK).zip(block_sums.iter_mut()) {
+        let mut acc = [0f64; LANES];
+        let mut c8 = c.chunks_exact(LANES);
+        for cv in &mut c8 {
+            for j in 0..LANES {
+                acc[j] += clipped(cv[j], clip);
+            }
+        }
+        let tail: f64 = c8.remainder().iter().map(|&v| clipped(v, clip)).sum();
+        *bs = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+            + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+            + tail;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn clipped_blocks_avx2(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+    clipped_blocks_impl(cache, clip, block_sums)
+}
+
+/// `block_sums[k] = sum over block k of max(0, cache[y] - clip)`.
+pub fn clipped_blocks(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+    debug_assert_eq!(block_sums.len(), cache.len().div_ceil(BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above); the function has no other precondition.
+            unsafe { clipped_blocks_avx2(cache, clip, block_sums) };
+            return;
+        }
+    }
+    clipped_blocks_impl(cache, clip, block_sums)
+}
+
+/// Recomputes the sum of the block holding state `y` (after `cache[y]` was changed).
+pub fn refresh_block(cache: &[f64], y: usize, block_sums: &mut [f64]) {
+    let k = y / BLOCK;
+    let hi = (k * BLOCK + BLOCK).min(cache.len());
+    block_sums[k] = cache[k * BLOCK..hi].iter().sum();
+}
+
+/// Draws a state with probability proportional to `max(0, values[y] - clip)`, given the block sums of
+/// those weights, from a uniform `u` in [0, 1).
+///
+/// Inverse CDF with a running f64 sum: the target is `u * total`; the blocks are scanned by their sums,
+/// then the one block that holds the target state by its entries. If rounding lets the running sum end
+/// short of the target, the last state with positive weight (of the last block with a positive sum) is
+/// returned, so a state of weight 0 is never drawn. Returns `None` when the total weight is not positive
+/// and finite.
+pub fn draw_blocks(values: &[f64], block_sums: &[f64], clip: f64, u: f64) -> Option<usize> {
+    let total: f64 = block_sums.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return None;
+    }
+    let target = u * total;
+    let mut acc = 0.0;
+    let mut last_block = None;
+    for (k, &bs) in block_sums.iter().enumerate() {
+        if bs > 0.0 {
+            last_block = Some(k);
+            let next = acc + bs;
+            if target < next {
+                return Some(scan_block(values, k, clip, acc, target));
+            }
+            acc = next;
+        }
+    }
+    last_block.map(|k| scan_block(values, k, clip, f64::NEG_INFINITY, f64::INFINITY))
+}
+
+/// Within block `k`, the first state whose running sum (from `acc`) passes `target`, else the last state
+/// of the block with positive weight.
+fn scan_block(values: &[f64], k: usize, clip: f64, acc: f64, target: f64) -> usize {
+    let lo = k * BLOCK;
+    let hi = (lo + BLOCK).min(values.len());
+    let mut a = acc;
+    let mut last = None;
+    for (y, &v) in values[lo..hi].iter().enumerate() {
+        let w = clipped(v, clip);
+        if w > 0.0 {
+            a += w;
+            last = Some(lo + y);
+            if target < a {
+                return lo + y;
+            }
+        }
+    }
+    // The block sum was positive, so some weight in it is (a block sum is a sum of non-negative terms).
+    last.unwrap_or(hi - 1)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::rng::{Domain, RngKey};
+    use proptest::prelude::*;
+
+    fn rel_err(a: f64, b: f64) -> f64 {
+        if a == b {
+            0.0
+        } else {
+            ((a - b) / b).abs()
+        }
+    }
+
+    #[test]
+    fn exp_matches_std_to_1e15_relative() {
+        // A dense grid over [-708, 709.78] plus points near 0 and near the ends.
+        let mut worst: f64 = 0.0;
+        let n = 2_000_000;
+        for j in 0..=n {
+            let x = -708.0 + (709.78 + 708.0) * j as f64 / n as f64;
+            worst = worst.max(rel_err(exp_f64(x), x.exp()));
+        }
+        for &x in &[
+            0.0, 1e-300, -1e-300, 1e-10, -1e-10, 0.5, -0.5, 1.0, -1.0, 88.7, -103.0, 709.78, -708.0,
+        ] {
+            worst = worst.max(rel_err(exp_f64(x), x.exp()));
+        }
+        assert!(worst < 1e-15, "worst relative error {worst:e}");
+        assert_eq!(exp_f64(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_ends_of_the_range() {
+        // Near the top of the range: finite, and accurate.
+        let top = 709.78;
+        assert!(exp_f64(top).is_finite());
+        assert!(rel_err(exp_f64(top), top.exp()) < 1e-15);
+        assert_eq!(exp_f64(710.0), f64::INFINITY);
+        assert_eq!(exp_f64(f64::INFINITY), f64::INFINITY);
+        // Underflow: 0 below EXP_MIN, and tiny but non-negative in the subnormal range.
+        assert_eq!(exp_f64(-746.0), 0.0);
+        assert_eq!(exp_f64(-1e30), 0.0);
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        for &x in &[-708.5, -720.0, -740.0, -745.0] {
+            let (a, b) = (exp_f64(x), x.exp());
+            assert!(
+                a >= 0.0 && (a - b).abs() <= 4.0 * f64::from_bits(1) + 1e-15 * b,
+                "{x}: {a:e} vs {b:e}"
+            );
+        }
+        assert!(exp_f64(f64::NAN).is_nan());
+        // Every f32 input that a log-score can hold is in range or saturates correctly.
+        assert_eq!(exp_f64(f32::MAX as f64), f64::INFINITY);
+        assert_eq!(exp_f64(f32::MIN as f64), 0.0);
+    }
+
+    #[test]
+    fn exp_blocks_matches_scalar_and_flags_non_finite() {
+        let src: Vec<f32> = (0..1000)
+            .map(|j| ((j * 37 % 101) as f32 - 50.0) * 0.37)
+            .collect();
+        let nb = src.len().div_ceil(BLOCK);
+        let (mut cache, mut bs) = (vec![0.0; src.len()], vec![0.0; nb]);
+        let chk = exp_blocks(&src, 0.5, &mut cache, &mut bs);
+        assert_eq!(chk, 0.0);
+        for (y, &v) in src.iter().enumerate() {
+            assert_eq!(cache[y], exp_f64(v as f64 - 0.5));
+        }
+        for k in 0..nb {
+            let s: f64 = cache[k * BLOCK..((k + 1) * BLOCK).min(src.len())]
+                .iter()
+                .sum();
+            assert!(rel_err(bs[k], s) < 1e-14);
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut s2 = src.clone();
+            s2[997] = bad;
+            assert!(exp_blocks(&s2, 0.0, &mut cache, &mut bs).is_nan());
+            let mut s3 = src.clone();
+            s3[13] = bad;
+            assert!(exp_blocks(&s3, 0.0, &mut cache, &mut bs).is_nan());
+        }
+    }
+
+    #[test]
+    fn clipped_blocks_clip_at_zero() {
+        let cache: Vec<f64> = (0..200).map(|j| j as f64 * 0.01).collect();
+        let mut bs = vec![0.0; 200usize.div_ceil(BLOCK)];
+        clipped_blocks(&cache, 1.0, &mut bs);
+        let want: f64 = cache.iter().map(|&v| (v - 1.0).max(0.0)).sum();
+        assert!(rel_err(bs.iter().sum(), want) < 1e-14);
+        assert_eq!(bs[0], 0.0); // every value in block 0 is below 1.0
+    }
+
+    /// Chi-square statistic of counts against probabilities (bins with p = 0 must have no counts).
+    pub(crate) fn chi2(counts: &[u64], probs: &[f64]) -> f64 {
+        let n: u64 = counts.iter().sum();
+        let mut s = 0.0;
+        for (&c, &p) in counts.iter().zip(probs) {
+            if p == 0.0 {
+                assert_eq!(c, 0, "a state of probability 0 was drawn");
+            } else {
+                let e = n as f64 * p;
+                s += (c as f64 - e).powi(2) / e;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn draw_follows_its_weights() {
+        // 150 states over three blocks, some of weight zero, clipped at 0.2: 200_000 draws,
+        // chi-square with < 150 dof; the 1 - 1e-6 quantile of chi2(150) is about 262.
+        let values: Vec<f64> = (0..150).map(|j| ((j * 7919) % 13) as f64 * 0.1).collect();
+        let clip = 0.2;
+        let mut bs = vec![0.0; 150usize.div_ceil(BLOCK)];
+        clipped_blocks(&values, clip, &mut bs);
+        let w: Vec<f64> = values.iter().map(|&v| (v - clip).max(0.0)).collect();
+        let tot: f64 = w.iter().sum();
+        let p: Vec<f64> = w.iter().map(|&x| x / tot).collect();
+        let mut counts = vec![0u64; 150];
+        let key = RngKey::new(11, 0, 0);
+        for n in 0..200_000 {
+            let u = key.stream(Domain::Step, 0, n).uniform();
+            counts[draw_blocks(&values, &bs, clip, u).unwrap()] += 1;
+        }
+        let c = chi2(&counts, &p);
+        assert!(c < 262.0, "chi2 = {c}");
+    }
+
+    #[test]
+    fn draw_extremes() {
+        let values = vec![0.0, 0.0, 3.0, 0.0, 1.0, 0.0];
+        let mut bs = vec![0.0; 1];
+        clipped_blocks(&values, 0.0, &mut bs);
+        assert_eq!(draw_blocks(&values, &bs, 0.0, 0.0), Some(2));
+        // u just below 1 with a total that rounds: never a zero-weight state.
+        assert_eq!(
+            draw_blocks(&values, &bs, 0.0, 1.0 - f64::EPSILON / 2.0),
+            Some(4)
+        );
+        // A target beyond the total (as rounding could give) falls back to the last positive state.
+        assert_eq!(draw_blocks(&values, &bs, 0.0, 1.5), Some(4));
+        let zeros = vec![0.0; 5];
+        assert_eq!(draw_blocks(&zeros, &[0.0], 0.0, 0.3), None);
+    }
+
+    proptest! {
+        #[test]
+        fn draw_never_picks_zero_weight(
+            w in proptest::collection::vec(prop_oneof![Just(0.0f64), 0.0f64..10.0], 1..300),
+            u in 0.0f64..1.0,
+        ) {
+            let mut bs = vec![0.0; w.len().div_ceil(BLOCK)];
+            clipped_blocks(&w, 0.0, &mut bs);
+            match draw_blocks(&w, &bs, 0.0, u) {
+                Some(y) => prop_assert!(w[y] > 0.0),
+                None => prop_assert!(w.iter().all(|&v| v == 0.0)),
+            }
+        }
+
+        #[test]
+        fn exp_is_accurate_on_random_inputs(x in -708.0f64..709.78) {
+            prop_assert!(rel_err(exp_f64(x), x.exp()) < 1e-15);
+        }
+    }
+}

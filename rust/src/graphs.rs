@@ -1,0 +1,305 @@
+//! The two forward graphs of SEDD (Lou, Meng, Ermon 2024, section 3.3 and SPEC section 2) and forward
+//! corruption in closed form.
+//!
+//! Uniform, Q = (1/N) 1 1^T - I: with probability 1 - e^{-sigma} a token is replaced by a uniform draw
+//! over all N ids. Absorbing (MASK = N, the last of N + 1 states): with probability 1 - e^{-sigma} a
+//! token becomes MASK, and MASK stays MASK.
+
+use rayon::prelude::*;
+
+use crate::error::KernelError;
+use crate::rng::{Domain, RngKey};
+
+/// A graph on one token: `vocab_size` real ids, plus MASK = `vocab_size` when absorbing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Graph {
+    pub absorbing: bool,
+    pub vocab_size: usize,
+}
+
+impl Graph {
+    /// Checks `vocab_size >= 1` and that every state id fits an i64.
+    pub fn new(absorbing: bool, vocab_size: usize) -> Result<Self, KernelError> {
+        if vocab_size < 1 || vocab_size >= i64::MAX as usize {
+            return Err(KernelError::Value {
+                arg: "vocab_size",
+                msg: format!("must be in [1, 2^63 - 1), got {vocab_size}"),
+            });
+        }
+        Ok(Self {
+            absorbing,
+            vocab_size,
+        })
+    }
+
+    /// Number of states of one token: N + 1 absorbing, N uniform.
+    pub fn dim(&self) -> usize {
+        self.vocab_size + self.absorbing as usize
+    }
+
+    /// The MASK id (N) of the absorbing graph.
+    pub fn mask(&self) -> Option<i64> {
+        self.absorbing.then_some(self.vocab_size as i64)
+    }
+
+    /// Checks every token is a state of the graph (`[0, N]` absorbing, `[0, N)` uniform).
+    /// `x` is `[B, L]` flattened; `len` is L (> 0).
+    pub fn check_tokens(
+        &self,
+        arg: &'static str,
+        x: &[i64],
+        len: usize,
+    ) -> Result<(), KernelError> {
+        let dim = self.dim() as i64;
+        match x.iter().position(|&t| t < 0 || t >= dim) {
+            None => Ok(()),
+            Some(j) => Err(KernelError::TokenOutOfRange {
+                arg,
+                b: j / len,
+                i: j % len,
+                token: x[j],
+                allowed: if self.absorbing {
+                    format!(
+                        "the absorbing graph with vocab_size {} has ids 0..={} (MASK = {})",
+                        self.vocab_size, self.vocab_size, self.vocab_size
+                    )
+                } else {
+                    format!(
+                        "the uniform graph with vocab_size {} has ids 0..{} (no MASK)",
+                        self.vocab_size, self.vocab_size
+                    )
+                },
+            }),
+        }
+    }
+}
+
+/// Checks that a per-sequence noise level is finite and non-negative.
+pub fn check_levels(arg: &'static str, levels: &[f64]) -> Result<(), KernelError> {
+    match levels.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        None => Ok(()),
+        Some(b) => Err(KernelError::BadNoise {
+            arg,
+            b,
+            value: levels[b],
+        }),
+    }
+}
+
+/// Checks `x` (`[B, L]`), `out` (`[B, L]`) against B = `batch` and L = `len`. Returns `B * L`.
+pub(crate) fn check_tokens_shape(
+    x: &[i64],
+    out: &[i64],
+    batch: usize,
+    len: usize,
+) -> Result<usize, KernelError> {
+    let n = batch.checked_mul(len).ok_or_else(|| KernelError::Shape {
+        arg: "x",
+        msg: format!("B * L = {batch} * {len} overflows"),
+    })?;
+    if x.len() != n {
+        return Err(KernelError::Shape {
+            arg: "x",
+            msg: format!("has {} elements, expected B * L = {batch} * {len}", x.len()),
+        });
+    }
+    if out.len() != n {
+        return Err(KernelError::Shape {
+            arg: "out",
+            msg: format!(
+                "has {} elements, expected B * L = {batch} * {len}",
+                out.len()
+            ),
+        });
+    }
+    Ok(n)
+}
+
+/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2), written into `out`.
+///
+/// `x`: `[B, L]` flattened row-major, `sigma`: `[B]` total noise per sequence (B = `sigma.len()`),
+/// `len`: L. Position (b, i) uses the stream keyed by (seed, step, seq_offset + b, i).
+pub fn corrupt(
+    graph: Graph,
+    x: &[i64],
+    sigma: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    let batch = sigma.len();
+    let n = check_tokens_shape(x, out, batch, len)?;
+    check_levels("sigma", sigma)?;
+    if n == 0 {
+        return Ok(());
+    }
+    graph.check_tokens("x", x, len)?;
+    let n_ids = graph.vocab_size as u64;
+    let mask = graph.mask();
+    out.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .enumerate()
+        .for_each(|(b, (orow, xrow))| {
+            // P(the token moves) = 1 - e^{-sigma}, without cancellation for small sigma.
+            let p_move = -(-sigma[b]).exp_m1();
+            for (i, (o, &t)) in orow.iter_mut().zip(xrow).enumerate() {
+                let mut rng = key.stream(Domain::Corrupt, b, i);
+                let moves = rng.uniform() < p_move;
+                *o = match mask {
+                    Some(m) if t == m => m,
+                    Some(m) => {
+                        if moves {
+                            m
+                        } else {
+                            t
+                        }
+                    }
+                    None => {
+                        if moves {
+                            rng.below(n_ids) as i64
+                        } else {
+                            t
+                        }
+                    }
+                };
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(graph: Graph, x: &[i64], sigma: &[f64], len: usize, seed: u64) -> Vec<i64> {
+        let mut out = vec![-1; x.len()];
+        corrupt(graph, x, sigma, len, RngKey::new(seed, 0, 0), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn absorbing_masks_at_the_closed_form_rate() {
+        // 100_000 tokens at sigma = 0.7: P(MASK) = 1 - e^{-0.7}; binomial sd ~ 0.0015; allow 5 sd.
+        let g = Graph::new(true, 10).unwrap();
+        let len = 1000;
+        let x: Vec<i64> = (0..100 * len).map(|j| (j % 10) as i64).collect();
+        let out = run(g, &x, &[0.7; 100], len, 3);
+        let frac = out.iter().filter(|&&t| t == 10).count() as f64 / out.len() as f64;
+        let want = 1.0 - (-0.7f64).exp();
+        assert!((frac - want).abs() < 5.0 * (want * (1.0 - want) / out.len() as f64).sqrt());
+        // Unmasked tokens are unchanged.
+        assert!(out.iter().zip(&x).all(|(&o, &t)| o == t || o == 10));
+    }
+
+    #[test]
+    fn absorbing_mask_stays_mask() {
+        let g = Graph::new(true, 4).unwrap();
+        let out = run(g, &[4, 4, 4, 4], &[0.0, 0.0], 2, 0);
+        assert_eq!(out, vec![4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn uniform_follows_the_transition_law() {
+        // x0 = 2 with N = 5 at sigma = 1.3: p(y | 2) = e [y = 2] + (1 - e) / 5. Chi-square, 4 dof,
+        // 100_000 draws; P(chi2_4 > 30) < 5e-6.
+        let g = Graph::new(false, 5).unwrap();
+        let len = 1000;
+        let x = vec![2i64; 100 * len];
+        let out = run(g, &x, &[1.3; 100], len, 9);
+        let mut counts = [0u64; 5];
+        for &t in &out {
+            counts[t as usize] += 1;
+        }
+        let e = (-1.3f64).exp();
+        let p: Vec<f64> = (0..5)
+            .map(|y| if y == 2 { e } else { 0.0 } + (1.0 - e) / 5.0)
+            .collect();
+        let c = crate::categorical::tests::chi2(&counts, &p);
+        assert!(c < 30.0, "chi2 = {c}");
+    }
+
+    #[test]
+    fn sigma_zero_is_identity_and_large_sigma_reaches_the_limit() {
+        let g = Graph::new(true, 3).unwrap();
+        let x = vec![0i64, 1, 2, 0, 1, 2];
+        assert_eq!(run(g, &x, &[0.0, 0.0], 3, 1), x);
+        assert_eq!(run(g, &x, &[50.0, 50.0], 3, 1), vec![3; 6]);
+    }
+
+    #[test]
+    fn errors() {
+        let g = Graph::new(false, 3).unwrap();
+        let mut out = vec![0; 4];
+        let k = RngKey::new(0, 0, 0);
+        let e = corrupt(g, &[0, 1, 3, 0], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::TokenOutOfRange {
+                    b: 1,
+                    i: 0,
+                    token: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = corrupt(g, &[0, 1, -1, 0], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(matches!(e, KernelError::TokenOutOfRange { .. }));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = corrupt(g, &[0, 1, 2, 0], &[0.1, bad], 2, k, &mut out).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    KernelError::BadNoise {
+                        arg: "sigma",
+                        b: 1,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        let e = corrupt(g, &[0, 1, 2], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(matches!(e, KernelError::Shape { arg: "x", .. }));
+        let e = corrupt(g, &[0, 1, 2, 0], &[0.1, 0.1], 2, k, &mut out[..3]).unwrap_err();
+        assert!(matches!(e, KernelError::Shape { arg: "out", .. }));
+        assert!(Graph::new(true, 0).is_err());
+        // Empty batches and empty sequences are fine.
+        corrupt(g, &[], &[], 5, k, &mut []).unwrap();
+        corrupt(g, &[], &[0.1, 0.2], 0, k, &mut []).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn same_result_for_any_thread_count_and_split(
+            seed: u64, absorbing: bool, n in 1usize..40, batch in 2usize..6, len in 1usize..20,
+            sigma in 0.0f64..3.0,
+        ) {
+            let g = Graph::new(absorbing, n).unwrap();
+            let x: Vec<i64> = (0..batch * len).map(|j| (j * 7 % g.dim()) as i64).collect();
+            let s = vec![sigma; batch];
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let a = one.install(|| run(g, &x, &s, len, seed));
+            let b = two.install(|| run(g, &x, &s, len, seed));
+            prop_assert_eq!(&a, &b);
+            // Split the batch after the first sequence: the second part uses seq_offset = 1.
+            let mut head = vec![0; len];
+            let mut tail = vec![0; (batch - 1) * len];
+            corrupt(g, &x[..len], &s[..1], len, RngKey::new(seed, 0, 0), &mut head).unwrap();
+            corrupt(g, &x[len..], &s[1..], len, RngKey::new(seed, 0, 1), &mut tail).unwrap();
+            head.extend(tail);
+            prop_assert_eq!(a, head);
+        }
+
+        #[test]
+        fn output_is_always_a_state(seed: u64, absorbing: bool, n in 1usize..10, sigma in 0.0f64..100.0) {
+            let g = Graph::new(absorbing, n).unwrap();
+            let x: Vec<i64> = (0..64).map(|j| (j % g.dim()) as i64).collect();
+            let out = run(g, &x, &[sigma; 4], 16, seed);
+            prop_assert!(out.iter().all(|&t| t >= 0 && (t as usize) < g.dim()));
+        }
+    }
+}

@@ -1,0 +1,902 @@
+//! The reverse steps of SEDD sampling (Lou, Meng, Ermon 2024, section 4.1; SPEC section 5): Euler,
+//! analytic (Tweedie tau-leaping) and denoise, for both graphs, fused over each row.
+//!
+//! Each position (b, i) moves independently. With s_y = exp(l_y) the score (the entry at the current
+//! token x is ignored and s_x := 1), every step's law on one position is one of two shapes:
+//!
+//! * **Jump** (absorbing Euler / analytic / denoise at MASK, uniform Euler): stay at x with probability
+//!   max(0, 1 - r), r = c S, S = sum_{y != x} s_y, else move to y != x with probability proportional
+//!   to s_y. Absorbing: c = rate_dt (Euler), c = e^d - 1 (analytic: probs_y = (e^d - 1) s_y and
+//!   probs_MASK = 1 - (e^d - 1) S), c = inf (denoise drops MASK, so y ~ s_y). Uniform Euler:
+//!   c = rate_dt / N (Q(x, y) = 1/N). Clipping at 0 and renormalising is exactly `max(0, .)` here.
+//! * **Tweedie** (uniform analytic / denoise): probs_y = [exp(-dQ) s]_y exp(dQ)(x, y), where
+//!   [exp(-dQ) s]_y = e^d s_y + (1 - e^d) S_all / N (S_all = S + 1) and
+//!   exp(dQ)(x, y) = e^{-d} [y = x] + (1 - e^{-d}) / N. Dividing every entry by e^d (which changes
+//!   neither the signs nor the normalised law) and writing q = 1 - e^{-d}, T = q S_all / N:
+//!   weight_y = max(0, s_y - T) q / N for y != x and weight_x = max(0, 1 - T) (e^{-d} + q / N):
+//!   finite for every d, clipped at 0, then normalised.
+//!
+//! Cost: a row that can change is read once from memory (absorbing: only MASK rows are read at all;
+//! a NaN in a row that is never read is ignored). The read writes exp(l) into a per-thread f64 cache
+//! of O(dim) with block sums (`categorical::exp_blocks`); Jump decides "stay" from r, then draws from
+//! the block sums and one block; Tweedie makes one more pass over the cache for the clipped block sums.
+//! Rows whose scores would overflow (S > 1e290) or underflow (Jump, S < 1e-290) are recomputed with
+//! exp(l - max l), with the constants rescaled, so every finite f32 log-score is handled.
+
+use rayon::prelude::*;
+
+use crate::categorical::{clipped_blocks, draw_blocks, exp_blocks, refresh_block, BLOCK};
+use crate::error::KernelError;
+use crate::graphs::{check_levels, check_tokens_shape, Graph};
+use crate::rng::{Domain, Rng, RngKey};
+
+/// Which reverse step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Euler with `rate_dt = sigma(t_k) * dt`.
+    Euler,
+    /// Analytic (Tweedie tau-leaping) with `dsigma = sigma_bar(t_k) - sigma_bar(t_{k+1})`.
+    Analytic,
+    /// Denoise: analytic with all remaining noise `sigma = sigma_bar(eps)`; absorbing drops MASK.
+    Denoise,
+}
+
+impl StepKind {
+    /// The name of the noise-level argument of this step.
+    pub fn level_arg(self) -> &'static str {
+        match self {
+            StepKind::Euler => "rate_dt",
+            StepKind::Analytic => "dsigma",
+            StepKind::Denoise => "sigma",
+        }
+    }
+}
+
+/// Scores in the fast path stay in this range, so no exp overflowed and sums keep their precision.
+const S_MAX: f64 = 1e290;
+const S_MIN: f64 = 1e-290;
+
+/// The law of one sequence's positions, fixed by the graph, the step and its noise level.
+#[derive(Debug, Clone, Copy)]
+enum Law {
+    /// Every position keeps its token (zero noise step).
+    Stay,
+    /// Stay with probability max(0, 1 - c S), else move proportionally to s_y. `ln_c = ln c`.
+    Jump { c: f64, ln_c: f64 },
+    /// The uniform analytic step: q = 1 - e^{-d}, e_neg = e^{-d}, n = N.
+    Tweedie { q: f64, e_neg: f64, n: f64 },
+}
+
+/// ln(e^d - 1) for d > 0, without overflow for large d.
+fn ln_expm1(d: f64) -> f64 {
+    if d > 30.0 {
+        d + (-(-d).exp()).ln_1p()
+    } else {
+        d.exp_m1().ln()
+    }
+}
+
+fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
+    let n = graph.vocab_size as f64;
+    match (graph.absorbing, kind) {
+        (true, StepKind::Denoise) => Law::Jump {
+            c: f64::INFINITY,
+            ln_c: f64::INFINITY,
+        },
+        _ if level == 0.0 => Law::Stay,
+        (true, StepKind::Euler) => Law::Jump {
+            c: level,
+            ln_c: level.ln(),
+        },
+        (true, StepKind::Analytic) => Law::Jump {
+            c: level.exp_m1(),
+            ln_c: ln_expm1(level),
+        },
+        (false, StepKind::Euler) => Law::Jump {
+            c: level / n,
+            ln_c: level.ln() - n.ln(),
+        },
+        (false, StepKind::Analytic | StepKind::Denoise) => Law::Tweedie {
+            q: -(-level).exp_m1(),
+            e_neg: (-level).exp(),
+            n,
+        },
+    }
+}
+
+/// Per-thread scratch: the cached exp of one row and its block sums; grown on first use.
+#[derive(Default)]
+struct Scratch {
+    cache: Vec<f64>,
+    block_sums: Vec<f64>,
+}
+
+impl Scratch {
+    fn fit(&mut self, width: usize) -> (&mut [f64], &mut [f64]) {
+        if self.cache.len() < width {
+            self.cache.resize(width, 0.0);
+        }
+        let nb = width.div_ceil(BLOCK);
+        if self.block_sums.len() < nb {
+            self.block_sums.resize(nb, 0.0);
+        }
+        (&mut self.cache[..width], &mut self.block_sums[..nb])
+    }
+}
+
+/// The largest log-score other than the ignored one at `cur`, as f64 (the row is known finite there).
+fn max_excluding(row: &[f32], cur: Option<usize>) -> f64 {
+    row.iter()
+        .enumerate()
+        .filter(|&(y, _)| Some(y) != cur)
+        .map(|(_, &v)| v as f64)
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Reads `row` into the cache as exp(l - shift) with the current token's entry set to 0 (it is not a
+/// move); returns S = sum of the cache, or an error for a non-finite log-score outside `cur`.
+fn load_row(
+    row: &[f32],
+    cur: Option<usize>,
+    shift: f64,
+    cache: &mut [f64],
+    block_sums: &mut [f64],
+    at: (usize, usize),
+) -> Result<f64, KernelError> {
+    let chk = exp_blocks(row, shift, cache, block_sums);
+    if chk != 0.0 {
+        // Slow path: find the culprit; a non-finite entry at the ignored current token is allowed.
+        if let Some((y, &v)) = row
+            .iter()
+            .enumerate()
+            .find(|&(y, v)| !v.is_finite() && Some(y) != cur)
+        {
+            return Err(KernelError::NonFiniteLogScore {
+                b: at.0,
+                i: at.1,
+                y,
+                value: v,
+            });
+        }
+    }
+    if let Some(x) = cur {
+        cache[x] = 0.0;
+        refresh_block(cache, x, block_sums);
+    }
+    Ok(block_sums.iter().sum())
+}
+
+/// One position: the new token drawn from the step's law.
+#[allow(clippy::too_many_arguments)]
+fn step_position(
+    graph: Graph,
+    law: Law,
+    x: i64,
+    row: &[f32],
+    rng: &mut Rng,
+    scratch: &mut Scratch,
+    at: (usize, usize),
+) -> Result<i64, KernelError> {
+    // Absorbing: only MASK moves, and its row holds the N real ids (the MASK entry is ignored).
+    let (row, cur) = match graph.mask() {
+        Some(m) if x != m => return Ok(x),
+        Some(_) => (&row[..graph.vocab_size], None),
+        None => (row, Some(x as usize)),
+    };
+    match law {
+        Law::Stay => Ok(x),
+        Law::Jump { c, ln_c } => {
+            let (cache, bs) = scratch.fit(row.len());
+            let mut s = load_row(row, cur, 0.0, cache, bs, at)?;
+            // r = c S: the probability mass that leaves x (>= 1 means x is clipped to 0).
+            let r = if (S_MIN..=S_MAX).contains(&s) {
+                c * s
+            } else {
+                let m = max_excluding(row, cur);
+                if m == f64::NEG_INFINITY {
+                    return Ok(x); // no state to move to (uniform with N = 1)
+                }
+                s = load_row(row, cur, m, cache, bs, at)?; // now S in [1, dim]
+                (ln_c + m + s.ln()).exp()
+            };
+            if r < 1.0 && rng.uniform() < 1.0 - r {
+                return Ok(x);
+            }
+            Ok(draw_blocks(cache, bs, 0.0, rng.uniform()).map_or(x, |y| y as i64))
+        }
+        Law::Tweedie { q, e_neg, n } => {
+            let (cache, bs) = scratch.fit(row.len());
+            let mut one = 1.0;
+            let mut s = load_row(row, cur, 0.0, cache, bs, at)?;
+            if !(s <= S_MAX) {
+                let m = max_excluding(row, cur);
+                s = load_row(row, cur, m, cache, bs, at)?;
+                one = (-m).exp();
+            }
+            let t = q * (one + s) / n;
+            clipped_blocks(cache, t, bs);
+            let moved: f64 = bs.iter().sum();
+            let w_stay = (one - t).max(0.0) * (e_neg + q / n);
+            let w_move = moved * q / n;
+            let total = w_stay + w_move;
+            if !(total > 0.0) || rng.uniform() * total < w_stay {
+                return Ok(x);
+            }
+            Ok(draw_blocks(cache, bs, t, rng.uniform()).map_or(x, |y| y as i64))
+        }
+    }
+}
+
+/// One reverse step over a batch, written into `out`.
+///
+/// `x`: `[B, L]` int64 flattened, `log_score`: `[B, L, dim]` float32 flattened, `level`: `[B]` (B =
+/// `level.len()`; `rate_dt`, `dsigma` or `sigma` by `kind`), `len`: L. Position (b, i) draws from the
+/// stream keyed by (seed, step, seq_offset + b, i), so the result does not depend on the thread count
+/// (rayon, current pool) or the split of the batch. On error `out` may be partly written.
+#[allow(clippy::too_many_arguments)]
+pub fn reverse_step(
+    kind: StepKind,
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    level: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    let batch = level.len();
+    let n = check_tokens_shape(x, out, batch, len)?;
+    let dim = graph.dim();
+    if n.checked_mul(dim) != Some(log_score.len()) {
+        return Err(KernelError::Shape {
+            arg: "log_score",
+            msg: format!(
+                "has {} elements, expected B * L * dim = {batch} * {len} * {dim}",
+                log_score.len()
+            ),
+        });
+    }
+    check_levels(kind.level_arg(), level)?;
+    if n == 0 {
+        return Ok(());
+    }
+    graph.check_tokens("x", x, len)?;
+    let laws: Vec<Law> = level.iter().map(|&v| law(graph, kind, v)).collect();
+    out.par_iter_mut()
+        .zip(x.par_iter())
+        .zip(log_score.par_chunks(dim))
+        .enumerate()
+        .try_for_each_init(Scratch::default, |scratch, (j, ((o, &t), row))| {
+            let (b, i) = (j / len, j % len);
+            let mut rng = key.stream(Domain::Step, b, i);
+            *o = step_position(graph, laws[b], t, row, &mut rng, scratch, (b, i))?;
+            Ok(())
+        })
+}
+
+/// The Euler step (SPEC section 5); see [`reverse_step`].
+pub fn euler_step(
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    rate_dt: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    reverse_step(StepKind::Euler, graph, x, log_score, rate_dt, len, key, out)
+}
+
+/// The analytic (Tweedie tau-leaping) step (SPEC section 5); see [`reverse_step`].
+pub fn analytic_step(
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    dsigma: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    reverse_step(
+        StepKind::Analytic,
+        graph,
+        x,
+        log_score,
+        dsigma,
+        len,
+        key,
+        out,
+    )
+}
+
+/// The denoise step (SPEC section 5): absorbing never returns MASK; see [`reverse_step`].
+pub fn denoise_step(
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    sigma: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    reverse_step(StepKind::Denoise, graph, x, log_score, sigma, len, key, out)
+}
+
+/// The probabilities `[dim]` of one position's step, computed directly from the SPEC formulas (not
+/// fused, std exp): the reference the fused kernel is tested against. `x` must be a state of `graph`,
+/// `row` has `dim` finite entries.
+pub fn step_probs(graph: Graph, kind: StepKind, x: usize, row: &[f32], level: f64) -> Vec<f64> {
+    let dim = graph.dim();
+    let n = graph.vocab_size as f64;
+    let mut s: Vec<f64> = row.iter().map(|&v| (v as f64).exp()).collect();
+    s[x] = 1.0;
+    let mask = graph.mask().map(|m| m as usize);
+    let mut p = vec![0.0; dim];
+    if mask.is_some_and(|m| m != x) {
+        p[x] = 1.0; // absorbing: a real token never changes
+        return p;
+    }
+    // Q(x, y) for y != x: the rate y -> x (absorbing: 1 into MASK; uniform: 1/N).
+    let q_in = if graph.absorbing { 1.0 } else { 1.0 / n };
+    let d = level;
+    match kind {
+        StepKind::Euler => {
+            for y in (0..dim).filter(|&y| y != x) {
+                p[y] = level * q_in * s[y];
+            }
+            p[x] = 1.0 - p.iter().sum::<f64>();
+        }
+        StepKind::Analytic | StepKind::Denoise if graph.absorbing => {
+            for y in (0..dim).filter(|&y| y != x) {
+                p[y] = d.exp_m1() * s[y];
+            }
+            p[x] = 1.0 - p.iter().sum::<f64>();
+            if kind == StepKind::Denoise {
+                p[x] = 0.0;
+                if d == 0.0 {
+                    // The limit d -> 0 of the normalised law.
+                    p.iter_mut()
+                        .zip(&s)
+                        .take(dim - 1)
+                        .for_each(|(a, &b)| *a = b);
+                }
+            }
+        }
+        StepKind::Analytic | StepKind::Denoise => {
+            let s_all: f64 = s.iter().sum();
+            for (y, py) in p.iter_mut().enumerate() {
+                let stag = d.exp() * s[y] + (1.0 - d.exp()) * s_all / n;
+                let tr = if y == x { (-d).exp() } else { 0.0 } + (1.0 - (-d).exp()) / n;
+                *py = stag * tr;
+            }
+        }
+    }
+    p.iter_mut().for_each(|v| *v = v.max(0.0));
+    let tot: f64 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= tot);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::categorical::tests::chi2;
+    use proptest::prelude::*;
+
+    const KINDS: [StepKind; 3] = [StepKind::Euler, StepKind::Analytic, StepKind::Denoise];
+
+    /// A deterministic log-score row with entries in [-lo, hi).
+    fn row(dim: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut r = RngKey::new(seed, 99, 0).stream(Domain::Step, 0, 0);
+        (0..dim)
+            .map(|_| -lo + (lo + hi) * r.uniform() as f32)
+            .collect()
+    }
+
+    /// Runs one step on `count` copies of the same (x, row) and returns the counts per state.
+    fn draw_counts(
+        graph: Graph,
+        kind: StepKind,
+        x: usize,
+        r: &[f32],
+        level: f64,
+        count: usize,
+    ) -> Vec<u64> {
+        let len = 500;
+        let batch = count / len;
+        let xs = vec![x as i64; batch * len];
+        let ls: Vec<f32> = r
+            .iter()
+            .copied()
+            .cycle()
+            .take(batch * len * r.len())
+            .collect();
+        let mut out = vec![-1; xs.len()];
+        reverse_step(
+            kind,
+            graph,
+            &xs,
+            &ls,
+            &vec![level; batch],
+            len,
+            RngKey::new(5, 1, 0),
+            &mut out,
+        )
+        .unwrap();
+        let mut c = vec![0u64; graph.dim()];
+        for &t in &out {
+            c[t as usize] += 1;
+        }
+        c
+    }
+
+    /// Chi-square with at most dim - 1 dof against the 1 - 1e-6 quantile (Wilson-Hilferty bound).
+    fn chi2_limit(dof: usize) -> f64 {
+        let k = dof.max(1) as f64;
+        let z = 4.8; // upper 1e-6 normal quantile, rounded up
+        k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3) + 5.0
+    }
+
+    fn check_law(graph: Graph, kind: StepKind, x: usize, r: &[f32], level: f64) {
+        let p = step_probs(graph, kind, x, r, level);
+        let c = draw_counts(graph, kind, x, r, level, 100_000);
+        let dof = p.iter().filter(|&&v| v > 0.0).count() - 1;
+        let stat = chi2(&c, &p);
+        assert!(
+            stat < chi2_limit(dof),
+            "{graph:?} {kind:?} x={x} level={level}: chi2 = {stat} with {dof} dof"
+        );
+    }
+
+    #[test]
+    fn draws_follow_the_step_law() {
+        // Small and multi-block dims, both graphs, every step, unclipped and clipped regimes.
+        for &(n, lo, hi) in &[(4usize, 3.0f32, 1.0f32), (27, 4.0, 2.0), (200, 6.0, 1.0)] {
+            for absorbing in [true, false] {
+                let g = Graph::new(absorbing, n).unwrap();
+                let r = row(g.dim(), n as u64, lo, hi);
+                let x = if absorbing { n } else { n / 2 };
+                for kind in KINDS {
+                    for level in [0.01, 0.3, 3.0] {
+                        check_law(g, kind, x, &r, level);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_log_scores_use_the_rescaled_path() {
+        // Scores that overflow exp (l up to 2000) or underflow it (l down to -2000) everywhere.
+        for absorbing in [true, false] {
+            let g = Graph::new(absorbing, 30).unwrap();
+            let x = if absorbing { 30 } else { 4 };
+            for (lo, hi) in [(-1000.0f32, 1003.0f32), (2003.0, -1000.0)] {
+                let r = row(g.dim(), 7, lo, hi);
+                for kind in KINDS {
+                    for level in [1e-3, 0.5] {
+                        let p = step_probs_rescaled(g, kind, x, &r, level);
+                        let c = draw_counts(g, kind, x, &r, level, 50_000);
+                        let dof = p.iter().filter(|&&v| v > 0.0).count().saturating_sub(1);
+                        assert!(
+                            chi2(&c, &p) < chi2_limit(dof),
+                            "{g:?} {kind:?} {lo} {hi} {level}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `step_probs` evaluated in log space where it matters, for rows whose exp overflows f64.
+    fn step_probs_rescaled(g: Graph, kind: StepKind, x: usize, r: &[f32], level: f64) -> Vec<f64> {
+        let m = r
+            .iter()
+            .enumerate()
+            .filter(|&(y, _)| y != x)
+            .map(|(_, &v)| v)
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
+        let s: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let ssum: f64 = s
+            .iter()
+            .enumerate()
+            .filter(|&(y, _)| y != x)
+            .map(|(_, v)| v)
+            .sum();
+        let mut p = vec![0.0; g.dim()];
+        let stay = match (g.absorbing, kind) {
+            (true, StepKind::Denoise) => 0.0,
+            (true, _) | (false, StepKind::Euler) => {
+                // Jump: r = c S in log space.
+                let ln_c = match kind {
+                    StepKind::Euler => {
+                        level.ln()
+                            - if g.absorbing {
+                                0.0
+                            } else {
+                                (g.vocab_size as f64).ln()
+                            }
+                    }
+                    _ => ln_expm1(level),
+                };
+                (1.0 - (ln_c + m + ssum.ln()).exp()).max(0.0)
+            }
+            (false, _) => {
+                // Uniform Tweedie with all scores scaled by e^{-m} when m > 0 (overflow case); in the
+                // underflow case (m < 0) every s_y is far below T >= q / N, so every move is clipped.
+                let (n, q) = (g.vocab_size as f64, -(-level).exp_m1());
+                let m = m.max(0.0);
+                let s: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+                let ssum: f64 = s
+                    .iter()
+                    .enumerate()
+                    .filter(|&(y, _)| y != x)
+                    .map(|(_, v)| v)
+                    .sum();
+                let one = (-m).exp();
+                let t = q * (one + ssum) / n;
+                let ws = (one - t).max(0.0) * ((-level).exp() + q / n);
+                let wm: Vec<f64> = s.iter().map(|&v| (v - t).max(0.0) * q / n).collect();
+                let tot = ws
+                    + wm.iter()
+                        .enumerate()
+                        .filter(|&(y, _)| y != x)
+                        .map(|(_, v)| v)
+                        .sum::<f64>();
+                for y in 0..g.dim() {
+                    p[y] = if y == x { ws } else { wm[y] } / tot;
+                }
+                return p;
+            }
+        };
+        for y in (0..g.dim()).filter(|&y| y != x && Some(y as i64) != g.mask()) {
+            p[y] = (1.0 - stay) * s[y] / ssum;
+        }
+        p[x] = stay;
+        p
+    }
+
+    /// exp(A) by scaling and squaring of the Taylor series (test-only, small dense matrices).
+    fn expm(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n = a.len();
+        let norm = a
+            .iter()
+            .map(|r| r.iter().map(|v| v.abs()).sum::<f64>())
+            .fold(0.0, f64::max);
+        let sq = (norm.max(1e-300).log2().ceil().max(0.0) as i32) + 4;
+        let scale = 0.5f64.powi(sq);
+        let b: Vec<Vec<f64>> = a
+            .iter()
+            .map(|r| r.iter().map(|v| v * scale).collect())
+            .collect();
+        let mul = |x: &Vec<Vec<f64>>, y: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+            (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| (0..n).map(|k| x[i][k] * y[k][j]).sum())
+                        .collect()
+                })
+                .collect()
+        };
+        let mut term: Vec<Vec<f64>> = (0..n)
+            .map(|i| (0..n).map(|j| (i == j) as u8 as f64).collect())
+            .collect();
+        let mut sum = term.clone();
+        for k in 1..30 {
+            term = mul(&term, &b);
+            term.iter_mut().flatten().for_each(|v| *v /= k as f64);
+            sum.iter_mut()
+                .flatten()
+                .zip(term.iter().flatten())
+                .for_each(|(s, t)| *s += t);
+        }
+        for _ in 0..sq {
+            sum = mul(&sum, &sum);
+        }
+        sum
+    }
+
+    /// The rate matrix Q[y][x] = rate x -> y of a graph (SPEC section 2).
+    fn rate_matrix(g: Graph) -> Vec<Vec<f64>> {
+        let dim = g.dim();
+        let n = g.vocab_size as f64;
+        (0..dim)
+            .map(|y| {
+                (0..dim)
+                    .map(|x| match g.mask().map(|m| m as usize) {
+                        Some(m) if x == m => 0.0,
+                        Some(m) => (y == m) as u8 as f64 - (y == x) as u8 as f64,
+                        None => 1.0 / n - (y == x) as u8 as f64,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn analytic_probs_equal_the_matrix_exponential_form() {
+        // probs_y = [exp(-dQ) s]_y exp(dQ)(x, y), clipped and renormalised, with expm computed numerically.
+        for absorbing in [true, false] {
+            for &(n, d) in &[(3usize, 0.05f64), (6, 0.7), (5, 2.5)] {
+                let g = Graph::new(absorbing, n).unwrap();
+                let q = rate_matrix(g);
+                let neg: Vec<Vec<f64>> = q
+                    .iter()
+                    .map(|r| r.iter().map(|v| -d * v).collect())
+                    .collect();
+                let pos: Vec<Vec<f64>> = q
+                    .iter()
+                    .map(|r| r.iter().map(|v| d * v).collect())
+                    .collect();
+                let (em, ep) = (expm(&neg), expm(&pos));
+                let r = row(g.dim(), n as u64 + 3, 2.0, 2.0);
+                for x in 0..g.dim() {
+                    let mut s: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
+                    s[x] = 1.0;
+                    let mut p: Vec<f64> = (0..g.dim())
+                        .map(|y| (0..g.dim()).map(|j| em[y][j] * s[j]).sum::<f64>() * ep[x][y])
+                        .collect();
+                    let raw_total: f64 = p.iter().sum();
+                    assert!(
+                        (raw_total - 1.0).abs() < 1e-12,
+                        "unclipped probabilities sum to {raw_total}"
+                    );
+                    p.iter_mut().for_each(|v| *v = v.max(0.0));
+                    let tot: f64 = p.iter().sum();
+                    let want: Vec<f64> = p.iter().map(|v| v / tot).collect();
+                    let got = step_probs(g, StepKind::Analytic, x, &r, d);
+                    for y in 0..g.dim() {
+                        assert!((got[y] - want[y]).abs() < 1e-12, "{g:?} d={d} x={x} y={y}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn absorbing_analytic_probs_are_expm1_times_score() {
+        let g = Graph::new(true, 10).unwrap();
+        let r = row(11, 1, 6.0, 0.0); // small scores: no clipping at d = 0.2
+        let d = 0.2;
+        let p = step_probs(g, StepKind::Analytic, 10, &r, d);
+        let mut ssum = 0.0;
+        for y in 0..10 {
+            let s = (r[y] as f64).exp();
+            ssum += s;
+            assert!((p[y] - d.exp_m1() * s).abs() < 1e-15);
+        }
+        assert!((p[10] - (1.0 - d.exp_m1() * ssum)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn clipping_moves_all_mass_off_a_negative_state() {
+        // Euler with a huge rate_dt: 1 - c S < 0, so MASK is clipped to 0 and y ~ s_y.
+        let g = Graph::new(true, 5).unwrap();
+        let r = vec![0.0f32, 1.0, 2.0, -1.0, 0.5, 0.0];
+        let p = step_probs(g, StepKind::Euler, 5, &r, 10.0);
+        assert_eq!(p[5], 0.0);
+        let ssum: f64 = r[..5].iter().map(|&v| (v as f64).exp()).sum();
+        for y in 0..5 {
+            assert!((p[y] - (r[y] as f64).exp() / ssum).abs() < 1e-15);
+        }
+        // The fused kernel never keeps MASK there.
+        let c = draw_counts(g, StepKind::Euler, 5, &r, 10.0, 10_000);
+        assert_eq!(c[5], 0);
+    }
+
+    #[test]
+    fn absorbing_real_tokens_never_change_and_denoise_never_masks() {
+        let g = Graph::new(true, 8).unwrap();
+        let (batch, len) = (3, 40);
+        let x: Vec<i64> = (0..batch * len)
+            .map(|j| if j % 3 == 0 { 8 } else { (j % 8) as i64 })
+            .collect();
+        let mut ls = row(batch * len * 9, 3, 5.0, 5.0);
+        // NaN in rows that are not MASK: never read, so ignored; NaN in the MASK entry: ignored.
+        for j in 0..batch * len {
+            if x[j] != 8 {
+                ls[j * 9 + 1] = f32::NAN;
+            } else {
+                ls[j * 9 + 8] = f32::NAN;
+            }
+        }
+        for kind in KINDS {
+            let mut out = vec![0; x.len()];
+            reverse_step(
+                kind,
+                g,
+                &x,
+                &ls,
+                &[0.5, 2.0, 1e-4],
+                len,
+                RngKey::new(1, 2, 3),
+                &mut out,
+            )
+            .unwrap();
+            for (&o, &t) in out.iter().zip(&x) {
+                if t != 8 {
+                    assert_eq!(o, t);
+                }
+                if kind == StepKind::Denoise {
+                    assert_ne!(o, 8);
+                }
+                assert!((0..9).contains(&o));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_noise_keeps_every_token() {
+        for absorbing in [true, false] {
+            let g = Graph::new(absorbing, 6).unwrap();
+            let x: Vec<i64> = (0..12).map(|j| (j % g.dim()) as i64).collect();
+            let ls = row(12 * g.dim(), 4, 3.0, 3.0);
+            for kind in [StepKind::Euler, StepKind::Analytic] {
+                let mut out = vec![0; 12];
+                reverse_step(
+                    kind,
+                    g,
+                    &x,
+                    &ls,
+                    &[0.0, 0.0],
+                    6,
+                    RngKey::new(0, 0, 0),
+                    &mut out,
+                )
+                .unwrap();
+                assert_eq!(out, x);
+            }
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let g = Graph::new(true, 3).unwrap();
+        let k = RngKey::new(0, 0, 0);
+        let x = [3i64, 0, 3, 1];
+        let ls = vec![0.0f32; 16];
+        let mut out = [0i64; 4];
+        let e = analytic_step(g, &x, &ls[..12], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::Shape {
+                    arg: "log_score",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = analytic_step(g, &[3, 0, 4, 1], &ls, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::TokenOutOfRange {
+                    b: 1,
+                    i: 0,
+                    token: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = euler_step(g, &x, &ls, &[0.1, -0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::BadNoise {
+                    arg: "rate_dt",
+                    b: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = denoise_step(g, &x, &ls, &[f64::NAN, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::BadNoise {
+                    arg: "sigma",
+                    b: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut l2 = ls.clone();
+            l2[8 + 2] = bad; // row (1, 0) is MASK: read
+            let e = analytic_step(g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    KernelError::NonFiniteLogScore {
+                        b: 1,
+                        i: 0,
+                        y: 2,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        // Uniform: the MASK id of the absorbing graph is out of range.
+        let u = Graph::new(false, 3).unwrap();
+        let e = analytic_step(u, &x, &ls[..12], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(e, KernelError::TokenOutOfRange { token: 3, .. }),
+            "{e}"
+        );
+        // Uniform: a NaN at the current token is ignored, anywhere else it is an error.
+        let mut l3 = vec![0.0f32; 12];
+        l3[1] = f32::NAN; // row (0, 0), x = 1
+        analytic_step(u, &[1, 0, 2, 1], &l3, &[0.1, 0.1], 2, k, &mut out).unwrap();
+        let e = analytic_step(u, &[2, 0, 2, 1], &l3, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::NonFiniteLogScore {
+                    b: 0,
+                    i: 0,
+                    y: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Empty shapes.
+        analytic_step(g, &[], &[], &[], 4, k, &mut []).unwrap();
+        analytic_step(g, &[], &[], &[0.1, 0.1], 0, k, &mut []).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn probs_sum_to_one_and_are_non_negative(
+            absorbing: bool, n in 1usize..40, level in 0.0f64..20.0, seed: u64, spread in 0.1f32..12.0,
+        ) {
+            let g = Graph::new(absorbing, n).unwrap();
+            let r = row(g.dim(), seed, spread, spread);
+            for kind in KINDS {
+                for x in [0, g.dim() - 1] {
+                    let p = step_probs(g, kind, x, &r, level.max(1e-9));
+                    prop_assert!(p.iter().all(|&v| v >= 0.0));
+                    prop_assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+                }
+            }
+        }
+
+        #[test]
+        fn same_result_for_any_thread_count_and_split(
+            absorbing: bool, n in 1usize..300, batch in 2usize..5, len in 1usize..12, seed: u64,
+            step in 0u64..1000, level in 0.0f64..3.0,
+        ) {
+            let g = Graph::new(absorbing, n).unwrap();
+            let x: Vec<i64> = (0..batch * len).map(|j| (j * 5 % g.dim()) as i64).collect();
+            let ls = row(batch * len * g.dim(), seed, 4.0, 2.0);
+            let lv = vec![level; batch];
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            for kind in KINDS {
+                let run = |x: &[i64], ls: &[f32], lv: &[f64], off: u64| {
+                    let mut out = vec![0; x.len()];
+                    reverse_step(kind, g, x, ls, lv, len, RngKey::new(seed, step, off), &mut out).unwrap();
+                    out
+                };
+                let a = one.install(|| run(&x, &ls, &lv, 0));
+                let b = two.install(|| run(&x, &ls, &lv, 0));
+                prop_assert_eq!(&a, &b);
+                let cut = len * g.dim();
+                let mut split = run(&x[..len], &ls[..cut], &lv[..1], 0);
+                split.extend(run(&x[len..], &ls[cut..], &lv[1..], 1));
+                prop_assert_eq!(&a, &split);
+                prop_assert!(a.iter().all(|&t| t >= 0 && (t as usize) < g.dim()));
+                if absorbing && kind == StepKind::Denoise {
+                    prop_assert!(a.iter().all(|&t| t != n as i64));
+                }
+            }
+        }
+    }
+}
