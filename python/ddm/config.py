@@ -37,10 +37,16 @@ class TrainConfig:
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     # data
     data: str = _f("hamlet", "UTF-8 text file, a token file from ddm.data.build_token_file, or 'hamlet'")
-    tokenizer: str = _f("char", "'char' (vocabulary = characters of the corpus) or 'bytes' (UTF-8)")
+    tokenizer: str = _f(
+        "char", "'char' (vocabulary = characters of the corpus), 'bytes', 'gpt2', 'dna' or 'protein'"
+    )
     val_fraction: float = _f(0.1, "held-out fraction: the contiguous tail of the corpus, never trained on")
     # model
     model: str = _f("tiny", f"model size, one of {sorted(SIZES)} (SEDD: small)")
+    hidden: int = _f(0, "override the size's width (0: the size's)")
+    heads: int = _f(0, "override the size's number of attention heads (0: the size's)")
+    blocks: int = _f(0, "override the size's number of blocks (0: the size's)")
+    cond_dim: int = _f(0, "override the size's conditioning width (0: the size's)")
     seq_len: int = _f(128, "tokens per training sequence (SEDD: 1024 GPT-2 tokens)")
     dropout: float = _f(0.1, "dropout in the transformer blocks (SEDD: 0.1)")
     time_conditioning: bool = _f(True, "False: absorbing-only time-independent network (SPEC section 4)")
@@ -127,8 +133,10 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         """The `ModelConfig` of this run."""
+        sized = {k: getattr(self, k) for k in ("hidden", "heads", "blocks", "cond_dim") if getattr(self, k)}
         return ModelConfig.from_size(
             self.model,
+            **sized,
             seq_len=self.seq_len,
             dropout=self.dropout,
             time_conditioning=self.time_conditioning,
@@ -150,7 +158,7 @@ class TrainConfig:
         for name in positive_int:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "eval_sequences"):
+        for name in ("warmup_steps", "eval_every", "eval_sequences", "hidden", "heads", "blocks", "cond_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model not in SIZES:
@@ -159,8 +167,10 @@ class TrainConfig:
             raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
         if self.schedule not in ("loglinear", "geometric"):
             raise ValueError(f"schedule must be 'loglinear' or 'geometric', got {self.schedule!r}")
-        if self.tokenizer not in ("char", "bytes"):
-            raise ValueError(f"tokenizer must be 'char' or 'bytes', got {self.tokenizer!r}")
+        if self.tokenizer not in ("char", "bytes", "gpt2", "dna", "protein"):
+            raise ValueError(
+                f"tokenizer must be 'char', 'bytes', 'gpt2', 'dna' or 'protein', got {self.tokenizer!r}"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
@@ -185,6 +195,7 @@ class TrainConfig:
             raise ValueError(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
+        self.model_config().validate()
         if not self.time_conditioning and self.graph != "absorbing":
             raise ValueError("time_conditioning = false needs graph = 'absorbing'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddm.tokenizers import ByteTokenizer, CharTokenizer, from_config
+from ddm.tokenizers import CharTokenizer, Tokenizer, from_config, get
 
 __all__ = [
     "BUNDLED",
@@ -75,12 +75,24 @@ def _resolve_source(data: str | os.PathLike | None) -> Path:
 
 
 def _iter_chunks(path: Path):
+    """Yields the text in pieces that end at a line break where possible (so subword tokenizers see
+    whole lines)."""
+    carry = ""
     with open(path, encoding="utf-8") as f:
         while True:
             chunk = f.read(_CHUNK_CHARS)
             if not chunk:
-                return
-            yield chunk
+                break
+            chunk = carry + chunk
+            cut = chunk.rfind("\n") + 1
+            if cut == 0:
+                carry = ""
+                yield chunk
+            else:
+                carry = chunk[cut:]
+                yield chunk[:cut]
+    if carry:
+        yield carry
 
 
 @dataclass
@@ -128,7 +140,7 @@ def _source_info(path: Path) -> dict[str, Any]:
 def build_token_file(
     source: str | os.PathLike | None,
     out_path: str | os.PathLike,
-    tokenizer: CharTokenizer | ByteTokenizer | str = "char",
+    tokenizer: Tokenizer | str = "char",
 ) -> TokenFile:
     """Tokenizes a text file into a flat token file, streaming (the text is never fully in memory).
 
@@ -138,7 +150,8 @@ def build_token_file(
     Args:
         source: a UTF-8 text file, or None / `"hamlet"` for the bundled text.
         out_path: where the token file goes (its sidecar is `out_path + ".json"`).
-        tokenizer: a tokenizer, `"char"` (built from the characters of the source) or `"bytes"`.
+        tokenizer: a tokenizer, `"char"` (built from the characters of the source) or a name of
+            `ddm.tokenizers.get` (`"bytes"`, `"gpt2"`, `"dna"`, `"protein"`).
 
     Returns:
         The `TokenFile`.
@@ -153,11 +166,9 @@ def build_token_file(
                 chars.update(chunk)
             if not chars:
                 raise ValueError(f"data file {str(src)!r} is empty")
-            tok: CharTokenizer | ByteTokenizer = CharTokenizer(chars)
-        elif tokenizer == "bytes":
-            tok = ByteTokenizer()
+            tok: Tokenizer = CharTokenizer(chars)
         else:
-            raise ValueError(f"tokenizer must be 'char' or 'bytes', got {tokenizer!r}")
+            tok = get(tokenizer)
     else:
         tok = tokenizer
     tok_config = tok.to_config()
@@ -175,7 +186,8 @@ def build_token_file(
     n = 0
     with open(tmp, "wb") as f:
         for chunk in _iter_chunks(src):
-            ids = np.asarray(tok.encode(chunk), dtype=dtype)
+            encode_array = getattr(tok, "encode_array", None)
+            ids = np.asarray(encode_array(chunk) if encode_array else tok.encode(chunk), dtype=dtype)
             f.write(ids.tobytes())
             n += ids.size
         f.flush()
@@ -200,9 +212,7 @@ class Corpus:
         val_fraction: fraction of tokens (the contiguous tail) held out, in `[0, 1)`.
     """
 
-    def __init__(
-        self, tokens: np.ndarray, tokenizer: CharTokenizer | ByteTokenizer, val_fraction: float
-    ) -> None:
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, val_fraction: float) -> None:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         if tokens.ndim != 1 or tokens.size == 0:
@@ -281,7 +291,8 @@ def load_corpus(
         data: a UTF-8 text file, a token file written by `build_token_file` (it has a `.json` sidecar),
             or None / `"hamlet"` for the bundled text.
         cache_dir: where the token file of a text corpus is written.
-        tokenizer: `"char"`, `"bytes"` or a tokenizer config dict (to reuse a vocabulary).
+        tokenizer: `"char"`, a name of `ddm.tokenizers.get`, or a tokenizer config dict (to reuse a
+            vocabulary).
         val_fraction: the held-out fraction (contiguous tail).
 
     Returns:

@@ -1,0 +1,257 @@
+"""The likelihood bound of a score model on held-out data (SPEC section 4; SEDD Theorem 3.6).
+
+For a sequence x0 of L tokens,
+
+    -log p_0(x0) <= integral_0^1 sigma(t) E_{x_t ~ p_{t|0}}[sum_i DSE_i(x_t, x0)] dt + sum_i prior_i,
+
+where the prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions (for the absorbing
+graph, the cost of starting the reverse process from all-MASK; see its docstring).
+
+The integral is estimated per sequence with K stratified times: `t_k = (k + 1 - u_k) / K` with
+`u_k ~ U[0, 1)`, one time in each of the K strata `(k/K, (k+1)/K]`, and one draw of `x_t` at each; the
+mean over k of `dwdse(t_k)` is an unbiased estimate of the integral. On the endpoint t = 0: the integral
+starts at 0, not at the training cut `eps_t`; `sigma(0)` is finite for both schedules and so is the
+integrand (for the absorbing graph, masked positions have probability ~ sigma_bar and weight
+~ 1 / sigma_bar), so t is drawn from the half-open strata, which never give t = 0 exactly, and nothing is
+cut off. The price is that in the first stratum the estimate is a rare large value (a position masked at
+a tiny t), whose variance grows like log(1 / t_min); with K strata it is diluted by 1 / K. The standard
+error is over sequences (held-out blocks are treated as independent draws; it includes the Monte-Carlo
+noise of the estimate), and the seed fixes every draw.
+
+Blocks are scored without context from neighbouring blocks, so this is the bound of the model as a
+distribution over blocks of `seq_len` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddm.data import blocks, load_corpus
+from ddm.losses import dwdse
+
+__all__ = ["Bound", "heldout_blocks", "likelihood_bound", "text_blocks"]
+
+
+@dataclass
+class Bound:
+    """A likelihood bound with its standard error.
+
+    Attributes:
+        nats_per_token: the bound on `-log p(x0) / L`, averaged over sequences.
+        bits_per_token: the same in bits.
+        perplexity: `exp(nats_per_token)`.
+        stderr: standard error of `nats_per_token` over sequences (NaN for one sequence).
+        stderr_bits: the same in bits.
+        diffusion_nats_per_token: the DWDSE integral part.
+        prior_nats_per_token: the prior term.
+        tokens: tokens scored (`sequences * seq_len`).
+        sequences: number of blocks.
+        seq_len: tokens per block.
+        num_t: stratified times per block.
+        seed: the seed of the Monte-Carlo draws.
+        unit: what a token is (`"char"`, `"byte"`, `"token"`, ...).
+    """
+
+    nats_per_token: float
+    bits_per_token: float
+    perplexity: float
+    stderr: float
+    stderr_bits: float
+    diffusion_nats_per_token: float
+    prior_nats_per_token: float
+    tokens: int
+    sequences: int
+    seq_len: int
+    num_t: int
+    seed: int
+    unit: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; adds `bits_per_<unit>` (e.g. `bits_per_char`) when the unit is not "token"."""
+        d = asdict(self)
+        if self.unit != "token":
+            d[f"bits_per_{self.unit}"] = self.bits_per_token
+        return d
+
+    def __str__(self) -> str:
+        return (
+            f"{self.bits_per_token:.4f} +- {self.stderr_bits:.4f} bits/{self.unit} "
+            f"({self.nats_per_token:.4f} nats/{self.unit}, perplexity {self.perplexity:.3f}; "
+            f"{self.sequences} blocks of {self.seq_len}, {self.num_t} t each)"
+        )
+
+
+def text_blocks(model: Any, text: str, seq_len: int | None = None) -> torch.Tensor:
+    """Encodes `text` with `model.tokenizer` and cuts it into `[M, seq_len]` blocks.
+
+    Raises ValueError for text with characters unknown to the tokenizer (named), or shorter than a block.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer: pass token ids instead of text")
+    seq_len = _check_seq_len(model, seq_len)
+    if not text:
+        raise ValueError("the evaluation text is empty")
+    return blocks(np.asarray(tokenizer.encode(text), dtype=np.int64), seq_len, what="the evaluation text")
+
+
+def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
+    """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` blocks."""
+    from ddm.checkpoint import read_config
+
+    cfg = read_config(checkpoint)
+    train = cfg["train"]
+    data = train["data"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            corpus = load_corpus(
+                data, Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"]
+            )
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e}; the checkpoint was trained on it: pass the data explicitly"
+            ) from None
+        if corpus.n_val == 0:
+            raise ValueError("the checkpoint was trained with val_fraction = 0: there is no held-out split")
+        return corpus.val_blocks(seq_len).clone()
+
+
+def _check_seq_len(model: Any, seq_len: int | None) -> int:
+    model_len = getattr(model, "seq_len", None)
+    if seq_len is None:
+        if model_len is None:
+            raise ValueError("seq_len is needed for a model without a seq_len attribute")
+        return model_len
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if model_len is not None and seq_len > model_len:
+        raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model_len}")
+    return seq_len
+
+
+@torch.no_grad()
+def likelihood_bound(
+    model: Any,
+    data: torch.Tensor | np.ndarray | str,
+    *,
+    num_t: int = 128,
+    batch_size: int = 64,
+    seed: int = 0,
+    seq_len: int | None = None,
+    max_sequences: int | None = None,
+    graph: Any = None,
+    schedule: Any = None,
+    progress: bool = False,
+) -> Bound:
+    """Estimates the bound on `-log p(x0)` per token on held-out data (see the module docstring).
+
+    Args:
+        model: a score model (`ScoreModel`, or any callable `model(x, sigma_bar) -> [B, L, dim]` log-score
+            with `graph` and `schedule` given).
+        data: `[M, L]` token blocks, a 1-D token stream (cut into blocks of `seq_len`), or text (encoded
+            with `model.tokenizer`).
+        num_t: stratified times per sequence.
+        batch_size: rows (sequence, time) per network call.
+        seed: seeds the times and the corruption.
+        seq_len: block length for a stream or text (default: the model's).
+        max_sequences: use at most this many blocks (the first ones).
+        graph: the graph (default `model.graph`).
+        schedule: the schedule (default `model.schedule`).
+        progress: show a progress bar.
+
+    Returns:
+        A `Bound`.
+    """
+    graph = graph if graph is not None else getattr(model, "graph", None)
+    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+    if graph is None or schedule is None:
+        raise ValueError("likelihood_bound needs a graph and a schedule (model.graph / model.schedule)")
+    for name, v in (("num_t", num_t), ("batch_size", batch_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(data, str):
+        x = text_blocks(model, data, seq_len)
+    else:
+        x = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data)
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise TypeError(f"data must hold integer token ids, got dtype {x.dtype}")
+        if x.dim() == 1:
+            x = blocks(x.long(), _check_seq_len(model, seq_len))
+        elif x.dim() == 2:
+            _check_seq_len(model, x.shape[1])
+        else:
+            raise ValueError(f"data must be [M, L] blocks or a 1-D stream, got shape {tuple(x.shape)}")
+    if max_sequences is not None:
+        x = x[:max_sequences]
+    x = x.long()
+    if x.numel() == 0:
+        raise ValueError("no data to evaluate")
+    lo, hi = int(x.min()), int(x.max())
+    vocab = graph.dim - 1 if getattr(graph, "mask_id", None) is not None else graph.dim
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"data holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab})")
+
+    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    M, L = x.shape
+    K = num_t
+    cpu = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
+    t = (torch.arange(K, dtype=torch.float64) + 1.0 - u) / K  # (M, K), t_k in (k/K, (k+1)/K]
+    rows = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
+    t_rows = t.reshape(-1)  # (M K,)
+    diffusion = torch.zeros(M, dtype=torch.float64)  # (M,) sum over k of dwdse
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True)
+    try:
+        for start in range(0, M * K, batch_size):
+            r = rows[start : start + batch_size]
+            x0 = x[r].to(device)  # (b, L)
+            tt = t_rows[start : start + batch_size].to(device)  # (b,)
+            vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
+            diffusion.index_add_(0, r, vals.double().cpu())
+            if bar is not None:
+                bar.update(len(r))
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    diffusion /= K  # (M,) integral estimate per sequence, nats
+    sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
+    prior = graph.prior_kl(x, sigma_1).double().sum(-1)  # (M,)
+    per_seq = (diffusion + prior) / L  # (M,) nats per token
+    nats = float(per_seq.mean())
+    stderr = float(per_seq.std(unbiased=True) / math.sqrt(M)) if M > 1 else math.nan
+    ln2 = math.log(2)
+    tokenizer = getattr(model, "tokenizer", None)
+    return Bound(
+        nats_per_token=nats,
+        bits_per_token=nats / ln2,
+        perplexity=math.exp(nats),
+        stderr=stderr,
+        stderr_bits=stderr / ln2,
+        diffusion_nats_per_token=float(diffusion.mean()) / L,
+        prior_nats_per_token=float(prior.mean()) / L,
+        tokens=M * L,
+        sequences=M,
+        seq_len=L,
+        num_t=K,
+        seed=seed,
+        unit=getattr(tokenizer, "unit", "token") if tokenizer is not None else "token",
+    )

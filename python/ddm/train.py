@@ -1,0 +1,342 @@
+"""Training: the DWDSE loss of SEDD on a text corpus, with checkpoints that resume exactly.
+
+One optimizer step draws `batch_size` blocks of `seq_len` tokens at random offsets of the training split
+(in `grad_accum` micro-batches), draws `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` per sequence, and
+minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (SPEC section 4; SEDD eq. 10), with AdamW,
+linear warm-up, gradient clipping and an EMA of the weights. On CUDA the network runs under bf16
+autocast; the score entropy is computed in float32 or wider.
+
+Randomness comes from three sources, all seeded from `config.seed` and all saved in checkpoints: the
+global torch RNG (initial weights, dropout), a data generator (block offsets: the data position) and a
+noise generator (t and x_t). A run stopped at any checkpoint and resumed gives bit-identical weights to
+an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddm import checkpoint as ckpt
+from ddm.config import TrainConfig, load_config, make_graph, make_schedule
+from ddm.data import load_corpus
+from ddm.losses import dwdse
+from ddm.model import EMA, ScoreModel
+
+__all__ = ["RESUME_FIELDS", "lr_at", "resolve_device", "train"]
+
+# Fields that define the model, its data and its randomness: a resumed run must keep them.
+RESUME_FIELDS = (
+    "seed",
+    "data",
+    "tokenizer",
+    "val_fraction",
+    "model",
+    "hidden",
+    "heads",
+    "blocks",
+    "cond_dim",
+    "seq_len",
+    "dropout",
+    "time_conditioning",
+    "graph",
+    "schedule",
+    "schedule_eps",
+    "sigma_min",
+    "sigma_max",
+    "batch_size",
+    "grad_accum",
+    "eps_t",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`"auto"` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of the update from `step` to `step + 1`: linear warm-up, then constant (SEDD)."""
+    if config.warmup_steps == 0:
+        return config.lr
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+
+
+def _as_config(config: TrainConfig | dict | str | os.PathLike) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        config.validate()
+        return config
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    raise TypeError(f"config must be a TrainConfig, dict or TOML path, got {type(config).__name__}")
+
+
+class _Log:
+    """Appends JSON lines to `<run_dir>/log.jsonl` (flushed per line) and draws `curves.png`."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None) -> None:
+        self.path = run_dir / "log.jsonl"
+        self.records: list[dict[str, Any]] = []
+        if resume_step is not None and self.path.is_file():
+            # keep what the resumed checkpoint had seen; drop lines written after it
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("step", 0) <= resume_step:
+                    self.records.append(rec)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w") as f:
+            for rec in self.records:
+                f.write(json.dumps(rec) + "\n")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def plot(self, path: Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # the plot is optional
+            return
+        train = [r for r in self.records if "loss" in r]
+        evals = [r for r in self.records if "eval_bits_per_token" in r]
+        if not train:
+            return
+        fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
+        ln2 = math.log(2)
+        ax.plot([r["step"] for r in train], [r["loss"] / ln2 for r in train], lw=1, label="training DWDSE")
+        if evals:
+            ax.errorbar(
+                [r["step"] for r in evals],
+                [r["eval_bits_per_token"] for r in evals],
+                yerr=[2 * r["eval_stderr_bits"] for r in evals],
+                fmt="o-",
+                ms=3,
+                label="held-out bound (EMA, +-2 s.e.)",
+            )
+        ax.set_ylabel("bits / token")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="gray")
+        ax_lr.set_ylabel("learning rate")
+        ax_lr.set_xlabel("step")
+        fig.tight_layout()
+        tmp = path.with_name(path.name + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global state that third-party code may use)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: TrainConfig | dict | str | os.PathLike,
+    *,
+    resume: bool = False,
+    until_step: int | None = None,
+) -> Path:
+    """Trains a score model and returns the path of its last checkpoint.
+
+    Args:
+        config: a `TrainConfig`, a dict of its fields, or a TOML file.
+        resume: continue the run in `config.run_dir` from its latest checkpoint (exactly: the result is
+            the same as a run that was never interrupted). The fields in `RESUME_FIELDS` must match the
+            checkpoint's; `steps` and the logging fields may change.
+        until_step: stop at this step (with a checkpoint) even if `config.steps` is larger, e.g. to split
+            a run across jobs; resume later to continue.
+
+    Returns:
+        The checkpoint directory written last.
+    """
+    cfg = _as_config(config)
+    run_dir = Path(cfg.run_dir)
+    device = resolve_device(cfg.device)
+    state: dict[str, Any] | None = None
+    if resume:
+        found = ckpt.latest(run_dir)
+        if found is None:
+            raise ValueError(f"resume: run directory {str(run_dir)!r} has no checkpoint")
+        saved = ckpt.read_config(found)["train"]
+        for name in RESUME_FIELDS:
+            if saved.get(name) != getattr(cfg, name):
+                raise ValueError(
+                    f"resume: {name} = {getattr(cfg, name)!r} differs from the checkpoint's "
+                    f"{saved.get(name)!r}"
+                )
+        state = ckpt.read_training_state(found, device=device)
+    elif ckpt.latest(run_dir) is not None:
+        raise ValueError(
+            f"run directory {str(run_dir)!r} already has checkpoints: pass resume=True (--resume) to "
+            "continue it, or choose another run_dir"
+        )
+
+    _seed_everything(cfg.seed)
+    corpus = load_corpus(cfg.data, run_dir / "data", tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction)
+    corpus.check_seq_len(cfg.seq_len)
+    tokenizer = corpus.tokenizer
+    graph = make_graph(cfg, tokenizer.vocab_size)
+    schedule = make_schedule(cfg)
+    model = ScoreModel(cfg.model_config(), graph, schedule, tokenizer=tokenizer).to(device)
+    ema = EMA(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    generators = {"data": data_gen, "noise": noise_gen}
+    step, elapsed, tokens_seen = 0, 0.0, 0
+    if state is not None:
+        saved_tok = ckpt.read_config(state["path"])["tokenizer"]
+        if saved_tok != tokenizer.to_config():
+            raise ValueError("resume: the corpus gives a different tokenizer than the checkpoint's")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"], state["ema_num_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"], generators)
+        step, elapsed, tokens_seen = state["step"], state.get("elapsed_s", 0.0), state.get("tokens_seen", 0)
+
+    ckpt_config = {
+        "model": model.config.to_dict(),
+        "graph": graph.to_config(),
+        "schedule": schedule.to_config(),
+        "tokenizer": tokenizer.to_config(),
+        "train": cfg.to_dict(),
+    }
+    log = _Log(run_dir, step if state is not None else None)
+    val = corpus.val_blocks(cfg.seq_len, cfg.eval_sequences or None) if corpus.n_val >= cfg.seq_len else None
+    eval_model = copy.deepcopy(model).eval()
+
+    def evaluate_now() -> dict[str, Any]:
+        from ddm.evaluate import likelihood_bound
+
+        ema.copy_to(eval_model)
+        b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=cfg.batch_size)
+        return {
+            "step": step,
+            "eval_nats_per_token": b.nats_per_token,
+            "eval_bits_per_token": b.bits_per_token,
+            "eval_stderr_bits": b.stderr_bits,
+        }
+
+    def save() -> Path:
+        extra = {
+            "rng": ckpt.rng_state(generators),
+            "data": {"batches_drawn": step * cfg.grad_accum, "generator": "see rng.generators.data"},
+            "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed,
+        }
+        return ckpt.save(
+            run_dir,
+            step,
+            model=model,
+            config=ckpt_config,
+            ema=ema,
+            optimizer=optimizer,
+            state=extra,
+            keep=cfg.keep_checkpoints,
+        )
+
+    stop = min(cfg.steps, until_step) if until_step is not None else cfg.steps
+    micro = cfg.batch_size // cfg.grad_accum
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    last_path = ckpt.latest(run_dir)
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    def log_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return model(x, s)
+
+    window_loss, window_steps, window_time = 0.0, 0, 0.0
+    tok_per_s = 0.0
+    model.train()
+    while step < stop:
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            x0 = corpus.batch(micro, cfg.seq_len, data_gen).to(device)  # (b, L)
+            per_seq = dwdse(log_fn, graph, schedule, x0, eps_t=cfg.eps_t, generator=noise_gen)  # (b,)
+            (per_seq.mean() / cfg.grad_accum).backward()
+            loss_sum += float(per_seq.detach().sum())
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if cfg.grad_clip > 0
+            else 0.0
+        )
+        optimizer.step()
+        ema.update(model)
+        step += 1
+        tokens_seen += tokens_per_step
+        step_time = time.perf_counter() - t0
+        elapsed += step_time
+        window_time += step_time
+        loss = loss_sum / tokens_per_step  # nats per token
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss} at step {step}; lower lr or check the data")
+        window_loss += loss
+        window_steps += 1
+
+        if step % cfg.log_every == 0 or step == stop:
+            tok_per_s = window_steps * tokens_per_step / max(window_time, 1e-9)
+            rec = {
+                "step": step,
+                "loss": window_loss / window_steps,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tok_per_s,
+                "elapsed_s": elapsed,
+            }
+            log.write(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_per_s:,.0f}", refresh=False)
+            window_loss, window_steps, window_time = 0.0, 0, 0.0
+        is_eval = val is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps)
+        if is_eval:
+            log.write(evaluate_now())
+        if step % cfg.save_every == 0 or step == stop:
+            last_path = save()
+            if cfg.plot:
+                log.plot(run_dir / "curves.png")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if last_path is None:  # nothing to do (already at `stop`): make sure a checkpoint exists
+        last_path = save()
+    return last_path

@@ -1,0 +1,196 @@
+"""Training: the loss against brute force, zero-init expectations, one step helps, exact resume, configs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from ddm.config import TrainConfig, load_config
+from ddm.graphs import Absorbing, Uniform
+from ddm.losses import dwdse, score_entropy_bruteforce
+from ddm.model import ModelConfig, ScoreModel
+from ddm.schedules import Geometric, LogLinear
+from ddm.train import train
+from safetensors.torch import load_file
+
+SMALL = dict(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0)
+
+
+def _tiny_run(tmp_path, name="run", **kw):
+    cfg = dict(
+        run_dir=str(tmp_path / name),
+        hidden=32,
+        heads=2,
+        blocks=1,
+        cond_dim=16,
+        seq_len=16,
+        batch_size=4,
+        steps=6,
+        warmup_steps=2,
+        log_every=1,
+        eval_every=3,
+        eval_sequences=2,
+        eval_num_t=2,
+        save_every=3,
+        progress=False,
+        plot=False,
+        dropout=0.1,
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def _randomise(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize(
+    "graph,schedule",
+    [(Absorbing(4), LogLinear()), (Uniform(4), Geometric()), (Absorbing(3), Geometric(0.01, 5.0))],
+)
+def test_training_loss_matches_bruteforce_dse(graph, schedule):
+    torch.manual_seed(0)
+    model = ScoreModel(ModelConfig(**SMALL), graph, schedule)
+    _randomise(model)
+    x0 = torch.randint(0, graph.vocab_size, (6, 5))
+    seen = {}
+
+    def fn(x_t, sigma_bar):
+        seen["x_t"], seen["sigma_bar"] = x_t, sigma_bar
+        return model(x_t, sigma_bar)
+
+    t = torch.tensor([0.01, 0.1, 0.3, 0.5, 0.8, 1.0], dtype=torch.float64)
+    loss = dwdse(fn, graph, schedule, x0, t=t, generator=torch.Generator().manual_seed(1))  # (B,)
+    sigma_bar, sigma = schedule(t)
+    torch.testing.assert_close(seen["sigma_bar"], sigma_bar)
+    l = model(seen["x_t"], sigma_bar).double()
+    brute = score_entropy_bruteforce(graph, l, sigma_bar[:, None], seen["x_t"], x0)  # (B, L)
+    torch.testing.assert_close(loss.double(), sigma * brute.sum(-1), rtol=1e-5, atol=1e-6)
+    assert (seen["x_t"] != x0).any()  # the test exercises corrupted positions
+
+
+def test_zero_init_absorbing_expected_loss_is_log_n():
+    # SPEC section 4: with a zero output layer the expected loss per token is (1 - eps) ln N at every t.
+    N, L, B = 12, 16, 4096
+    model = ScoreModel(ModelConfig(**SMALL), Absorbing(N), LogLinear())
+    x0 = torch.randint(0, N, (B, L), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (None, 0.05, 0.9):
+            per_token = dwdse(
+                model, model.graph, model.schedule, x0, t=t, generator=torch.Generator().manual_seed(3)
+            )
+            per_token = per_token.double() / L
+            mean, se = per_token.mean().item(), per_token.std().item() / math.sqrt(B)
+            expected = (1 - 1e-3) * math.log(N)
+            assert abs(mean - expected) < 4 * se, (t, mean, expected, se)
+            assert se < 0.03 * expected
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = ScoreModel(ModelConfig(**SMALL), Absorbing(10), LogLinear())
+    x0 = torch.randint(0, 10, (32, 16), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn():
+        return dwdse(
+            model, model.graph, model.schedule, x0, generator=torch.Generator().manual_seed(7)
+        ).mean()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = loss_fn()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss_fn()
+    assert after.item() < before.item() - 1e-3
+
+
+def _weights(path):
+    return {name: load_file(str(path / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
+
+
+def test_exact_resume_gives_identical_weights(tmp_path):
+    full = train(_tiny_run(tmp_path, "full"))
+    part = train(_tiny_run(tmp_path, "split"), until_step=3)
+    assert part.name == "step_00000003"
+    resumed = train(_tiny_run(tmp_path, "split"), resume=True)
+    a, b = _weights(full), _weights(resumed)
+    for kind in a:
+        assert a[kind].keys() == b[kind].keys()
+        for k in a[kind]:
+            assert torch.equal(a[kind][k], b[kind][k]), (kind, k)
+    # the state agrees too, and the log holds each step once
+    sa = json.loads((full / "state.json").read_text())
+    sb = json.loads((resumed / "state.json").read_text())
+    assert sa["rng"] == sb["rng"] and sa["step"] == sb["step"] == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3, 4, 5, 6, 6]
+
+
+def test_same_seed_same_run_other_seed_differs(tmp_path):
+    a = _weights(train(_tiny_run(tmp_path, "a", steps=2)))["model"]
+    b = _weights(train(_tiny_run(tmp_path, "b", steps=2)))["model"]
+    c = _weights(train(_tiny_run(tmp_path, "c", steps=2, seed=1)))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_grad_accum_and_time_independent_and_uniform_runs(tmp_path):
+    p = train(_tiny_run(tmp_path, "acc", steps=2, grad_accum=2, time_conditioning=False, eval_every=0))
+    assert (p / "ema.safetensors").is_file()
+    p = train(_tiny_run(tmp_path, "uni", steps=2, graph="uniform", schedule="geometric", plot=True))
+    assert (tmp_path / "uni" / "curves.png").stat().st_size > 0
+    recs = [json.loads(line) for line in (tmp_path / "uni" / "log.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "tokens_per_s"} <= set(recs[0])
+    assert any("eval_bits_per_token" in r for r in recs)
+
+
+def test_bad_configs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="'steps' must be of type int"):
+        TrainConfig.from_dict({"steps": "many"})
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        TrainConfig.from_dict({"batch_size": 5, "grad_accum": 2})
+    with pytest.raises(ValueError, match="graph must be"):
+        TrainConfig.from_dict({"graph": "ring"})
+    with pytest.raises(ValueError, match="time_conditioning"):
+        TrainConfig.from_dict({"graph": "uniform", "time_conditioning": False})
+    with pytest.raises(ValueError, match="divisible by model.heads"):
+        TrainConfig.from_dict({"hidden": 30, "heads": 4})
+    with pytest.raises(ValueError, match="lr must be"):
+        TrainConfig.from_dict({"lr": 0})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('[optim]\nlr = 1e-3\nsteps = 10\n[run]\nrun_dir = "x"\n')
+    cfg = load_config(good, steps=20)
+    assert cfg.lr == 1e-3 and cfg.steps == 20 and cfg.run_dir == "x"
+    # the default config round-trips through its TOML form
+    (tmp_path / "default.toml").write_text(TrainConfig().to_toml())
+    assert load_config(tmp_path / "default.toml") == TrainConfig()
+
+
+def test_bad_runs_are_named(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("to be or not to be\n")
+    with pytest.raises(ValueError, match="seq_len"):
+        train(_tiny_run(tmp_path, "s", data=str(small), seq_len=64))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        train(_tiny_run(tmp_path, "e", data=str(empty)))
+    train(_tiny_run(tmp_path, "r", steps=1))
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        train(_tiny_run(tmp_path, "r", steps=1))
+    with pytest.raises(ValueError, match="resume: seed"):
+        train(_tiny_run(tmp_path, "r", steps=2, seed=5), resume=True)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(_tiny_run(tmp_path, "nothing"), resume=True)
