@@ -289,7 +289,8 @@ def load_corpus(
 
     Args:
         data: a UTF-8 text file, a token file written by `build_token_file` (it has a `.json` sidecar),
-            or None / `"hamlet"` for the bundled text.
+            None / `"hamlet"` for the bundled text, or a dataset name of `ddm.datasets.REGISTRY` (its
+            train split, with its validation split as the held-out tail; see `ddm.datasets.corpus`).
         cache_dir: where the token file of a text corpus is written.
         tokenizer: `"char"`, a name of `ddm.tokenizers.get`, or a tokenizer config dict (to reuse a
             vocabulary).
@@ -298,6 +299,11 @@ def load_corpus(
     Returns:
         The `Corpus`, tokens memory-mapped.
     """
+    from ddm.datasets import REGISTRY, corpus
+
+    if isinstance(data, str) and data in REGISTRY:
+        # A named dataset (`ddm data list`): its own cache and fixed split, `val_fraction` unused.
+        return corpus(data, tokenizer)
     if data is not None and str(data) not in ("", BUNDLED) and Path(str(data) + ".json").is_file():
         tf = TokenFile.read(data)
     else:
