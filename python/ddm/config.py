@@ -36,7 +36,11 @@ class TrainConfig:
     seed: int = _f(0, "seeds the weights, the data order and the noise: same seed, same run")
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     # data
-    data: str = _f("hamlet", "UTF-8 text file, a token file from ddm.data.build_token_file, or 'hamlet'")
+    data: str = _f(
+        "hamlet",
+        "UTF-8 text file, a token file from ddm.data.build_token_file, 'hamlet', or a dataset name "
+        "from `ddm data list` (its own split; val_fraction unused)",
+    )
     tokenizer: str = _f(
         "char", "'char' (vocabulary = characters of the corpus), 'bytes', 'gpt2', 'dna' or 'protein'"
     )
