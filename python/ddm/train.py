@@ -240,7 +240,8 @@ def train(
         from ddm.evaluate import likelihood_bound
 
         ema.copy_to(eval_model)
-        b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=cfg.batch_size)
+        rows = max(64, cfg.batch_size)  # no gradients: larger batches than training are cheap
+        b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=rows)
         return {
             "step": step,
             "eval_nats_per_token": b.nats_per_token,
