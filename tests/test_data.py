@@ -93,3 +93,16 @@ def test_bad_data_errors(tmp_path):
         corpus.batch(2, 64, torch.Generator())
     with pytest.raises(ValueError, match="val_fraction"):
         Corpus(np.zeros(10, dtype=np.uint16), CharTokenizer("a"), 1.0)
+
+
+def test_streaming_tokenization_in_small_chunks(tmp_path, monkeypatch):
+    import ddm.data
+
+    text = "".join(f"line {i}: {'xyz' * (i % 5)}\n" for i in range(200)) + "no newline at the end"
+    src = tmp_path / "t.txt"
+    src.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(ddm.data, "_CHUNK_CHARS", 7)  # forces many chunks, some without a line break
+    tf = build_token_file(src, tmp_path / "t.bin")
+    tok = tokenizers.from_config(tf.tokenizer)
+    assert tf.n_tokens == len(text)
+    assert tok.decode(tf.open().tolist()) == text

@@ -189,7 +189,7 @@ def train(
                     f"resume: {name} = {getattr(cfg, name)!r} differs from the checkpoint's "
                     f"{saved.get(name)!r}"
                 )
-        state = ckpt.read_training_state(found, device=device)
+        state = ckpt.read_training_state(found)  # on CPU; load_state_dict moves tensors to the model
     elif ckpt.latest(run_dir) is not None:
         raise ValueError(
             f"run directory {str(run_dir)!r} already has checkpoints: pass resume=True (--resume) to "
