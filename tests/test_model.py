@@ -111,3 +111,16 @@ def test_ema_warms_up_then_tracks():
     torch.testing.assert_close(target.weight, ema.shadow["weight"])
     with pytest.raises(ValueError, match="decay"):
         EMA(model, 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_matches_cpu_float32():
+    graph = Absorbing(7)
+    model = ScoreModel(ModelConfig(**TINY), graph, LogLinear())
+    _randomise(model, 3)
+    x = torch.randint(0, graph.dim, (2, 12))
+    sigma = torch.tensor([0.5, 2.0])
+    ref = model(x, sigma)
+    out = model.cuda()(x.cuda(), sigma.cuda())
+    assert out.dtype == torch.float32  # bf16 inside, float32 log-scores out
+    torch.testing.assert_close(out.cpu(), ref, rtol=5e-2, atol=5e-2)
