@@ -244,28 +244,30 @@ def test_prior_kl_uniform_bruteforce(n: int, sigma: float) -> None:
 @settings(max_examples=40, deadline=None)
 @given(n=sizes, sigma=st.floats(min_value=1e-6, max_value=40.0))
 def test_prior_kl_absorbing_bruteforce(n: int, sigma: float) -> None:
-    # the forward KL against the point mass at MASK is infinite; the returned term is the reverse KL
-    # KL(delta_MASK || p(. | x0)) = -log p(MASK | x0), 0 for x0 = MASK
+    # KL of the forward marginal against pi = (1 - e) delta_MASK + e Uniform(N), computed as the literal
+    # sum over states from matrix_exp
     g = Absorbing(n)
     p = torch.linalg.matrix_exp(sigma * explicit_q("absorbing", n))  # [y, x0]
+    e = math.exp(-sigma)
+    pi = torch.full((n + 1,), e / n, dtype=F64)
+    pi[n] = -math.expm1(-sigma)
+    expected = torch.special.xlogy(p, p).sum(0) - (p * torch.log(pi)[:, None]).sum(0)
     x0 = torch.arange(n + 1)[None, :]
-    expected = -torch.log(p[n, :])
     got = g.prior_kl(x0, torch.tensor(sigma, dtype=F64))
-    close(got[0], expected, rtol=1e-9, atol=1e-14)  # -log(p) of an O(1) p: absolute error ~ 1 ulp
-    assert got[0, n] == 0
+    close(got[0], expected, rtol=1e-7, atol=1e-13)
 
 
 @pytest.mark.parametrize("sigma", [20.0, 30.0, 40.0])
 @pytest.mark.parametrize("n", [2, 7, 50257])
 def test_prior_kl_large_noise_asymptotics(sigma: float, n: int) -> None:
     # where the brute force cancels to 0: with e = exp(-sigma), uniform KL = (N - 1) e^2 / 2 (1 + O(e)) and
-    # absorbing -log(1 - e) = e + e^2 / 2 + O(e^3); the closed forms must keep full relative accuracy
+    # absorbing e log N; the closed forms must keep full relative accuracy
     e = math.exp(-sigma)
     s = torch.tensor(sigma, dtype=F64)
     got_u = Uniform(n).prior_kl(torch.zeros(1, 1, dtype=torch.long), s).item()
     assert got_u == pytest.approx((n - 1) * e * e / 2, rel=1e-6)
     got_a = Absorbing(n).prior_kl(torch.zeros(1, 1, dtype=torch.long), s).item()
-    assert got_a == pytest.approx(e + e * e / 2, rel=1e-12)
+    assert got_a == pytest.approx(e * math.log(n), rel=1e-12)
 
 
 # ---- config and validation ---------------------------------------------------------------------------------

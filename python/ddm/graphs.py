@@ -490,21 +490,28 @@ class Absorbing(Graph):
         return out.index_put(rows, val)
 
     def prior_kl(self, x0: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """Per-position prior term for the all-MASK start, `-log(1 - e^{-sigma})`, `[B, L]`.
+        """`KL(p_{sigma|0}(. | x0) || pi_sigma)`, exact, `[B, L]` in the dtype of `sigma`.
 
-        The limit law is the point mass at MASK, which gives no mass to `x0`, so the forward-direction
-        `KL(p_{sigma|0}(. | x0) || delta_MASK)` is infinite whenever `e^{-sigma} > 0`. The finite quantity
-        returned is `KL(delta_MASK || p_{sigma|0}(. | x0)) = -log p_{sigma|0}(MASK | x0)`, which is
-        `-log(1 - e^{-sigma})`: the log-cost of the event that the position is masked at noise `sigma`
-        (0 for `x0 = MASK`). It is `O(e^{-sigma})` (about 1e-3 nats per token for `LogLinear(1e-3)` at
-        t = 1), the size of the approximation SEDD and MDLM make by starting the reverse process from
-        all-MASK.
+        The point mass at MASK cannot serve as the prior of a likelihood bound: it gives no mass to the
+        `e^{-sigma}` chance that a token is still unmasked at noise `sigma`, so the KL against it is
+        infinite. The bound is stated for the prior matched to the forward marginal,
+        `pi_sigma = (1 - e^{-sigma}) delta_MASK + e^{-sigma} Uniform(N real tokens)`. For a real token
+        `x0` the unmasked mass contributes `e^{-sigma} log(e^{-sigma} / (e^{-sigma} / N))` and the masked
+        mass `log 1`, so `KL = e^{-sigma} log N`; for `x0 = MASK` it is `-log(1 - e^{-sigma})`.
+        The ELBO holds for any prior, so this is a true upper bound. The sampler starts from all-MASK,
+        which differs from `pi_sigma` by `e^{-sigma}` in total variation per position (1e-3 for
+        `LogLinear(1e-3)` at t = 1).
         """
         x0, sigma = self._prep(x0, sigma, "x0")
-        kl = -torch.log(-torch.expm1(-sigma))  # -log(1 - e^{-sigma})
+        e = torch.exp(-sigma)
+        kl_real = e * math.log(self.vocab_size) if self.vocab_size > 1 else torch.zeros_like(e)
+        kl_mask = -torch.log(-torch.expm1(-sigma))  # -log(1 - e^{-sigma}), x0 = MASK only
         shape = torch.broadcast_shapes(x0.shape, sigma.shape)
-        kl = torch.broadcast_to(kl, shape)
-        return torch.where(x0.expand(shape) == self.mask_id, torch.zeros_like(kl), kl)
+        return torch.where(
+            x0.expand(shape) == self.mask_id,
+            torch.broadcast_to(kl_mask, shape),
+            torch.broadcast_to(kl_real, shape),
+        )
 
 
 _GRAPHS: dict[str, type[Graph]] = {"uniform": Uniform, "absorbing": Absorbing}
