@@ -45,6 +45,7 @@ __all__ = [
     "load_model",
     "load_sedd",
     "reference_parameter_shapes",
+    "sedd_config",
     "to_reference_state_dict",
 ]
 
