@@ -1,0 +1,554 @@
+"""Side-by-side timing of the Rust kernels, the same step in plain torch, and a read pass over the scores.
+
+In one process and one run, on the same inputs, for each case this times:
+
+1. `rust`: the Rust step through `ddm.sampling._native` (what `ddm.sample` runs on the CPU);
+2. `torch`: the same step written in plain torch ops the way the SEDD reference code writes it:
+   `exp` of the log-scores, clone, the staggered score `exp(-dQ) s`, the transition row `exp(dQ)(x, .)`
+   (or the reverse-rate row for Euler) over the whole `[B, L, dim]` tensor, then a float32 Gumbel-max
+   `argmax(log p - log(-log u))` (written here from SPEC section 5; it is not part of the package);
+3. `floor`: one read pass over the same float32 log-score array (a sum): no step that reads the scores
+   can be faster. Both `np.sum` and `torch.sum` are timed; the faster is the floor (`floor_method`).
+
+and, where useful, `torch_ddm`: the package's own torch step (`ddm.sampling.torch_steps`, float64
+inverse-CDF draws: the law the Rust kernel implements exactly). The forward corruption is compared with
+`Graph.sample_transition` (no floor). `ddm.sample` runs end to end with both backends on tiny models, and
+the peak memory of one step beyond its inputs and output is measured in a fresh subprocess from
+`/proc/self/status` (VmHWM after resetting it through `/proc/self/clear_refs`).
+
+Usage:
+    python benches/compare.py --out benches/results/latest.json     # the full report (`make bench`)
+    python benches/compare.py --quick --out /tmp/quick.json        # tiny sizes, a few seconds (CI)
+
+Medians over repeats are printed with the ratios torch/rust and rust/floor, and written to `--out` as a
+JSON list of records: `case`, `rust_s`, `torch_s`, `floor_s` (median seconds, null where none), and
+more (shapes, repeats, tokens/s, memory, the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ddm.graphs import Absorbing, Uniform
+from ddm.sampling import _native, torch_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------------------
+# The reference step in plain torch, written the way the SEDD reference sampler writes it
+# (Lou, Meng, Ermon 2024; formulas of SPEC section 5). float32 throughout, like the reference.
+# --------------------------------------------------------------------------------------------------------
+
+
+def ref_gumbel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """float32 Gumbel-max over the last axis: `argmax(log p - log(-log u))`, `[B, L, dim]` -> `[B, L]`."""
+    u = torch.rand_like(probs)  # (B, L, dim)
+    return (probs.clamp_(min=0).log() - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+def ref_score(x: torch.Tensor, log_score: torch.Tensor) -> torch.Tensor:
+    """The ratios `s = exp(l)` with `s_x = 1` at the current token, `[B, L, dim]` (the model's output)."""
+    score = log_score.exp()  # (B, L, dim)
+    return score.scatter_(-1, x[..., None], 1.0)
+
+
+def ref_staggered(absorbing: bool, score: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """`exp(-d Q) s` over the last axis; `d` is `[B, 1, 1]`.
+
+    Absorbing: `e^d s_y` off MASK, and at MASK `e^d s_M + (1 - e^d) sum_y s_y`.
+    Uniform: `e^d s_y + (1 - e^d) S / N`, `S = sum_j s_j`.
+    """
+    total = score.sum(dim=-1, keepdim=True)  # (B, L, 1)
+    if absorbing:
+        out = score.clone()
+        out *= d.exp()
+        out[..., -1:] += (1 - d.exp()) * total
+        return out
+    return d.exp() * score + (1 - d.exp()) * total / score.shape[-1]
+
+
+def ref_transp_transition(absorbing: bool, x: torch.Tensor, d: torch.Tensor, dim: int) -> torch.Tensor:
+    """The transition row `exp(d Q)(x, y)` as a dense `[B, L, dim]` tensor; `d` is `[B, 1, 1]`."""
+    keep = (-d).exp()  # (B, 1, 1)
+    onehot = torch.nn.functional.one_hot(x, num_classes=dim).to(torch.float32)  # (B, L, dim)
+    if absorbing:
+        # From MASK every state is reached with probability 1 - e^{-d} (to MASK itself: e^{-d} + that).
+        return keep * onehot + torch.where(x == dim - 1, 1 - keep[..., 0], 0.0)[..., None]
+    row = torch.ones(*x.shape, dim) * (1 - keep) / dim
+    return row + keep * onehot
+
+
+def ref_analytic_probs(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, dsigma: torch.Tensor
+) -> torch.Tensor:
+    """Analytic (Tweedie tau-leaping) weights `exp(-dQ) s * exp(dQ)(x, .)`, float32 `[B, L, dim]`."""
+    d = dsigma.to(torch.float32)[:, None, None]  # (B, 1, 1)
+    score = ref_score(x, log_score)
+    return ref_staggered(absorbing, score, d) * ref_transp_transition(absorbing, x, d, score.shape[-1])
+
+
+def ref_denoise_probs(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """Denoise: the analytic weights with all remaining noise; absorbing drops the MASK column."""
+    probs = ref_analytic_probs(absorbing, x, log_score, sigma)  # (B, L, dim)
+    return probs[..., :-1] if absorbing else probs
+
+
+def ref_euler_probs(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, rate_dt: torch.Tensor
+) -> torch.Tensor:
+    """Euler weights `onehot(x) + rate_dt * R`, `R_y = Q(x, y) s_y` off x and `-sum` at x, `[B, L, dim]`."""
+    dim = log_score.shape[-1]
+    score = ref_score(x, log_score)
+    onehot = torch.nn.functional.one_hot(x, num_classes=dim).to(torch.float32)  # (B, L, dim)
+    if absorbing:
+        row = -onehot  # Q(x, .): -1 at a real token x ...
+        row[x == dim - 1] += 1.0  # ... and from MASK: 1 to every real token, 0 to MASK
+    else:
+        row = torch.full_like(score, 1.0 / dim).scatter_(-1, x[..., None], -(dim - 1) / dim)
+    rate = row * score
+    rate.scatter_(-1, x[..., None], 0.0)
+    rate.scatter_(-1, x[..., None], -rate.sum(dim=-1, keepdim=True))
+    return onehot + rate_dt.to(torch.float32)[:, None, None] * rate
+
+
+def ref_analytic(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, dsigma: torch.Tensor
+) -> torch.Tensor:
+    """The reference analytic step: new tokens `[B, L]`."""
+    return ref_gumbel_argmax(ref_analytic_probs(absorbing, x, log_score, dsigma))
+
+
+def ref_denoise(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The reference denoising step: new tokens `[B, L]` (absorbing: never MASK)."""
+    return ref_gumbel_argmax(ref_denoise_probs(absorbing, x, log_score, sigma))
+
+
+def ref_euler(
+    absorbing: bool, x: torch.Tensor, log_score: torch.Tensor, rate_dt: torch.Tensor
+) -> torch.Tensor:
+    """The reference Euler step: new tokens `[B, L]`."""
+    return ref_gumbel_argmax(ref_euler_probs(absorbing, x, log_score, rate_dt))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------------
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `fn()` over `repeats` runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_time(log_score: torch.Tensor, repeats: int) -> tuple[float, str]:
+    """The faster of `np.sum` and `torch.sum` over the same array: one read pass over the log-scores."""
+    arr = log_score.numpy()
+    t_np = median_time(lambda: np.sum(arr), repeats)
+    t_torch = median_time(lambda: torch.sum(log_score), repeats)
+    return (t_np, "np.sum") if t_np <= t_torch else (t_torch, "torch.sum")
+
+
+def rust_threads() -> int:
+    """The thread count the Rust core uses in this process (see `ddm.sampling._native`)."""
+    for var in ("DDM_NUM_THREADS", "RAYON_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return os.cpu_count() or 1
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "rust_threads": rust_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------------------
+
+
+def make_graph(absorbing: bool, dim: int) -> Absorbing | Uniform:
+    return Absorbing(dim - 1) if absorbing else Uniform(dim)
+
+
+def make_inputs(
+    absorbing: bool, batch: int, length: int, dim: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (absorbing: half the positions MASK, alternating) and float32 log-scores in [-12, -4)."""
+    g = torch.Generator().manual_seed(seed)
+    n_real = dim - 1 if absorbing else dim
+    x = torch.randint(0, n_real, (batch, length), generator=g)  # (B, L)
+    if absorbing:
+        x[:, ::2] = dim - 1
+    log_score = torch.empty(batch, length, dim).uniform_(-12.0, -4.0, generator=g)  # (B, L, dim)
+    return x, log_score
+
+
+STEPS = {
+    # name: (Rust wrapper, reference, package torch step, noise level)
+    "analytic": (_native.analytic_step, ref_analytic, torch_steps.analytic_step, 1e-2),
+    "euler": (_native.euler_step, ref_euler, torch_steps.euler_step, 1e-2),
+    "denoise": (_native.denoise_step, ref_denoise, torch_steps.denoise_step, 1e-3),
+}
+
+
+def bench_step(
+    step: str, absorbing: bool, shape: tuple[int, int, int], repeats: int, torch_repeats: int, ddm_torch: bool
+) -> dict[str, Any]:
+    """Times one reverse step three (or four) ways on the same inputs."""
+    batch, length, dim = shape
+    rust_fn, ref_fn, pkg_fn, level = STEPS[step]
+    graph = make_graph(absorbing, dim)
+    x, log_score = make_inputs(absorbing, batch, length, dim)
+    lv = torch.full((batch,), level, dtype=torch.float64)
+    counter = iter(range(1 << 62))
+    rust_s = median_time(lambda: rust_fn(graph, x, log_score, lv, seed=1, step=next(counter)), repeats)
+    torch_s = median_time(lambda: ref_fn(absorbing, x, log_score, lv), torch_repeats)
+    floor_s, floor_method = floor_time(log_score, repeats)
+    rec: dict[str, Any] = {
+        "case": f"{step}/{'absorb' if absorbing else 'uniform'}/{dim}",
+        "kind": "step",
+        "shape": [batch, length, dim],
+        "masked_fraction": 0.5 if absorbing else None,
+        "level": level,
+        "rust_s": rust_s,
+        "torch_s": torch_s,
+        "floor_s": floor_s,
+        "floor_method": floor_method,
+        "torch_ddm_s": None,
+        "repeats": {"rust": repeats, "torch": torch_repeats, "floor": repeats},
+        "log_score_bytes": log_score.numel() * log_score.element_size(),
+    }
+    if ddm_torch:
+        rec["torch_ddm_s"] = median_time(lambda: pkg_fn(graph, x, log_score, lv), torch_repeats)
+    # Sanity: the outputs are states of the graph (a benchmark of a broken kernel is worthless).
+    out = rust_fn(graph, x, log_score, lv, seed=1, step=0)
+    assert out.shape == x.shape and int(out.min()) >= 0 and int(out.max()) < dim
+    if absorbing and step == "denoise":
+        assert bool((out != dim - 1).all()), "denoise returned MASK"
+    return rec
+
+
+def bench_corrupt(absorbing: bool, shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    """Forward corruption: Rust against `Graph.sample_transition` (torch); no floor."""
+    batch, length, dim = shape
+    graph = make_graph(absorbing, dim)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, graph.vocab_size, (batch, length), generator=g)  # (B, L)
+    sigma = torch.linspace(0.1, 4.0, batch, dtype=torch.float64)  # (B,)
+    counter = iter(range(1 << 62))
+    rust_s = median_time(lambda: _native.corrupt(graph, x, sigma, seed=1, step=next(counter)), repeats)
+    torch_s = median_time(lambda: graph.sample_transition(x, sigma[:, None]), repeats)
+    return {
+        "case": f"corrupt/{'absorb' if absorbing else 'uniform'}/{dim}",
+        "kind": "corrupt",
+        "shape": [batch, length],
+        "rust_s": rust_s,
+        "torch_s": torch_s,
+        "floor_s": None,
+        "floor_method": None,
+        "torch_ddm_s": None,
+        "repeats": {"rust": repeats, "torch": repeats},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Peak memory of one step (fresh subprocess)
+# --------------------------------------------------------------------------------------------------------
+
+_MEMORY_SCRIPT = r"""
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from compare import STEPS, make_graph, make_inputs
+
+step, absorbing, impl = sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+batch, length, dim = (int(v) for v in sys.argv[5:8])
+torch.set_num_threads(int(sys.argv[8]))
+rust_fn, ref_fn, _, level = STEPS[step]
+graph = make_graph(absorbing, dim)
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+# Warm up on a tiny input of the same dim: builds the thread pool and any lazy state.
+xs, ls_small = make_inputs(absorbing, 1, 2, dim, seed=1)
+lv1 = torch.full((1,), level, dtype=torch.float64)
+if impl == "rust":
+    rust_fn(graph, xs, ls_small, lv1, seed=1, step=0)
+else:
+    ref_fn(absorbing, xs, ls_small, lv1)
+# The inputs and the output, every page touched (make_inputs fills the scores in place).
+x, log_score = make_inputs(absorbing, batch, length, dim)
+lv = torch.full((batch,), level, dtype=torch.float64)
+out = torch.zeros_like(x)
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    reset = True
+except OSError:
+    reset = False
+before = status()
+if impl == "rust":
+    rust_fn(graph, x, log_score, lv, seed=1, step=1, out=out)
+else:
+    out = ref_fn(absorbing, x, log_score, lv)
+after = status()
+print(json.dumps({"reset": reset, "rss_before": before["VmRSS"], "hwm_before": before["VmHWM"],
+                  "hwm_after": after["VmHWM"], "rss_after": after["VmRSS"]}))
+"""
+
+
+def peak_extra_memory(step: str, absorbing: bool, shape: tuple[int, int, int], impl: str) -> dict[str, Any]:
+    """Peak resident memory of one step beyond its inputs and output, measured in a fresh process."""
+    batch, length, dim = shape
+    args = [str(ROOT / "benches"), step, "1" if absorbing else "0", impl, str(batch), str(length), str(dim)]
+    args.append(str(torch.get_num_threads()))
+    r = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    if not m["reset"]:
+        return {"error": "could not reset VmHWM (/proc/self/clear_refs not writable)"}
+    return {"peak_extra_bytes": max(0, m["hwm_after"] - m["rss_before"])}
+
+
+# --------------------------------------------------------------------------------------------------------
+# ddm.sample end to end
+# --------------------------------------------------------------------------------------------------------
+
+
+def bench_sample(dim: int, batch: int, length: int, steps: int, repeats: int) -> dict[str, Any] | None:
+    """`ddm.sample` on CPU with a tiny absorbing `ScoreModel` (random weights), Rust against torch steps."""
+    try:
+        from ddm.sampling import sample
+    except ImportError as e:  # the sampling loop is not there yet
+        print(f"skipping ddm.sample end to end: {e}")
+        return None
+    from ddm.model import ScoreModel
+    from ddm.schedules import LogLinear
+
+    torch.manual_seed(0)
+    config = {"hidden": 64, "heads": 2, "blocks": 2, "cond_dim": 32, "seq_len": length, "dropout": 0.0}
+    model = ScoreModel(config, Absorbing(dim - 1), LogLinear()).eval()
+    result: dict[str, Any] = {
+        "case": f"sample/absorb/{dim}",
+        "kind": "sample",
+        "shape": [batch, length, dim],
+        "steps": steps,
+        "model": config,
+        "floor_s": None,
+        "floor_method": None,
+        "torch_ddm_s": None,
+        "repeats": {"rust": repeats, "torch": repeats},
+    }
+    for backend in ("rust", "torch"):
+        stats = []
+
+        def run(backend: str = backend, stats: list = stats) -> None:
+            _, st = sample(model, steps, batch_size=batch, seed=3, backend=backend, return_stats=True)
+            stats.append(st)
+
+        result[f"{backend}_s"] = median_time(run, repeats)
+        result[f"{backend}_network_calls"] = stats[-1].network_calls
+        result[f"{backend}_tokens_per_s"] = batch * length / result[f"{backend}_s"]
+    # The network alone, once per step, for context: how much of a sample is the model.
+    x = torch.full((batch, length), dim - 1)
+    sigma = torch.ones(batch)
+    with torch.no_grad():
+        result["model_call_s"] = median_time(lambda: model(x, sigma), repeats)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1e3:.2f} ms" if v < 1 else f"{v:.3f} s"
+    return f"{v:.1f}x" if v >= 10 else f"{v:.2f}x"
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    head = f"{'case':<26}{'rust':>12}{'torch':>12}{'floor':>12}{'torch/rust':>12}{'rust/floor':>12}"
+    print(head)
+    print("-" * len(head))
+    for r in records:
+        print(
+            f"{r['case']:<26}{_fmt(r['rust_s'], 's'):>12}{_fmt(r['torch_s'], 's'):>12}"
+            f"{_fmt(r['floor_s'], 's'):>12}{_fmt(r.get('torch_over_rust')):>12}"
+            f"{_fmt(r.get('rust_over_floor')):>12}"
+        )
+        extra = []
+        if r.get("torch_ddm_s") is not None:
+            extra.append(f"ddm torch step {_fmt(r['torch_ddm_s'], 's')}")
+        if r.get("floor_method"):
+            extra.append(f"floor by {r['floor_method']}")
+        if r.get("rust_peak_extra_bytes") is not None:
+            extra.append(
+                f"peak extra: rust {r['rust_peak_extra_bytes'] / 2**20:.2f} MiB "
+                f"({100 * r['rust_peak_extra_frac']:.2f}% of the scores)"
+            )
+        if r.get("torch_peak_extra_bytes") is not None:
+            extra.append(f"torch {r['torch_peak_extra_bytes'] / 2**20:.0f} MiB")
+        if r.get("rust_tokens_per_s") is not None:
+            extra.append(
+                f"tokens/s rust {r['rust_tokens_per_s']:.0f} torch {r['torch_tokens_per_s']:.0f}, "
+                f"model call {_fmt(r['model_call_s'], 's')}"
+            )
+        if extra:
+            print(f"{'':<26}" + "; ".join(extra))
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, help="write the records here as JSON")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (the CI smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per Rust/floor measurement")
+    p.add_argument("--torch-repeats", type=int, default=None, help="timed runs per torch measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-sample", action="store_true", help="skip ddm.sample end to end")
+    p.add_argument("--no-ddm-torch", action="store_true", help="skip the package's float64 torch steps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for torch (set_num_threads) and the Rust core (DDM_NUM_THREADS); default: their own",
+    )
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+        os.environ["DDM_NUM_THREADS"] = str(args.threads)
+
+    if args.quick:
+        big, corrupt_shape = (2, 8, 64), (4, 32, 64)
+        repeats, torch_repeats = args.repeats or 2, args.torch_repeats or 1
+        sample_cases = [(28, 2, 16, 4)]
+    else:
+        big, corrupt_shape = (4, 256, 50258), (64, 1024, 50258)
+        repeats, torch_repeats = args.repeats or 15, args.torch_repeats or 5
+        sample_cases = [(28, 4, 256, 32), (50258, 4, 128, 16)]
+    info = machine()
+    print(
+        f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs, torch {info['torch']} "
+        f"({info['torch_threads']} threads), numpy {info['numpy']}, "
+        f"Rust core {info['rust_threads']} threads, "
+        f"load average {', '.join(f'{v:.2f}' for v in info['loadavg_start'])}"
+    )
+
+    records: list[dict[str, Any]] = []
+    for step in ("analytic", "euler", "denoise"):
+        for absorbing in (True, False):
+            rec = bench_step(step, absorbing, big, repeats, torch_repeats, not args.no_ddm_torch)
+            if not args.no_memory and (not args.quick or (step, absorbing) == ("analytic", True)):
+                rust_mem = peak_extra_memory(step, absorbing, big, "rust")
+                rec["rust_peak_extra_bytes"] = rust_mem.get("peak_extra_bytes")
+                if rec["rust_peak_extra_bytes"] is not None:
+                    rec["rust_peak_extra_frac"] = rec["rust_peak_extra_bytes"] / rec["log_score_bytes"]
+                if "error" in rust_mem:
+                    rec["memory_error"] = rust_mem["error"]
+                if step == "analytic" and not args.quick:  # the reference's footprint, for scale
+                    rec["torch_peak_extra_bytes"] = peak_extra_memory(step, absorbing, big, "torch").get(
+                        "peak_extra_bytes"
+                    )
+            records.append(rec)
+            print(f"  done {rec['case']}", flush=True)
+    for absorbing in (True, False):
+        records.append(bench_corrupt(absorbing, corrupt_shape, repeats))
+    if not args.no_sample:
+        for dim, batch, length, steps in sample_cases:
+            rec = bench_sample(dim, batch, length, steps, 1 if args.quick else 3)
+            if rec is None:
+                break
+            records.append(rec)
+            print(f"  done {rec['case']}", flush=True)
+
+    info["loadavg_end"] = list(os.getloadavg())
+    for r in records:
+        r["torch_over_rust"] = _ratio(r["torch_s"], r["rust_s"])
+        r["rust_over_floor"] = _ratio(r["rust_s"], r["floor_s"])
+        r["quick"] = args.quick
+        r["machine"] = info
+    print()
+    print_table(records)
+    print(f"load average at the end: {', '.join(f'{v:.2f}' for v in info['loadavg_end'])}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(records, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The benchmark report `benches/compare.py`: its torch reference computes the SPEC step, and its quick mode
+runs once on tiny sizes and writes valid JSON records (CI runs only this; the timings are not checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ddm.sampling import torch_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_compare():
+    spec = importlib.util.spec_from_file_location("ddm_bench_compare", ROOT / "benches" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load_compare()
+
+
+def _normalised(w: torch.Tensor) -> torch.Tensor:
+    w = w.to(torch.float64).clamp(min=0)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("absorbing", [True, False])
+@pytest.mark.parametrize(
+    ("ref", "oracle", "level"),
+    [
+        ("ref_analytic_probs", torch_steps.analytic_step_probs, 0.3),
+        ("ref_euler_probs", torch_steps.euler_step_probs, 0.05),
+        ("ref_denoise_probs", torch_steps.denoise_step_probs, 0.02),
+    ],
+)
+def test_reference_step_is_the_spec_step(absorbing, ref, oracle, level):
+    """The benchmark's float32 SEDD-style reference has the law of the package's float64 step (SPEC 5)."""
+    dim = 7
+    graph = compare.make_graph(absorbing, dim)
+    x, log_score = compare.make_inputs(absorbing, 3, 5, dim, seed=4)
+    log_score = log_score + 10.0  # log-scores in [-2, 6): steps that move, and some clipping
+    lv = torch.tensor([level, 2 * level, 0.5 * level], dtype=torch.float64)
+    got = _normalised(getattr(compare, ref)(absorbing, x, log_score, lv))  # (B, L, dim or dim - 1)
+    want = oracle(graph, x, log_score, lv)  # (B, L, dim)
+    if ref == "ref_denoise_probs" and absorbing:
+        assert torch.all(want[..., -1] == 0)
+        want = want[..., :-1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_draws_are_states():
+    x, log_score = compare.make_inputs(True, 2, 6, 9, seed=1)
+    out = compare.ref_denoise(True, x, log_score, torch.full((2,), 1e-3, dtype=torch.float64))
+    assert out.shape == x.shape and int(out.min()) >= 0 and int(out.max()) < 8  # never MASK (= 8)
+
+
+def test_quick_mode_writes_records(tmp_path):
+    out = tmp_path / "quick.json"
+    compare.main(["--quick", "--threads", "1", "--out", str(out)])
+    records = json.loads(out.read_text())
+    assert isinstance(records, list)
+    cases = {r["case"] for r in records}
+    for step in ("analytic", "euler", "denoise"):
+        for graph in ("absorb", "uniform"):
+            assert f"{step}/{graph}/64" in cases
+    assert {"corrupt/absorb/64", "corrupt/uniform/64"} <= cases
+    for r in records:
+        assert {"case", "rust_s", "torch_s", "floor_s"} <= set(r)
+        assert r["quick"] is True and r["machine"]["rust_threads"] == 1
+        for key in ("rust_s", "torch_s"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["case"], key)
+        if r["kind"] == "step":
+            assert r["floor_s"] > 0 and r["floor_method"] in ("np.sum", "torch.sum")
+            assert r["rust_over_floor"] == pytest.approx(r["rust_s"] / r["floor_s"])
+        else:
+            assert r["floor_s"] is None
+        assert r["torch_over_rust"] == pytest.approx(r["torch_s"] / r["rust_s"])
+    mem = next(r for r in records if r["case"] == "analytic/absorb/64")
+    if "memory_error" not in mem:
+        # The inputs are 4 KiB of scores: a step's extra peak is a few pages of scratch at most.
+        assert 0 <= mem["rust_peak_extra_bytes"] < 4 << 20
+    for r in records:
+        if r["kind"] == "sample":
+            assert r["rust_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
