@@ -298,6 +298,7 @@ def test_training_checkpoint_uses_ema_weights(tmp_path):
     model = load_sedd(path)
     _assert_matches(model, ema, cfg)
     _assert_differs(model, raw, cfg)
+    _assert_matches(load_sedd(path.parent), ema, cfg)  # the directory holding checkpoint.pth
     raw_model = load_sedd(path, ema=False)
     _assert_matches(raw_model, raw, cfg)
 

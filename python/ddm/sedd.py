@@ -49,7 +49,7 @@ __all__ = [
     "to_reference_state_dict",
 ]
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "checkpoint.pth")  # searched in a directory
 ROTARY_KEY = "rotary_emb.inv_freq"  # a (persistent) buffer of the reference model, not a parameter
 ROTARY_BASE = 10000.0
 LOGLINEAR_EPS = 1e-3  # the reference's `get_noise` builds LogLinearNoise() with its default eps
@@ -285,7 +285,7 @@ def _check_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, Any], source: 
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ValueError(f"SEDD weights in {source} are missing tensors: {missing[:5]}{more}")
-    unexpected = sorted(k for k in sd if k not in allowed)
+    unexpected = sorted(str(k) for k in sd if k not in allowed)
     if unexpected:
         more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
         raise ValueError(
@@ -568,7 +568,7 @@ def load_sedd(
     Accepted layouts:
 
     - a directory with `config.json` and `model.safetensors` or `pytorch_model.bin` (Hugging Face
-      `PyTorchModelHubMixin`, e.g. a download of `louaaron/sedd-small`);
+      `PyTorchModelHubMixin`, e.g. a download of `louaaron/sedd-small`), or `checkpoint.pth`;
     - a file: `checkpoint.pth` of the reference training code (`{"model", "ema", "optimizer", "step"}`;
       the EMA weights are used when present and `ema=True`), `*.safetensors` or `*.bin`, with the
       config in `config.json` beside it or given as `config`.
