@@ -15,8 +15,8 @@ const LANES: usize = 8;
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// ln 2 split in two (fdlibm's `ln2_hi` / `ln2_lo`): `k * LN2_HI` is exact for |k| < 2^11.
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 /// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
 const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
 /// exp(x) overflows f64 above this.
@@ -35,13 +35,7 @@ pub const EXP_MIN: f64 = -745.133_219_101_941_2;
 /// paths, and every CPU, give bit-identical results (a CPU without FMA pays for a software fma).
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
-    let xc = if x > EXP_MAX {
-        EXP_MAX
-    } else if x < EXP_MIN {
-        EXP_MIN
-    } else {
-        x
-    };
+    let xc = x.clamp(EXP_MIN, EXP_MAX); // NaN stays NaN
     let t = xc * LOG2E + ROUND_MAGIC;
     let kf = t - ROUND_MAGIC;
     // k as an integer: the difference of the mantissas (same exponent), in [-1075, 1024].
@@ -105,15 +99,15 @@ fn exp_blocks_impl(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut 
         for (cv, &v) in c.iter_mut().zip(s) {
             *cv = exp_f64(v as f64 - shift);
         }
-        // v - v is 0 for a finite v and NaN for NaN or +-inf: the finiteness check, on the block in L1.
+        // v * 0 is 0 for a finite v and NaN for NaN or +-inf: the finiteness check, on the block in L1.
         let mut s8 = s.chunks_exact(LANES);
         for sv in &mut s8 {
             for j in 0..LANES {
-                chk[j] += sv[j] - sv[j];
+                chk[j] += sv[j] * 0.0;
             }
         }
         for &v in s8.remainder() {
-            chk[0] += v - v;
+            chk[0] += v * 0.0;
         }
         *bs = lane_sum(c);
     }
@@ -209,7 +203,7 @@ pub fn refresh_block(cache: &[f64], y: usize, block_sums: &mut [f64]) {
 /// and finite.
 pub fn draw_blocks(values: &[f64], block_sums: &[f64], clip: f64, u: f64) -> Option<usize> {
     let total: f64 = block_sums.iter().sum();
-    if !(total > 0.0 && total.is_finite()) {
+    if total.is_nan() || total <= 0.0 || total.is_infinite() {
         return None;
     }
     let target = u * total;

@@ -80,7 +80,7 @@ fn checked_array<'py, T: Element, D: Dimension>(
     if !arr.is_aligned() {
         return Err(shape_err(arg, "must be aligned for its dtype".into()));
     }
-    arr.cast::<PyArray<T, D>>().map(|a| a.clone()).map_err(|_| {
+    arr.cast::<PyArray<T, D>>().cloned().map_err(|_| {
         type_err(
             arg,
             format!("expected a numpy.ndarray of dtype {dtype_name}"),

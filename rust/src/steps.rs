@@ -208,7 +208,7 @@ fn step_position(
             let (cache, bs) = scratch.fit(row.len());
             let mut one = 1.0;
             let mut s = load_row(row, cur, 0.0, cache, bs, at)?;
-            if !(s <= S_MAX) {
+            if s.is_nan() || s > S_MAX {
                 let m = max_excluding(row, cur);
                 s = load_row(row, cur, m, cache, bs, at)?;
                 one = (-m).exp();
@@ -219,7 +219,7 @@ fn step_position(
             let w_stay = (one - t).max(0.0) * (e_neg + q / n);
             let w_move = moved * q / n;
             let total = w_stay + w_move;
-            if !(total > 0.0) || rng.uniform() * total < w_stay {
+            if total.is_nan() || total <= 0.0 || rng.uniform() * total < w_stay {
                 return Ok(x);
             }
             Ok(draw_blocks(cache, bs, t, rng.uniform()).map_or(x, |y| y as i64))
