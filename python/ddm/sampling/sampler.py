@@ -1,0 +1,440 @@
+"""A scheduler-style sampler for the SEDD reverse process (SPEC section 5), in the manner of diffusers.
+
+`Sampler` holds the time grid and the predictor, and turns one network output into one reverse step:
+
+```python
+sampler = Sampler(graph, schedule, predictor="analytic")
+sampler.set_timesteps(128)
+x = sampler.init_noise(batch_size, seq_len, seed=0)
+for k in range(len(sampler.timesteps)):
+    log_score = model(x, sampler.noise_level(k, batch_size))  # (B, L, dim)
+    x = sampler.step(log_score, k, x, seed=0).prev_sample
+```
+
+`ddm.sampling.sample` is this loop, plus conditioning, caching and argument checks.
+
+Time grid: `t_k = linspace(1, eps, steps + 1)`. Step `k < steps` moves from `t_k` to `t_{k+1}` with the
+predictor; with `denoise=True` a last step `k = steps` evaluates the network at `t_steps = eps` and removes
+all remaining noise (`sigma = sigma_bar(eps)`). `timesteps` lists the times at which the network is called
+(`steps + 1` of them with denoising, `steps` without).
+
+Randomness is counter-based (SPEC section 6): a draw is keyed by `(seed, step, seq_offset + b, position)`,
+so sequence `b` of a batch does not depend on the batch size, the thread count or the device. On CPU the
+step runs in the Rust core (`ddm._core`, through `ddm.sampling._native`); elsewhere, or with
+`backend="torch"`, the torch twin computes the step probabilities (`ddm.sampling.torch_steps`) and an
+inverse-CDF draw in float64 over hashed uniforms (`ddm.sampling._rng`). Both backends draw from the same
+law; they do not give the same bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ddm import graphs as _graphs
+from ddm import schedules as _schedules
+from ddm.sampling import _rng
+
+__all__ = ["Sampler", "SamplerOutput", "PREDICTORS", "BACKENDS", "native_available", "random_seed"]
+
+PREDICTORS = ("analytic", "euler")
+BACKENDS = ("auto", "rust", "torch")
+_SEED_LIMIT = 2**64
+
+
+@dataclass
+class SamplerOutput:
+    """What `Sampler.step` returns.
+
+    Attributes:
+        prev_sample: int64 tokens after the step, `[B, L]` (the sample at the next, less noisy time).
+    """
+
+    prev_sample: torch.Tensor
+
+
+def native_available() -> bool:
+    """Whether the Rust core (`ddm._core`) can be imported."""
+    try:
+        from ddm.sampling import _native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def random_seed(generator: torch.Generator | None = None) -> int:
+    """A random 63-bit seed drawn from `generator` (torch's global generator when None).
+
+    Drawing from torch's generator makes `torch.manual_seed` reproduce an unseeded run.
+    """
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return `seed` as an int after checking that it lies in `[0, 2^64)`."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(seed).__name__}")
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"{name} must lie in [0, 2**64), got {seed}")
+    return seed
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw one category per row of `probs` by inverting the float64 CDF at the uniforms `u`.
+
+    Negative entries (a too-large step) are clipped at 0 and the rest renormalised (SPEC section 5); a state
+    with probability 0 is never returned.
+
+    Args:
+        probs: unnormalised non-negative weights, `[..., dim]` (computed in float64).
+        u: uniforms in `[0, 1)`, `[...]`.
+
+    Returns:
+        int64 indices, `[...]`.
+    """
+    p = probs.to(torch.float64).clamp_min(0.0)  # (..., dim)
+    cdf = torch.cumsum(p, dim=-1)  # (..., dim)
+    v = u.to(torch.float64)[..., None] * cdf[..., -1:]  # (..., 1)
+    idx = torch.searchsorted(cdf, v, right=True).squeeze(-1)  # first index with cdf > v
+    # u * total can round up to total: fall back to the last state with positive weight
+    ar = torch.arange(p.shape[-1], device=p.device)
+    last = torch.where(p > 0, ar, torch.zeros_like(ar)).amax(dim=-1)
+    return torch.minimum(idx, last)
+
+
+def _as_graph(graph: Any) -> _graphs.Graph:
+    if isinstance(graph, dict):
+        return _graphs.from_config(graph)
+    if not isinstance(graph, _graphs.Graph):
+        raise TypeError(f"graph must be a ddm.graphs.Graph or its config dict, got {type(graph).__name__}")
+    return graph
+
+
+def _as_schedule(schedule: Any) -> _schedules.Schedule:
+    if isinstance(schedule, dict):
+        return _schedules.from_config(schedule)
+    if not isinstance(schedule, _schedules.Schedule):
+        raise TypeError(
+            f"schedule must be a ddm.schedules.Schedule or its config dict, got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+class Sampler:
+    """The SEDD reverse process as a scheduler: a time grid plus a predictor (SPEC section 5).
+
+    Args:
+        graph: the forward graph (`ddm.graphs.Uniform` / `Absorbing`) or its config dict.
+        schedule: the noise schedule (`ddm.schedules.LogLinear` / `Geometric`) or its config dict.
+        predictor: `"analytic"` (Tweedie tau-leaping, SEDD eq. 19) or `"euler"` (tau-leaping with the
+            reverse rates, SEDD eq. 17).
+        eps: the last time of the grid, in `(0, 1)`.
+        denoise: end with a denoising step at `t = eps` that removes all remaining noise (absorbing: no
+            MASK is left).
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        schedule: Any,
+        predictor: str = "analytic",
+        eps: float = 1e-5,
+        denoise: bool = True,
+    ) -> None:
+        self.graph = _as_graph(graph)
+        self.schedule = _as_schedule(schedule)
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+        if not 0.0 < float(eps) < 1.0:
+            raise ValueError(f"eps must lie in (0, 1), got {eps}")
+        if not isinstance(denoise, bool):
+            raise TypeError(f"denoise must be a bool, got {type(denoise).__name__}")
+        self.predictor = predictor
+        self.eps = float(eps)
+        self.denoise = denoise
+        self.num_inference_steps: int | None = None
+        self.times = torch.empty(0, dtype=torch.float64)
+        self.timesteps = torch.empty(0, dtype=torch.float64)
+        self.sigmas = torch.empty(0, dtype=torch.float64)
+        self._rates = torch.empty(0, dtype=torch.float64)
+
+    # ---- config -----------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """A JSON-serialisable description; `Sampler.from_config(s.config)` rebuilds the sampler."""
+        return {
+            "graph": self.graph.to_config(),
+            "schedule": self.schedule.to_config(),
+            "predictor": self.predictor,
+            "eps": self.eps,
+            "denoise": self.denoise,
+        }
+
+    def to_config(self) -> dict[str, Any]:
+        """Same as `config`."""
+        return self.config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Sampler:
+        """Rebuild a sampler from its `config` dict."""
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        extra = set(config) - {"graph", "schedule", "predictor", "eps", "denoise"}
+        if extra:
+            raise ValueError(f"unknown sampler config keys {sorted(extra)}")
+        if "graph" not in config or "schedule" not in config:
+            raise ValueError("sampler config needs 'graph' and 'schedule'")
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sampler(graph={self.graph!r}, schedule={self.schedule!r}, predictor={self.predictor!r}, "
+            f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps})"
+        )
+
+    # ---- the time grid ----------------------------------------------------------------------------------
+    def set_timesteps(self, steps: int) -> None:
+        """Build the grid `t_k = linspace(1, eps, steps + 1)` (SPEC section 5).
+
+        Sets `times` (`[steps + 1]`, the whole grid), `timesteps` (the times at which the network is
+        evaluated: `times` with denoising, `times[:-1]` without) and `sigmas` (`sigma_bar` at `timesteps`,
+        the noise level to give the network), all float64 on the CPU.
+
+        Args:
+            steps: the number of predictor steps, >= 1.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        t = torch.linspace(1.0, self.eps, steps + 1, dtype=torch.float64)  # (steps + 1,)
+        sigma_bar, sigma = self.schedule(t)
+        self.num_inference_steps = steps
+        self.times = t
+        self._sigma_bar = sigma_bar.to(torch.float64)
+        self._rates = sigma.to(torch.float64)
+        n_eval = steps + 1 if self.denoise else steps
+        self.timesteps = t[:n_eval]
+        self.sigmas = self._sigma_bar[:n_eval]
+
+    def _check_index(self, t_index: Any) -> int:
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(steps) before step()")
+        if isinstance(t_index, torch.Tensor) and t_index.numel() == 1 and not t_index.is_floating_point():
+            t_index = int(t_index.item())
+        if isinstance(t_index, bool) or not isinstance(t_index, int):
+            raise TypeError(f"t_index must be an int index into timesteps, got {type(t_index).__name__}")
+        n = len(self.timesteps)
+        if not 0 <= t_index < n:
+            raise ValueError(f"t_index must lie in [0, {n - 1}] for {n} timesteps, got {t_index}")
+        return t_index
+
+    def noise_level(self, t_index: int, batch_size: int, *, device: Any = None, dtype: Any = None):
+        """The network's noise input at `timesteps[t_index]`: `sigma_bar(t)` as a `[batch_size]` tensor."""
+        k = self._check_index(t_index)
+        return self.sigmas[k].to(dtype=dtype or torch.float64).expand(batch_size).to(device)
+
+    def step_kind(self, t_index: int) -> tuple[str, float]:
+        """The step taken at `t_index`: `(kind, noise)` with `kind` in `{"euler", "analytic", "denoise"}`.
+
+        `noise` is `rate_dt = sigma(t_k) (t_k - t_{k+1})` for Euler, `dsigma = sigma_bar(t_k) -
+        sigma_bar(t_{k+1})` for the analytic step and `sigma_bar(eps)` for denoising (SPEC section 5).
+        """
+        k = self._check_index(t_index)
+        steps = self.num_inference_steps
+        assert steps is not None
+        if k == steps:  # only reachable with denoise=True
+            return "denoise", float(self._sigma_bar[k])
+        if self.predictor == "euler":
+            dt = float(self.times[k] - self.times[k + 1])
+            return "euler", float(self._rates[k]) * dt
+        return "analytic", float(self._sigma_bar[k] - self._sigma_bar[k + 1])
+
+    # ---- one reverse step -------------------------------------------------------------------------------
+    def _check_step_inputs(self, log_score: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.dim() != 2:
+            raise TypeError(
+                f"x must be an int64 tensor of shape [B, L], got "
+                f"{type(x).__name__ if not isinstance(x, torch.Tensor) else (x.dtype, tuple(x.shape))}"
+            )
+        if not isinstance(log_score, torch.Tensor) or not log_score.is_floating_point():
+            raise TypeError("log_score must be a floating tensor of shape [B, L, dim]")
+        want = (*x.shape, self.graph.dim)
+        if tuple(log_score.shape) != want:
+            raise ValueError(
+                f"log_score must have shape {list(want)} (x is [B, L], dim={self.graph.dim}), "
+                f"got {list(log_score.shape)}"
+            )
+        return log_score, x
+
+    def step_probs(self, log_score: torch.Tensor, t_index: int, x: torch.Tensor) -> torch.Tensor:
+        """The step's transition probabilities, `[B, L, dim]` float64 (the torch twin; for tests).
+
+        Args:
+            log_score: log-scores at `timesteps[t_index]`, `[B, L, dim]`.
+            t_index: index into `timesteps`.
+            x: int64 tokens at `timesteps[t_index]`, `[B, L]`.
+        """
+        from ddm.sampling import torch_steps
+
+        log_score, x = self._check_step_inputs(log_score, x)
+        kind, noise = self.step_kind(t_index)
+        level = torch.full((x.shape[0],), noise, dtype=torch.float64, device=x.device)  # (B,)
+        fn = {
+            "euler": torch_steps.euler_step_probs,
+            "analytic": torch_steps.analytic_step_probs,
+            "denoise": torch_steps.denoise_step_probs,
+        }[kind]
+        return fn(self.graph, x, log_score, level)
+
+    def step(
+        self,
+        log_score: torch.Tensor,
+        t_index: int,
+        x: torch.Tensor,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seq_offset: int = 0,
+        backend: str = "auto",
+    ) -> SamplerOutput:
+        """Take the reverse step at `timesteps[t_index]`.
+
+        Args:
+            log_score: the network's log-scores at `x` and `sigmas[t_index]`, `[B, L, dim]`; the entry at
+                the current token is ignored.
+            t_index: index into `timesteps` (0 for the noisiest time).
+            x: int64 tokens at `timesteps[t_index]`, `[B, L]`.
+            seed: keys the draw: row `b` uses `(seed, t_index, seq_offset + b, position)`, so a row does
+                not depend on the batch it is in. When None, a seed is drawn from `generator`.
+            generator: torch generator to draw the seed from when `seed` is None (torch's global generator
+                when both are None).
+            seq_offset: added to the row index in the key (to split one batch into several calls).
+            backend: `"auto"` (Rust for CPU tensors when the core is built, else torch), `"rust"` or
+                `"torch"`.
+
+        Returns:
+            `SamplerOutput` with `prev_sample`, int64 `[B, L]` on the device of `x`.
+        """
+        log_score, x = self._check_step_inputs(log_score, x)
+        k = self._check_index(t_index)
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        seed = random_seed(generator) if seed is None else check_seed(seed)
+        if isinstance(seq_offset, bool) or not isinstance(seq_offset, int) or seq_offset < 0:
+            raise ValueError(f"seq_offset must be an int >= 0, got {seq_offset!r}")
+        use_rust = resolve_backend(backend, x.device)
+        kind, noise = self.step_kind(k)
+        if use_rust:
+            from ddm.sampling import _native
+
+            fn = {"euler": _native.euler_step, "analytic": _native.analytic_step,
+                  "denoise": _native.denoise_step}[kind]  # fmt: skip
+            xc = x.detach().to("cpu").contiguous()
+            ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
+            level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
+            out = fn(self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            return SamplerOutput(prev_sample=out.to(x.device))
+        probs = self.step_probs(log_score.detach(), k, x)  # (B, L, dim) float64
+        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset
+        u = _rng.uniforms(seed, _rng.STREAM_STEP, k, rows, x.shape[1])  # (B, L)
+        return SamplerOutput(prev_sample=inverse_cdf(probs, u))
+
+    # ---- the two ends of the process --------------------------------------------------------------------
+    def init_noise(
+        self,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seq_offset: int = 0,
+        device: Any = None,
+    ) -> torch.Tensor:
+        """Draw the start of the reverse process from the limit law, `[batch_size, seq_len]` int64.
+
+        Absorbing: all MASK. Uniform: a uniform id at every position, keyed by `(seed, seq_offset + b, i)`
+        (the same on every backend and device).
+        """
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        if self.graph.absorbing:
+            return torch.full((batch_size, seq_len), self.graph.dim - 1, dtype=torch.int64, device=device)
+        seed = random_seed(generator) if seed is None else check_seed(seed)
+        rows = torch.arange(batch_size, dtype=torch.int64, device=device) + seq_offset
+        u = _rng.uniforms(seed, _rng.STREAM_LIMIT, 0, rows, seq_len)  # (B, L)
+        return (u * self.graph.dim).floor().to(torch.int64).clamp_(max=self.graph.dim - 1)
+
+    def add_noise(
+        self,
+        x0: torch.Tensor,
+        t: Any,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seq_offset: int = 0,
+    ) -> torch.Tensor:
+        """The forward process: draw `x_t ~ p_{t|0}(. | x0)` independently at every position.
+
+        Args:
+            x0: int64 clean tokens, `[B, L]`.
+            t: time in `[0, 1]`: a float, or a `[B]` tensor (one time per sequence).
+            seed: keys the draw by `(seed, seq_offset + b, position)`; drawn from `generator` when None.
+            generator: torch generator for the seed when `seed` is None.
+            seq_offset: added to the row index in the key.
+
+        Returns:
+            int64 `[B, L]` tokens on the device of `x0`.
+        """
+        if not isinstance(x0, torch.Tensor) or x0.dtype != torch.int64 or x0.dim() != 2:
+            raise TypeError("x0 must be an int64 tensor of shape [B, L]")
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        seed = random_seed(generator) if seed is None else check_seed(seed)
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if t.dim() == 1 and t.shape[0] != x0.shape[0]:
+            raise ValueError(f"t must be a float or a [B] tensor with B={x0.shape[0]}, got {list(t.shape)}")
+        if t.dim() > 1:
+            raise ValueError(f"t must be a float or a [B] tensor, got shape {list(t.shape)}")
+        sigma = self.schedule.total_noise(t).to(torch.float64).expand(x0.shape[0])  # (B,)
+        if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.graph.dim):
+            raise ValueError(f"x0 holds ids outside [0, {self.graph.dim - 1}]")
+        move = -torch.expm1(-sigma).to(x0.device)[:, None]  # (B, 1): 1 - e^{-sigma}, the jump probability
+        rows = torch.arange(x0.shape[0], device=x0.device, dtype=torch.int64) + seq_offset
+        u = _rng.uniforms(seed, _rng.STREAM_FORWARD, 0, rows, x0.shape[1])  # (B, L)
+        jump = u < move  # (B, L)
+        if self.graph.absorbing:  # SPEC section 2: with probability 1 - e the token becomes MASK
+            return torch.where(jump, torch.full_like(x0, self.graph.dim - 1), x0)
+        # uniform: with probability 1 - e, a uniform id; given u < 1 - e, u / (1 - e) is uniform on [0, 1)
+        fresh = (
+            (u / move.clamp_min(1e-300) * self.graph.dim)
+            .floor()
+            .to(torch.int64)
+            .clamp_(max=self.graph.dim - 1)
+        )
+        return torch.where(jump, fresh, x0)
+
+
+def resolve_backend(backend: Any, device: torch.device) -> bool:
+    """Whether to run a step in Rust for tensors on `device`, given `backend` (raises on a bad name)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    if backend == "rust":
+        if not native_available():
+            raise RuntimeError(
+                "backend='rust' needs the compiled core ddm._core (build it with `make build`)"
+            )
+        return True
+    return torch.device(device).type == "cpu" and native_available()
+
+
+def log_expm1(s: torch.Tensor) -> torch.Tensor:
+    """`log(exp(s) - 1)` for `s > 0` in float64, accurate for tiny and large `s`."""
+    s = s.to(torch.float64)
+    return s + torch.log(-torch.expm1(-s))
