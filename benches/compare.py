@@ -151,19 +151,33 @@ def ref_euler(
 # --------------------------------------------------------------------------------------------------------
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall-clock seconds of `fn()` over `repeats` runs after `warmup` untimed ones."""
+class Timing(float):
+    """A median wall-clock time in seconds (a float) that also carries the median CPU time of the process
+    (`.cpu`, all threads). With one thread and other processes on the machine, the CPU time is the time
+    the work itself took, without the time slices the scheduler gave to others."""
+
+    cpu: float
+
+    def __new__(cls, wall: float, cpu: float) -> Timing:
+        t = super().__new__(cls, wall)
+        t.cpu = cpu
+        return t
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    """Median wall-clock (and process CPU) seconds of `fn()` over `repeats` runs after `warmup` ones."""
     for _ in range(warmup):
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return Timing(statistics.median(walls), statistics.median(cpus))
 
 
-def floor_time(log_score: torch.Tensor, repeats: int) -> tuple[float, str]:
+def floor_time(log_score: torch.Tensor, repeats: int) -> tuple[Timing, str]:
     """The faster of `np.sum` and `torch.sum` over the same array: one read pass over the log-scores."""
     arr = log_score.numpy()
     t_np = median_time(lambda: np.sum(arr), repeats)
@@ -417,7 +431,7 @@ def bench_sample(dim: int, batch: int, length: int, steps: int, repeats: int) ->
     x = torch.full((batch, length), dim - 1)
     sigma = torch.ones(batch)
     with torch.no_grad():
-        result["model_call_s"] = median_time(lambda: model(x, sigma), repeats)
+        result["model_call_s"] = float(median_time(lambda: model(x, sigma), repeats))
     return result
 
 
@@ -439,14 +453,18 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    head = f"{'case':<26}{'rust':>12}{'torch':>12}{'floor':>12}{'torch/rust':>12}{'rust/floor':>12}"
+    head = (
+        f"{'case':<24}{'rust':>11}{'torch':>11}{'floor':>11}{'torch/rust':>12}{'rust/floor':>12}"
+        f"{'(cpu) t/r':>11}{'(cpu) r/f':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in records:
         print(
-            f"{r['case']:<26}{_fmt(r['rust_s'], 's'):>12}{_fmt(r['torch_s'], 's'):>12}"
-            f"{_fmt(r['floor_s'], 's'):>12}{_fmt(r.get('torch_over_rust')):>12}"
-            f"{_fmt(r.get('rust_over_floor')):>12}"
+            f"{r['case']:<24}{_fmt(r['rust_s'], 's'):>11}{_fmt(r['torch_s'], 's'):>11}"
+            f"{_fmt(r['floor_s'], 's'):>11}{_fmt(r.get('torch_over_rust')):>12}"
+            f"{_fmt(r.get('rust_over_floor')):>12}{_fmt(r.get('torch_over_rust_cpu')):>11}"
+            f"{_fmt(r.get('rust_over_floor_cpu')):>11}"
         )
         extra = []
         if r.get("torch_ddm_s") is not None:
@@ -466,7 +484,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
                 f"model call {_fmt(r['model_call_s'], 's')}"
             )
         if extra:
-            print(f"{'':<26}" + "; ".join(extra))
+            print(f"{'':<24}" + "; ".join(extra))
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -497,7 +515,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         sample_cases = [(28, 2, 16, 4)]
     else:
         big, corrupt_shape = (4, 256, 50258), (64, 1024, 50258)
-        repeats, torch_repeats = args.repeats or 15, args.torch_repeats or 5
+        repeats, torch_repeats = args.repeats or 11, args.torch_repeats or 3
         sample_cases = [(28, 4, 256, 32), (50258, 4, 128, 16)]
     info = machine()
     print(
@@ -536,8 +554,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     info["loadavg_end"] = list(os.getloadavg())
     for r in records:
+        for key in ("rust", "torch", "floor", "torch_ddm"):
+            t = r.get(f"{key}_s")
+            r[f"{key}_cpu_s"] = t.cpu if isinstance(t, Timing) else None
+            r[f"{key}_s"] = None if t is None else float(t)
         r["torch_over_rust"] = _ratio(r["torch_s"], r["rust_s"])
         r["rust_over_floor"] = _ratio(r["rust_s"], r["floor_s"])
+        r["torch_over_rust_cpu"] = _ratio(r["torch_cpu_s"], r["rust_cpu_s"])
+        r["rust_over_floor_cpu"] = _ratio(r["rust_cpu_s"], r["floor_cpu_s"])
         r["quick"] = args.quick
         r["machine"] = info
     print()
