@@ -60,7 +60,8 @@ def test_reference_draws_are_states():
     assert out.shape == x.shape and int(out.min()) >= 0 and int(out.max()) < 8  # never MASK (= 8)
 
 
-def test_quick_mode_writes_records(tmp_path):
+def test_quick_mode_writes_records(tmp_path, one_torch_thread, monkeypatch):
+    monkeypatch.setenv("DDM_NUM_THREADS", "1")  # main() sets it: restored after the test
     out = tmp_path / "quick.json"
     compare.main(["--quick", "--threads", "1", "--out", str(out)])
     records = json.loads(out.read_text())
@@ -88,3 +89,44 @@ def test_quick_mode_writes_records(tmp_path):
     for r in records:
         if r["kind"] == "sample":
             assert r["rust_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread: on a loaded 2-core machine two spinning OpenMP threads run a tiny model ~30x
+    slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_asv_suite_runs_once(one_torch_thread):
+    """The asv benchmarks import and each one runs once (asv itself is not needed for this)."""
+    import itertools
+
+    assert (
+        json.loads((ROOT / "benches" / "asv" / "asv.conf.json").read_text())["benchmark_dir"] == "benchmarks"
+    )
+    spec = importlib.util.spec_from_file_location(
+        "ddm_asv_bench", ROOT / "benches" / "asv" / "benchmarks" / "bench_ddm.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ran = 0
+    for cls in (module.KernelWrappers, module.Sample, module.TrainStep):
+        params = getattr(cls, "params", None)
+        if params is None:
+            combos = [()]
+        elif isinstance(params, tuple):
+            combos = [c for c in itertools.product(*params) if c[1] < 1000]  # small dims only: fast
+        else:
+            combos = [(p,) for p in params]
+        for combo in combos:
+            bench = cls()
+            bench.setup(*combo)
+            for name in dir(cls):
+                if name.startswith("time_"):
+                    getattr(bench, name)(*combo)
+                    ran += 1
+    assert ran == 2 * 4 + 2 + 1
