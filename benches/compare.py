@@ -487,6 +487,45 @@ def print_table(records: list[dict[str, Any]]) -> None:
             print(f"{'':<24}" + "; ".join(extra))
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:.1f}" if v < 10 else f"{v * 1e3:.0f}"
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The records as the Markdown table of BENCHMARKS.md (times in ms; ratios on wall and CPU time)."""
+    lines = [
+        "| case | rust ms | torch ms | floor ms | torch / rust | rust / floor | torch / rust (cpu) "
+        "| rust / floor (cpu) | ddm torch step ms | rust peak extra |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in records:
+        if r["kind"] == "sample":
+            continue
+        mem = r.get("rust_peak_extra_bytes")
+        mem_s = "-" if mem is None else f"{mem / 2**20:.2f} MiB ({100 * r['rust_peak_extra_frac']:.2f}%)"
+        lines.append(
+            f"| {r['case']} | {_ms(r['rust_s'])} | {_ms(r['torch_s'])} | {_ms(r['floor_s'])} "
+            f"| {_fmt(r['torch_over_rust'])} | {_fmt(r['rust_over_floor'])} "
+            f"| {_fmt(r.get('torch_over_rust_cpu'))} | {_fmt(r.get('rust_over_floor_cpu'))} "
+            f"| {_ms(r.get('torch_ddm_s'))} | {mem_s} |"
+        )
+    samples = [r for r in records if r["kind"] == "sample"]
+    if samples:
+        lines += [
+            "",
+            "| ddm.sample | shape [B, L, dim] | steps | rust tokens/s | torch tokens/s | rust / torch "
+            "| one model call ms |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for r in samples:
+            lines.append(
+                f"| {r['case']} | {r['shape']} | {r['steps']} | {r['rust_tokens_per_s']:.0f} "
+                f"| {r['torch_tokens_per_s']:.0f} | {_fmt(r['rust_tokens_per_s'] / r['torch_tokens_per_s'])} "
+                f"| {_ms(r['model_call_s'])} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="write the records here as JSON")
@@ -502,7 +541,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=None,
         help="threads for torch (set_num_threads) and the Rust core (DDM_NUM_THREADS); default: their own",
     )
+    p.add_argument("--table-from", type=Path, help="print the Markdown table of a saved --out file and exit")
     args = p.parse_args(argv)
+    if args.table_from is not None:
+        records = json.loads(args.table_from.read_text())
+        print(markdown_table(records))
+        return records
     if args.threads is not None:
         if args.threads < 1:
             p.error("--threads must be >= 1")
