@@ -106,11 +106,17 @@ def expected_noise_tv(p: torch.Tensor, n_samples: int) -> float:
 
 
 def chi2_pvalue(p_hat: torch.Tensor, p: torch.Tensor, n_samples: int) -> float:
-    """Pearson chi-square p-value of `n_samples` draws with frequencies `p_hat` against `p`."""
+    """Pearson chi-square p-value of `n_samples` draws with frequencies `p_hat` against `p`.
+
+    States of probability 0 are left out of the statistic; a draw in one gives p-value 0.
+    """
     from scipy.stats import chi2
 
-    stat = float((n_samples * (p_hat - p) ** 2 / p).sum())
-    return float(chi2.sf(stat, df=p.numel() - 1))
+    support = p > 0
+    if bool((p_hat[~support] > 0).any()):
+        return 0.0  # a draw in a state of probability 0
+    stat = float((n_samples * (p_hat[support] - p[support]) ** 2 / p[support]).sum())
+    return float(chi2.sf(stat, df=int(support.sum()) - 1))
 
 
 __all__ = [
