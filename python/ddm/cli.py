@@ -177,6 +177,21 @@ register(
 )
 
 
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    from ddm.sampling.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from ddm.sampling.cli import run
+
+    return run(args)
+
+
+register("sample", "generate text from a checkpoint (ddm.sampling.sample)", _sample_arguments, _run_sample)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------
