@@ -245,3 +245,42 @@ def test_wrong_model_output_shape() -> None:
         sample(lambda x, s: torch.zeros(*x.shape, N), 3, graph=graph, schedule=schedule, seq_len=L)
     with pytest.raises(TypeError, match="floating tensor"):
         sample(lambda x, s: x, 3, graph=graph, schedule=schedule, seq_len=L)
+
+
+# ---- the command line -----------------------------------------------------------------------------------
+
+
+def test_cli_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = pytest.importorskip("ddm.checkpoint")
+    from ddm.cli import main
+    from ddm.model import EMA, ModelConfig, ScoreModel
+    from ddm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("abcd")
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=12, dropout=0.0)
+    model = ScoreModel(cfg, Absorbing(tok.vocab_size), LogLinear(), tokenizer=tok)
+    config = {
+        "model": model.config.to_dict(),
+        "graph": model.graph.to_config(),
+        "schedule": model.schedule.to_config(),
+        "tokenizer": tok.to_config(),
+        "train": {},
+    }
+    opt = torch.optim.AdamW(model.parameters())
+    path = checkpoint.save(tmp_path, 1, model=model, config=config, ema=EMA(model, 0.9), optimizer=opt)
+    args = ["sample", "--checkpoint", str(path), "--steps", "8", "--num", "3", "--seed", "4"]
+    assert main([*args, "--prefix", "ab", "--suffix", "dc"]) == 0
+    out = capsys.readouterr()
+    texts = out.out.strip("\n").split("\n" + "=" * 80 + "\n")
+    assert len(texts) == 3
+    for t in texts:
+        assert len(t) == 12 and t.startswith("ab") and t.endswith("dc") and set(t) <= set("abcd")
+    assert "network calls" in out.err
+    # the same seed writes the same samples to a file
+    dest = tmp_path / "samples.txt"
+    assert main([*args, "--prefix", "ab", "--suffix", "dc", "--out", str(dest), "--no-progress"]) == 0
+    assert dest.read_text(encoding="utf-8") == out.out
+    # a prefix longer than the sequence is a clean error (exit status 2), not a traceback
+    assert main([*args, "--prefix", "a" * 13]) == 2
+    assert "longer than seq_len" in capsys.readouterr().err
