@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4, help="lines to sample (0: none)")
     p.add_argument("--sample-steps", type=int, default=128, help="reverse steps per sample")
     args = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # lines appear as they are printed, also in a pipe
 
     from ddm import checkpoint
     from ddm.config import TrainConfig
