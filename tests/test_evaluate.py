@@ -17,14 +17,16 @@ CFG = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=32, dropout
 
 def test_zero_init_absorbing_bound_is_log_n_plus_prior():
     # Zero output layer + log-linear schedule: the integrand is (1 - eps) ln N per token at every t
-    # (SPEC section 4), and the absorbing prior term is -log(1 - e^{-sigma_bar(1)}) = -log(1 - eps).
+    # (SPEC section 4), and the absorbing prior term KL(p_1|0 || pi) is e^{-sigma_bar(1)} ln N = eps ln N
+    # (ddm.graphs.Absorbing.prior_kl), so the bound is ln N: the zero-init model is the uniform law.
     N = 20
     model = ScoreModel(CFG, Absorbing(N), LogLinear())
     x = torch.randint(0, N, (64, 32), generator=torch.Generator().manual_seed(0))
     b = likelihood_bound(model, x, num_t=64, batch_size=512, seed=0)
     diffusion = (1 - 1e-3) * math.log(N)
-    prior = -math.log(1 - 1e-3)
+    prior = 1e-3 * math.log(N)
     assert b.prior_nats_per_token == pytest.approx(prior, rel=1e-9)
+    assert abs(b.nats_per_token - math.log(N)) < 4 * b.stderr
     assert abs(b.diffusion_nats_per_token - diffusion) < 4 * b.stderr
     assert b.stderr < 0.02 * diffusion
     assert b.nats_per_token == pytest.approx(b.diffusion_nats_per_token + b.prior_nats_per_token)
@@ -44,8 +46,8 @@ def test_bound_is_seeded():
 
 def test_exact_score_beats_zero_init_on_a_deterministic_source():
     # Data: every sequence is the constant token 0. The exact absorbing score is
-    # p_0(y | context) / esigm1(sigma_bar) = [y = 0] / esigm1: its bound is ~0 (plus the prior term),
-    # far below the zero-init model's ln N.
+    # p_0(y | context) / esigm1(sigma_bar) = [y = 0] / esigm1: its diffusion term is 0 and the bound is
+    # the prior term eps ln N, far below the zero-init model's ln N.
     N, L = 5, 8
     graph = Absorbing(N)
 
@@ -58,7 +60,7 @@ def test_exact_score_beats_zero_init_on_a_deterministic_source():
     x = torch.zeros(16, L, dtype=torch.long)
     b = likelihood_bound(exact, x, num_t=32, graph=graph, schedule=LogLinear())
     assert b.diffusion_nats_per_token == pytest.approx(0.0, abs=1e-6)
-    assert b.nats_per_token == pytest.approx(-math.log(1 - 1e-3), rel=1e-6)
+    assert b.nats_per_token == pytest.approx(1e-3 * math.log(N), rel=1e-6)
 
 
 def test_text_and_errors():

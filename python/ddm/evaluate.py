@@ -4,8 +4,10 @@ For a sequence x0 of L tokens,
 
     -log p_0(x0) <= integral_0^1 sigma(t) E_{x_t ~ p_{t|0}}[sum_i DSE_i(x_t, x0)] dt + sum_i prior_i,
 
-where the prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions (for the absorbing
-graph, the cost of starting the reverse process from all-MASK; see its docstring).
+where the prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions, exact (for the
+absorbing graph, the KL to the prior matched to the forward marginal, `e^{-sigma_bar(1)} ln N` per token;
+see its docstring). A zero-initialised absorbing model with the log-linear schedule, whose integrand is
+`(1 - eps) ln N` per token, therefore gets exactly `ln N` in expectation: it is the uniform law.
 
 The integral is estimated per sequence with K stratified times: `t_k = (k + 1 - u_k) / K` with
 `u_k ~ U[0, 1)`, one time in each of the K strata `(k/K, (k+1)/K]`, and one draw of `x_t` at each; the
