@@ -533,6 +533,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per Rust/floor measurement")
     p.add_argument("--torch-repeats", type=int, default=None, help="timed runs per torch measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--only", default=None, help="run only the cases whose name contains this string")
     p.add_argument("--no-sample", action="store_true", help="skip ddm.sample end to end")
     p.add_argument("--no-ddm-torch", action="store_true", help="skip the package's float64 torch steps")
     p.add_argument(
@@ -570,12 +571,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
 
     records: list[dict[str, Any]] = []
+
+    def wanted(case: str) -> bool:
+        return args.only is None or args.only in case
+
     for step in ("analytic", "euler", "denoise"):
         for absorbing in (True, False):
+            if not wanted(f"{step}/{'absorb' if absorbing else 'uniform'}/{big[2]}"):
+                continue
             rec = bench_step(step, absorbing, big, repeats, torch_repeats, not args.no_ddm_torch)
             if not args.no_memory and (not args.quick or (step, absorbing) == ("analytic", True)):
                 rust_mem = peak_extra_memory(step, absorbing, big, "rust")
                 rec["rust_peak_extra_bytes"] = rust_mem.get("peak_extra_bytes")
+                # What the kernel allocates: per thread, an f64 row cache and its block sums (BLOCK = 64).
+                rec["rust_scratch_bytes_per_thread"] = 8 * big[2] + 8 * -(-big[2] // 64)
                 if rec["rust_peak_extra_bytes"] is not None:
                     rec["rust_peak_extra_frac"] = rec["rust_peak_extra_bytes"] / rec["log_score_bytes"]
                 if "error" in rust_mem:
@@ -587,9 +596,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             records.append(rec)
             print(f"  done {rec['case']}", flush=True)
     for absorbing in (True, False):
-        records.append(bench_corrupt(absorbing, corrupt_shape, repeats))
+        if wanted(f"corrupt/{'absorb' if absorbing else 'uniform'}/{corrupt_shape[2]}"):
+            records.append(bench_corrupt(absorbing, corrupt_shape, repeats))
     if not args.no_sample:
         for dim, batch, length, steps in sample_cases:
+            if not wanted(f"sample/absorb/{dim}"):
+                continue
             rec = bench_sample(dim, batch, length, steps, 1 if args.quick else 3)
             if rec is None:
                 break
