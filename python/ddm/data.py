@@ -4,8 +4,9 @@ A corpus is tokenized once into a flat token file (`np.uint16` when the vocabula
 `np.uint32`) with a JSON sidecar, and then read through `np.memmap`, so a corpus larger than memory
 streams from disk; the text is read in chunks while tokenizing. The held-out split is the contiguous
 tail of the token stream (the last `val_fraction`), never seen in training. Training batches are blocks
-of `seq_len` tokens at random offsets drawn from a seeded `torch.Generator` (whose state is the data
-position saved in checkpoints).
+of `seq_len` tokens at random offsets: `Corpus.batch_at` keys the offset of row j of step s by
+(seed, s, j), so the data position is the step alone and any process can read its own rows of a step
+(`ddm.distributed`); `Corpus.batch` draws from a `torch.Generator` instead.
 
 The default corpus is the bundled text of Hamlet (public domain, Project Gutenberg), `bundled_path()`.
 """
@@ -250,6 +251,29 @@ class Corpus:
         self.check_seq_len(seq_len)
         offsets = torch.randint(0, self.n_train - seq_len + 1, (batch_size,), generator=generator)  # (B,)
         idx = offsets.numpy()[:, None] + np.arange(seq_len)[None]  # (B, L)
+        return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
+
+    def batch_at(self, seq_len: int, seed: int, step: int, rows: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` of the global batch of optimizer step `step`: blocks at keyed random offsets.
+
+        The offset of row `j` is a counter-based draw keyed by `(seed, step, j)`
+        (`ddm.distributed.keyed_offsets`), so a process reads only the rows it trains on, and the global
+        batch of a step is the same whatever the number of processes or micro-batches.
+
+        Args:
+            seq_len: tokens per block.
+            seed: the run's seed.
+            step: the optimizer step.
+            rows: int64 `[b]` global row indices.
+
+        Returns:
+            int64 `[b, seq_len]`.
+        """
+        from ddm.distributed import keyed_offsets
+
+        self.check_seq_len(seq_len)
+        offsets = keyed_offsets(seed, step, rows, self.n_train - seq_len + 1)  # (b,)
+        idx = offsets.numpy()[:, None] + np.arange(seq_len)[None]  # (b, L)
         return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
 
     def val_blocks(self, seq_len: int, max_blocks: int | None = None) -> torch.Tensor:

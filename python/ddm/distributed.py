@@ -1,0 +1,326 @@
+"""Multi-process training on torch.distributed: process group, keyed randomness, the torchrun launcher.
+
+`ddm train` runs unchanged under `torchrun --nproc_per_node K -m ddm train ...` (or `ddm train --nproc K`,
+which starts torchrun itself): each process trains a `DistributedDataParallel` copy of the model on its
+slice of every global batch, with the gloo backend on CPU and nccl on CUDA, chosen from the device.
+
+What makes a K-process run the same run as a single process is that no randomness of the training step
+comes from a stateful generator. The data offsets, the times `t` and the corruption `x_t` of sequence
+`j` of the global batch of step `s` are counter-based draws keyed by `(seed, stream, s, j)` (and the
+position, for `x_t`), so they do not depend on which process draws them, on the number of processes or
+on gradient accumulation. Rank `r` of `W` takes the contiguous rows `[r B / W, (r + 1) B / W)` of the
+global batch of `B` sequences and cuts them into `grad_accum` micro-batches; the loss of a micro-batch is
+`W / B` times its summed per-sequence loss, so that after DDP's all-reduce (a mean over ranks) every rank
+holds the gradient of the mean loss over the global batch, exactly what one process computes. Clipping,
+AdamW, the learning-rate schedule and the EMA then act on identical gradients and weights everywhere.
+
+The one thing not keyed per sequence is dropout (it lives inside the network and uses torch's global RNG):
+its generator is reseeded per micro-batch from `(seed, step, first row)`, so a run is reproducible and
+resumes exactly with the same process count and `grad_accum`; with `dropout > 0` and another split the
+masks differ (same law, different draws). With `dropout = 0` the runs agree up to float32 summation order.
+
+Fault injection for tests: `DDM_FAULT="RANK:STEP[:POINT]"` makes process RANK exit with status 1 when it
+reaches POINT (`step`: before computing step STEP + 1; `save`: inside the save of step STEP, after the
+files are written and before the rename).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ddm.sampling import _rng
+
+__all__ = [
+    "DistEnv",
+    "backend_for",
+    "batch_rows",
+    "dropout_seed",
+    "free_port",
+    "init",
+    "keyed_dwdse",
+    "keyed_offsets",
+    "launched_by_torchrun",
+    "maybe_fail",
+    "torchrun_command",
+]
+
+# Stream tags of the training randomness (distinct from the sampler's STREAM_* in ddm.sampling._rng).
+STREAM_TRAIN_DATA = 0x5EED0101
+STREAM_TRAIN_TIME = 0x5EED0102
+STREAM_TRAIN_CORRUPT = 0x5EED0103
+STREAM_TRAIN_DROPOUT = 0x5EED0104
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: global rank in `[0, world_size)`.
+        world_size: number of processes (1: no process group).
+        local_rank: rank on this machine (selects `cuda:local_rank`).
+        backend: `"gloo"`, `"nccl"`, or None for a single process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0: the process that logs, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when a process group is in use (more than one process)."""
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Waits for every rank (no-op in a single process)."""
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+        """The sums over ranks of a few floats (float64; identity in a single process)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        t = torch.tensor(list(values), dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return [float(v) for v in t.cpu()]
+
+    def shutdown(self) -> None:
+        """Destroys the process group (no-op in a single process)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def launched_by_torchrun() -> bool:
+    """True when the process was started by torchrun (it sets `RANK` and `WORLD_SIZE`)."""
+    return _env_int("WORLD_SIZE") is not None and _env_int("RANK") is not None
+
+
+def backend_for(device: torch.device) -> str:
+    """The collective backend for a device: nccl on CUDA, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init(device_name: str, timeout_s: float) -> tuple[DistEnv, torch.device]:
+    """Joins the process group torchrun set up (if any) and picks this process's device.
+
+    Args:
+        device_name: the config's device: `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"` (with several
+            processes on CUDA, each takes `cuda:LOCAL_RANK`, so `"cuda:N"` is refused).
+        timeout_s: timeout of every collective: if a rank dies, the others fail after this long at most
+            instead of hanging (torchrun usually stops them sooner).
+
+    Returns:
+        `(env, device)`.
+    """
+    from ddm.train import resolve_device  # train imports this module at load time
+
+    if not timeout_s > 0:
+        raise ValueError(f"dist_timeout must be > 0 seconds, got {timeout_s!r}")
+    world = _env_int("WORLD_SIZE") if launched_by_torchrun() else None
+    if world is None or world <= 1:
+        return DistEnv(), resolve_device(device_name)
+    rank = _env_int("RANK") or 0
+    local_rank = _env_int("LOCAL_RANK") or 0
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(
+                f"device {device_name!r} with {world} processes: give 'cuda' or 'auto'; each process "
+                "uses cuda:LOCAL_RANK"
+            )
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} CUDA devices: "
+                "start at most that many processes per machine (--nproc_per_node)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = backend_for(device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+        if device.type == "cuda":
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+    if dist.get_world_size() != world or dist.get_rank() != rank:
+        raise RuntimeError(
+            f"process group has rank {dist.get_rank()} of {dist.get_world_size()}, the environment says "
+            f"{rank} of {world}"
+        )
+    return DistEnv(rank, world, local_rank, backend), device
+
+
+def batch_rows(batch_size: int, grad_accum: int, env: DistEnv) -> list[torch.Tensor]:
+    """The global-batch rows this rank computes, one int64 tensor per micro-batch.
+
+    Rank `r` of `W` takes rows `[r B / W, (r + 1) B / W)` of the `B = batch_size` rows of a step, in
+    `grad_accum` consecutive micro-batches.
+
+    Raises:
+        ValueError: if `batch_size` is not divisible by `world_size * grad_accum`.
+    """
+    parts = env.world_size * grad_accum
+    if batch_size % parts:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be divisible by the number of processes ({env.world_size}) "
+            f"x grad_accum ({grad_accum}) = {parts}"
+        )
+    micro = batch_size // parts
+    start = env.rank * (batch_size // env.world_size)
+    return [torch.arange(start + k * micro, start + (k + 1) * micro) for k in range(grad_accum)]
+
+
+def keyed_offsets(seed: int, step: int, rows: torch.Tensor, n_offsets: int) -> torch.Tensor:
+    """Block offsets in `[0, n_offsets)` for global rows `rows` of step `step`, `[b]` int64 (CPU).
+
+    Uniform up to 2^-53 relative bias: `floor(u * n)` of a 53-bit uniform keyed by `(seed, step, row)`.
+    """
+    if n_offsets <= 0:
+        raise ValueError(f"n_offsets must be positive, got {n_offsets}")
+    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_DATA, step, rows.cpu(), 1)[:, 0]  # (b,)
+    return (u * n_offsets).floor().to(torch.int64).clamp_(max=n_offsets - 1)
+
+
+def dropout_seed(seed: int, step: int, first_row: int) -> int:
+    """A 53-bit seed for torch's global RNG (dropout) of the micro-batch starting at `first_row`."""
+    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_DROPOUT, step, torch.tensor([first_row]), 1)
+    return int(u.item() * 9007199254740992.0)
+
+
+def keyed_dwdse(
+    log_score_fn: Any,
+    graph: Any,
+    schedule: Any,
+    x0: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    eps_t: float,
+) -> torch.Tensor:
+    """Per-sequence DWDSE `sigma(t) * sum_i DSE_i` (SEDD eq. 10; SPEC section 4) with keyed noise.
+
+    As `ddm.losses.dwdse`, but `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` of row `rows[b]` are drawn
+    from counter-based uniforms keyed by `(seed, step, rows[b])` (and the position for `x_t`), so a
+    sequence gets the same noise whatever batch, process or micro-batch it is computed in.
+
+    Args:
+        log_score_fn: `f(x_t: int64 [b, L], sigma_bar: [b]) -> [b, L, dim]` log-scores.
+        graph: the forward graph (`Absorbing` or `Uniform`).
+        schedule: the noise schedule.
+        x0: int64 clean tokens `[b, L]`.
+        seed: the run's seed.
+        step: the optimizer step (the key's counter).
+        rows: int64 `[b]` global row indices of the sequences in the step's batch.
+        eps_t: lower end of the time range, in `[0, 1)`.
+
+    Returns:
+        `[b]` loss per sequence.
+    """
+    b, length = x0.shape
+    device = x0.device
+    rows = rows.to(device=device, dtype=torch.int64)
+    seed &= _U64
+    u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, 1)[:, 0]  # (b,) float64
+    t = (eps_t + (1.0 - eps_t) * u_t).to(torch.get_default_dtype())  # (b,)
+    sigma_bar, sigma = schedule(t)  # (b,), (b,)
+    # forward corruption (SPEC section 2): each position jumps with probability 1 - exp(-sigma_bar)
+    move = -torch.expm1(-sigma_bar.detach().to(torch.float64))[:, None]  # (b, 1)
+    u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
+    jump = u < move  # (b, L)
+    if graph.absorbing:
+        x_t = torch.where(jump, torch.full_like(x0, graph.dim - 1), x0)  # MASK
+    else:  # given u < move, u / move is uniform on [0, 1): a uniform id over all N
+        fresh = (u / move.clamp_min(1e-300) * graph.vocab_size).floor().to(torch.int64)
+        x_t = torch.where(jump, fresh.clamp_(max=graph.vocab_size - 1), x0)
+    log_score = log_score_fn(x_t, sigma_bar)  # (b, L, dim)
+    dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (b, L)
+    return sigma.to(dse.dtype) * dse.sum(dim=-1)
+
+
+def _fault() -> tuple[int, int, str] | None:
+    spec = os.environ.get("DDM_FAULT")
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"DDM_FAULT must be 'RANK:STEP' or 'RANK:STEP:POINT', got {spec!r}")
+    return int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else "step"
+
+
+def maybe_fail(point: str, step: int) -> None:
+    """Test hook: exits this process with status 1 where `DDM_FAULT` says (see the module docstring)."""
+    fault = _fault()
+    if fault is None:
+        return
+    rank = _env_int("RANK") or 0
+    if fault == (rank, step, point):
+        sys.stderr.write(f"ddm: DDM_FAULT: rank {rank} exits at {point} of step {step}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torchrun_command(nproc: int, ddm_args: Sequence[str], *, port: int | None = None) -> list[str]:
+    """The command that runs `ddm <ddm_args>` in `nproc` processes on this machine through torchrun.
+
+    Args:
+        nproc: processes on this machine.
+        ddm_args: the `ddm` arguments, e.g. `["train", "--config", "x.toml"]`.
+        port: rendezvous port on localhost (default: a free one).
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port if port is not None else free_port()),
+        "-m",
+        "ddm",
+        *ddm_args,
+    ]
+
+
+def launch(nproc: int, ddm_args: Sequence[str]) -> int:
+    """Runs `ddm <ddm_args>` in `nproc` local processes under torchrun; returns its exit status."""
+    return subprocess.run(torchrun_command(nproc, ddm_args), check=False).returncode
