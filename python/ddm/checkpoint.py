@@ -243,6 +243,9 @@ def save(
     _write_json(tmp / "state.json", full_state)
     _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION, **config})
     _fsync_dir(tmp)
+    from ddm.distributed import maybe_fail
+
+    maybe_fail("save", step)  # test hook: a process killed here leaves only the ignored temp directory
 
     if final.exists():  # an earlier run reached this step: move it aside, then replace it
         old = ckpts / f".tmp-old-{name}-{uuid.uuid4().hex}"
@@ -293,11 +296,18 @@ def read_training_state(path: str | os.PathLike, device: str | torch.device = "c
 
 
 def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
-    """A fresh `ScoreModel` (random weights) from a checkpoint's `config.json` content."""
+    """A fresh model (random weights) from a checkpoint's `config.json` content: a `ScoreModel`, or an
+    `ARModel` when `objective` is `"autoregressive"`."""
     from ddm import graphs, schedules, tokenizers
     from ddm.model import ModelConfig, ScoreModel
 
     tokenizer = tokenizers.from_config(cfg["tokenizer"]) if cfg.get("tokenizer") else None
+    if cfg.get("objective", "diffusion") == "autoregressive":
+        from ddm.model.autoregressive import ARModel
+
+        if tokenizer is None:
+            raise ValueError("an autoregressive checkpoint needs its tokenizer (the vocabulary size)")
+        return ARModel(ModelConfig.from_dict(cfg["model"]), tokenizer.vocab_size, tokenizer=tokenizer)
     return ScoreModel(
         ModelConfig.from_dict(cfg["model"]),
         graphs.from_config(cfg["graph"]),

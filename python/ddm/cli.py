@@ -135,6 +135,17 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         data = heldout_blocks(model.checkpoint_path, seq_len)
         source = "held-out split of the training corpus"
+    if getattr(model, "objective", None) == "autoregressive":  # exact NLL, same JSON keys (issue 7)
+        from ddm.quality import exact_nll
+
+        result = exact_nll(model, data, batch_size=args.batch_size, max_sequences=args.max_sequences)
+        if args.json:
+            print(json.dumps({**result.to_dict(), "checkpoint": str(model.checkpoint_path), "data": source}))
+        else:
+            print(f"checkpoint: {model.checkpoint_path}")
+            print(f"data:       {source}")
+            print(f"NLL:        {result}")
+        return 0
     bound = likelihood_bound(
         model,
         data,
@@ -190,6 +201,26 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 register("sample", "generate text from a checkpoint (ddm.sampling.sample)", _sample_arguments, _run_sample)
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    from ddm.quality import add_report_arguments
+
+    add_report_arguments(p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from ddm.quality import run_report
+
+    return run_report(args)
+
+
+register(
+    "report",
+    "quality report: bound vs autoregressive NLL, generative perplexity and entropy vs steps",
+    _report_arguments,
+    _run_report,
+)
 
 
 # ---------------------------------------------------------------------------------------------------

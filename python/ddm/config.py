@@ -54,6 +54,11 @@ class TrainConfig:
     seq_len: int = _f(128, "tokens per training sequence (SEDD: 1024 GPT-2 tokens)")
     dropout: float = _f(0.1, "dropout in the transformer blocks (SEDD: 0.1)")
     time_conditioning: bool = _f(True, "False: absorbing-only time-independent network (SPEC section 4)")
+    objective: str = _f(
+        "diffusion",
+        "'diffusion' (a score model, DWDSE) or 'autoregressive' (the causal baseline of ddm.model."
+        "autoregressive, next-token cross-entropy; graph and schedule unused)",
+    )
     graph: str = _f("absorbing", "forward process: 'absorbing' or 'uniform'")
     schedule: str = _f("loglinear", "noise schedule: 'loglinear' or 'geometric'")
     schedule_eps: float = _f(1e-3, "log-linear schedule: sigma_bar(1) = ln(1 / eps) (SEDD: 1e-3)")
@@ -167,6 +172,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model not in SIZES:
             raise ValueError(f"model must be one of {sorted(SIZES)}, got {self.model!r}")
+        if self.objective not in ("diffusion", "autoregressive"):
+            raise ValueError(f"objective must be 'diffusion' or 'autoregressive', got {self.objective!r}")
         if self.graph not in ("absorbing", "uniform"):
             raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
         if self.schedule not in ("loglinear", "geometric"):

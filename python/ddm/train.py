@@ -31,12 +31,14 @@ from ddm.config import TrainConfig, load_config, make_graph, make_schedule
 from ddm.data import load_corpus
 from ddm.losses import dwdse
 from ddm.model import EMA, ScoreModel
+from ddm.model.autoregressive import ARModel, sequence_nll
 
 __all__ = ["RESUME_FIELDS", "lr_at", "resolve_device", "train"]
 
 # Fields that define the model, its data and its randomness: a resumed run must keep them.
 RESUME_FIELDS = (
     "seed",
+    "objective",
     "data",
     "tokenizer",
     "val_fraction",
@@ -202,7 +204,11 @@ def train(
     tokenizer = corpus.tokenizer
     graph = make_graph(cfg, tokenizer.vocab_size)
     schedule = make_schedule(cfg)
-    model = ScoreModel(cfg.model_config(), graph, schedule, tokenizer=tokenizer).to(device)
+    autoregressive = cfg.objective == "autoregressive"
+    if autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy (issue 7)
+        model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer).to(device)
+    else:
+        model = ScoreModel(cfg.model_config(), graph, schedule, tokenizer=tokenizer).to(device)
     ema = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -226,9 +232,10 @@ def train(
         step, elapsed, tokens_seen = state["step"], state.get("elapsed_s", 0.0), state.get("tokens_seen", 0)
 
     ckpt_config = {
+        "objective": cfg.objective,
         "model": model.config.to_dict(),
-        "graph": graph.to_config(),
-        "schedule": schedule.to_config(),
+        "graph": None if autoregressive else graph.to_config(),
+        "schedule": None if autoregressive else schedule.to_config(),
         "tokenizer": tokenizer.to_config(),
         "train": cfg.to_dict(),
     }
@@ -241,7 +248,12 @@ def train(
 
         ema.copy_to(eval_model)
         rows = max(64, cfg.batch_size)  # no gradients: larger batches than training are cheap
-        b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=rows)
+        if autoregressive:  # exact NLL, same keys
+            from ddm.quality import exact_nll
+
+            b = exact_nll(eval_model, val, batch_size=rows)
+        else:
+            b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=rows)
         return {
             "step": step,
             "eval_nats_per_token": b.nats_per_token,
@@ -292,7 +304,10 @@ def train(
         loss_sum = 0.0
         for _ in range(cfg.grad_accum):
             x0 = corpus.batch(micro, cfg.seq_len, data_gen).to(device)  # (b, L)
-            per_seq = dwdse(log_fn, graph, schedule, x0, eps_t=cfg.eps_t, generator=noise_gen)  # (b,)
+            if autoregressive:
+                per_seq = sequence_nll(model, x0)  # (b,) exact -log p(x0), nats
+            else:
+                per_seq = dwdse(log_fn, graph, schedule, x0, eps_t=cfg.eps_t, generator=noise_gen)  # (b,)
             (per_seq.mean() / cfg.grad_accum).backward()
             loss_sum += float(per_seq.detach().sum())
         grad_norm = (

@@ -1,0 +1,150 @@
+"""Quality harness: unigram entropy exactly, generative perplexity, `ddm eval` on AR, `ddm report`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from ddm import checkpoint
+from ddm.cli import main
+from ddm.evaluate import Bound, heldout_blocks
+from ddm.model import ARModel, ModelConfig
+from ddm.quality import NLL, exact_nll, gen_perplexity, report, unigram_entropy
+from ddm.train import train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_unigram_entropy_of_known_samples_is_exact():
+    x = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2], [0, 1, 2, 3]])
+    # per sample: ln 2, 0, ln 4 -> mean ln(2) * (1 + 0 + 2) / 3 = ln 2
+    assert unigram_entropy(x) == pytest.approx(math.log(2), abs=1e-15)
+    # pooled over 12 tokens: counts 0:3, 1:3, 2:5, 3:1
+    p = torch.tensor([3, 3, 5, 1], dtype=torch.float64) / 12
+    assert unigram_entropy(x, pooled=True) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-15)
+    assert unigram_entropy(torch.tensor([[7, 7, 7]])) == 0.0
+    # large ids do not matter, only their frequencies
+    assert unigram_entropy(torch.tensor([[0, 50000]])) == pytest.approx(math.log(2), abs=1e-15)
+
+
+def test_unigram_entropy_errors():
+    with pytest.raises(TypeError, match="samples"):
+        unigram_entropy([[0, 1]])
+    with pytest.raises(TypeError, match="integer"):
+        unigram_entropy(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="shape"):
+        unigram_entropy(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="negative"):
+        unigram_entropy(torch.tensor([[0, -1]]))
+
+
+def test_gen_perplexity_is_exp_of_mean_token_nll_and_checks_the_vocabulary():
+    torch.manual_seed(0)
+    judge = ARModel(ModelConfig(hidden=16, heads=2, blocks=1, cond_dim=8, seq_len=6, dropout=0.0), 5)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in judge.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    x = torch.randint(0, 5, (7, 6), generator=g)
+    r = exact_nll(judge, x)
+    assert gen_perplexity(x, judge, batch_size=2) == pytest.approx(r.perplexity, rel=1e-6)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gen_perplexity(torch.full((2, 6), 5), judge)  # e.g. an absorbing MASK id left in a sample
+    with pytest.raises(TypeError, match="autoregressive"):
+        gen_perplexity(x, lambda x, s: x)
+
+
+def test_nll_shares_the_bound_json_keys():
+    shared = {"nats_per_token", "bits_per_token", "perplexity", "stderr", "stderr_bits", "tokens"}
+    assert shared <= set(NLL.__dataclass_fields__) and shared <= set(Bound.__dataclass_fields__)
+    d = NLL(1.0, 1 / math.log(2), math.e, 0.1, 0.1 / math.log(2), 8, 2, 4, "char").to_dict()
+    assert d["bits_per_char"] == d["bits_per_token"] and d["exact"] is True
+
+
+def _run(tmp, name, **kw):
+    cfg = dict(
+        run_dir=str(tmp / name),
+        hidden=32,
+        heads=2,
+        blocks=1,
+        cond_dim=16,
+        seq_len=16,
+        batch_size=4,
+        steps=4,
+        warmup_steps=2,
+        log_every=2,
+        eval_every=2,
+        eval_sequences=2,
+        eval_num_t=2,
+        save_every=4,
+        progress=False,
+        plot=False,
+    )
+    cfg.update(kw)
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quality")
+    return {
+        "absorbing": _run(tmp, "absorbing"),
+        "uniform": _run(tmp, "uniform", graph="uniform", schedule="geometric"),
+        "ar": _run(tmp, "ar", objective="autoregressive", seq_len=32),  # a judge may be longer
+        "tmp": tmp,
+    }
+
+
+def test_ddm_eval_prints_the_exact_nll_of_an_ar_checkpoint(runs, capsys):
+    assert main(["eval", "--checkpoint", str(runs["ar"]), "--json", "--max-sequences", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model = checkpoint.load(runs["ar"])
+    expected = exact_nll(model, heldout_blocks(runs["ar"], 32)[:3])
+    assert out["nats_per_token"] == pytest.approx(expected.nats_per_token, rel=1e-12)
+    assert out["tokens"] == 3 * 32 and out["exact"] is True
+    for key in ("bits_per_token", "perplexity", "stderr"):
+        assert out[key] == pytest.approx(getattr(expected, key), rel=1e-12)
+
+
+def test_report_end_to_end(runs, capsys):
+    out = runs["tmp"] / "report"
+    argv = ["report", "--judge", str(runs["ar"]), "--steps", "4,2", "--num-samples", "3", "--num-t", "2"]
+    argv += ["--max-sequences", "3", "--out", str(out), "--device", "cpu", "--batch-size", "16"]
+    argv += ["--checkpoint", str(runs["absorbing"]), "--checkpoint", str(runs["uniform"])]
+    assert main(argv) == 0
+    assert "report.md" in capsys.readouterr().out
+    for name in ("bound.png", "gen_perplexity.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    r = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert r["settings"]["steps"] == [2, 4]
+    assert [m["graph"]["type"] for m in r["models"]] == ["absorbing", "uniform"]
+    judge = checkpoint.load(runs["ar"])
+    for m in r["models"]:
+        assert m["bound_over_ar"] == pytest.approx(
+            m["bound"]["nats_per_token"] / m["ar_nll"]["nats_per_token"]
+        )
+        # the AR NLL is that of the judge on the same held-out blocks as the bound
+        blocks = heldout_blocks(m["checkpoint"], 16)[:3]
+        assert m["ar_nll"]["nats_per_token"] == pytest.approx(exact_nll(judge, blocks).nats_per_token)
+        assert m["bound"]["sequences"] == 3 and m["train"]["steps"] == 4
+        assert [c["step"] for c in m["curve"]] == [2, 4]
+        rows = [(s["predictor"], s["steps"]) for s in m["samples"]]
+        assert rows == [("analytic", 2), ("analytic", 4), ("euler", 2), ("euler", 4)]
+        for s in m["samples"]:
+            assert s["gen_perplexity"] >= 1.0 and 0.0 <= s["entropy"] <= math.log(16)
+        assert f"{m['bound_over_ar']:.3f}" in md
+    assert md.count("| euler |") == 4 and md.count("held-out data") == 2
+
+
+def test_report_rejects_a_diffusion_judge_and_bad_steps(runs, tmp_path):
+    with pytest.raises(ValueError, match="not an autoregressive"):
+        report([runs["absorbing"]], runs["uniform"], steps=[2], out=tmp_path)
+    with pytest.raises(ValueError, match="not a diffusion checkpoint"):
+        report([runs["ar"]], runs["ar"], steps=[2], out=tmp_path)
+    with pytest.raises(ValueError, match="steps"):
+        report([runs["absorbing"]], runs["ar"], steps="8,x", out=tmp_path)
+    with pytest.raises(ValueError, match="predictors"):
+        report([runs["absorbing"]], runs["ar"], steps=[2], predictors=("ancestral",), out=tmp_path)
