@@ -177,7 +177,8 @@ def ancestral_sample(
 ) -> torch.Tensor:
     """Draws blocks from the model's exact law, one token at a time (ancestral sampling).
 
-    Categoricals are drawn in float64 by inverse CDF (no float32 Gumbel truncation, SPEC section 5). Each
+    Categoricals are drawn in float64 by inverse CDF (`ddm.sampling.sampler.inverse_cdf`; no float32
+    Gumbel truncation, SPEC section 5). Each
     step reruns the network on the prefix (no key/value cache): `O(L^2)` work, meant for tests and small
     reference sets.
 
@@ -199,6 +200,8 @@ def ancestral_sample(
         raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model.seq_len}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    from ddm.sampling.sampler import inverse_cdf
+
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -208,10 +211,8 @@ def ancestral_sample(
             # positions > i do not influence row i (causal), so the zeros there are harmless
             logits = model(x[:, : i + 1])[:, i].double().cpu() / temperature  # (B, V)
             probs = torch.softmax(logits, dim=-1)  # (B, V) float64
-            cdf = probs.cumsum(-1)  # (B, V)
-            u = torch.rand(batch_size, 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]  # (B, 1)
-            tok = torch.searchsorted(cdf, u, right=True).clamp_(max=model.vocab_size - 1)  # (B, 1)
-            x[:, i] = tok[:, 0].to(x.device)
+            u = torch.rand(batch_size, generator=gen, dtype=torch.float64)  # (B,) in [0, 1)
+            x[:, i] = inverse_cdf(probs, u).to(x.device)  # (B,)
     finally:
         if was_training:
             model.train()
