@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -54,6 +55,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         "--until-step", type=int, metavar="N", help="stop at step N with a checkpoint (resume later)"
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="K",
+        help="train in K processes on this machine (DDP; starts torchrun; see docs/distributed.md)",
+    )
     g = p.add_argument_group("config overrides (any TrainConfig field)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -89,9 +96,40 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be a positive integer, got {args.nproc}")
+        if args.nproc > 1:
+            from ddm import distributed
+
+            if distributed.launched_by_torchrun():
+                raise ValueError("--nproc: already under torchrun; give the process count to torchrun")
+            return distributed.launch(args.nproc, _train_argv(args))
     path = train(cfg, resume=args.resume, until_step=args.until_step)
-    print(f"checkpoint: {path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the job
+        print(f"checkpoint: {path}")
     return 0
+
+
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    """The `ddm train` arguments of `args` without `--nproc` (for the processes torchrun starts)."""
+    from ddm.config import TrainConfig
+
+    argv = ["train"]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    if args.resume:
+        argv.append("--resume")
+    if args.until_step is not None:
+        argv += ["--until-step", str(args.until_step)]
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name)
+        flag = f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        elif value is not None:
+            argv += [f"--{flag}", str(value)]
+    return argv
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ class TrainConfig:
     run_dir: str = _f("runs/default", "directory for checkpoints, the log and the plot")
     seed: int = _f(0, "seeds the weights, the data order and the noise: same seed, same run")
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    dist_timeout: float = _f(
+        600.0,
+        "several processes (torchrun): seconds a collective waits for the other ranks before failing; "
+        "longer than rank 0's evaluation and checkpoint writing",
+    )
     # data
     data: str = _f(
         "hamlet",
@@ -198,6 +203,8 @@ class TrainConfig:
         for name in ("adam_eps", "schedule_eps", "sigma_min", "sigma_max"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if not 0.0 <= self.eps_t < 1.0:

@@ -6,14 +6,20 @@ minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (SPEC section 4; S
 linear warm-up, gradient clipping and an EMA of the weights. On CUDA the network runs under bf16
 autocast; the score entropy is computed in float32 or wider.
 
-Randomness comes from three sources, all seeded from `config.seed` and all saved in checkpoints: the
-global torch RNG (initial weights, dropout), a data generator (block offsets: the data position) and a
-noise generator (t and x_t). A run stopped at any checkpoint and resumed gives bit-identical weights to
-an uninterrupted run on CPU.
+Randomness: the initial weights come from torch's global RNG seeded with `config.seed`; the block
+offsets, `t` and `x_t` of row j of the global batch of step s are counter-based draws keyed by
+`(seed, s, j)` (`ddm.distributed`), so the data position is the step itself and a step's global batch
+does not depend on how it is split; dropout reseeds the global RNG per micro-batch from
+`(seed, step, first row)`. A run stopped at any checkpoint and resumed gives bit-identical weights to an
+uninterrupted run on CPU.
+
+Several processes (`torchrun ... -m ddm train`, or `ddm train --nproc K`) train with
+DistributedDataParallel on their rows of each global batch; see `ddm.distributed` and docs/distributed.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -27,9 +33,9 @@ import numpy as np
 import torch
 
 from ddm import checkpoint as ckpt
+from ddm import distributed as ddist
 from ddm.config import TrainConfig, load_config, make_graph, make_schedule
 from ddm.data import load_corpus
-from ddm.losses import dwdse
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 
@@ -56,7 +62,6 @@ RESUME_FIELDS = (
     "sigma_min",
     "sigma_max",
     "batch_size",
-    "grad_accum",
     "eps_t",
 )
 
@@ -173,12 +178,24 @@ def train(
         until_step: stop at this step (with a checkpoint) even if `config.steps` is larger, e.g. to split
             a run across jobs; resume later to continue.
 
+    Under torchrun (several processes) every process calls this; rank 0 logs, evaluates and writes the
+    checkpoints, and every process returns the path of the last one.
+
     Returns:
         The checkpoint directory written last.
     """
     cfg = _as_config(config)
+    env, device = ddist.init(cfg.device, cfg.dist_timeout)
+    try:
+        return _train(cfg, env, device, resume=resume, until_step=until_step)
+    finally:
+        env.shutdown()
+
+
+def _train(
+    cfg: TrainConfig, env: ddist.DistEnv, device: torch.device, *, resume: bool, until_step: int | None
+) -> Path:
     run_dir = Path(cfg.run_dir)
-    device = resolve_device(cfg.device)
     state: dict[str, Any] | None = None
     if resume:
         found = ckpt.latest(run_dir)
@@ -198,8 +215,14 @@ def train(
             "continue it, or choose another run_dir"
         )
 
+    rows_per_micro = ddist.batch_rows(cfg.batch_size, cfg.grad_accum, env)  # this rank's rows
     _seed_everything(cfg.seed)
-    corpus = load_corpus(cfg.data, run_dir / "data", tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction)
+    for turn in (True, False):  # rank 0 tokenizes the corpus (or fills its cache) first, then the others
+        if env.is_main == turn:
+            corpus = load_corpus(
+                cfg.data, run_dir / "data", tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction
+            )
+        env.barrier()
     corpus.check_seq_len(cfg.seq_len)
     tokenizer = corpus.tokenizer
     graph = make_graph(cfg, tokenizer.vocab_size)
@@ -217,9 +240,6 @@ def train(
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
     )
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    generators = {"data": data_gen, "noise": noise_gen}
     step, elapsed, tokens_seen = 0, 0.0, 0
     if state is not None:
         saved_tok = ckpt.read_config(state["path"])["tokenizer"]
@@ -228,7 +248,7 @@ def train(
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"], state["ema_num_updates"])
         optimizer.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"], generators)
+        ckpt.set_rng_state(state["rng"])
         step, elapsed, tokens_seen = state["step"], state.get("elapsed_s", 0.0), state.get("tokens_seen", 0)
 
     ckpt_config = {
@@ -239,7 +259,7 @@ def train(
         "tokenizer": tokenizer.to_config(),
         "train": cfg.to_dict(),
     }
-    log = _Log(run_dir, step if state is not None else None)
+    log = _Log(run_dir, step if state is not None else None) if env.is_main else None
     val = corpus.val_blocks(cfg.seq_len, cfg.eval_sequences or None) if corpus.n_val >= cfg.seq_len else None
     eval_model = copy.deepcopy(model).eval()
 
@@ -263,8 +283,8 @@ def train(
 
     def save() -> Path:
         extra = {
-            "rng": ckpt.rng_state(generators),
-            "data": {"batches_drawn": step * cfg.grad_accum, "generator": "see rng.generators.data"},
+            "rng": ckpt.rng_state(),
+            "data": {"position": "the step: offsets keyed by (seed, step, row)", "step": step},
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
         }
@@ -279,37 +299,60 @@ def train(
             keep=cfg.keep_checkpoints,
         )
 
+    def save_and_wait() -> Path:
+        path = run_dir / "checkpoints" / f"step_{step:08d}"
+        if env.is_main:
+            path = save()
+            if cfg.plot:
+                log.plot(run_dir / "curves.png")
+        env.barrier()  # no rank runs ahead of a checkpoint
+        return path
+
     stop = min(cfg.steps, until_step) if until_step is not None else cfg.steps
-    micro = cfg.batch_size // cfg.grad_accum
     tokens_per_step = cfg.batch_size * cfg.seq_len
     last_path = ckpt.latest(run_dir)
     bar = None
-    if cfg.progress:
+    if cfg.progress and env.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
+    net: torch.nn.Module = model
+    if env.enabled:  # DDP averages the gradients over the ranks during backward
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
     def log_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return model(x, s)
+        return net(x, s)
 
     window_loss, window_steps, window_time = 0.0, 0, 0.0
     tok_per_s = 0.0
     model.train()
     while step < stop:
+        ddist.maybe_fail("step", step)  # test hook (DDM_FAULT)
         t0 = time.perf_counter()
         lr = lr_at(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            x0 = corpus.batch(micro, cfg.seq_len, data_gen).to(device)  # (b, L)
-            if autoregressive:
-                per_seq = sequence_nll(model, x0)  # (b,) exact -log p(x0), nats
-            else:
-                per_seq = dwdse(log_fn, graph, schedule, x0, eps_t=cfg.eps_t, generator=noise_gen)  # (b,)
-            (per_seq.mean() / cfg.grad_accum).backward()
+        for k, rows in enumerate(rows_per_micro):
+            torch.manual_seed(ddist.dropout_seed(cfg.seed, step, int(rows[0])))
+            x0 = corpus.batch_at(cfg.seq_len, cfg.seed, step, rows).to(device)  # (b, L)
+            # gradients are all-reduced only at the last micro-batch
+            sync = net.no_sync() if env.enabled and k < len(rows_per_micro) - 1 else contextlib.nullcontext()
+            with sync:
+                if autoregressive:
+                    per_seq = sequence_nll(net, x0)  # (b,) exact -log p(x0), nats
+                else:
+                    per_seq = ddist.keyed_dwdse(
+                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t
+                    )  # (b,)
+                # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
+                (per_seq.sum() * (env.world_size / cfg.batch_size)).backward()
             loss_sum += float(per_seq.detach().sum())
+        (loss_sum,) = env.sum([loss_sum], device)  # over all ranks: the global batch
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
@@ -338,21 +381,20 @@ def train(
                 "tokens_per_s": tok_per_s,
                 "elapsed_s": elapsed,
             }
-            log.write(rec)
+            if log is not None:
+                log.write(rec)
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_per_s:,.0f}", refresh=False)
             window_loss, window_steps, window_time = 0.0, 0, 0.0
         is_eval = val is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps)
-        if is_eval:
+        if is_eval and log is not None:
             log.write(evaluate_now())
         if step % cfg.save_every == 0 or step == stop:
-            last_path = save()
-            if cfg.plot:
-                log.plot(run_dir / "curves.png")
+            last_path = save_and_wait()
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     if last_path is None:  # nothing to do (already at `stop`): make sure a checkpoint exists
-        last_path = save()
+        last_path = save_and_wait()
     return last_path
