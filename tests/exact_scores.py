@@ -119,17 +119,6 @@ def chi2_pvalue(p_hat: torch.Tensor, p: torch.Tensor, n_samples: int) -> float:
     return float(chi2.sf(stat, df=int(support.sum()) - 1))
 
 
-__all__ = [
-    "ExactScore",
-    "correlated_law",
-    "empirical",
-    "tv",
-    "expected_noise_tv",
-    "chi2_pvalue",
-    "projected_law",
-]
-
-
 def projected_law(
     model: ExactScore, schedule, fixed: dict[int, int], steps: int = 1000, eps: float = 1e-5
 ) -> torch.Tensor:
@@ -172,4 +161,34 @@ def projected_law(
                 gen[dest[moves], src] += float(rate) / n * s[moves, i, y]  # Q(x^i, y) = 1/N (uniform)
         gen -= torch.diag(gen.sum(0))
         q = torch.linalg.matrix_exp(gen * float(t[k] - t[k + 1])) @ q
+    return q
+
+
+def sampler_law(model: ExactScore, sampler) -> torch.Tensor:
+    """The exact law of the discretised sampler's output (no sampling), flat over `dim^L` sequences.
+
+    Every step of the sampler moves each position independently given the current sequence, so its
+    transition matrix over the `dim^L` sequences is `T[x, x'] = prod_i probs(x)[i, x'^i]`, with `probs`
+    the step's `[B, L, dim]` probabilities (`Sampler.step_probs`). Starting from the limit law and applying
+    every step gives the law of `sample` for the same grid and predictor, with no noise, so the
+    discretisation error `TV(law, p0)` can be measured exactly.
+
+    Args:
+        model: the exact score model.
+        sampler: a `Sampler` on which `set_timesteps` has been called.
+    """
+    g = model.g
+    dim, length = g.dim, model.length
+    seqs = torch.cartesian_prod(*[torch.arange(dim)] * length).reshape(-1, length)  # (S, L), lexicographic
+    n_states = seqs.shape[0]
+    if g.absorbing:
+        q = (seqs == g.dim - 1).all(-1).to(torch.float64)  # all MASK
+    else:
+        q = torch.full((n_states,), 1.0 / n_states, dtype=torch.float64)
+    for k in range(len(sampler.timesteps)):
+        probs = sampler.step_probs(model(seqs, sampler.noise_level(k, n_states)), k, seqs)  # (S, L, dim)
+        trans = torch.ones(n_states, n_states, dtype=torch.float64)
+        for i in range(length):
+            trans *= probs[:, i, :][:, seqs[:, i]]  # (S, S'): probability that position i lands on x'^i
+        q = q @ trans
     return q
