@@ -373,19 +373,25 @@ def peak_extra_memory(step: str, absorbing: bool, shape: tuple[int, int, int], i
     batch, length, dim = shape
     args = [str(ROOT / "benches"), step, "1" if absorbing else "0", impl, str(batch), str(length), str(dim)]
     args.append(str(torch.get_num_threads()))
+    # A fixed mmap threshold: glibc otherwise raises it after the first large free, and a later scratch
+    # buffer could reuse heap pages that are already resident (and would not show in VmHWM). And all the
+    # machine's threads: the most scratch a step allocates (one row cache per thread).
+    threads = os.cpu_count() or 1
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "DDM_NUM_THREADS": str(threads)}
     r = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
+        env=env,
     )
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
     m = json.loads(r.stdout.strip().splitlines()[-1])
     if not m["reset"]:
         return {"error": "could not reset VmHWM (/proc/self/clear_refs not writable)"}
-    return {"peak_extra_bytes": max(0, m["hwm_after"] - m["rss_before"])}
+    return {"peak_extra_bytes": max(0, m["hwm_after"] - m["rss_before"]), "threads": threads}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -583,6 +589,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if not args.no_memory and (not args.quick or (step, absorbing) == ("analytic", True)):
                 rust_mem = peak_extra_memory(step, absorbing, big, "rust")
                 rec["rust_peak_extra_bytes"] = rust_mem.get("peak_extra_bytes")
+                rec["memory_threads"] = rust_mem.get("threads")
                 # What the kernel allocates: per thread, an f64 row cache and its block sums (BLOCK = 64).
                 rec["rust_scratch_bytes_per_thread"] = 8 * big[2] + 8 * -(-big[2] // 64)
                 if rec["rust_peak_extra_bytes"] is not None:
