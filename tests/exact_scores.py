@@ -7,6 +7,7 @@ sequences: `p_sigma = (exp(sigma Q))^{(x) L} p0` is computed with the graph's cl
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ddm.graphs import Graph
 
@@ -192,3 +193,13 @@ def sampler_law(model: ExactScore, sampler) -> torch.Tensor:
             trans *= probs[:, i, :][:, seqs[:, i]]  # (S, S'): probability that position i lands on x'^i
         q = q @ trans
     return q
+
+
+@pytest.fixture(autouse=False)
+def one_torch_thread():
+    """Run a test with one torch intra-op thread (restored after): these tests use many small tensors,
+    for which thread hand-offs cost more than they save, several-fold on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,11 +29,13 @@ from exact_scores import (
     correlated_law,
     empirical,
     expected_noise_tv,
+    one_torch_thread,  # noqa: F401 (autouse fixture below)
     projected_law,
     sampler_law,
     tv,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N, L = 3, 3
 P0 = correlated_law(N, L)
 GRAPHS = {

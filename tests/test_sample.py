@@ -14,8 +14,13 @@ from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import SampleStats, sample
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
-from exact_scores import ExactScore, correlated_law
+from exact_scores import (
+    ExactScore,
+    correlated_law,
+    one_torch_thread,  # noqa: F401
+)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N, L = 3, 3
 P0 = correlated_law(N, L)
 needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
