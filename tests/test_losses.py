@@ -223,18 +223,24 @@ def test_dwdse_zero_score_monte_carlo_mean() -> None:
 
 
 def test_dwdse_draws_t_in_range() -> None:
+    # t ~ U[eps_t, 1]: recover t from the noise level the model sees and test its law (KS, fixed seed)
     g = Uniform(3)
     seen = []
 
     def model(x_t, sigma_bar):
-        seen.append(sigma_bar)
+        seen.append(sigma_bar.double())
         return torch.zeros(*x_t.shape, g.dim)
 
     sched = LogLinear()
-    dwdse(model, g, sched, torch.zeros(5000, 1, dtype=torch.long), eps_t=0.25)
-    lo, hi = sched.total_noise(0.25).item(), sched.total_noise(1.0).item()
-    assert seen[0].min().item() >= lo - 1e-6 and seen[0].max().item() <= hi + 1e-6
-    assert seen[0].min().item() < lo + 0.01 and seen[0].max().item() > hi - 0.5
+    n, eps_t = 5000, 0.25
+    gen = torch.Generator().manual_seed(0)
+    dwdse(model, g, sched, torch.zeros(n, 1, dtype=torch.long), eps_t=eps_t, generator=gen)
+    t = -torch.expm1(-seen[0]) / (1 - sched.eps)  # inverse of sigma_bar(t) = -log(1 - (1 - eps) t)
+    assert t.min().item() >= eps_t - 1e-5 and t.max().item() <= 1 + 1e-5
+    u = ((t - eps_t) / (1 - eps_t)).sort().values
+    grid = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = torch.maximum((grid - u).abs(), (u - (grid - 1 / n)).abs()).max().item()
+    assert ks < 1.63 / math.sqrt(n)  # the 1% critical value of the Kolmogorov-Smirnov statistic
 
 
 @pytest.mark.parametrize(
