@@ -138,6 +138,158 @@ pub fn exp_blocks(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [
     exp_blocks_impl(src, shift, cache, block_sums)
 }
 
+/// 1.5 * 2^23: adding it rounds an f32 of magnitude < 2^22 to an integer held in the low mantissa bits
+/// (round to nearest, and vectorised: a saturating `as i32` cast is scalarised by LLVM).
+const ROUND_MAGIC_F32: f32 = 12_582_912.0;
+/// ln 2 split in two for f32 Cody-Waite reduction: `LN2_HI_F32` has 8 significant bits, so `k * LN2_HI_F32`
+/// is exact for |k| < 2^16; `LN2_HI_F32 + LN2_LO_F32` is ln 2 to about 1e-12 relative.
+const LN2_HI_F32: f32 = 0.693_359_4; // 355 / 512
+const LN2_LO_F32: f32 = -2.121_944_4e-4;
+/// [`exp_f32`] of anything below this is 0: ln(2^-126) = -87.3365, the end of the normal f32 range.
+pub const EXP_MIN_F32: f32 = -87.33;
+
+/// exp(x) in f32 for x <= 0 (the row-max-shifted log-scores), vectorisable (selects only, no table).
+///
+/// Cody-Waite reduction `x = k ln2 + r`, |r| <= ln2 / 2 (k rounded with [`ROUND_MAGIC_F32`]), the
+/// degree-7 Taylor polynomial of exp(r) (truncation r^8 / 8! < 5.1e-9 relative) in Estrin's scheme with
+/// fused multiply-adds, times 2^k built from the exponent bits (k in [-126, 0]: always normal).
+/// Accuracy (tested over a dense grid of [-87.33, 0]): under 2.5e-7 relative, i.e. a couple of f32 ulp.
+/// That is below the resolution of the input itself: a float32 log-score l is known to half an ulp,
+/// 2^-24 |l| absolute, so exp(l) is only defined to 6e-8 |l| relative (4.8e-7 for l in [-16, -8), a
+/// typical trained model's off-token score), and the rounding of the shift `l - m` in f32 adds at most
+/// one ulp of max(|l|, |m|) of the same kind. Inputs below [`EXP_MIN_F32`] give 0 (a weight under
+/// 1.6e-38 of the row maximum's, far below the 1e-16 rounding of the f64 totals), inputs above 0 are
+/// clamped to 0 (the callers never pass them, except at an ignored entry that is overwritten), NaN gives
+/// NaN.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let xc = x.clamp(EXP_MIN_F32, 0.0); // NaN stays NaN
+    let t = xc * std::f32::consts::LOG2_E + ROUND_MAGIC_F32;
+    let kf = t - ROUND_MAGIC_F32;
+    // k as an integer: the difference of the mantissas (same exponent), in [-126, 0].
+    let k = t.to_bits().wrapping_sub(ROUND_MAGIC_F32.to_bits()) as i32;
+    let r = kf.mul_add(-LN2_LO_F32, kf.mul_add(-LN2_HI_F32, xc));
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let a0 = r.mul_add(1.0, 1.0);
+    let a1 = r.mul_add(1.0 / 6.0, 0.5);
+    let a2 = r.mul_add(1.0 / 120.0, 1.0 / 24.0);
+    let a3 = r.mul_add(1.0 / 5_040.0, 1.0 / 720.0);
+    let b0 = a1.mul_add(r2, a0);
+    let b1 = a3.mul_add(r2, a2);
+    let p = b1.mul_add(r4, b0);
+    let scale = f32::from_bits(((k + 127) as u32) << 23);
+    let y = p * scale;
+    if x < EXP_MIN_F32 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// The largest entry of `src` (-inf when empty); NaN entries are skipped (the exp pass flags them).
+#[inline(always)]
+fn max_f32_impl(src: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut c8 = src.chunks_exact(LANES);
+    for cv in &mut c8 {
+        for j in 0..LANES {
+            // A compare-and-select (one `vmaxps`), not `f32::max` (whose NaN rule costs more).
+            acc[j] = if cv[j] > acc[j] { cv[j] } else { acc[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(c8.remainder()) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn max_f32_avx2(src: &[f32]) -> f32 {
+    max_f32_impl(src)
+}
+
+/// The largest entry of `src` (-inf when empty); NaN entries are skipped.
+pub fn max_f32(src: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above); no other precondition.
+            return unsafe { max_f32_avx2(src) };
+        }
+    }
+    max_f32_impl(src)
+}
+
+/// Sum of a short f32 slice in eight independent f64 lanes (vectorises), then the lanes pairwise.
+#[inline(always)]
+fn lane_sum_f32(v: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut c8 = v.chunks_exact(LANES);
+    for cv in &mut c8 {
+        for j in 0..LANES {
+            acc[j] += cv[j] as f64;
+        }
+    }
+    let tail: f64 = c8.remainder().iter().map(|&x| x as f64).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[inline(always)]
+fn exp_blocks_f32_impl(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) -> f32 {
+    let mut chk = [0f32; LANES];
+    for ((s, c), bs) in src
+        .chunks(BLOCK)
+        .zip(cache.chunks_mut(BLOCK))
+        .zip(block_sums.iter_mut())
+    {
+        for (cv, &v) in c.iter_mut().zip(s) {
+            *cv = exp_f32(v - shift);
+        }
+        // v * 0 is 0 for a finite v and NaN for NaN or +-inf: the finiteness check, on the block in L1.
+        let mut s8 = s.chunks_exact(LANES);
+        for sv in &mut s8 {
+            for j in 0..LANES {
+                chk[j] += sv[j] * 0.0;
+            }
+        }
+        for &v in s8.remainder() {
+            chk[0] += v * 0.0;
+        }
+        *bs = lane_sum_f32(c);
+    }
+    chk.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_blocks_f32_avx2(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) -> f32 {
+    exp_blocks_f32_impl(src, shift, cache, block_sums)
+}
+
+/// Writes `cache[y] = exp_f32(src[y] - shift)` (the difference rounded in f32) and `block_sums[k] = sum
+/// of cache over block k` accumulated in f64.
+///
+/// `shift` should be at least the largest entry that matters (then every weight is in [0, 1] and the
+/// largest is 1); entries above `shift` are clamped to weight 1 (see [`exp_f32`]). Returns 0 when every
+/// `src[y]` is finite and NaN otherwise. `cache` must have `src.len()` entries and `block_sums`
+/// `src.len().div_ceil(BLOCK)`.
+pub fn exp_blocks_f32(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) -> f32 {
+    debug_assert_eq!(cache.len(), src.len());
+    debug_assert_eq!(block_sums.len(), src.len().div_ceil(BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above); no other precondition.
+            return unsafe { exp_blocks_f32_avx2(src, shift, cache, block_sums) };
+        }
+    }
+    exp_blocks_f32_impl(src, shift, cache, block_sums)
+}
+
 /// The weight of a cached value once clipped at `clip`: `max(0, v - clip)`.
 #[inline(always)]
 fn clipped(v: f64, clip: f64) -> f64 {
@@ -150,16 +302,20 @@ fn clipped(v: f64, clip: f64) -> f64 {
 }
 
 #[inline(always)]
-fn clipped_blocks_impl(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+fn clipped_blocks_impl<T: Copy + Into<f64>>(cache: &[T], clip: f64, block_sums: &mut [f64]) {
     for (c, bs) in cache.chunks(BLOCK).zip(block_sums.iter_mut()) {
         let mut acc = [0f64; LANES];
         let mut c8 = c.chunks_exact(LANES);
         for cv in &mut c8 {
             for j in 0..LANES {
-                acc[j] += clipped(cv[j], clip);
+                acc[j] += clipped(cv[j].into(), clip);
             }
         }
-        let tail: f64 = c8.remainder().iter().map(|&v| clipped(v, clip)).sum();
+        let tail: f64 = c8
+            .remainder()
+            .iter()
+            .map(|&v| clipped(v.into(), clip))
+            .sum();
         *bs = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
             + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
             + tail;
@@ -168,12 +324,12 @@ fn clipped_blocks_impl(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn clipped_blocks_avx2(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+fn clipped_blocks_avx2<T: Copy + Into<f64>>(cache: &[T], clip: f64, block_sums: &mut [f64]) {
     clipped_blocks_impl(cache, clip, block_sums)
 }
 
 /// `block_sums[k] = sum over block k of max(0, cache[y] - clip)`.
-pub fn clipped_blocks(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
+pub fn clipped_blocks<T: Copy + Into<f64>>(cache: &[T], clip: f64, block_sums: &mut [f64]) {
     debug_assert_eq!(block_sums.len(), cache.len().div_ceil(BLOCK));
     #[cfg(target_arch = "x86_64")]
     {
@@ -187,10 +343,10 @@ pub fn clipped_blocks(cache: &[f64], clip: f64, block_sums: &mut [f64]) {
 }
 
 /// Recomputes the sum of the block holding state `y` (after `cache[y]` was changed).
-pub fn refresh_block(cache: &[f64], y: usize, block_sums: &mut [f64]) {
+pub fn refresh_block<T: Copy + Into<f64>>(cache: &[T], y: usize, block_sums: &mut [f64]) {
     let k = y / BLOCK;
     let hi = (k * BLOCK + BLOCK).min(cache.len());
-    block_sums[k] = cache[k * BLOCK..hi].iter().sum();
+    block_sums[k] = cache[k * BLOCK..hi].iter().map(|&v| v.into()).sum();
 }
 
 /// Draws a state with probability proportional to `max(0, values[y] - clip)`, given the block sums of
@@ -201,7 +357,12 @@ pub fn refresh_block(cache: &[f64], y: usize, block_sums: &mut [f64]) {
 /// short of the target, the last state with positive weight (of the last block with a positive sum) is
 /// returned, so a state of weight 0 is never drawn. Returns `None` when the total weight is not positive
 /// and finite.
-pub fn draw_blocks(values: &[f64], block_sums: &[f64], clip: f64, u: f64) -> Option<usize> {
+pub fn draw_blocks<T: Copy + Into<f64>>(
+    values: &[T],
+    block_sums: &[f64],
+    clip: f64,
+    u: f64,
+) -> Option<usize> {
     let total: f64 = block_sums.iter().sum();
     if total.is_nan() || total <= 0.0 || total.is_infinite() {
         return None;
@@ -224,13 +385,19 @@ pub fn draw_blocks(values: &[f64], block_sums: &[f64], clip: f64, u: f64) -> Opt
 
 /// Within block `k`, the first state whose running sum (from `acc`) passes `target`, else the last state
 /// of the block with positive weight.
-fn scan_block(values: &[f64], k: usize, clip: f64, acc: f64, target: f64) -> usize {
+fn scan_block<T: Copy + Into<f64>>(
+    values: &[T],
+    k: usize,
+    clip: f64,
+    acc: f64,
+    target: f64,
+) -> usize {
     let lo = k * BLOCK;
     let hi = (lo + BLOCK).min(values.len());
     let mut a = acc;
     let mut last = None;
     for (y, &v) in values[lo..hi].iter().enumerate() {
-        let w = clipped(v, clip);
+        let w = clipped(v.into(), clip);
         if w > 0.0 {
             a += w;
             last = Some(lo + y);
@@ -325,6 +492,97 @@ pub(crate) mod tests {
             let mut s3 = src.clone();
             s3[13] = bad;
             assert!(exp_blocks(&s3, 0.0, &mut cache, &mut bs).is_nan());
+        }
+    }
+
+    #[test]
+    fn exp_f32_is_accurate_on_the_shifted_range() {
+        // A dense grid over [-87.33, 0] (4 million points, 2e-5 apart), compared in f64 with std's exp
+        // of the same f32 input: the error is the kernel's own, not the input's rounding.
+        let mut worst: f64 = 0.0;
+        let n = 4_000_000;
+        for j in 0..=n {
+            let x = (EXP_MIN_F32 as f64 * j as f64 / n as f64) as f32;
+            worst = worst.max(rel_err(exp_f32(x) as f64, (x as f64).exp()));
+        }
+        // Every f32 in the last few ulps of the range, near 0 and near the underflow end.
+        for start in [-1e-6f32, EXP_MIN_F32 + 1e-4] {
+            let mut x = start;
+            for _ in 0..2000 {
+                worst = worst.max(rel_err(exp_f32(x) as f64, (x as f64).exp()));
+                x = f32::from_bits(x.to_bits() - 1); // the next f32 towards 0
+                if x >= 0.0 {
+                    break;
+                }
+            }
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_f32_ends_of_the_range() {
+        // The underflow end: accurate down to EXP_MIN_F32, exactly 0 below (a flush, never garbage).
+        let e = exp_f32(EXP_MIN_F32) as f64;
+        assert!(rel_err(e, (EXP_MIN_F32 as f64).exp()) < 2.5e-7, "{e:e}");
+        assert!(e >= f32::MIN_POSITIVE as f64);
+        for x in [-87.34f32, -88.0, -100.0, -1e30, f32::MIN, f32::NEG_INFINITY] {
+            assert_eq!(exp_f32(x), 0.0, "{x}");
+        }
+        assert!(exp_f32(f32::NAN).is_nan());
+        // Above 0 (only the ignored entry at the current token): clamped to 1.
+        assert_eq!(exp_f32(5.0), 1.0);
+        assert_eq!(exp_f32(f32::INFINITY), 1.0);
+        // Monotone on a grid (no jump at a range-reduction boundary).
+        let mut prev = 0.0;
+        for j in 0..=200_000 {
+            let v = exp_f32(EXP_MIN_F32 * (1.0 - j as f32 / 200_000.0));
+            assert!(v >= prev, "{j}");
+            prev = v;
+        }
+    }
+
+    #[test]
+    fn max_f32_skips_nan() {
+        let mut v: Vec<f32> = (0..37).map(|j| -(j as f32) * 0.5).collect();
+        v[20] = 3.0;
+        assert_eq!(max_f32(&v), 3.0);
+        v[5] = f32::NAN;
+        v[36] = f32::NAN;
+        assert_eq!(max_f32(&v), 3.0);
+        v[36] = 7.0; // in the remainder
+        assert_eq!(max_f32(&v), 7.0);
+        assert_eq!(max_f32(&[]), f32::NEG_INFINITY);
+        assert_eq!(max_f32(&[f32::NAN]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn exp_blocks_f32_matches_scalar_and_flags_non_finite() {
+        let src: Vec<f32> = (0..1000)
+            .map(|j| ((j * 37 % 101) as f32 - 100.0) * 0.9)
+            .collect();
+        let nb = src.len().div_ceil(BLOCK);
+        let (mut cache, mut bs) = (vec![0f32; src.len()], vec![0.0; nb]);
+        let chk = exp_blocks_f32(&src, 0.5, &mut cache, &mut bs);
+        assert_eq!(chk, 0.0);
+        for (y, &v) in src.iter().enumerate() {
+            assert_eq!(cache[y], exp_f32(v - 0.5));
+        }
+        for k in 0..nb {
+            let s: f64 = cache[k * BLOCK..((k + 1) * BLOCK).min(src.len())]
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
+            assert!(rel_err(bs[k], s) < 1e-14);
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut s2 = src.clone();
+            s2[997] = bad;
+            assert!(exp_blocks_f32(&s2, 0.0, &mut cache, &mut bs).is_nan());
+            let mut s3 = src.clone();
+            s3[13] = bad;
+            assert!(exp_blocks_f32(&s3, 0.0, &mut cache, &mut bs).is_nan());
         }
     }
 

@@ -16,16 +16,20 @@
 //!   weight_y = max(0, s_y - T) q / N for y != x and weight_x = max(0, 1 - T) (e^{-d} + q / N):
 //!   finite for every d, clipped at 0, then normalised.
 //!
-//! Cost: a row that can change is read once from memory (absorbing: only MASK rows are read at all;
-//! a NaN in a row that is never read is ignored). The read writes exp(l) into a per-thread f64 cache
-//! of O(dim) with block sums (`categorical::exp_blocks`); Jump decides "stay" from r, then draws from
-//! the block sums and one block; Tweedie makes one more pass over the cache for the clipped block sums.
-//! Rows whose scores would overflow (S > 1e290) or underflow (Jump, S < 1e-290) are recomputed with
-//! exp(l - max l), with the constants rescaled, so every finite f32 log-score is handled.
+//! Cost: a row that can change is read from memory once (absorbing: only MASK rows are read at all;
+//! a NaN in a row that is never read is ignored): a max pass over the row (which pulls it into cache),
+//! then the exp pass from cache, which writes exp(l - m) with a shift m >= the row maximum into a
+//! per-thread f32 cache of O(dim) with f64 block sums (`categorical::exp_blocks_f32`); the constants of
+//! the law are scaled by e^{-m} instead of the scores (in f64, or in logs where e^m could overflow), so
+//! every finite f32 log-score is handled without a slow path. Jump decides "stay" from r, then draws
+//! from the block sums and one block; Tweedie makes one more pass over the cache for the clipped block
+//! sums.
 
 use rayon::prelude::*;
 
-use crate::categorical::{clipped_blocks, draw_blocks, exp_blocks, refresh_block, BLOCK};
+use crate::categorical::{
+    clipped_blocks, draw_blocks, exp_blocks_f32, max_f32, refresh_block, BLOCK,
+};
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
 use crate::rng::{Domain, Rng, RngKey};
@@ -51,10 +55,6 @@ impl StepKind {
         }
     }
 }
-
-/// Scores in the fast path stay in this range, so no exp overflowed and sums keep their precision.
-const S_MAX: f64 = 1e290;
-const S_MIN: f64 = 1e-290;
 
 /// The law of one sequence's positions, fixed by the graph, the step and its noise level.
 #[derive(Debug, Clone, Copy)]
@@ -107,12 +107,12 @@ fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
 /// Per-thread scratch: the cached exp of one row and its block sums; grown on first use.
 #[derive(Default)]
 struct Scratch {
-    cache: Vec<f64>,
+    cache: Vec<f32>,
     block_sums: Vec<f64>,
 }
 
 impl Scratch {
-    fn fit(&mut self, width: usize) -> (&mut [f64], &mut [f64]) {
+    fn fit(&mut self, width: usize) -> (&mut [f32], &mut [f64]) {
         if self.cache.len() < width {
             self.cache.resize(width, 0.0);
         }
@@ -124,26 +124,26 @@ impl Scratch {
     }
 }
 
-/// The largest log-score other than the ignored one at `cur`, as f64 (the row is known finite there).
-fn max_excluding(row: &[f32], cur: Option<usize>) -> f64 {
-    row.iter()
-        .enumerate()
-        .filter(|&(y, _)| Some(y) != cur)
-        .map(|(_, &v)| v as f64)
-        .fold(f64::NEG_INFINITY, f64::max)
+/// The largest log-score other than the ignored one at `cur` (-inf when there is none; NaN skipped).
+fn max_excluding(row: &[f32], cur: Option<usize>) -> f32 {
+    match cur {
+        None => max_f32(row),
+        Some(x) => max_f32(&row[..x]).max(max_f32(&row[x + 1..])),
+    }
 }
 
-/// Reads `row` into the cache as exp(l - shift) with the current token's entry set to 0 (it is not a
-/// move); returns S = sum of the cache, or an error for a non-finite log-score outside `cur`.
+/// Reads `row` into the cache as exp(l - shift) in f32 with the current token's entry set to 0 (it is
+/// not a move); returns S' = sum of the cache (f64), or an error for a non-finite log-score outside
+/// `cur`. `shift` is at least the largest log-score outside `cur` (see [`max_excluding`]).
 fn load_row(
     row: &[f32],
     cur: Option<usize>,
-    shift: f64,
-    cache: &mut [f64],
+    shift: f32,
+    cache: &mut [f32],
     block_sums: &mut [f64],
     at: (usize, usize),
 ) -> Result<f64, KernelError> {
-    let chk = exp_blocks(row, shift, cache, block_sums);
+    let chk = exp_blocks_f32(row, shift, cache, block_sums);
     if chk != 0.0 {
         // Slow path: find the culprit; a non-finite entry at the ignored current token is allowed.
         if let Some((y, &v)) = row
@@ -167,6 +167,11 @@ fn load_row(
 }
 
 /// One position: the new token drawn from the step's law.
+///
+/// The row is read twice: a max pass M = max_{y != x} l_y (which also pulls the row into cache), then the
+/// exp pass `c_y = exp(l_y - m)` in f32 with a shift m >= M, so every weight is in [0, 1] and none can
+/// overflow; the constants of the law are scaled by e^{-m} instead (in f64, or in logs where e^m
+/// could overflow), which leaves the normalised law unchanged.
 #[allow(clippy::too_many_arguments)]
 fn step_position(
     graph: Graph,
@@ -187,16 +192,21 @@ fn step_position(
         Law::Stay => Ok(x),
         Law::Jump { c, ln_c } => {
             let (cache, bs) = scratch.fit(row.len());
-            let mut s = load_row(row, cur, 0.0, cache, bs, at)?;
-            // r = c S: the probability mass that leaves x (>= 1 means x is clipped to 0).
-            let r = if (S_MIN..=S_MAX).contains(&s) {
-                c * s
+            // Shift m = M: c_y = s_y e^{-M}, S = e^M S' with S' in [1, dim] (the maximum gives 1).
+            let big_m = max_excluding(row, cur);
+            let shift = if big_m.is_finite() { big_m } else { 0.0 };
+            let s = load_row(row, cur, shift, cache, bs, at)?;
+            if big_m == f32::NEG_INFINITY {
+                // The row was finite (else load_row failed), so there is no state to move to (uniform,
+                // N = 1).
+                return Ok(x);
+            }
+            let m = big_m as f64;
+            // r = c S = c e^m S': the probability mass that leaves x (>= 1 means x is clipped to 0).
+            // Directly while e^m is a normal f64, in logs beyond (c = inf gives inf either way).
+            let r = if m.abs() < 700.0 {
+                c * m.exp() * s
             } else {
-                let m = max_excluding(row, cur);
-                if m == f64::NEG_INFINITY {
-                    return Ok(x); // no state to move to (uniform with N = 1)
-                }
-                s = load_row(row, cur, m, cache, bs, at)?; // now S in [1, dim]
                 (ln_c + m + s.ln()).exp()
             };
             if r < 1.0 && rng.uniform() < 1.0 - r {
@@ -206,17 +216,16 @@ fn step_position(
         }
         Law::Tweedie { q, e_neg, n } => {
             let (cache, bs) = scratch.fit(row.len());
-            let mut one = 1.0;
-            let mut s = load_row(row, cur, 0.0, cache, bs, at)?;
-            if s.is_nan() || s > S_MAX {
-                let m = max_excluding(row, cur);
-                s = load_row(row, cur, m, cache, bs, at)?;
-                one = (-m).exp();
-            }
-            let t = q * (one + s) / n;
+            // Shift m = max(0, M): s_x = 1 enters the sums too, so m is the maximum over the whole
+            // row; c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
+            let big_m = max_excluding(row, cur);
+            let shift = big_m.max(0.0); // -inf (no other state) gives 0; +inf fails in load_row
+            let s = load_row(row, cur, shift, cache, bs, at)?;
+            let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
+            let t = q * (one + s) / n; // T e^{-m}
+            let w_stay = (one - t).max(0.0) * (e_neg + q / n);
             clipped_blocks(cache, t, bs);
             let moved: f64 = bs.iter().sum();
-            let w_stay = (one - t).max(0.0) * (e_neg + q / n);
             let w_move = moved * q / n;
             let total = w_stay + w_move;
             if total.is_nan() || total <= 0.0 || rng.uniform() * total < w_stay {
