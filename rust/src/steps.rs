@@ -22,8 +22,8 @@
 //! per-thread f32 cache of O(dim) with f64 block sums (`categorical::exp_blocks_f32`); the constants of
 //! the law are scaled by e^{-m} instead of the scores (in f64, or in logs where e^m could overflow), so
 //! every finite f32 log-score is handled without a slow path. Jump decides "stay" from r, then draws
-//! from the block sums and one block; Tweedie makes one more pass over the cache for the clipped block
-//! sums.
+//! from the block sums and one block; Tweedie first tries exact rejection sampling from the unclipped
+//! weights and makes one more pass over the cache for the clipped block sums only when that fails.
 
 use rayon::prelude::*;
 
@@ -55,6 +55,9 @@ impl StepKind {
         }
     }
 }
+
+/// Proposals of the uniform analytic / denoise step's rejection sampler before the exact clip pass.
+const REJECTION_TRIES: usize = 4;
 
 /// The law of one sequence's positions, fixed by the graph, the step and its noise level.
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +227,27 @@ fn step_position(
             let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
             let t = q * (one + s) / n; // T e^{-m}
             let w_stay = (one - t).max(0.0) * (e_neg + q / n);
+            // Exact rejection sampling of the clipped law (weights max(0, c_y - T') q / N for y != x,
+            // w_stay for x) from the unclipped one (c_y q / N, and the same w_stay, whose block sums the
+            // exp pass already has): stay is always accepted, a move to y with probability
+            // max(0, c_y - T') / c_y. Each accepted draw follows the clipped law, so a few tries and
+            // then the exact clip pass below is exact too; the clip pass is then needed only when most
+            // of the move mass is clipped.
+            let w_prop = w_stay + s * q / n;
+            if w_prop > 0.0 && w_prop.is_finite() {
+                for _ in 0..REJECTION_TRIES {
+                    if rng.uniform() * w_prop < w_stay {
+                        return Ok(x);
+                    }
+                    let Some(y) = draw_blocks(cache, bs, 0.0, rng.uniform()) else {
+                        break;
+                    };
+                    let cy = cache[y] as f64;
+                    if rng.uniform() * cy < cy - t {
+                        return Ok(y as i64);
+                    }
+                }
+            }
             clipped_blocks(cache, t, bs);
             let moved: f64 = bs.iter().sum();
             let w_move = moved * q / n;
