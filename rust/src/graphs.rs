@@ -142,11 +142,15 @@ pub fn corrupt(
         .for_each(|(b, (orow, xrow))| {
             // P(the token moves) = 1 - e^{-sigma}, without cancellation for small sigma.
             let p_move = -(-sigma[b]).exp_m1();
+            let row_key = key.row(Domain::Corrupt, b); // the row's hash prefix, once per row
             for (i, (o, &t)) in orow.iter_mut().zip(xrow).enumerate() {
-                let mut rng = key.stream(Domain::Corrupt, b, i);
+                if mask == Some(t) {
+                    *o = t; // MASK stays MASK (its stream is never used)
+                    continue;
+                }
+                let mut rng = row_key.stream(i);
                 let moves = rng.uniform() < p_move;
                 *o = match mask {
-                    Some(m) if t == m => m,
                     Some(m) => {
                         if moves {
                             m

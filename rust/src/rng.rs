@@ -46,12 +46,35 @@ impl RngKey {
     /// The stream of row `b` (batch index within this call) and position `i`.
     #[inline]
     pub fn stream(&self, domain: Domain, b: usize, i: usize) -> Rng {
+        self.row(domain, b).stream(i)
+    }
+
+    /// The key of row `b`: the hash prefix (seed, domain, step, sequence) shared by the row's positions,
+    /// so that a kernel walking a row hashes it once and each position once (the same streams as
+    /// [`RngKey::stream`]).
+    #[inline]
+    pub fn row(&self, domain: Domain, b: usize) -> RowKey {
         let seq = self.seq_offset.wrapping_add(b as u64);
         let mut h = mix64(self.seed ^ (domain as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
         h = mix64(h ^ self.step.wrapping_mul(GOLDEN));
         h = mix64(h ^ seq.wrapping_mul(0x8cb9_2ba7_2f3d_8dd7));
-        h = mix64(h ^ (i as u64).wrapping_mul(0xaef1_7502_108e_f2d9));
-        Rng { state: h }
+        RowKey { prefix: h }
+    }
+}
+
+/// The hashed key of one row (see [`RngKey::row`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowKey {
+    prefix: u64,
+}
+
+impl RowKey {
+    /// The stream of position `i` of this row.
+    #[inline]
+    pub fn stream(&self, i: usize) -> Rng {
+        Rng {
+            state: mix64(self.prefix ^ (i as u64).wrapping_mul(0xaef1_7502_108e_f2d9)),
+        }
     }
 }
 
@@ -79,13 +102,17 @@ impl Rng {
     #[inline]
     pub fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
-        let threshold = n.wrapping_neg() % n; // 2^64 mod n
-        loop {
-            let m = (self.next_u64() as u128) * (n as u128);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
+        let mut m = (self.next_u64() as u128) * (n as u128);
+        // A product is rejected when its low half is below 2^64 mod n (< n), so the threshold (a 64-bit
+        // division) is needed only when the low half is below n: rare unless n is near 2^64. The draws
+        // are exactly those of the plain loop.
+        if (m as u64) < n {
+            let threshold = n.wrapping_neg() % n; // 2^64 mod n
+            while (m as u64) < threshold {
+                m = (self.next_u64() as u128) * (n as u128);
             }
         }
+        (m >> 64) as u64
     }
 }
 
@@ -153,6 +180,48 @@ mod tests {
         // Binomial(20000, 1/2): sd 70.7; 5 sd = 354.
         for c in agree {
             assert!((c as i64 - n as i64 / 2).abs() < 354, "agreements {c}");
+        }
+    }
+
+    /// The key chain written out in full: four chained hashes per position.
+    fn stream_reference(key: &RngKey, domain: Domain, b: usize, i: usize) -> super::Rng {
+        let seq = key.seq_offset.wrapping_add(b as u64);
+        let mut h = mix64(key.seed ^ (domain as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        h = mix64(h ^ key.step.wrapping_mul(GOLDEN));
+        h = mix64(h ^ seq.wrapping_mul(0x8cb9_2ba7_2f3d_8dd7));
+        h = mix64(h ^ (i as u64).wrapping_mul(0xaef1_7502_108e_f2d9));
+        super::Rng { state: h }
+    }
+
+    /// Lemire's method with the threshold computed up front, on every call.
+    fn below_reference(rng: &mut super::Rng, n: u64) -> u64 {
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = (rng.next_u64() as u128) * (n as u128);
+            if (m as u64) >= threshold {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    #[test]
+    fn row_keys_and_lazy_threshold_give_the_same_draws() {
+        let key = RngKey::new(17, 4, 1000);
+        for domain in [Domain::Corrupt, Domain::Step] {
+            for b in [0usize, 1, 77] {
+                let row = key.row(domain, b);
+                for i in [0usize, 1, 2, 1023, 1 << 40] {
+                    let (mut a, mut r) = (row.stream(i), stream_reference(&key, domain, b, i));
+                    assert_eq!(key.stream(domain, b, i).next_u64(), r.clone().next_u64());
+                    // Small n, n near 2^63 and near 2^64 (where about half the products are rejected).
+                    for n in [1u64, 3, 50_257, (1 << 63) + 1, u64::MAX - 2, u64::MAX] {
+                        for _ in 0..50 {
+                            assert_eq!(a.below(n), below_reference(&mut r, n), "n = {n}");
+                        }
+                    }
+                    assert_eq!(a.next_u64(), r.next_u64()); // the same number of values consumed
+                }
+            }
         }
     }
 
