@@ -106,16 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uniform:          {math.log2(model.tokenizer.vocab_size):.3f} bits/char")
 
     if args.samples > 0:
-        try:
-            from ddm.sampling import sample
-        except ImportError:
-            sample = None
-        if sample is not None:
-            x = sample(model, args.sample_steps, batch_size=args.samples, seed=0)
-            print(f"\nsamples ({args.sample_steps} steps):")
-            for row in x.tolist():
-                line = model.tokenizer.decode(row).replace("\n", " / ")
-                print(f"  {line}")
+        from ddm.sampling import sample
+
+        x = sample(model, args.sample_steps, batch_size=args.samples, seed=0)
+        print(f"\nsamples ({args.sample_steps} analytic steps, the Rust core):")
+        for row in x.tolist():
+            line = model.tokenizer.decode(row).replace("\n", " / ")
+            print(f"  {line}")
     print()
     print(f"checkpoint: {path}")
     return 0
