@@ -2,8 +2,8 @@
 
 Trains (or resumes, or reuses a finished run in `runs/demo/`), evaluates the likelihood bound on the
 held-out tail of the text (never trained on) in bits per character next to the unigram entropy of that
-same text, samples a few lines if `ddm.sampling.sample` is available, and prints `checkpoint: PATH` on a
-line of its own. `python -m ddm.demo --help` lists the knobs.
+same text, samples a few lines with `ddm.sampling.sample` (the Rust core), and prints `checkpoint: PATH`
+on a line of its own. `python -m ddm.demo --help` lists the knobs.
 """
 
 from __future__ import annotations
