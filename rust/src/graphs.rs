@@ -150,22 +150,14 @@ pub fn corrupt(
                 }
                 let mut rng = row_key.stream(i);
                 let moves = rng.uniform() < p_move;
-                *o = match mask {
-                    Some(m) => {
-                        if moves {
-                            m
-                        } else {
-                            t
-                        }
-                    }
-                    None => {
-                        if moves {
-                            rng.below(n_ids) as i64
-                        } else {
-                            t
-                        }
-                    }
+                // The new token is drawn whether or not it is used (the stream is the position's own,
+                // so the draws are the same), which turns the unpredictable branch on `moves` into a
+                // select.
+                let to = match mask {
+                    Some(m) => m,
+                    None => rng.below(n_ids) as i64,
                 };
+                *o = if moves { to } else { t };
             }
         });
     Ok(())
