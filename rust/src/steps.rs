@@ -28,7 +28,7 @@
 use rayon::prelude::*;
 
 use crate::categorical::{
-    clipped_blocks, draw_blocks, exp_blocks_f32, max_f32, refresh_block, BLOCK,
+    clipped_blocks, draw_blocks, exp_blocks_f32, max_check, refresh_block, BLOCK,
 };
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
@@ -127,28 +127,20 @@ impl Scratch {
     }
 }
 
-/// The largest log-score other than the ignored one at `cur` (-inf when there is none; NaN skipped).
-fn max_excluding(row: &[f32], cur: Option<usize>) -> f32 {
-    match cur {
-        None => max_f32(row),
-        Some(x) => max_f32(&row[..x]).max(max_f32(&row[x + 1..])),
-    }
-}
-
-/// Reads `row` into the cache as exp(l - shift) in f32 with the current token's entry set to 0 (it is
-/// not a move); returns S' = sum of the cache (f64), or an error for a non-finite log-score outside
-/// `cur`. `shift` is at least the largest log-score outside `cur` (see [`max_excluding`]).
-fn load_row(
-    row: &[f32],
-    cur: Option<usize>,
-    shift: f32,
-    cache: &mut [f32],
-    block_sums: &mut [f64],
-    at: (usize, usize),
-) -> Result<f64, KernelError> {
-    let chk = exp_blocks_f32(row, shift, cache, block_sums);
+/// Reads the row's log-scores other than the ignored one at `cur`: their maximum M (-inf when there is
+/// none), or an error for a non-finite one. One pass at memory speed, which pulls the row into cache
+/// for [`load_row`].
+fn row_max(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<f32, KernelError> {
+    let (m, chk) = match cur {
+        None => max_check(row),
+        Some(x) => {
+            let (m1, k1) = max_check(&row[..x]);
+            let (m2, k2) = max_check(&row[x + 1..]);
+            (m1.max(m2), k1 + k2)
+        }
+    };
     if chk != 0.0 {
-        // Slow path: find the culprit; a non-finite entry at the ignored current token is allowed.
+        // Slow path: find the culprit (a non-finite entry at the ignored current token is allowed).
         if let Some((y, &v)) = row
             .iter()
             .enumerate()
@@ -162,17 +154,31 @@ fn load_row(
             });
         }
     }
+    Ok(m)
+}
+
+/// Reads `row` (checked finite outside `cur` by [`row_max`]) into the cache as exp(l - shift) in f32
+/// with the current token's entry set to 0 (it is not a move); returns S' = sum of the cache (f64).
+/// `shift` is at least the largest log-score outside `cur`.
+fn load_row(
+    row: &[f32],
+    cur: Option<usize>,
+    shift: f32,
+    cache: &mut [f32],
+    block_sums: &mut [f64],
+) -> f64 {
+    exp_blocks_f32(row, shift, cache, block_sums);
     if let Some(x) = cur {
         cache[x] = 0.0;
         refresh_block(cache, x, block_sums);
     }
-    Ok(block_sums.iter().sum())
+    block_sums.iter().sum()
 }
 
 /// One position: the new token drawn from the step's law.
 ///
-/// The row is read twice: a max pass M = max_{y != x} l_y (which also pulls the row into cache), then the
-/// exp pass `c_y = exp(l_y - m)` in f32 with a shift m >= M, so every weight is in [0, 1] and none can
+/// The row is read twice: a max pass M = max_{y != x} l_y with the finiteness check (which also pulls
+/// the row into cache), then the exp pass `c_y = exp(l_y - m)` in f32 with a shift m >= M, so every weight is in [0, 1] and none can
 /// overflow; the constants of the law are scaled by e^{-m} instead (in f64, or in logs where e^m
 /// could overflow), which leaves the normalised law unchanged.
 #[allow(clippy::too_many_arguments)]
@@ -196,14 +202,11 @@ fn step_position(
         Law::Jump { c, ln_c } => {
             let (cache, bs) = scratch.fit(row.len());
             // Shift m = M: c_y = s_y e^{-M}, S = e^M S' with S' in [1, dim] (the maximum gives 1).
-            let big_m = max_excluding(row, cur);
-            let shift = if big_m.is_finite() { big_m } else { 0.0 };
-            let s = load_row(row, cur, shift, cache, bs, at)?;
+            let big_m = row_max(row, cur, at)?;
             if big_m == f32::NEG_INFINITY {
-                // The row was finite (else load_row failed), so there is no state to move to (uniform,
-                // N = 1).
-                return Ok(x);
+                return Ok(x); // no state to move to (uniform, N = 1)
             }
+            let s = load_row(row, cur, big_m, cache, bs);
             let m = big_m as f64;
             // r = c S = c e^m S': the probability mass that leaves x (>= 1 means x is clipped to 0).
             // Directly while e^m is a normal f64, in logs beyond (c = inf gives inf either way).
@@ -221,9 +224,8 @@ fn step_position(
             let (cache, bs) = scratch.fit(row.len());
             // Shift m = max(0, M): s_x = 1 enters the sums too, so m is the maximum over the whole
             // row; c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
-            let big_m = max_excluding(row, cur);
-            let shift = big_m.max(0.0); // -inf (no other state) gives 0; +inf fails in load_row
-            let s = load_row(row, cur, shift, cache, bs, at)?;
+            let shift = row_max(row, cur, at)?.max(0.0); // -inf (no other state) gives 0
+            let s = load_row(row, cur, shift, cache, bs);
             let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
             let t = q * (one + s) / n; // T e^{-m}
             let w_stay = (one - t).max(0.0) * (e_neg + q / n);
