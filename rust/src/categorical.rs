@@ -265,7 +265,14 @@ pub fn max_check(src: &[f32]) -> (f32, f32) {
 }
 
 #[inline(always)]
-fn exp_blocks_f32_impl(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) {
+fn exp_blocks_f32_impl(
+    src: &[f32],
+    shift: f32,
+    cache: &mut [f32],
+    block_sums: &mut [f64],
+) -> (f32, f32) {
+    let mut max = f32::NEG_INFINITY;
+    let mut chk = 0f32;
     for ((s, c), bs) in src
         .chunks(BLOCK)
         .zip(cache.chunks_mut(BLOCK))
@@ -273,6 +280,8 @@ fn exp_blocks_f32_impl(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &
     {
         for (cv, &v) in c.iter_mut().zip(s) {
             *cv = exp_f32(v - shift);
+            max = if v > max { v } else { max };
+            chk += v * 0.0;
         }
         // Eight f64 lanes (the order of the AVX2 path), then the lanes pairwise, then the tail.
         let mut acc = [0f64; LANES];
@@ -287,13 +296,23 @@ fn exp_blocks_f32_impl(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &
             + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
             + tail;
     }
+    (max, chk)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn exp_blocks_f32_avx2(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) {
+fn exp_blocks_f32_avx2(
+    src: &[f32],
+    shift: f32,
+    cache: &mut [f32],
+    block_sums: &mut [f64],
+) -> (f32, f32) {
     use std::arch::x86_64::*;
     let vshift = _mm256_set1_ps(shift);
+    let vzero = _mm256_setzero_ps();
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut vchk = _mm256_setzero_ps();
+    let (mut max, mut chk) = (f32::NEG_INFINITY, 0f32);
     for ((s, c), bs) in src
         .chunks(BLOCK)
         .zip(cache.chunks_mut(BLOCK))
@@ -309,6 +328,8 @@ fn exp_blocks_f32_avx2(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &
             let v = unsafe { _mm256_loadu_ps(sv.as_ptr()) };
             let e = exp8_avx2(_mm256_sub_ps(v, vshift));
             unsafe { _mm256_storeu_ps(cv.as_mut_ptr(), e) };
+            vmax = _mm256_max_ps(v, vmax); // NaN in v: keeps vmax (the second operand)
+            vchk = _mm256_add_ps(vchk, _mm256_mul_ps(v, vzero));
             acc_lo = _mm256_add_pd(acc_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
             acc_hi = _mm256_add_pd(acc_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
         }
@@ -316,22 +337,38 @@ fn exp_blocks_f32_avx2(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &
         for (cv, &v) in c8.into_remainder().iter_mut().zip(s8.remainder()) {
             *cv = exp_f32(v - shift);
             tail += *cv as f64;
+            max = if v > max { v } else { max };
+            chk += v * 0.0;
         }
         let mut pair = [0f64; 4];
         // SAFETY: `pair` holds four f64.
         unsafe { _mm256_storeu_pd(pair.as_mut_ptr(), _mm256_add_pd(acc_lo, acc_hi)) };
         *bs = ((pair[0] + pair[1]) + (pair[2] + pair[3])) + tail;
     }
+    let mut lanes = [0f32; LANES];
+    // SAFETY: `lanes` holds eight f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
+    for &v in &lanes {
+        max = if v > max { v } else { max };
+    }
+    // SAFETY: as above.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vchk) };
+    (max, chk + lanes.iter().sum::<f32>())
 }
 
 /// Writes `cache[y] = exp_f32(src[y] - shift)` (the difference rounded in f32) and `block_sums[k] = sum
 /// of cache over block k` accumulated in f64 (bit-identical on every CPU).
 ///
-/// `shift` should be at least the largest entry that matters (then every weight is in [0, 1] and the
-/// largest is 1); the value of an entry more than [`EXP_MAX_F32`] above `shift`, or non-finite, is
-/// unspecified (check finiteness with [`max_check`]). `cache` must have `src.len()` entries and
-/// `block_sums` `src.len().div_ceil(BLOCK)`.
-pub fn exp_blocks_f32(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &mut [f64]) {
+/// Returns the largest entry of `src` (NaN skipped; -inf when empty) and a finiteness check (0 when
+/// every entry is finite, NaN otherwise), fused into the pass. The value of an entry more than
+/// [`EXP_MAX_F32`] above `shift`, or non-finite, is unspecified: a caller that guessed `shift` checks the
+/// returned maximum. `cache` must have `src.len()` entries and `block_sums` `src.len().div_ceil(BLOCK)`.
+pub fn exp_blocks_f32(
+    src: &[f32],
+    shift: f32,
+    cache: &mut [f32],
+    block_sums: &mut [f64],
+) -> (f32, f32) {
     debug_assert_eq!(cache.len(), src.len());
     debug_assert_eq!(block_sums.len(), src.len().div_ceil(BLOCK));
     #[cfg(target_arch = "x86_64")]
@@ -339,8 +376,7 @@ pub fn exp_blocks_f32(src: &[f32], shift: f32, cache: &mut [f32], block_sums: &m
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); no other precondition.
-            unsafe { exp_blocks_f32_avx2(src, shift, cache, block_sums) };
-            return;
+            return unsafe { exp_blocks_f32_avx2(src, shift, cache, block_sums) };
         }
     }
     exp_blocks_f32_impl(src, shift, cache, block_sums)
@@ -636,6 +672,18 @@ pub(crate) mod tests {
             .collect();
         let nb = src.len().div_ceil(BLOCK);
         let (mut cache, mut bs) = (vec![0f32; src.len()], vec![0.0; nb]);
+        let (m, chk) = exp_blocks_f32(&src, 0.5, &mut cache, &mut bs);
+        assert_eq!((m, chk), (max_check(&src).0, 0.0));
+        assert_eq!(m, 0.0);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [13, 997] {
+                let mut s2 = src.clone();
+                s2[at] = bad;
+                let (m2, chk2) = exp_blocks_f32(&s2, 0.0, &mut cache, &mut bs);
+                assert!(chk2.is_nan());
+                assert_eq!(m2, if bad == f32::INFINITY { bad } else { 0.0 });
+            }
+        }
         exp_blocks_f32(&src, 0.5, &mut cache, &mut bs);
         for (y, &v) in src.iter().enumerate() {
             assert_eq!(cache[y], exp_f32(v - 0.5));
@@ -670,15 +718,17 @@ pub(crate) mod tests {
             let (mut c1, mut b1) = (vec![0f32; len], vec![0.0; nb]);
             let (mut c2, mut b2) = (vec![0f32; len], vec![0.0; nb]);
             for shift in [0.0f32, 2.5] {
-                exp_blocks_f32(&src, shift, &mut c1, &mut b1);
-                exp_blocks_f32_impl(&src, shift, &mut c2, &mut b2);
+                let r1 = exp_blocks_f32(&src, shift, &mut c1, &mut b1);
+                let r2 = exp_blocks_f32_impl(&src, shift, &mut c2, &mut b2);
+                assert_eq!(r1.0, r2.0);
+                assert_eq!(r1.1.to_bits(), r2.1.to_bits()); // NaN (the -inf entry) or 0 alike
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&c1), bits(&c2), "len {len}");
                 assert_eq!(b1, b2, "len {len}");
             }
             let mut bad = src.clone();
             bad[len - 1] = f32::NAN;
-            exp_blocks_f32(&bad, 0.0, &mut c1, &mut b1);
+            assert!(exp_blocks_f32(&bad, 0.0, &mut c1, &mut b1).1.is_nan());
             assert!(c1[len - 1].is_nan());
         }
     }

@@ -17,9 +17,9 @@
 //!   finite for every d, clipped at 0, then normalised.
 //!
 //! Cost: a row that can change is read from memory once (absorbing: only MASK rows are read at all;
-//! a NaN in a row that is never read is ignored): a max pass over the row (which pulls it into cache),
-//! then the exp pass from cache, which writes exp(l - m) with a shift m >= the row maximum into a
-//! per-thread f32 cache of O(dim) with f64 block sums (`categorical::exp_blocks_f32`); the constants of
+//! a NaN in a row that is never read is ignored) by one fused pass, which writes exp(l - m) with a
+//! shift m near the row maximum (guessed from the first block, checked by the pass) into a per-thread
+//! f32 cache of O(dim) with f64 block sums (`categorical::exp_blocks_f32`); the constants of
 //! the law are scaled by e^{-m} instead of the scores (in f64, or in logs where e^m could overflow), so
 //! every finite f32 log-score is handled without a slow path. Jump decides "stay" from r, then draws
 //! from the block sums and one block; Tweedie first tries exact rejection sampling from the unclipped
@@ -127,60 +127,87 @@ impl Scratch {
     }
 }
 
-/// Reads the row's log-scores other than the ignored one at `cur`: their maximum M (-inf when there is
-/// none), or an error for a non-finite one. One pass at memory speed, which pulls the row into cache
-/// for [`load_row`].
-fn row_max(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<f32, KernelError> {
-    let (m, chk) = match cur {
+/// The largest log-score other than the ignored one at `cur` (-inf when there is none; NaN skipped),
+/// and 0 when they are all finite, NaN otherwise.
+fn max_excluding(row: &[f32], cur: Option<usize>) -> (f32, f32) {
+    match cur {
         None => max_check(row),
         Some(x) => {
             let (m1, k1) = max_check(&row[..x]);
             let (m2, k2) = max_check(&row[x + 1..]);
             (m1.max(m2), k1 + k2)
         }
-    };
-    if chk != 0.0 {
-        // Slow path: find the culprit (a non-finite entry at the ignored current token is allowed).
-        if let Some((y, &v)) = row
-            .iter()
-            .enumerate()
-            .find(|&(y, v)| !v.is_finite() && Some(y) != cur)
-        {
-            return Err(KernelError::NonFiniteLogScore {
-                b: at.0,
-                i: at.1,
-                y,
-                value: v,
-            });
-        }
     }
-    Ok(m)
 }
 
-/// Reads `row` (checked finite outside `cur` by [`row_max`]) into the cache as exp(l - shift) in f32
-/// with the current token's entry set to 0 (it is not a move); returns S' = sum of the cache (f64).
-/// `shift` is at least the largest log-score outside `cur`.
+/// How far the true row maximum may lie above a guessed shift before the pass is redone with the true
+/// one (exp_f32 is accurate up to `EXP_MAX_F32` = 88; weights up to e^64 leave f32 and f64 ample room).
+const SHIFT_SLACK: f32 = 64.0;
+
+/// Reads `row` into the cache as c_y = exp(l_y - m) in f32 with the current token's entry set to 0 (it
+/// is not a move); returns (S' = sum of the cache in f64, the shift m), or an error for a non-finite
+/// log-score outside `cur`.
+///
+/// One pass: the shift is guessed as max(`floor`, the largest log-score in the first block outside
+/// `cur`), and the pass returns the true maximum; in the rare row whose maximum lies more than
+/// [`SHIFT_SLACK`] above the guess, the pass is redone with max(`floor`, the maximum outside `cur`).
+/// Either way m is at least the largest log-score of some state other than x (or `floor`), so every
+/// weight that flushes to 0 (more than 87.3 below m) is under 1.6e-38 of the largest weight, and no
+/// weight exceeds e^64.
 fn load_row(
     row: &[f32],
     cur: Option<usize>,
-    shift: f32,
+    floor: f32,
     cache: &mut [f32],
     block_sums: &mut [f64],
-) -> f64 {
-    exp_blocks_f32(row, shift, cache, block_sums);
+    at: (usize, usize),
+) -> Result<(f64, f32), KernelError> {
+    let head = &row[..row.len().min(BLOCK)];
+    let guess = match cur {
+        Some(x) if x < head.len() => max_check(&head[..x]).0.max(max_check(&head[x + 1..]).0),
+        _ => max_check(head).0,
+    };
+    let mut shift = if guess.is_finite() {
+        guess.max(floor)
+    } else {
+        floor.max(0.0)
+    };
+    let (max, chk) = exp_blocks_f32(row, shift, cache, block_sums);
+    if chk != 0.0 || max > shift + SHIFT_SLACK {
+        // Slow path: a non-finite entry (allowed only at the ignored current token), or a guess too low
+        // (the maximum may also be the ignored entry's).
+        let (m, chk) = max_excluding(row, cur);
+        if chk != 0.0 {
+            if let Some((y, &v)) = row
+                .iter()
+                .enumerate()
+                .find(|&(y, v)| !v.is_finite() && Some(y) != cur)
+            {
+                return Err(KernelError::NonFiniteLogScore {
+                    b: at.0,
+                    i: at.1,
+                    y,
+                    value: v,
+                });
+            }
+        }
+        if m > shift + SHIFT_SLACK {
+            shift = m.max(floor);
+            exp_blocks_f32(row, shift, cache, block_sums);
+        }
+    }
     if let Some(x) = cur {
         cache[x] = 0.0;
         refresh_block(cache, x, block_sums);
     }
-    block_sums.iter().sum()
+    Ok((block_sums.iter().sum(), shift))
 }
 
 /// One position: the new token drawn from the step's law.
 ///
-/// The row is read twice: a max pass M = max_{y != x} l_y with the finiteness check (which also pulls
-/// the row into cache), then the exp pass `c_y = exp(l_y - m)` in f32 with a shift m >= M, so every weight is in [0, 1] and none can
-/// overflow; the constants of the law are scaled by e^{-m} instead (in f64, or in logs where e^m
-/// could overflow), which leaves the normalised law unchanged.
+/// The row is read once (see [`load_row`]): `c_y = exp(l_y - m)` in f32 with a shift m near the row
+/// maximum, so no weight overflows; the constants of the law are scaled by e^{-m} instead (in f64, or in
+/// logs where e^m could overflow), which leaves the normalised law unchanged.
 #[allow(clippy::too_many_arguments)]
 fn step_position(
     graph: Graph,
@@ -201,13 +228,12 @@ fn step_position(
         Law::Stay => Ok(x),
         Law::Jump { c, ln_c } => {
             let (cache, bs) = scratch.fit(row.len());
-            // Shift m = M: c_y = s_y e^{-M}, S = e^M S' with S' in [1, dim] (the maximum gives 1).
-            let big_m = row_max(row, cur, at)?;
-            if big_m == f32::NEG_INFINITY {
+            if cur.is_some() && row.len() == 1 {
                 return Ok(x); // no state to move to (uniform, N = 1)
             }
-            let s = load_row(row, cur, big_m, cache, bs);
-            let m = big_m as f64;
+            // c_y = s_y e^{-m}, S = e^m S' with S' >= 1 (the guessed maximum gives 1).
+            let (s, shift) = load_row(row, cur, f32::NEG_INFINITY, cache, bs, at)?;
+            let m = shift as f64;
             // r = c S = c e^m S': the probability mass that leaves x (>= 1 means x is clipped to 0).
             // Directly while e^m is a normal f64, in logs beyond (c = inf gives inf either way).
             let r = if m.abs() < 700.0 {
@@ -222,10 +248,9 @@ fn step_position(
         }
         Law::Tweedie { q, e_neg, n } => {
             let (cache, bs) = scratch.fit(row.len());
-            // Shift m = max(0, M): s_x = 1 enters the sums too, so m is the maximum over the whole
-            // row; c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
-            let shift = row_max(row, cur, at)?.max(0.0); // -inf (no other state) gives 0
-            let s = load_row(row, cur, shift, cache, bs);
+            // Shift m >= 0: s_x = 1 enters the sums too (so the flush bound holds against it);
+            // c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
+            let (s, shift) = load_row(row, cur, 0.0, cache, bs, at)?;
             let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
             let t = q * (one + s) / n; // T e^{-m}
             let w_stay = (one - t).max(0.0) * (e_neg + q / n);
@@ -516,6 +541,50 @@ mod tests {
                         assert!(
                             chi2(&c, &p) < chi2_limit(dof),
                             "{g:?} {kind:?} {lo} {hi} {level}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_maximum_far_beyond_the_first_block_redoes_the_pass() {
+        // The shift is guessed from the first 64 log-scores: rows whose maximum lies far above them (by
+        // more than SHIFT_SLACK, in the middle or the last partial block) take the second pass, and rows
+        // whose only large entry is the ignored current token's do not need it; the law is exact either
+        // way.
+        let dim = 150;
+        for absorbing in [true, false] {
+            let g = Graph::new(absorbing, if absorbing { dim - 1 } else { dim }).unwrap();
+            let x = if absorbing { dim - 1 } else { 100 };
+            let mut r = row(dim, 9, 6.0, 1.0);
+            r[..BLOCK].iter_mut().for_each(|v| *v -= 400.0);
+            for (far, at_x) in [
+                (80.0f32, false),
+                (300.0, false),
+                (2000.0, false),
+                (500.0, true),
+            ] {
+                let mut r2 = r.clone();
+                if at_x {
+                    if absorbing {
+                        continue; // the MASK entry is not in the row that is read
+                    }
+                    r2[x] = far;
+                } else {
+                    r2[120] = far;
+                    r2[146] = far - 1.5;
+                    r2[70] = far - 3.0;
+                }
+                for kind in KINDS {
+                    for level in [1e-3, 0.5] {
+                        let p = step_probs_rescaled(g, kind, x, &r2, level);
+                        let c = draw_counts(g, kind, x, &r2, level, 50_000);
+                        let dof = p.iter().filter(|&&v| v > 0.0).count().saturating_sub(1);
+                        assert!(
+                            chi2(&c, &p) < chi2_limit(dof),
+                            "{g:?} {kind:?} far={far} at_x={at_x} level={level}"
                         );
                     }
                 }
