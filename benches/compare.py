@@ -590,8 +590,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rust_mem = peak_extra_memory(step, absorbing, big, "rust")
                 rec["rust_peak_extra_bytes"] = rust_mem.get("peak_extra_bytes")
                 rec["memory_threads"] = rust_mem.get("threads")
-                # What the kernel allocates: per thread, an f64 row cache and its block sums (BLOCK = 64).
-                rec["rust_scratch_bytes_per_thread"] = 8 * big[2] + 8 * -(-big[2] // 64)
+                # What the kernel allocates: per thread, an f32 row cache and its f64 block sums (BLOCK = 64).
+                rec["rust_scratch_bytes_per_thread"] = 4 * big[2] + 8 * -(-big[2] // 64)
                 if rec["rust_peak_extra_bytes"] is not None:
                     rec["rust_peak_extra_frac"] = rec["rust_peak_extra_bytes"] / rec["log_score_bytes"]
                 if "error" in rust_mem:
