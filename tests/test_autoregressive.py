@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _tiny import tiny_run
 from ddm import checkpoint
 from ddm.model import ARModel, ModelConfig
 from ddm.model.autoregressive import ancestral_sample, sequence_nll
@@ -148,27 +149,8 @@ def test_exact_nll_fields_and_errors():
 
 
 def _ar_run(tmp_path, name, **kw):
-    cfg = dict(
-        run_dir=str(tmp_path / name),
-        objective="autoregressive",
-        hidden=32,
-        heads=2,
-        blocks=1,
-        cond_dim=16,
-        seq_len=16,
-        batch_size=4,
-        steps=4,
-        warmup_steps=2,
-        log_every=1,
-        eval_every=2,
-        eval_sequences=2,
-        save_every=2,
-        progress=False,
-        plot=False,
-        dropout=0.1,
-    )
-    cfg.update(kw)
-    return cfg
+    base = dict(objective="autoregressive", eval_every=2, save_every=2, dropout=0.1)
+    return tiny_run(tmp_path / name, **{**base, **kw})
 
 
 def test_train_saves_a_loadable_ar_checkpoint_and_resumes_exactly(tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _tiny import tiny_run
 from ddm import checkpoint
 from ddm.graphs import Absorbing
 from ddm.model import EMA, ModelConfig, ScoreModel
@@ -13,20 +14,7 @@ from ddm.schedules import LogLinear
 from ddm.tokenizers import CharTokenizer
 from ddm.train import train
 
-RUN = dict(
-    hidden=32,
-    heads=2,
-    blocks=1,
-    cond_dim=16,
-    seq_len=16,
-    batch_size=4,
-    steps=3,
-    warmup_steps=1,
-    save_every=3,
-    eval_every=0,
-    progress=False,
-    plot=False,
-)
+RUN = {k: v for k, v in tiny_run("unused", steps=3, warmup_steps=1, save_every=3).items() if k != "run_dir"}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _tiny import tiny_run
 from ddm import checkpoint
 from ddm.cli import main
 from ddm.evaluate import Bound, heldout_blocks
@@ -64,24 +65,7 @@ def test_nll_shares_the_bound_json_keys():
 
 
 def _run(tmp, name, **kw):
-    cfg = dict(
-        run_dir=str(tmp / name),
-        hidden=32,
-        heads=2,
-        blocks=1,
-        cond_dim=16,
-        seq_len=16,
-        batch_size=4,
-        steps=4,
-        warmup_steps=2,
-        log_every=2,
-        eval_every=2,
-        eval_sequences=2,
-        eval_num_t=2,
-        save_every=4,
-        progress=False,
-        plot=False,
-    )
+    cfg = tiny_run(tmp / name, log_every=2, eval_every=2)
     cfg.update(kw)
     return train(cfg)
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _tiny import TINY_MODEL, tiny_run
 from ddm.config import TrainConfig, load_config
 from ddm.graphs import Absorbing, Uniform
 from ddm.losses import dwdse, score_entropy_bruteforce
@@ -15,31 +16,12 @@ from ddm.schedules import Geometric, LogLinear
 from ddm.train import train
 from safetensors.torch import load_file
 
-SMALL = dict(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0)
+SMALL = dict(TINY_MODEL, dropout=0.0)
 
 
 def _tiny_run(tmp_path, name="run", **kw):
-    cfg = dict(
-        run_dir=str(tmp_path / name),
-        hidden=32,
-        heads=2,
-        blocks=1,
-        cond_dim=16,
-        seq_len=16,
-        batch_size=4,
-        steps=6,
-        warmup_steps=2,
-        log_every=1,
-        eval_every=3,
-        eval_sequences=2,
-        eval_num_t=2,
-        save_every=3,
-        progress=False,
-        plot=False,
-        dropout=0.1,
-    )
-    cfg.update(kw)
-    return cfg
+    base = dict(steps=6, eval_every=3, save_every=3, dropout=0.1)
+    return tiny_run(tmp_path / name, **{**base, **kw})
 
 
 def _randomise(model, seed=0):
