@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -133,6 +134,60 @@ class TokenFile:
         return tf
 
 
+def write_tokens(
+    chunks: Iterable[str],
+    tokenizer: Tokenizer,
+    out_path: str | os.PathLike,
+    source: dict[str, Any],
+    dtype: str,
+    *,
+    empty_message: str | None = None,
+) -> TokenFile:
+    """Tokenizes text `chunks` into a flat token file at `out_path` and its `.json` sidecar.
+
+    The tokens go to a temporary file that is fsynced and renamed into place, then the sidecar is written
+    the same way, so a reader never sees a half-written file. The one writer behind `build_token_file`
+    and `ddm.datasets.write_token_file`.
+
+    Args:
+        chunks: the text, in pieces (each tokenized on its own).
+        tokenizer: the tokenizer (`encode_array` is used when it has one).
+        out_path: the token file.
+        source: provenance recorded in the sidecar.
+        dtype: the unsigned integer dtype of the file.
+        empty_message: if given, a text that yields no token raises `ValueError(empty_message)`.
+
+    Returns:
+        The `TokenFile`.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    encode_array = getattr(tokenizer, "encode_array", None)
+    n = 0
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            ids = np.asarray(encode_array(chunk) if encode_array else tokenizer.encode(chunk)).astype(dtype)
+            f.write(ids.tobytes())
+            n += ids.size
+        f.flush()
+        os.fsync(f.fileno())
+    if n == 0 and empty_message is not None:
+        tmp.unlink()
+        raise ValueError(empty_message)
+    os.replace(tmp, out_path)
+    tok_config = tokenizer.to_config()
+    meta = {"dtype": dtype, "n_tokens": n, "tokenizer": tok_config, "source": source}
+    sidecar = Path(str(out_path) + ".json")
+    meta_tmp = sidecar.with_name(f".{sidecar.name}.tmp-{os.getpid()}")
+    with open(meta_tmp, "w") as f:
+        f.write(json.dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(meta_tmp, sidecar)
+    return TokenFile(out_path, dtype, n, tok_config, source)
+
+
 def _source_info(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -182,26 +237,9 @@ def build_token_file(
         pass
 
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    n = 0
-    with open(tmp, "wb") as f:
-        for chunk in _iter_chunks(src):
-            encode_array = getattr(tok, "encode_array", None)
-            ids = np.asarray(encode_array(chunk) if encode_array else tok.encode(chunk), dtype=dtype)
-            f.write(ids.tobytes())
-            n += ids.size
-        f.flush()
-        os.fsync(f.fileno())
-    if n == 0:
-        tmp.unlink()
-        raise ValueError(f"data file {str(src)!r} is empty")
-    os.replace(tmp, out_path)
-    meta = {"dtype": dtype, "n_tokens": n, "tokenizer": tok_config, "source": info}
-    meta_tmp = Path(str(out_path) + f".json.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(meta_tmp, str(out_path) + ".json")
-    return TokenFile(out_path, dtype, n, tok_config, info)
+    return write_tokens(
+        _iter_chunks(src), tok, out_path, info, dtype, empty_message=f"data file {str(src)!r} is empty"
+    )
 
 
 class Corpus:

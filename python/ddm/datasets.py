@@ -760,20 +760,9 @@ def write_token_file(
             return path
     except (OSError, KeyError, ValueError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    encode = getattr(tokenizer, "encode_array", None)
-    n = 0
-    with open(tmp, "wb") as f:
-        for piece in _chunks(text, _CHUNK):
-            ids = encode(piece) if encode is not None else np.asarray(tokenizer.encode(piece))
-            f.write(np.asarray(ids).astype(dtype, copy=False).tobytes())
-            n += len(ids)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    meta = {"dtype": dtype, "n_tokens": n, "tokenizer": config, "source": source}
-    _atomic_write_bytes(sidecar, json.dumps(meta).encode())
+    from ddm.data import write_tokens
+
+    write_tokens(_chunks(text, _CHUNK), tokenizer, path, source, dtype)
     return path
 
 
