@@ -59,6 +59,11 @@ impl StepKind {
 /// Proposals of the uniform analytic / denoise step's rejection sampler before the exact clip pass.
 const REJECTION_TRIES: usize = 4;
 
+/// The uniform Tweedie step uses its f32 cache only when the law's total weight is provably above
+/// 1 / PRECISE_RATIO of the unclipped weight, so the cache's rounding moves the law by at most
+/// ~PRECISE_RATIO * 2.5e-7 in total variation; otherwise it takes the exact f64 path.
+const PRECISE_RATIO: f64 = 8.0;
+
 /// The law of one sequence's positions, fixed by the graph, the step and its noise level.
 #[derive(Debug, Clone, Copy)]
 enum Law {
@@ -112,6 +117,8 @@ fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
 struct Scratch {
     cache: Vec<f32>,
     block_sums: Vec<f64>,
+    /// f64 weights of the uniform Tweedie step's exact path ([`tweedie_precise`]).
+    precise: Vec<f64>,
 }
 
 impl Scratch {
@@ -145,8 +152,8 @@ fn max_excluding(row: &[f32], cur: Option<usize>) -> (f32, f32) {
 const SHIFT_SLACK: f32 = 64.0;
 
 /// Reads `row` into the cache as c_y = exp(l_y - m) in f32 with the current token's entry set to 0 (it
-/// is not a move); returns (S' = sum of the cache in f64, the shift m), or an error for a non-finite
-/// log-score outside `cur`.
+/// is not a move); returns (S' = sum of the cache in f64, the shift m), or an error for a NaN or +inf
+/// log-score outside `cur` (-inf is a weight of exactly 0: a row holding one takes the slow path).
 ///
 /// One pass: the shift is guessed as max(`floor`, the largest log-score in the first block outside
 /// `cur`), and the pass returns the true maximum; in the rare row whose maximum lies more than
@@ -181,7 +188,7 @@ fn load_row(
             if let Some((y, &v)) = row
                 .iter()
                 .enumerate()
-                .find(|&(y, v)| !v.is_finite() && Some(y) != cur)
+                .find(|&(y, v)| (v.is_nan() || *v == f32::INFINITY) && Some(y) != cur)
             {
                 return Err(KernelError::NonFiniteLogScore {
                     b: at.0,
@@ -233,6 +240,15 @@ fn step_position(
             }
             // c_y = s_y e^{-m}, S = e^m S' with S' >= 1 (the guessed maximum gives 1).
             let (s, shift) = load_row(row, cur, f32::NEG_INFINITY, cache, bs, at)?;
+            if s <= 0.0 {
+                // Every state but x has log-score -inf: nowhere to move, except that the absorbing
+                // denoising step must leave MASK.
+                return if c.is_infinite() {
+                    Err(KernelError::NoMass { b: at.0, i: at.1 })
+                } else {
+                    Ok(x)
+                };
+            }
             let m = shift as f64;
             // r = c S = c e^m S': the probability mass that leaves x (>= 1 means x is clipped to 0).
             // Directly while e^m is a normal f64, in logs beyond (c = inf gives inf either way).
@@ -261,6 +277,18 @@ fn step_position(
             // then the exact clip pass below is exact too; the clip pass is then needed only when most
             // of the move mass is clipped.
             let w_prop = w_stay + s * q / n;
+            // The f32 cache holds c_y to ~2.5e-7 relative, so a weight c_y - T' is only that accurate
+            // relative to c_y: the law's error in total variation is at most ~2.5e-7 w_prop / total.
+            // total >= w_stay + max(0, sum_{y != x} (c_y - T')) q / N, known without a pass. When that
+            // bound is below w_prop / PRECISE_RATIO (large noise steps: at high noise every score is near
+            // 1 and the clipped weights are O(e^-d)), the law is recomputed in f64 without cancellation.
+            let moves_lb = (s - (row.len() - 1) as f64 * t).max(0.0) * q / n;
+            let cache_is_accurate = (w_stay + moves_lb) * PRECISE_RATIO >= w_prop; // false for NaN
+            if !cache_is_accurate {
+                return Ok(tweedie_precise(
+                    row, x as usize, shift, q, e_neg, n, rng, scratch,
+                ));
+            }
             if w_prop > 0.0 && w_prop.is_finite() {
                 for _ in 0..REJECTION_TRIES {
                     if rng.uniform() * w_prop < w_stay {
@@ -285,6 +313,76 @@ fn step_position(
             Ok(draw_blocks(cache, bs, t, rng.uniform()).map_or(x, |y| y as i64))
         }
     }
+}
+
+/// The uniform Tweedie step's law recomputed in f64 without cancellation, then drawn by inverse CDF.
+///
+/// With s_y = e^{l_y}, T = q S_all / N and E = sum_{y != x} expm1(l_y): T = q + q E / N, so
+/// s_y - T = expm1(l_y) + a and 1 - T = a with a = e^{-d} - q E / N. Each term is computed to f64
+/// relative accuracy from the f32 log-scores, so a weight of order e^{-d} keeps its digits however close
+/// every score is to 1. Weights: max(0, expm1(l_y) + a) q / N for y != x, max(0, a) (e^{-d} + q / N) for
+/// x. Where a log-score could overflow f64 (shift > 600), the shifted form exp(l_y - m) - T e^{-m} in f64
+/// is used instead (relative accuracy 1e-16, ample there). Two passes over the row, std expm1.
+#[allow(clippy::too_many_arguments)]
+fn tweedie_precise(
+    row: &[f32],
+    x: usize,
+    shift: f32,
+    q: f64,
+    e_neg: f64,
+    n: f64,
+    rng: &mut Rng,
+    scratch: &mut Scratch,
+) -> i64 {
+    if scratch.precise.len() < row.len() {
+        scratch.precise.resize(row.len(), 0.0);
+    }
+    let w = &mut scratch.precise[..row.len()];
+    // (add, stay): a move weight is max(0, v_y + add) q / N, the stay weight max(0, stay) (e^{-d} + q / N).
+    let (add, stay) = if shift <= 600.0 {
+        let mut e = 0.0;
+        for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+            *wy = if y == x { 0.0 } else { (l as f64).exp_m1() };
+            e += *wy;
+        }
+        let a = e_neg - q * e / n; // 1 - T
+        (a, a)
+    } else {
+        let m = shift as f64;
+        let mut sum = 0.0;
+        for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+            *wy = if y == x { 0.0 } else { (l as f64 - m).exp() };
+            sum += *wy;
+        }
+        let one = (-m).exp();
+        let t = q * (one + sum) / n; // T e^{-m}
+        (-t, one - t)
+    };
+    let mut total = 0.0;
+    for (y, wy) in w.iter_mut().enumerate() {
+        *wy = if y == x {
+            stay.max(0.0) * (e_neg + q / n)
+        } else {
+            (*wy + add).max(0.0) * (q / n)
+        };
+        total += *wy;
+    }
+    if !(total > 0.0 && total.is_finite()) {
+        return x as i64;
+    }
+    let target = rng.uniform() * total;
+    let mut acc = 0.0;
+    let mut last = x;
+    for (y, &wy) in w.iter().enumerate() {
+        if wy > 0.0 {
+            acc += wy;
+            last = y;
+            if target < acc {
+                return y as i64;
+            }
+        }
+    }
+    last as i64
 }
 
 /// One reverse step over a batch, written into `out`.
@@ -908,7 +1006,10 @@ mod tests {
             ),
             "{e}"
         );
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut l2 = ls.clone();
+        l2[8 + 2] = f32::NEG_INFINITY; // -inf is probability 0, not an error
+        analytic_step(g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
             let mut l2 = ls.clone();
             l2[8 + 2] = bad; // row (1, 0) is MASK: read
             let e = analytic_step(g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
