@@ -206,7 +206,7 @@ def test_bad_input_raises(name, case):
 
 
 @pytest.mark.parametrize("name", STEPS)
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_log_score_in_a_read_row(name, bad):
     for absorbing in (True, False):
         a = arrays(absorbing)

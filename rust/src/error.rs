@@ -18,13 +18,16 @@ pub enum KernelError {
         token: i64,
         allowed: String,
     },
-    /// A NaN or infinite log-score at a row the kernel reads.
+    /// A NaN or +inf log-score at a row the kernel reads (-inf is allowed: probability 0).
     NonFiniteLogScore {
         b: usize,
         i: usize,
         y: usize,
         value: f32,
     },
+    /// A position whose step has no state of positive probability to move to (the absorbing denoising
+    /// step at a MASK whose every real token has log-score -inf).
+    NoMass { b: usize, i: usize },
     /// A negative, NaN or infinite noise level.
     BadNoise {
         arg: &'static str,
@@ -62,7 +65,13 @@ impl fmt::Display for KernelError {
             ),
             KernelError::NonFiniteLogScore { b, i, y, value } => write!(
                 f,
-                "log_score: non-finite value {value} at [{b}, {i}, {y}]; log-scores must be finite"
+                "log_score: non-finite value {value} at [{b}, {i}, {y}]; log-scores must not be NaN or +inf \
+                 (-inf is allowed and means probability 0)"
+            ),
+            KernelError::NoMass { b, i } => write!(
+                f,
+                "log_score: every real token at [{b}, {i}] has log-score -inf, so the denoising step \
+                 has no token to move to"
             ),
             KernelError::BadNoise { arg, b, value } => write!(
                 f,
