@@ -171,9 +171,19 @@ def test_init_noise() -> None:
 
 
 def test_inverse_cdf_is_exact_at_the_boundaries() -> None:
-    probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, -0.1, 0.25]], dtype=torch.float64).expand(6, 6)
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.0, 0.25]], dtype=torch.float64).expand(6, 6)
     u = torch.tensor([0.0, 0.2499, 0.25, 0.7499, 0.75, 1.0 - 2**-53], dtype=torch.float64)
-    assert inverse_cdf(probs, u).tolist() == [1, 1, 3, 3, 5, 5]  # never the zero or negative states
+    assert inverse_cdf(probs, u).tolist() == [1, 1, 3, 3, 5, 5]  # never the zero-probability states
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_inverse_cdf_refuses_invalid_rows(bad: float) -> None:
+    # the steps clip at 0 before drawing; a negative, NaN or inf weight reaching the draw is a bug upstream
+    probs = torch.tensor([[0.5, bad, 0.5], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-negative with a positive, finite sum"):
+        inverse_cdf(probs, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-negative with a positive, finite sum"):
+        inverse_cdf(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
 
 
 def test_mix32_matches_a_uint32_reference_and_is_a_bijection() -> None:
@@ -213,3 +223,36 @@ def test_uniforms_are_uniform_and_keyed() -> None:
         assert abs(r) < 4 / base.numel() ** 0.5, f"key variant {i}: correlation {r}"
     # a row depends only on its index
     assert torch.equal(u[17], _rng.uniforms(7, _rng.STREAM_STEP, 3, torch.tensor([17]), 250)[0])
+
+
+# ---- 64-bit keys (issue 12, defect 4) --------------------------------------------------------------------
+
+
+def test_torch_uniforms_key_the_full_64_bits_of_step_and_sequence() -> None:
+    seq = torch.arange(4)
+    base = _rng.uniforms(7, _rng.STREAM_STEP, 3, seq, 5)
+    for other in (
+        _rng.uniforms(7, _rng.STREAM_STEP, 3, seq + 2**32, 5),
+        _rng.uniforms(7, _rng.STREAM_STEP, 3 + 2**32, seq, 5),
+        _rng.uniforms(7, _rng.STREAM_STEP, 3, seq + 2**62, 5),
+    ):
+        assert not bool((other == base).any()), "a high bit of the key is ignored"
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["torch", pytest.param("rust", marks=pytest.mark.skipif(not native_available(), reason="no _core"))],
+)
+def test_seq_offset_two_to_the_32_gives_other_draws(backend: str) -> None:
+    s = Sampler(Uniform(50), Geometric())
+    s.set_timesteps(2)
+    x = torch.zeros(8, 16, dtype=torch.int64)
+    log_score = torch.zeros(8, 16, 50)  # uniform scores: every step moves many positions
+    a = s.step(log_score, 0, x, seed=5, seq_offset=0, backend=backend).prev_sample
+    b = s.step(log_score, 0, x, seed=5, seq_offset=2**32, backend=backend).prev_sample
+    c = s.step(log_score, 0, x, seed=5, seq_offset=0, backend=backend).prev_sample
+    assert torch.equal(a, c)
+    assert (a != b).float().mean() > 0.5, "seq_offset 2^32 repeats the draws of seq_offset 0"
+    i0 = s.init_noise(8, 16, seed=5, seq_offset=0)
+    i1 = s.init_noise(8, 16, seed=5, seq_offset=2**32)
+    assert (i0 != i1).float().mean() > 0.5

@@ -66,8 +66,9 @@ def uniforms(
     Args:
         seed: a non-negative integer below 2^64.
         stream: the stream tag (one of the `STREAM_*` constants).
-        step: the step index (any non-negative integer below 2^32).
-        seq: int64 sequence indices, `[B]` (the batch row plus any offset).
+        step: the step index (any non-negative integer below 2^64; all 64 bits are keyed).
+        seq: int64 sequence indices, `[B]` (the batch row plus any offset), non-negative; all 64 bits
+            are keyed.
         length: the number of positions `L`.
         device: device of the result (that of `seq` when None).
 
@@ -80,9 +81,12 @@ def uniforms(
     state = _absorb(state, (seed >> 32) & _M32)
     state = _absorb(state, seed & _M32)
     state = _absorb(state, stream & _M32)
+    # the step and the sequence index are keyed with all 64 bits, high word first, as in the Rust kernels
+    state = _absorb(state, (step >> 32) & _M32)
     state = _absorb(state, step & _M32)
-    rows = seq.to(device=device, dtype=torch.int64)[:, None] & _M32  # (B, 1)
-    a, b = _absorb((torch.full_like(rows, state[0]), torch.full_like(rows, state[1])), rows)
+    rows = seq.to(device=device, dtype=torch.int64)[:, None]  # (B, 1)
+    a, b = _absorb((torch.full_like(rows, state[0]), torch.full_like(rows, state[1])), (rows >> 32) & _M32)
+    a, b = _absorb((a, b), rows & _M32)
     pos = torch.arange(length, device=device, dtype=torch.int64)[None, :]  # (1, L)
     a, b = _absorb((a, b), pos)  # (B, L) each
     a = mix32(a ^ b)  # cross the lanes once more so each output word depends on all 64 bits of state

@@ -36,6 +36,7 @@ import torch
 from ddm import graphs as _graphs
 from ddm import schedules as _schedules
 from ddm.sampling import _rng
+from ddm.sampling._categorical import inverse_cdf
 
 __all__ = ["Sampler", "SamplerOutput", "PREDICTORS", "BACKENDS", "native_available", "random_seed"]
 
@@ -79,29 +80,6 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not 0 <= seed < _SEED_LIMIT:
         raise ValueError(f"{name} must lie in [0, 2**64), got {seed}")
     return seed
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Draw one category per row of `probs` by inverting the float64 CDF at the uniforms `u`.
-
-    Negative entries (a too-large step) are clipped at 0 and the rest renormalised (SPEC section 5); a state
-    with probability 0 is never returned.
-
-    Args:
-        probs: unnormalised non-negative weights, `[..., dim]` (computed in float64).
-        u: uniforms in `[0, 1)`, `[...]`.
-
-    Returns:
-        int64 indices, `[...]`.
-    """
-    p = probs.to(torch.float64).clamp_min(0.0)  # (..., dim)
-    cdf = torch.cumsum(p, dim=-1)  # (..., dim)
-    v = u.to(torch.float64)[..., None] * cdf[..., -1:]  # (..., 1)
-    idx = torch.searchsorted(cdf, v, right=True).squeeze(-1)  # first index with cdf > v
-    # u * total can round up to total: fall back to the last state with positive weight
-    ar = torch.arange(p.shape[-1], device=p.device)
-    last = torch.where(p > 0, ar, torch.zeros_like(ar)).amax(dim=-1)
-    return torch.minimum(idx, last)
 
 
 def _as_graph(graph: Any) -> _graphs.Graph:

@@ -4,7 +4,7 @@ Every step updates all positions of a batch independently (tau-leaping, SEDD sec
 log-scores `l` of a score model at the current noise level. The entry of `l` at the current token is
 ignored and treated as 0 (`s_x = 1`). Each `*_probs` function returns the `[B, L, dim]` float64 transition
 probabilities, clipped at 0 and renormalised; the matching step function draws new tokens from them with an
-exact float64 categorical draw (`ddm.sampling._categorical.sample_categorical`).
+exact float64 categorical draw (`ddm.sampling._categorical`).
 
 Noise arguments are per sequence: a float, a 0-d tensor, a `[B]` or a `[B, 1]` tensor; they are used in
 float64.
@@ -66,12 +66,22 @@ def _per_sequence(value: Any, name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"{name} must be a scalar, [B] or [B, 1] with B={batch}, got shape {tuple(v.shape)}")
 
 
-def _log_scores(x: torch.Tensor, log_score: torch.Tensor) -> torch.Tensor:
-    """float64 log-scores with the entry at the current token set to 0; rejects NaN and +inf."""
+def _log_scores(x: torch.Tensor, log_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 log-scores shifted by their row maximum, and the shift.
+
+    The entry at the current token is set to 0 (`s_x = 1`) before the shift. Returns `(l - m, m)` with
+    `m = max(0, max_y l_y)` per row, `[B, L, 1]`, so that `exp(l - m) <= 1` never overflows (a log-score
+    above 709.78 would make `exp` infinite and the normalisation NaN); every step's law is homogeneous
+    in the scores once its constant terms are scaled by `e^{-m}`, so the shift leaves the law unchanged
+    (docs/math.md section 5). `-inf` is a score of exactly 0; NaN and `+inf` are refused.
+    """
     l = log_score.detach().to(torch.float64).scatter(-1, x[..., None], 0.0)  # (B, L, dim)
     if not bool(torch.all(l < torch.inf)):  # NaN compares false
-        raise ValueError("log_score holds NaN or +inf (away from the current token)")
-    return l
+        raise ValueError(
+            "log_score holds NaN or +inf (away from the current token); -inf is allowed (probability 0)"
+        )
+    m = l.amax(dim=-1, keepdim=True).clamp_min(0.0)  # (B, L, 1); l_x = 0 so m is finite
+    return l - m, m
 
 
 def _clip_normalise(probs: torch.Tensor) -> torch.Tensor:
@@ -102,8 +112,10 @@ def euler_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, rat
     """
     x, log_score = _check_inputs(graph, x, log_score)
     h = _per_sequence(rate_dt, "rate_dt", x)[..., None]  # (B, 1, 1) or ()
-    s = torch.exp(_log_scores(x, log_score))  # (B, L, dim), s_x = 1
-    probs = F.one_hot(x, graph.dim).to(torch.float64) + h * graph.reverse_rate(x, s)
+    l, m = _log_scores(x, log_score)
+    s = torch.exp(l)  # (B, L, dim): the scores times e^{-m}, s_x = e^{-m}
+    # one_hot(x) e^{-m} + h reverse_rate(x, s): the Euler law scaled by e^{-m}
+    probs = F.one_hot(x, graph.dim).to(torch.float64) * torch.exp(-m) + h * graph.reverse_rate(x, s)
     return _clip_normalise(probs)
 
 
@@ -124,7 +136,7 @@ def analytic_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, 
     """
     x, log_score = _check_inputs(graph, x, log_score)
     d = _per_sequence(dsigma, "dsigma", x)  # (B, 1) or ()
-    s = torch.exp(_log_scores(x, log_score))  # (B, L, dim), s_x = 1
+    s = torch.exp(_log_scores(x, log_score)[0])  # (B, L, dim), scaled by e^{-m} (linear in s)
     probs = graph.staggered_score(s, d) * graph.transp_transition(x, d)  # (B, L, dim)
     return _clip_normalise(probs)
 
@@ -148,15 +160,21 @@ def denoise_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, s
     x, log_score = _check_inputs(graph, x, log_score)
     d = _per_sequence(sigma, "sigma", x)
     if not graph.absorbing:
-        s = torch.exp(_log_scores(x, log_score))
+        s = torch.exp(_log_scores(x, log_score)[0])
         return _clip_normalise(graph.staggered_score(s, d) * graph.transp_transition(x, d))
     # absorbing: (e^d - 1) s_y on real tokens for MASK rows, then MASK dropped and renormalised; the common
     # factor (e^d - 1) cancels, leaving softmax(l) over the real tokens. Unmasked rows keep their token.
-    l = _log_scores(x, log_score)
+    l = _log_scores(x, log_score)[0]
+    masked = x == graph.mask_id  # (B, L)
+    if bool((masked & (l[..., :-1] == -torch.inf).all(dim=-1)).any()):
+        raise ValueError(
+            "log_score: every real token of a MASK position has log-score -inf, so the denoising step "
+            "has no token to move to"
+        )
     real = torch.softmax(l[..., :-1], dim=-1)  # (B, L, N)
     real = torch.cat([real, torch.zeros_like(real[..., :1])], dim=-1)  # (B, L, dim), 0 on MASK
     keep = F.one_hot(x, graph.dim).to(torch.float64)
-    return torch.where((x == graph.mask_id)[..., None], real, keep)
+    return torch.where(masked[..., None], real, keep)
 
 
 # --------------------------------------------------------------------------------------------------------
