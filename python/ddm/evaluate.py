@@ -4,7 +4,13 @@ For a sequence x0 of L tokens,
 
     -log p_0(x0) <= integral_0^1 sigma(t) E_{x_t ~ p_{t|0}}[sum_i DSE_i(x_t, x0)] dt + sum_i prior_i,
 
-where the prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions, exact (for the
+plus, when `sigma_bar(0) > 0` (the Geometric schedule), the reconstruction term
+`E_{x ~ p_{sigma_bar(0)|0}}[-log D(x0 | x)]` with `D` the denoising step's law (`reconstruction_nll`): the
+integral covers only the noise levels from `sigma_bar(0)` up, and this term accounts for the step from
+`x0` to `sigma_bar(0)`, so the estimate is a true upper bound on `-log p(x0)` for both graphs. It takes one
+network call per block, with one draw of `x`.
+
+The prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions, exact (for the
 absorbing graph, the KL to the prior matched to the forward marginal, `e^{-sigma_bar(1)} ln N` per token;
 see its docstring). A zero-initialised absorbing model with the log-linear schedule, whose integrand is
 `(1 - eps) ln N` per token, therefore gets exactly `ln N` in expectation: it is the uniform law.
@@ -38,8 +44,9 @@ import torch
 
 from ddm.data import blocks, load_corpus
 from ddm.losses import dwdse
+from ddm.sampling.torch_steps import denoise_step_probs
 
-__all__ = ["Bound", "heldout_blocks", "likelihood_bound", "text_blocks"]
+__all__ = ["Bound", "heldout_blocks", "likelihood_bound", "reconstruction_nll", "text_blocks"]
 
 
 @dataclass
@@ -52,8 +59,11 @@ class Bound:
         perplexity: `exp(nats_per_token)`.
         stderr: standard error of `nats_per_token` over sequences (NaN for one sequence).
         stderr_bits: the same in bits.
-        diffusion_nats_per_token: the DWDSE integral part.
+        diffusion_nats_per_token: the DWDSE integral part (noise levels `sigma_bar(0)` to `sigma_bar(1)`).
         prior_nats_per_token: the prior term.
+        reconstruction_nats_per_token: the step from `x0` to noise level `sigma_bar(0)`,
+            `E_{x ~ p_{sigma_bar(0)|0}}[-log D(x0 | x)]` with `D` the law of the denoising step; 0 when
+            `sigma_bar(0) = 0` (the absorbing graph with `LogLinear`).
         tokens: tokens scored (`sequences * seq_len`).
         sequences: number of blocks.
         seq_len: tokens per block.
@@ -69,6 +79,7 @@ class Bound:
     stderr_bits: float
     diffusion_nats_per_token: float
     prior_nats_per_token: float
+    reconstruction_nats_per_token: float
     tokens: int
     sequences: int
     seq_len: int
@@ -137,6 +148,45 @@ def _check_seq_len(model: Any, seq_len: int | None) -> int:
     if model_len is not None and seq_len > model_len:
         raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model_len}")
     return seq_len
+
+
+class _eval_mode:
+    """Puts an `nn.Module` in eval mode for a block and restores its mode after (no-op for a callable)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model if isinstance(model, torch.nn.Module) else None
+
+    def __enter__(self) -> None:
+        self.was_training = self.model is not None and self.model.training
+        if self.model is not None:
+            self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+@torch.no_grad()
+def reconstruction_nll(
+    model: Any, graph: Any, sigma_0: float, x0: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """`-log D(x0 | x)` per sequence, `[B]` float64: the reconstruction term of the bound at one `x`.
+
+    `D` is the law of the denoising step at noise level `sigma_0 = sigma_bar(0)` (`denoise_step_probs`,
+    positions independent), a proper decoder, so `E_{x ~ p_{sigma_0|0}(. | x0)}[-log D(x0 | x)]` plus the
+    DWDSE integral over `[sigma_bar(0), sigma_bar(1)]` plus the prior term bounds `-log p(x0)`
+    (docs/math.md section 4). It is `+inf` where the denoiser gives `x0` probability 0.
+
+    Args:
+        model: the score model, `model(x, sigma) -> [B, L, dim]` log-scores.
+        graph: the forward graph.
+        sigma_0: the total noise at t = 0, > 0.
+        x0: int64 clean tokens `[B, L]`.
+        x: int64 tokens at noise level `sigma_0`, `[B, L]`.
+    """
+    sigma = torch.full((x.shape[0],), float(sigma_0), dtype=torch.float64, device=x.device)  # (B,)
+    probs = denoise_step_probs(graph, x, model(x, sigma), sigma)  # (B, L, dim) float64
+    return -torch.log(probs.gather(-1, x0[..., None]).squeeze(-1)).sum(-1)  # (B,)
 
 
 @torch.no_grad()
@@ -237,7 +287,18 @@ def likelihood_bound(
     diffusion /= K  # (M,) integral estimate per sequence, nats
     sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
     prior = graph.prior_kl(x, sigma_1).double().sum(-1)  # (M,)
-    per_seq = (diffusion + prior) / L  # (M,) nats per token
+    recon = torch.zeros(M, dtype=torch.float64)  # (M,) 0 when sigma_bar(0) = 0
+    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
+    if sigma_0 > 0.0:
+        # one draw of x ~ p_{sigma_bar(0)|0}(. | x0) per sequence, from its own stream (so the diffusion
+        # part keeps its draws)
+        gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
+        with _eval_mode(model):
+            for start in range(0, M, batch_size):
+                x0 = x[start : start + batch_size].to(device)  # (b, L)
+                y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
+                recon[start : start + len(x0)] = reconstruction_nll(model, graph, sigma_0, x0, y).cpu()
+    per_seq = (diffusion + prior + recon) / L  # (M,) nats per token
     nats = float(per_seq.mean())
     stderr = float(per_seq.std(unbiased=True) / math.sqrt(M)) if M > 1 else math.nan
     ln2 = math.log(2)
@@ -250,6 +311,7 @@ def likelihood_bound(
         stderr_bits=stderr / ln2,
         diffusion_nats_per_token=float(diffusion.mean()) / L,
         prior_nats_per_token=float(prior.mean()) / L,
+        reconstruction_nats_per_token=float(recon.mean()) / L,
         tokens=M * L,
         sequences=M,
         seq_len=L,
