@@ -53,6 +53,9 @@ __all__ = ["Bound", "heldout_blocks", "likelihood_bound", "reconstruction_nll", 
 class Bound:
     """A likelihood bound with its standard error.
 
+    `nats_per_token` estimates a true upper bound on the model's `-log p(x0)` per token for both graphs:
+    the DWDSE integral, the prior term and, when `sigma_bar(0) > 0`, the reconstruction term.
+
     Attributes:
         nats_per_token: the bound on `-log p(x0) / L`, averaged over sequences.
         bits_per_token: the same in bits.

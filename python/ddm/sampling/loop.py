@@ -127,6 +127,12 @@ def sample(
     for a suffix and 0.145 for an infill pattern (`tests/test_exactness.py::test_uniform_projection_gap`).
     Use the absorbing graph when conditioning matters.
 
+    Log-scores: any float value, or `-inf` for an exact zero ratio ("never this token", as a model outputs
+    after masking a token out): that token is then never drawn, on both backends. Scores of any size are
+    handled (each row is shifted by its maximum before `exp`). NaN and `+inf` are refused with a
+    ValueError naming `log_score`, as is an absorbing denoising step at a MASK whose every real token has
+    log-score `-inf`.
+
     Raises:
         ValueError: `steps < 1`, a `seq_len` longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
