@@ -11,7 +11,7 @@ WHEELS  ?= $(HOME)/.cache/ddm/wheels
 RUST_SRC := $(wildcard rust/src/*.rs) Cargo.toml
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build demo test lint fmt cargo-test pytest bench clean
+.PHONY: setup build demo test lint fmt cargo-test pytest bench clean wheel wheel-test sdist-test
 
 setup: $(DEPS)
 
@@ -56,6 +56,32 @@ pytest: build
 	$(PY) -m pytest -q
 
 test: build lint cargo-test pytest
+
+# The product: an abi3 wheel (one file for every CPython >= 3.10) and an sdist, into dist/.
+wheel: $(DEPS) $(RUST_SRC) pyproject.toml
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	@ls -l dist
+
+# The wheel in a fresh virtual environment, with no source tree on the path: tests/wheel_smoke.py runs
+# from a temporary directory. Dependencies come from the local wheel cache, so no network is needed.
+SMOKE_VENV ?= $(abspath target/wheel-smoke-venv)
+wheel-test: wheel
+	rm -rf $(SMOKE_VENV)
+	python3 -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/python -m pip install -q --no-index --find-links $(WHEELS) "$$(ls dist/ddm-*.whl)[gpt2]"
+	tmp=$$(mktemp -d) && cp tests/wheel_smoke.py $$tmp/ && cd $$tmp && \
+	  env -u PYTHONPATH $(SMOKE_VENV)/bin/python wheel_smoke.py; rc=$$?; rm -rf $$tmp; exit $$rc
+
+# The sdist builds the same wheel from nothing (a full release build of the Rust core: minutes).
+sdist-test: wheel
+	rm -rf target/sdist-wheel
+	$(PIP) wheel -q --no-deps --no-index --find-links $(WHEELS) -w target/sdist-wheel dist/ddm-*.tar.gz
+	$(PY) -c "import sys, zipfile; names = lambda p: sorted(zipfile.ZipFile(p).namelist()); \
+	a, b = sys.argv[1:]; assert names(a) == names(b), set(names(a)) ^ set(names(b)); \
+	print(f'same {len(names(a))} files in the wheel built from the sdist')" \
+	  "$$(ls dist/ddm-*.whl)" "$$(ls target/sdist-wheel/ddm-*.whl)"
 
 bench: build
 	$(PY) benches/compare.py --out benches/results/latest.json
