@@ -19,7 +19,7 @@ setup: $(DEPS)
 $(DEPS): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-	print('\n'.join(['maturin>=1.5,<2'] + p['dependencies'] + p['optional-dependencies']['test']))" \
+	print('\n'.join(['maturin>=1.5,<2', 'setuptools', 'wheel'] + p['dependencies'] + p['optional-dependencies']['test']))" \
 	  > $(VENV)/requirements.txt
 	# PyPI's torch (with its CUDA libraries) is several GB and the registry proxy sends it uncacheable,
 	# so wheels are kept in a local directory: later setups install from it with no network at all.

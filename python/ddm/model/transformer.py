@@ -207,6 +207,31 @@ class ScoreModel(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters())
 
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
+        """Writes the Hugging Face Hub layout (`config.json`, `model.safetensors`, a model card
+        `README.md`) into `save_directory`; see `ddm.hub.save_pretrained` for the keyword arguments."""
+        from ddm.hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Any, **kwargs: Any) -> ScoreModel:
+        """Loads a Hub id `"user/repo"` (through the local Hugging Face cache) or a local directory in
+        eval mode; see `ddm.hub.load` for the keyword arguments."""
+        from ddm.hub import load
+
+        model = load(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Uploads the `save_pretrained` layout to the Hub repository `repo_id` (created if needed); see
+        `ddm.hub.push_to_hub` for the keyword arguments."""
+        from ddm.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Log-score of the concrete score (SPEC section 1).
 
