@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ddm import checkpoint
 from ddm.cli import SUBCOMMANDS, main
+from ddm.io import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,12 @@ import os
 import zipfile
 from pathlib import Path
 
-import ddm.datasets as D
+import ddm.data.registry as D
+import ddm.data.tokens
 import numpy as np
 import pytest
-from ddm.bio import DNATokenizer, ProteinTokenizer, parse_fasta, parse_swissprot, swissprot_crc64
+from ddm.data.parsers import parse_fasta, parse_swissprot, swissprot_crc64
+from ddm.tokenizers import DNATokenizer, ProteinTokenizer
 
 DATA = Path(__file__).parent / "data"
 
@@ -230,20 +232,22 @@ def test_token_file_written_once_and_reused(tmp_path):
 
 def test_chunked_tokenization_equals_whole(tmp_path, monkeypatch):
     pytest.importorskip("tiktoken")
-    from ddm.gpt2 import GPT2Tokenizer
+    from ddm.tokenizers.gpt2 import GPT2Tokenizer
 
     text = (
         "It's the 3rd time: \"Hello,\" she said -- and then?\n\nHe didn't answer;  he'd gone (twice).\n"
         "Numbers 12345 and caf\u00e9 na\u00efve \u4e2d\u6587 tabs\there.  Two  spaces, then\nnew lines.\n"
     ) * 20
-    monkeypatch.setattr(D, "_CHUNK", 97)  # many cuts, each before a whitespace between two words
+    monkeypatch.setattr(
+        ddm.data.tokens, "_CHUNK_CHARS", 97
+    )  # many cuts, each before a whitespace between two words
     tok = GPT2Tokenizer()
     path = D.write_token_file(text, tok, tmp_path / "g.bin")
     meta = json.loads(Path(str(path) + ".json").read_text())
     assert meta["dtype"] == "uint16"
     arr = np.memmap(path, dtype="uint16", mode="r")
     assert arr.tolist() == tok.encode(text)
-    assert "".join(D._chunks(text, 97)) == text
+    assert "".join(ddm.data.tokens.chunks(ddm.data.tokens.text_pieces(text))) == text
 
 
 @pytest.fixture
@@ -290,7 +294,6 @@ def test_dataset_cli_offline(fake_dataset, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("fake-dna") and " cached " in line for line in lines)
     assert any(line.startswith("minitext8") for line in lines)
-    assert D.main(["list"]) == 0  # python -m ddm.datasets list
 
 
 def test_dataset_cli_reports_fetch_failure(fake_dataset, monkeypatch, capsys):

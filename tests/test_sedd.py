@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddm.graphs import Absorbing, Uniform
-from ddm.model import ModelConfig, ScoreModel
-from ddm.schedules import Geometric, LogLinear
-from ddm.sedd import (
+from ddm.io.sedd import (
     export_sedd,
     is_sedd_checkpoint,
     load_model,
@@ -33,6 +31,8 @@ from ddm.sedd import (
     reference_parameter_shapes,
     to_reference_state_dict,
 )
+from ddm.model import ModelConfig, ScoreModel
+from ddm.schedules import Geometric, LogLinear
 from safetensors.torch import save_file
 
 HIDDEN, HEADS, BLOCKS, COND, TOKENS, LENGTH = 64, 4, 2, 32, 50, 24
@@ -431,7 +431,7 @@ def test_export_refuses_models_without_reference_equivalent(tmp_path):
 
 
 def test_detection_and_load_model_dispatch(tmp_path):
-    from ddm import checkpoint
+    from ddm.io import checkpoint
 
     cfg = _config()
     sd = _random_reference_weights(cfg, seed=15)

@@ -31,7 +31,7 @@ The datasets (`ddm data list`):
 - `swissprot-small`: the 100 Swiss-Prot entries of Debian's emboss-test (for tests and smoke runs).
 - `dolphin`: 16,598 bottlenose dolphin proteins (Ensembl, 9.5 M residues) from Debian's plast-example.
 Protein splits are by protein, in file order (90/5/5); sequences are packed into one stream with the
-protein tokenizer's separator after each (see `ddm.bio`).
+protein tokenizer's separator after each (see `ddm.tokenizers.bio`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -48,14 +49,19 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddm.bio import DNATokenizer, ProteinTokenizer, parse_fasta, parse_swissprot, read_text_maybe_gz
+from ddm import _fs
+from ddm._stats import plugin_entropy
+from ddm.data.corpus import Corpus
+from ddm.data.parsers import parse_fasta, parse_swissprot, read_text_maybe_gz
+from ddm.data.tokens import chunks, text_pieces, write_tokens
+from ddm.tokenizers import resolve
 
 __all__ = [
     "REGISTRY",
@@ -69,7 +75,6 @@ __all__ = [
     "dataset_tokenizer",
     "fetch",
     "fetch_archive",
-    "get_tokenizer",
     "list_datasets",
     "prepare",
     "read_split",
@@ -83,7 +88,6 @@ __all__ = [
 
 SPLITS = ("train", "valid", "test")
 _FORMAT = 1  # bump when the cleaning or splitting of any dataset changes: cached text is then rebuilt
-_CHUNK = 1 << 22  # characters tokenized at a time
 
 
 class FetchError(RuntimeError):
@@ -607,15 +611,6 @@ def _text_ready(d: Dataset, ddir: Path) -> bool:
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
     """Fetches (once), checks and parses dataset `name`, and caches its split texts.
 
@@ -639,7 +634,7 @@ def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
     for s in SPLITS:
         if not splits[s]:
             raise ValueError(f"dataset {name!r}: the {s} split is empty")
-        _atomic_write_bytes(ddir / f"{s}.txt", splits[s].encode("utf-8"))
+        _fs.write_bytes(ddir / f"{s}.txt", splits[s].encode("utf-8"))
     meta = {
         "format": _FORMAT,
         "name": name,
@@ -648,7 +643,7 @@ def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
         "sha256": d.source.sha256,
         "chars": {s: len(splits[s]) for s in SPLITS},
     }
-    _atomic_write_bytes(ddir / "meta.json", json.dumps(meta, indent=1).encode())
+    _fs.write_bytes(ddir / "meta.json", json.dumps(meta, indent=1).encode())
     return ddir
 
 
@@ -665,31 +660,6 @@ def read_split(name: str, split: str, cache: str | os.PathLike | None = None) ->
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizers and memory-mapped token files
 # ---------------------------------------------------------------------------------------------------------
-
-
-def get_tokenizer(config: str | dict[str, Any]):
-    """A tokenizer by name (`"gpt2"`, `"dna"`, `"protein"`, `"protein-x"`) or by config dict.
-
-    Character tokenizers (`{"type": "char", ...}`) come from `ddm.tokenizers`.
-    """
-    if isinstance(config, str):
-        config = {"gpt2": {"type": "gpt2"}, "dna": {"type": "dna"}, "protein": {"type": "protein"}}.get(
-            config, {"type": "protein", "rare": "x"} if config == "protein-x" else {"type": config}
-        )
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"tokenizer config must be a dict with a 'type', got {config!r}")
-    kind = config["type"]
-    if kind == "gpt2":
-        from ddm.gpt2 import GPT2Tokenizer
-
-        return GPT2Tokenizer()
-    if kind == "dna":
-        return DNATokenizer()
-    if kind == "protein":
-        return ProteinTokenizer(config.get("rare", "keep"))
-    from ddm.tokenizers import from_config
-
-    return from_config(config)
 
 
 def dataset_tokenizer(name: str, tokenizer: str | dict[str, Any] | None = None, cache=None):
@@ -711,27 +681,12 @@ def dataset_tokenizer(name: str, tokenizer: str | dict[str, Any] | None = None, 
             raise ValueError(
                 f"dataset {name!r} is not a character corpus; its tokenizer is {config['type']!r}"
             )
-        return get_tokenizer(config)
-    return get_tokenizer(tokenizer)
+        return resolve(config)
+    return resolve(tokenizer)
 
 
 def _dtype_for(vocab_size: int) -> str:
     return "uint8" if vocab_size <= 1 << 8 else "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def _chunks(text: str, size: int) -> Iterator[str]:
-    """Pieces of `text` of about `size` characters, cut just before a whitespace between two non-spaces,
-    where BPE pre-tokenisation cuts as well (so chunked GPT-2 encoding equals encoding the whole)."""
-    start = 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            window = text[start:end]
-            cut = max((m.start() for m in re.finditer(r"(?<=\S)\s(?=\S)", window[-4096:])), default=-1)
-            if cut >= 0:
-                end = start + len(window) - min(4096, len(window)) + cut
-        yield text[start:end]
-        start = end
 
 
 def write_token_file(
@@ -760,9 +715,7 @@ def write_token_file(
             return path
     except (OSError, KeyError, ValueError):
         pass
-    from ddm.data import write_tokens
-
-    write_tokens(_chunks(text, _CHUNK), tokenizer, path, source, dtype)
+    write_tokens(chunks(text_pieces(text)), tokenizer, path, source, dtype)
     return path
 
 
@@ -825,8 +778,6 @@ def corpus(name: str, tokenizer: str | dict[str, Any] | None = None, cache: str 
             `"char"` is a ValueError: name `"dna"` or `"protein"`), else a tokenizer name or config.
         cache: the cache root (default `cache_dir()`).
     """
-    from ddm.data import Corpus
-
     tok = dataset_tokenizer(name, tokenizer, cache)
     parts = [tokens(name, s, tok.to_config(), cache) for s in ("train", "valid")]
     path = token_file(name, "train", tok.to_config(), cache).with_name("trainval.bin")
@@ -839,15 +790,11 @@ def corpus(name: str, tokenizer: str | dict[str, Any] | None = None, cache: str 
     except (OSError, KeyError, ValueError):
         ok = False
     if not ok:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with _fs.atomic_path(path) as tmp, open(tmp, "wb") as f:
             for part in parts:
                 f.write(np.asarray(part).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         meta = {"dtype": str(parts[0].dtype), "n_tokens": n, "tokenizer": tok.to_config(), "source": source}
-        _atomic_write_bytes(sidecar, json.dumps(meta).encode())
+        _fs.write_bytes(sidecar, json.dumps(meta).encode())
     arr = np.memmap(path, dtype=parts[0].dtype, mode="r", shape=(n,))
     return Corpus(arr, tok, parts[1].size / n)
 
@@ -864,55 +811,7 @@ def unigram_bits(train: np.ndarray, held_out: np.ndarray, vocab_size: int) -> di
     c_train = np.bincount(np.asarray(train, dtype=np.int64), minlength=vocab_size).astype(np.float64)
     p_eval = c_eval / c_eval.sum()
     nz = p_eval > 0
-    entropy = float(-(p_eval[nz] * np.log2(p_eval[nz])).sum())
+    entropy = float(plugin_entropy(c_eval)) / math.log(2)
     q = (c_train + 1.0) / (c_train.sum() + vocab_size)
     cross = float(-(p_eval[nz] * np.log2(q[nz])).sum())
     return {"entropy": entropy, "cross_entropy": cross}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `ddm data list`, `ddm data fetch NAME` (also `python -m ddm.datasets ...`)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def add_data_arguments(p) -> None:
-    """Declares `list` and `fetch NAME [--tokenizer T]` on the argparse parser of `ddm data`."""
-    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="list the datasets and whether they are cached")
-    f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
-    f.add_argument("name", choices=sorted(REGISTRY))
-    f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
-
-
-def run_command(args) -> int:
-    """Runs a parsed `data` subcommand; returns the exit code."""
-    if args.data_command == "list":
-        print(f"cache: {cache_dir()}")
-        for row in list_datasets():
-            mark = "cached" if row["cached"] else "-"
-            print(f"{row['name']:16} {row['size']:>14}  {mark:6}  {row['package']:36} {row['description']}")
-        return 0
-    try:
-        ddir = prepare(args.name)
-        tok = dataset_tokenizer(args.name, args.tokenizer)
-        for s in SPLITS:
-            arr = tokens(args.name, s, args.tokenizer)
-            print(f"{args.name} {s}: {arr.size} tokens ({tok.unit}s), vocabulary {tok.vocab_size}")
-        print(f"cached in {ddir}")
-    except (FetchError, ChecksumError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ddm.datasets list|fetch NAME`: the same as `ddm data ...`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ddm.datasets")
-    add_data_arguments(parser)
-    return run_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

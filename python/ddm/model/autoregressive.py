@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddm._categorical import inverse_cdf
 from ddm.model.embeddings import Rotary, apply_rotary
 from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, _modulate
 
@@ -178,7 +179,7 @@ def ancestral_sample(
     """Draws blocks from the model's exact law, one token at a time (ancestral sampling).
 
     Categoricals are drawn in float64 by inverse CDF (`ddm.sampling.sampler.inverse_cdf`; no float32
-    Gumbel truncation, SPEC section 5). Each
+    Gumbel truncation, docs/math.md section 5). Each
     step reruns the network on the prefix (no key/value cache): `O(L^2)` work, meant for tests and small
     reference sets.
 
@@ -200,8 +201,6 @@ def ancestral_sample(
         raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model.seq_len}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    from ddm.sampling.sampler import inverse_cdf
-
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ Tokens are embedded, the total noise `sigma_bar` is embedded into a conditioning
 block applies adaLN-Zero modulation (shift, scale and a gate, all regressed from `c` by a zero-initialised
 linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary positions and an MLP. The
 output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
-graph the output is the SEDD "scale by sigma" parametrisation (SPEC section 4):
+graph the output is the SEDD "scale by sigma" parametrisation (docs/math.md section 4):
 
     l = raw - log esigm1(sigma_bar) - log(dim - 1),   then l[x^i] := 0.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddm.graphs import Absorbing
 from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
 
 __all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
@@ -42,7 +43,7 @@ class ModelConfig:
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * hidden
     dropout: float = 0.1  # dropout on the attention and MLP branches (SEDD: 0.1)
     seq_len: int = 1024  # the longest sequence the model accepts (rotary table length)
-    time_conditioning: bool = True  # False: absorbing only, the network ignores sigma (SPEC section 4)
+    time_conditioning: bool = True  # False: absorbing only, sigma is ignored (docs/math.md section 4)
     scale_by_sigma: bool = True  # absorbing "scale by sigma" output parametrisation
     bf16: bool = True  # bf16 autocast on CUDA (CPU always runs float32)
 
@@ -84,8 +85,6 @@ class ModelConfig:
 
 def is_absorbing(graph: Any) -> bool:
     """True for an absorbing graph (it has a MASK state)."""
-    from ddm.graphs import Absorbing
-
     return isinstance(graph, Absorbing)
 
 
@@ -208,7 +207,7 @@ class ScoreModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """Log-score of the concrete score (SPEC section 1).
+        """Log-score of the concrete score (docs/math.md section 1).
 
         Args:
             x: tokens, int64 `[B, L]` with values in `[0, dim)` and `L <= seq_len`.

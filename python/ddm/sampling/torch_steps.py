@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddm._categorical import sample_categorical
 from ddm.graphs import Graph, _as_noise, _check_tokens
-from ddm.sampling._categorical import sample_categorical
 
 __all__ = [
     "euler_step_probs",

@@ -1,116 +1,40 @@
-"""Tokenizers: text <-> token ids. A character-level tokenizer built from a corpus, and UTF-8 bytes.
+"""Tokenizers: text <-> token ids, and the one registry of them.
 
-Every tokenizer has `encode(str) -> list[int]`, `decode(list[int]) -> str`, `vocab_size` and
-`to_config()`; `from_config(d)` rebuilds one and `get(name)` returns a named one.
+Every tokenizer has `encode(str) -> list[int]`, `decode(list[int]) -> str`, `vocab_size`, `unit` and
+`to_config()`. The kinds: `char` (the characters of a corpus, `ddm.tokenizers.char`), `bytes` (UTF-8),
+`gpt2` (the GPT-2 BPE, `ddm.tokenizers.gpt2`), `dna` and `protein` (`ddm.tokenizers.bio`).
+`from_config(d)` rebuilds one from its config, `get(name)` returns a named one and `resolve(spec)` takes
+either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["NAMES", "ByteTokenizer", "CharTokenizer", "Tokenizer", "from_config", "get"]
+from ddm.assets import bundled_text
+from ddm.tokenizers.bio import DNATokenizer, ProteinTokenizer
+from ddm.tokenizers.char import ByteTokenizer, CharTokenizer, Tokenizer
+from ddm.tokenizers.gpt2 import GPT2Tokenizer
 
+__all__ = [
+    "NAMES",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "DNATokenizer",
+    "GPT2Tokenizer",
+    "ProteinTokenizer",
+    "Tokenizer",
+    "from_config",
+    "get",
+    "resolve",
+]
 
-class Tokenizer(Protocol):
-    """What the rest of ddm needs from a tokenizer."""
-
-    vocab_size: int
-    unit: str  # what one token is, for reporting: "char", "byte" or "token"
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Iterable[int]) -> str: ...
-
-    def to_config(self) -> dict[str, Any]: ...
-
-
-class CharTokenizer:
-    """One id per character, ids in the sorted order of the characters.
-
-    Args:
-        chars: the vocabulary: distinct characters (sorted on construction).
-    """
-
-    unit = "char"
-
-    def __init__(self, chars: str | Iterable[str]) -> None:
-        chars = sorted(set(chars))
-        if not chars:
-            raise ValueError("CharTokenizer needs at least one character")
-        for c in chars:
-            if not isinstance(c, str) or len(c) != 1:
-                raise ValueError(f"CharTokenizer characters must be single characters, got {c!r}")
-        self.chars = "".join(chars)
-        self.vocab_size = len(self.chars)
-        self._index = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        """The tokenizer whose vocabulary is the set of characters of `text`."""
-        if not text:
-            raise ValueError("cannot build a character tokenizer from empty text")
-        return cls(set(text))
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of the characters of `text`; raises ValueError naming an unknown character."""
-        index = self._index
-        try:
-            return [index[c] for c in text]
-        except KeyError as e:
-            c = e.args[0]
-            pos = text.index(c)
-            raise ValueError(
-                f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in the tokenizer's vocabulary "
-                f"of {self.vocab_size} characters"
-            ) from None
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of the ids; raises ValueError on an id outside the vocabulary."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-            out.append(self.chars[i])
-        return "".join(out)
-
-    def to_config(self) -> dict[str, Any]:
-        return {"type": "char", "chars": self.chars}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other.chars == self.chars
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
-
-
-class ByteTokenizer:
-    """UTF-8 bytes, vocabulary 256: any text encodes; decoding replaces invalid UTF-8."""
-
-    unit = "byte"
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Iterable[int]) -> str:
-        data = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < 256:
-                raise ValueError(f"token id {i} is outside the byte vocabulary [0, 256)")
-            data.append(i)
-        return bytes(data).decode("utf-8", errors="replace")
-
-    def to_config(self) -> dict[str, Any]:
-        return {"type": "bytes"}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ByteTokenizer)
-
-    def __repr__(self) -> str:
-        return "ByteTokenizer()"
+_KINDS: dict[str, Any] = {
+    "bytes": ByteTokenizer,
+    "gpt2": GPT2Tokenizer,
+    "dna": DNATokenizer,
+    "protein": ProteinTokenizer,
+}
 
 
 def from_config(d: dict[str, Any]) -> Tokenizer:
@@ -121,34 +45,27 @@ def from_config(d: dict[str, Any]) -> Tokenizer:
     params = {k: v for k, v in d.items() if k != "type"}
     if kind == "char":
         return CharTokenizer(d["chars"])
-    if kind == "bytes":
-        return ByteTokenizer()
-    if kind == "gpt2":
-        from ddm.gpt2 import GPT2Tokenizer
-
-        return GPT2Tokenizer(**params)
-    if kind == "dna":
-        from ddm.bio import DNATokenizer
-
-        return DNATokenizer(**params)
-    if kind == "protein":
-        from ddm.bio import ProteinTokenizer
-
-        return ProteinTokenizer(**params)
+    if kind in _KINDS:
+        return _KINDS[kind](**params)
     raise ValueError(f"unknown tokenizer type {kind!r} (expected one of {list(NAMES)} or 'char')")
 
 
 # Tokenizers that need no corpus to build, by name.
-NAMES = ("bytes", "gpt2", "dna", "protein", "hamlet")
+NAMES = ("bytes", "gpt2", "dna", "protein", "protein-x", "hamlet")
 
 
 def get(name: str) -> Tokenizer:
-    """A named tokenizer: `"bytes"` (UTF-8), `"gpt2"`, `"dna"`, `"protein"`, or `"hamlet"` (the
-    characters of the bundled text)."""
+    """A named tokenizer: `"bytes"` (UTF-8), `"gpt2"`, `"dna"`, `"protein"`, `"protein-x"` (the rare
+    residues read as X), or `"hamlet"` (the characters of the bundled text)."""
     if name == "hamlet":
-        from ddm.data import bundled_text
-
         return CharTokenizer.from_text(bundled_text())
+    if name == "protein-x":
+        return ProteinTokenizer(rare="x")
     if name in NAMES:
         return from_config({"type": name})
     raise ValueError(f"unknown tokenizer name {name!r} (expected one of {list(NAMES)})")
+
+
+def resolve(spec: str | dict[str, Any]) -> Tokenizer:
+    """A tokenizer from a name of `get` or a config dict of `from_config`."""
+    return get(spec) if isinstance(spec, str) else from_config(spec)
