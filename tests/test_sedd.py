@@ -593,3 +593,18 @@ def test_malicious_pickle_is_refused(tmp_path, writer):
     if writer == "pickle":
         pickle.loads(blob)  # the control: without weights_only the payload runs
         assert target.exists()
+
+
+def test_cli_samples_and_scores_a_sedd_directory(tmp_path, capsys):
+    # `ddm sample` and `ddm eval` load through ddm.load, so a published SEDD directory works like a ddm
+    # checkpoint; it records no training corpus, so eval without --data says so.
+    from ddm.cli import main
+
+    cfg = _config()
+    d = _write_hf(tmp_path / "s", cfg, _random_reference_weights(cfg, seed=12))
+    out = tmp_path / "samples.txt"
+    assert main(["sample", "--checkpoint", str(d), "--steps", "2", "--num", "2", "--out", str(out)]) == 0
+    rows = out.read_text().split("\n" + "=" * 80 + "\n")
+    assert len(rows) == 2 and all(len(r.split()) == LENGTH for r in rows)  # no tokenizer: ids
+    assert main(["eval", "--checkpoint", str(d), "--device", "cpu"]) == 2
+    assert "records no training corpus" in capsys.readouterr().err
