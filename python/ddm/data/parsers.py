@@ -1,6 +1,8 @@
-"""Parsers for the biological corpora: FASTA and UniProt/Swiss-Prot flat files, gzip or plain.
+"""Parsers of the raw corpora: FASTA and UniProt/Swiss-Prot flat files (gzip or plain), and Wikipedia
+XML cleaned with the rules of Mahoney's wikifil.
 
-They yield `(name, sequence)` records as text; `ddm.tokenizers.bio` turns the sequences into ids.
+The sequence parsers yield `(name, sequence)` records as text; `ddm.tokenizers.bio` turns the sequences
+into ids.
 """
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["parse_fasta", "parse_swissprot", "read_text_maybe_gz", "swissprot_crc64"]
+__all__ = ["parse_fasta", "parse_swissprot", "read_text_maybe_gz", "swissprot_crc64", "wikifil"]
 
 
 def read_text_maybe_gz(source: str | os.PathLike | bytes) -> str:
@@ -113,3 +116,73 @@ def parse_swissprot(text: str) -> Iterator[tuple[str, str]]:
             parts.append("".join(line.split()))
     if name is not None:
         raise ValueError(f"Swiss-Prot entry {name!r} is not terminated by '//'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cleaning Wikipedia XML (Mahoney's wikifil rules)
+# ---------------------------------------------------------------------------------------------------------
+
+_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_TEXT_RE = re.compile(r"<text\b[^>]*?(?:/>|>(.*?)</text>)", re.DOTALL)
+# The markup rules of wikifil, applied in this order to the (entity-decoded) wikitext of one page.
+_WIKI_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"<ref[^<]*</ref>"), ""),  # references <ref ...>...</ref>
+    (re.compile(r"<[^>]*>"), ""),  # any other (x)html tag
+    (re.compile(r"\[https?:[^\] ]*"), "["),  # external link: drop the URL, keep the label
+    (re.compile(r"\|thumb", re.I), ""),  # image options, so that only the caption stays
+    (re.compile(r"\|left", re.I), ""),
+    (re.compile(r"\|right", re.I), ""),
+    (re.compile(r"\|\d+px", re.I), ""),
+    (re.compile(r"\[\[image:[^\[\]]*\|", re.I), ""),  # image link target: keep the caption
+    (re.compile(r"\[\[category:([^|\]]*)[^\]]*\]\]", re.I), r"[[\1]]"),  # category: its name only
+    (re.compile(r"\[\[[a-z\-]*:[^\]]*\]\]"), ""),  # links to other languages
+    (re.compile(r"\[\[[^|\]]*\|"), "[["),  # piped link: keep the visible text
+    (re.compile(r"\{\{[^}]*\}\}"), ""),  # templates {{...}}
+    (re.compile(r"\{[^}]*\}"), ""),  # tables {...}
+    (re.compile(r"[\[\]]"), ""),  # remaining brackets
+    (re.compile(r"&[^;]*;"), " "),  # remaining character entities
+]
+_NOT_LETTERS = re.compile(r"[^a-z]+")
+
+
+def wikifil(xml: str) -> str:
+    """Cleans a MediaWiki XML dump to lowercase `a-z` and single spaces, as text8 was made.
+
+    The rules are those Matt Mahoney describes for wikifil.pl (the filter that made text8), implemented
+    here from that description:
+    1. Only the wikitext of `<text>` elements is kept; a page whose text contains `#redirect` (any case)
+       is dropped.
+    2. `&amp;` is decoded, then `&lt;` and `&gt;` (so escaped markup becomes markup).
+    3. References `<ref...>...</ref>` and all other tags are removed.
+    4. Links keep their visible text: external `[http:URL label]` -> `label` (also for `https:`, which
+       wikifil did not need in 2006; without it, URLs of this 2016 sample would leak in as words);
+       `[[target|label]]` -> `label`; `[[Category:Name|key]]` -> `Name`; image links keep their caption
+       (the options `|thumb`, `|left`, `|right`, `|NNNpx` and the `[[Image:...|` target are removed);
+       links to other language editions (`[[xx:...]]`) are removed.
+    5. Templates `{{...}}` and tables `{...}` (innermost, not nested) are removed, then all `[` and `]`.
+    6. Remaining entities `&...;` become spaces.
+    7. Letters are lowercased, each digit is spelled out (`2` -> ` two `), every other character becomes
+       a space, and runs of spaces become one.
+    Pages are joined by one space; the result has no leading or trailing space.
+
+    Args:
+        xml: the text of the XML dump.
+
+    Returns:
+        The cleaned text.
+    """
+    out: list[str] = []
+    for m in _TEXT_RE.finditer(xml):
+        text = m.group(1)
+        if not text or "#redirect" in text.lower():
+            continue
+        text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+        for pattern, repl in _WIKI_RULES:
+            text = pattern.sub(repl, text)
+        text = text.lower()
+        for d, word in enumerate(_DIGITS):
+            text = text.replace(str(d), f" {word} ")
+        text = _NOT_LETTERS.sub(" ", text).strip()
+        if text:
+            out.append(text)
+    return " ".join(out)
