@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddm._categorical import inverse_cdf
-from ddm.model.embeddings import Rotary, apply_rotary
-from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, _modulate
+from ddm.model.embeddings import Rotary
+from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer
 
 __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 
@@ -37,25 +37,7 @@ __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 class CausalBlock(DiTBlock):
     """A `DiTBlock` whose self-attention is causal: position i attends to positions `<= i` only."""
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """`h` `[B, L, hidden]`, `c` `[B, cond_dim]` -> `[B, L, hidden]`."""
-        B, L, D = h.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(
-            6, dim=-1
-        )  # (B, 1, D)
-        p = self.dropout if self.training else 0.0
-
-        a = _modulate(self.norm1(h), shift1, scale1)  # (B, L, D)
-        q, k, v = (
-            self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        )  # (B, H, L, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, L, hd)
-        o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
-        h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
-
-        m = self.mlp(_modulate(self.norm2(h), shift2, scale2))  # (B, L, D)
-        return h + gate2 * F.dropout(m, p, self.training)
+    causal = True
 
 
 class ARModel(nn.Module):

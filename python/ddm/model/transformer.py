@@ -93,7 +93,13 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention."""
+    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention.
+
+    `causal` (a class attribute) makes the attention causal: `ddm.model.autoregressive.CausalBlock` is
+    this block with `causal = True`, so the score network and the AR baseline share one block.
+    """
+
+    causal = False
 
     def __init__(self, hidden: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
@@ -126,7 +132,7 @@ class DiTBlock(nn.Module):
             self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, L, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, hd), non-causal
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)  # (B, H, L, hd)
         o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
         h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
 
