@@ -91,13 +91,13 @@ def _check_scores(score: Any, dim: int, name: str) -> torch.Tensor:
 
 
 def log_expm1(s: torch.Tensor) -> torch.Tensor:
-    """`log(exp(s) - 1)` for `s >= 0`, accurate for tiny and huge `s` (no overflow, no cancellation).
+    """`log(exp(s) - 1) = s + log(1 - e^{-s})` for `s >= 0`, in the dtype of `s`.
 
-    The one copy in ddm: the score entropy, the bound and the sampler's score cache all use it.
+    Accurate for tiny and huge `s`: `1 - e^{-s}` is `-expm1(-s)`, in `(0, 1]`, so nothing overflows or
+    cancels, and there is no branch. The one copy in ddm: the score network's absorbing scale, the score
+    entropy (training and the bound) and the sampler's score cache all use it.
     """
-    small = s.clamp(max=1.0)  # log(expm1(s)) is accurate where expm1 does not overflow
-    big = s.clamp(min=1.0)  # s + log(1 - e^{-s}), with 1 - e^{-s} >= 0.63
-    return torch.where(s > 1.0, big + torch.log1p(-torch.exp(-big)), torch.log(torch.expm1(small)))
+    return s + torch.log(-torch.expm1(-s))
 
 
 def _dse_term(l: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddm.graphs import Absorbing
+from ddm.graphs import Absorbing, log_expm1
 from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
 
 __all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
@@ -245,7 +245,6 @@ class ScoreModel(nn.Module):
         raw = raw.float()
 
         if self.absorbing and self.config.scale_by_sigma:
-            # log esigm1(s) = s + log(-expm1(-s)): stable for small and large s.
-            log_esigm1 = sigma + torch.log(-torch.expm1(-sigma))  # (B,)
+            log_esigm1 = log_expm1(sigma)  # (B,)
             raw = raw - log_esigm1[:, None, None] - math.log(self.dim - 1)
         return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token
