@@ -43,6 +43,9 @@ lint: $(DEPS)
 	cargo clippy --lib --features python -q -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	# the layer order and no import cycles ([tool.importlinter] in pyproject.toml); PYTHONPATH so that
+	# it reads the sources without a built extension
+	PYTHONPATH=python $(VENV)/bin/lint-imports
 
 fmt: $(DEPS)
 	cargo fmt --all

@@ -6,7 +6,7 @@ In one process and one run, on the same inputs, for each case this times:
 2. `torch`: the same step written in plain torch ops the way the SEDD reference code writes it:
    `exp` of the log-scores, clone, the staggered score `exp(-dQ) s`, the transition row `exp(dQ)(x, .)`
    (or the reverse-rate row for Euler) over the whole `[B, L, dim]` tensor, then a float32 Gumbel-max
-   `argmax(log p - log(-log u))` (written here from SPEC section 5; it is not part of the package);
+   `argmax(log p - log(-log u))` (written here from docs/math.md section 5; it is not part of the package);
 3. `floor`: one read pass over the same float32 log-score array (a sum): no step that reads the scores
    can be faster. Both `np.sum` and `torch.sum` are timed; the faster is the floor (`floor_method`).
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------------
 # The reference step in plain torch, written the way the SEDD reference sampler writes it
-# (Lou, Meng, Ermon 2024; formulas of SPEC section 5). float32 throughout, like the reference.
+# (Lou, Meng, Ermon 2024; formulas of docs/math.md section 5). float32 throughout, like the reference.
 # --------------------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ Two processes and one process train the same global batches (keyed by seed, step
 give the same losses and weights up to float32 summation order: losses and gradient norms agree to
 `rtol = 1e-5`, weights, EMA weights and Adam moments to `rtol = 1e-5, atol = 1e-6` (the 2-process and
 1-process runs also use different `grad_accum`, so the split of the batch differs three ways). Dropout is
-0: dropout masks are not keyed per row (see ddm.distributed).
+0: dropout masks are not keyed per row (see ddm.training.distributed).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddm import checkpoint
-from ddm.distributed import DistEnv, batch_rows, keyed_dwdse, torchrun_command
 from ddm.graphs import Absorbing, Uniform
+from ddm.io import checkpoint
 from ddm.schedules import Geometric, LogLinear
-from ddm.train import train
+from ddm.training import train
+from ddm.training.distributed import DistEnv, batch_rows, keyed_dwdse, torchrun_command
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from ddm.evaluate import likelihood_bound, reconstruction_nll, text_blocks
+from ddm.eval import likelihood_bound, reconstruction_nll, text_blocks
 from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import Geometric, LogLinear
@@ -17,7 +17,8 @@ CFG = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=32, dropout
 
 def test_zero_init_absorbing_bound_is_log_n_plus_prior():
     # Zero output layer + log-linear schedule: the integrand is (1 - eps) ln N per token at every t
-    # (SPEC section 4), and the absorbing prior term KL(p_1|0 || pi) is e^{-sigma_bar(1)} ln N = eps ln N
+    # (docs/math.md section 4), and the absorbing prior term KL(p_1|0 || pi) is e^{-sigma_bar(1)} ln N
+    # = eps ln N
     # (ddm.graphs.Absorbing.prior_kl), so the bound is ln N: the zero-init model is the uniform law.
     N = 20
     model = ScoreModel(CFG, Absorbing(N), LogLinear())

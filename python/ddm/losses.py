@@ -1,4 +1,4 @@
-"""Training losses: the diffusion-weighted denoising score entropy (DWDSE) of SEDD (SPEC section 4).
+"""Training losses: the diffusion-weighted denoising score entropy (DWDSE) of SEDD (docs/math.md section 4).
 
 `ddm.graphs.Graph.score_entropy` gives the per-position denoising score entropy in closed form; `dwdse`
 turns it into the per-sequence Monte-Carlo estimate of the ELBO integral (Lou, Meng, Ermon 2024, eq. 10
@@ -30,8 +30,9 @@ def dwdse(
     t: Any = None,
     eps_t: float = 1e-3,
     generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; SPEC section 4).
+    """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; docs/math.md section 4).
 
     Draws `t ~ U[eps_t, 1]` per sequence (unless `t` is given), corrupts `x0` to `x_t ~ p_{t|0}(. | x0)`,
     evaluates the score model at `(x_t, sigma_bar(t))`, and weights the summed score entropy by `sigma(t)`.
@@ -46,6 +47,9 @@ def dwdse(
             dtype.
         eps_t: the lower end of the time range, in `[0, 1)`.
         generator: torch random generator on the device of `x0` (used for `t` and for the corruption).
+        u: optional float64 uniforms `[B, L]` for the corruption (`Graph.corrupt`), e.g. counter-based
+            ones keyed per sequence (`ddm.training.distributed.keyed_dwdse`); drawn from `generator`
+            when None.
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
@@ -61,8 +65,8 @@ def dwdse(
         raise ValueError(f"eps_t must be a float in [0, 1), got {eps_t!r}")
     batch = x0.shape[0]
     if t is None:
-        u = torch.rand(batch, generator=generator, device=x0.device)
-        t = eps_t + (1.0 - eps_t) * u  # (B,)
+        u_t = torch.rand(batch, generator=generator, device=x0.device)
+        t = eps_t + (1.0 - eps_t) * u_t  # (B,)
     else:
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(float(t))
@@ -73,7 +77,10 @@ def dwdse(
         if tuple(t.shape) != (batch,):
             raise ValueError(f"t must be a scalar or have shape [B] with B={batch}, got {tuple(t.shape)}")
     sigma_bar, sigma = schedule(t)  # (B,), (B,)
-    x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
+    if u is None:
+        x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
+    else:
+        x_t = graph.corrupt(x0, sigma_bar[:, None], u)  # (B, L)
     log_score = log_score_fn(x_t, sigma_bar)  # (B, L, dim)
     if not isinstance(log_score, torch.Tensor) or tuple(log_score.shape) != (*x0.shape, graph.dim):
         got = tuple(log_score.shape) if isinstance(log_score, torch.Tensor) else type(log_score).__name__
@@ -87,7 +94,7 @@ def dwdse(
 def score_entropy_bruteforce(
     graph: Graph, log_score: torch.Tensor, sigma: Any, x_t: torch.Tensor, x0: torch.Tensor
 ) -> torch.Tensor:
-    """The per-position score entropy as the literal sum of SPEC section 4, with `exp(sigma Q)` explicit.
+    """The per-position score entropy as the literal sum (docs/math.md section 4), `exp(sigma Q)` explicit.
 
     `DSE = sum_{y != x_t} Q(x_t, y) [exp(l_y) - rho_y l_y + K(rho_y)]` with
     `rho_y = exp(sigma Q)(y, x0) / exp(sigma Q)(x_t, x0)`, computed in float64 with

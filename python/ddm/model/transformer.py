@@ -4,7 +4,7 @@ Tokens are embedded, the total noise `sigma_bar` is embedded into a conditioning
 block applies adaLN-Zero modulation (shift, scale and a gate, all regressed from `c` by a zero-initialised
 linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary positions and an MLP. The
 output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
-graph the output is the SEDD "scale by sigma" parametrisation (SPEC section 4):
+graph the output is the SEDD "scale by sigma" parametrisation (docs/math.md section 4):
 
     l = raw - log esigm1(sigma_bar) - log(dim - 1),   then l[x^i] := 0.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddm.graphs import Absorbing, log_expm1
 from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
 
 __all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
@@ -42,7 +43,7 @@ class ModelConfig:
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * hidden
     dropout: float = 0.1  # dropout on the attention and MLP branches (SEDD: 0.1)
     seq_len: int = 1024  # the longest sequence the model accepts (rotary table length)
-    time_conditioning: bool = True  # False: absorbing only, the network ignores sigma (SPEC section 4)
+    time_conditioning: bool = True  # False: absorbing only, sigma is ignored (docs/math.md section 4)
     scale_by_sigma: bool = True  # absorbing "scale by sigma" output parametrisation
     bf16: bool = True  # bf16 autocast on CUDA (CPU always runs float32)
 
@@ -84,8 +85,6 @@ class ModelConfig:
 
 def is_absorbing(graph: Any) -> bool:
     """True for an absorbing graph (it has a MASK state)."""
-    from ddm.graphs import Absorbing
-
     return isinstance(graph, Absorbing)
 
 
@@ -94,7 +93,13 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention."""
+    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention.
+
+    `causal` (a class attribute) makes the attention causal: `ddm.model.autoregressive.CausalBlock` is
+    this block with `causal = True`, so the score network and the AR baseline share one block.
+    """
+
+    causal = False
 
     def __init__(self, hidden: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
@@ -127,7 +132,7 @@ class DiTBlock(nn.Module):
             self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, L, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, hd), non-causal
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)  # (B, H, L, hd)
         o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
         h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
 
@@ -208,7 +213,7 @@ class ScoreModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """Log-score of the concrete score (SPEC section 1).
+        """Log-score of the concrete score (docs/math.md section 1).
 
         Args:
             x: tokens, int64 `[B, L]` with values in `[0, dim)` and `L <= seq_len`.
@@ -240,7 +245,6 @@ class ScoreModel(nn.Module):
         raw = raw.float()
 
         if self.absorbing and self.config.scale_by_sigma:
-            # log esigm1(s) = s + log(-expm1(-s)): stable for small and large s.
-            log_esigm1 = sigma + torch.log(-torch.expm1(-sigma))  # (B,)
+            log_esigm1 = log_expm1(sigma)  # (B,)
             raw = raw - log_esigm1[:, None, None] - math.log(self.dim - 1)
         return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token

@@ -4,7 +4,7 @@ Every step updates all positions of a batch independently (tau-leaping, SEDD sec
 log-scores `l` of a score model at the current noise level. The entry of `l` at the current token is
 ignored and treated as 0 (`s_x = 1`). Each `*_probs` function returns the `[B, L, dim]` float64 transition
 probabilities, clipped at 0 and renormalised; the matching step function draws new tokens from them with an
-exact float64 categorical draw (`ddm.sampling._categorical`).
+exact float64 categorical draw (`ddm._categorical`).
 
 Noise arguments are per sequence: a float, a 0-d tensor, a `[B]` or a `[B, 1]` tensor; they are used in
 float64.
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddm._categorical import sample_categorical
 from ddm.graphs import Graph, _as_noise, _check_tokens
-from ddm.sampling._categorical import sample_categorical
 
 __all__ = [
     "euler_step_probs",

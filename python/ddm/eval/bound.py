@@ -1,4 +1,4 @@
-"""The likelihood bound of a score model on held-out data (SPEC section 4; SEDD Theorem 3.6).
+"""The likelihood bound of a score model on held-out data (docs/math.md section 4; SEDD Theorem 3.6).
 
 For a sequence x0 of L tokens,
 
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ddm.data import blocks, load_corpus
+from ddm.io.checkpoint import read_config
 from ddm.losses import dwdse
 from ddm.sampling.torch_steps import denoise_step_probs
 
@@ -121,8 +122,6 @@ def text_blocks(model: Any, text: str, seq_len: int | None = None) -> torch.Tens
 
 def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
     """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` blocks."""
-    from ddm.checkpoint import read_config
-
     cfg = read_config(checkpoint)
     train = cfg["train"]
     data = train["data"]

@@ -18,6 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ddm import graphs, schedules
 from ddm.model.transformer import SIZES, ModelConfig
 
 __all__ = ["TrainConfig", "load_config", "make_graph", "make_schedule"]
@@ -58,7 +59,7 @@ class TrainConfig:
     cond_dim: int = _f(0, "override the size's conditioning width (0: the size's)")
     seq_len: int = _f(128, "tokens per training sequence (SEDD: 1024 GPT-2 tokens)")
     dropout: float = _f(0.1, "dropout in the transformer blocks (SEDD: 0.1)")
-    time_conditioning: bool = _f(True, "False: absorbing-only time-independent network (SPEC section 4)")
+    time_conditioning: bool = _f(True, "False: absorbing-only, sigma ignored (docs/math.md section 4)")
     objective: str = _f(
         "diffusion",
         "'diffusion' (a score model, DWDSE) or 'autoregressive' (the causal baseline of ddm.model."
@@ -267,15 +268,11 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 def make_graph(config: TrainConfig, vocab_size: int) -> Any:
     """The graph of the run over `vocab_size` real tokens."""
-    from ddm import graphs
-
     return graphs.Absorbing(vocab_size) if config.graph == "absorbing" else graphs.Uniform(vocab_size)
 
 
 def make_schedule(config: TrainConfig) -> Any:
     """The noise schedule of the run."""
-    from ddm import schedules
-
     if config.schedule == "loglinear":
         return schedules.LogLinear(eps=config.schedule_eps)
     return schedules.Geometric(sigma_min=config.sigma_min, sigma_max=config.sigma_max)
