@@ -196,3 +196,16 @@ def test_likelihood_bound_estimates_the_reconstruction_term() -> None:
         ExactScore(Absorbing(3), p0), data, num_t=1, graph=Absorbing(3), schedule=LogLinear(), seq_len=1
     )
     assert absorbing.reconstruction_nats_per_token == 0.0
+
+
+def test_a_huge_bound_reports_infinite_perplexity() -> None:
+    # a model far from the data (log-scores of 1e4) has a bound of thousands of nats per token: the
+    # perplexity is inf, not an OverflowError
+    graph = Absorbing(4)
+
+    def bad(x, sigma):
+        l = torch.full((*x.shape, 5), 1e4, dtype=torch.float64)
+        return l.scatter(-1, x[..., None], 0.0)
+
+    b = likelihood_bound(bad, torch.zeros(2, 4, dtype=torch.long), num_t=2, graph=graph, schedule=LogLinear())
+    assert b.nats_per_token > 709 and b.perplexity == math.inf

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.io.checkpoint import read_config
@@ -269,8 +270,6 @@ def likelihood_bound(
     diffusion = torch.zeros(M, dtype=torch.float64)  # (M,) sum over k of dwdse
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True)
     try:
         for start in range(0, M * K, batch_size):
@@ -308,7 +307,7 @@ def likelihood_bound(
     return Bound(
         nats_per_token=nats,
         bits_per_token=nats / ln2,
-        perplexity=math.exp(nats),
+        perplexity=math.exp(nats) if nats < 709.0 else math.inf,  # exp overflows a float beyond
         stderr=stderr,
         stderr_bits=stderr / ln2,
         diffusion_nats_per_token=float(diffusion.mean()) / L,
