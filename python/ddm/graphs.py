@@ -220,7 +220,7 @@ class Graph(abc.ABC):
         docs/math.md section 2.
 
         The one corruption in ddm: `sample_transition` (torch generator), keyed training
-        (`ddm.training.distributed.keyed_dwdse`) and `Sampler.add_noise` (hashed uniforms) all call it.
+        (`ddm.training.distributed.keyed_loss`) and `Sampler.add_noise` (hashed uniforms) all call it.
         Position `p` jumps when `u_p < 1 - exp(-sigma)`: to MASK (absorbing), or to a uniform id over all
         `N` (uniform graph), `fresh_p` when given, else `floor(N u_p / (1 - exp(-sigma)))` (given a jump,
         `u_p / (1 - exp(-sigma))` is uniform on `[0, 1)`).

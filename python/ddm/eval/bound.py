@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.io.checkpoint import read_config
-from ddm.losses import dwdse
+from ddm.losses import dwdse, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
 __all__ = ["Bound", "heldout_blocks", "likelihood_bound", "reconstruction_nll", "text_blocks"]
@@ -261,6 +261,7 @@ def likelihood_bound(
         model.eval()
     M, L = x.shape
     K = num_t
+    subs = bool(getattr(getattr(model, "config", None), "subs", False))
     cpu = torch.Generator().manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
@@ -276,7 +277,10 @@ def likelihood_bound(
             r = rows[start : start + batch_size]
             x0 = x[r].to(device)  # (b, L)
             tt = t_rows[start : start + batch_size].to(device)  # (b,)
-            vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
+            if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
+                vals = masked_nelbo(model.log_probs, graph, schedule, x0, t=tt, generator=gen)  # (b,)
+            else:
+                vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
             diffusion.index_add_(0, r, vals.double().cpu())
             if bar is not None:
                 bar.update(len(r))

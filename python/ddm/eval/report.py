@@ -177,7 +177,7 @@ def report(
     for ck in checkpoints:
         path = checkpoint.resolve(ck)
         cfg = checkpoint.read_config(path)
-        if cfg.get("objective", "diffusion") != "diffusion":
+        if cfg.get("objective", "diffusion") == "autoregressive":
             raise ValueError(f"checkpoint {str(ck)!r} is not a diffusion checkpoint: use it as --judge")
         if cfg.get("tokenizer") != judge_cfg.get("tokenizer"):
             raise ValueError(

@@ -40,7 +40,7 @@ from ddm import _rng
 from ddm._device import resolve_device
 from ddm._faults import maybe_fail
 from ddm.data.corpus import keyed_offsets
-from ddm.losses import dwdse
+from ddm.losses import dwdse, masked_nelbo
 
 __all__ = [
     "DistEnv",
@@ -49,7 +49,8 @@ __all__ = [
     "dropout_seed",
     "free_port",
     "init",
-    "keyed_dwdse",
+    "keyed_loss",
+    "keyed_times",
     "keyed_offsets",
     "launched_by_torchrun",
     "maybe_fail",
@@ -61,6 +62,7 @@ __all__ = [
 STREAM_TRAIN_TIME = 0x5EED0102
 STREAM_TRAIN_CORRUPT = 0x5EED0103
 STREAM_TRAIN_DROPOUT = 0x5EED0104
+STREAM_TRAIN_TIME_STRATA = 0x5EED0105
 _U64 = (1 << 64) - 1
 
 
@@ -202,8 +204,39 @@ def dropout_seed(seed: int, step: int, first_row: int) -> int:
     return int(u.item() * 9007199254740992.0)
 
 
-def keyed_dwdse(
-    log_score_fn: Any,
+def keyed_times(
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    eps_t: float,
+    *,
+    t_sampling: str = "uniform",
+    batch_size: int = 0,
+) -> torch.Tensor:
+    """The training times `t` of the rows `rows` of a step's global batch, `[b]` float64 in `[eps_t, 1]`.
+
+    `"uniform"`: `t ~ U[eps_t, 1]` from the uniform keyed by `(seed, step, row)`. `"stratified"`: one
+    offset `u0` keyed by `(seed, step)` and `t_j = eps_t + (1 - eps_t) frac(u0 + j / batch_size)` for
+    global row `j`, so the batch holds one time in each of its `batch_size` strata (MDLM's low-discrepancy
+    sampler, Sahoo et al. 2024); each `t_j` is still uniform, so the loss stays unbiased, and the rows of
+    a process do not depend on how the batch is split.
+    """
+    seed &= _U64
+    if t_sampling == "uniform":
+        u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, 1)[:, 0]  # (b,) float64
+    elif t_sampling == "stratified":
+        if batch_size <= 0:
+            raise ValueError("stratified times need the global batch_size")
+        zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
+        u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0]  # one offset per step
+        u_t = torch.frac(u0 + rows.to(torch.float64) / batch_size)  # (b,)
+    else:
+        raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {t_sampling!r}")
+    return eps_t + (1.0 - eps_t) * u_t
+
+
+def keyed_loss(
+    log_fn: Any,
     graph: Any,
     schedule: Any,
     x0: torch.Tensor,
@@ -212,16 +245,20 @@ def keyed_dwdse(
     step: int,
     rows: torch.Tensor,
     eps_t: float,
+    objective: str = "diffusion",
+    t_sampling: str = "uniform",
+    batch_size: int = 0,
 ) -> torch.Tensor:
-    """Per-sequence DWDSE `sigma(t) * sum_i DSE_i` (SEDD eq. 10; docs/math.md section 4) with keyed noise.
+    """Per-sequence training loss with keyed noise: `ddm.losses.dwdse` (objective `"diffusion"`, SEDD
+    eq. 10) or `ddm.losses.masked_nelbo` (`"masked"`, `log_fn` then gives `log p(x0 | x_t)`).
 
-    `ddm.losses.dwdse` itself, with `t ~ U[eps_t, 1]` and the uniforms of the corruption
-    `x_t ~ p_{t|0}(. | x0)` of row `rows[b]` drawn from counter-based uniforms keyed by
-    `(seed, step, rows[b])` (and the position for `x_t`), so a sequence gets the same noise whatever
-    batch, process or micro-batch it is computed in.
+    The times come from `keyed_times` and the uniforms of the corruption `x_t ~ p_{t|0}(. | x0)` of row
+    `rows[b]` from counter-based uniforms keyed by `(seed, step, rows[b])` (and the position), so a
+    sequence gets the same noise whatever batch, process or micro-batch it is computed in.
 
     Args:
-        log_score_fn: `f(x_t: int64 [b, L], sigma_bar: [b]) -> [b, L, dim]` log-scores.
+        log_fn: `f(x_t: int64 [b, L], sigma_bar: [b])`: `[b, L, dim]` log-scores, or `[b, L, N]`
+            log-probabilities for the masked objective.
         graph: the forward graph (`Absorbing` or `Uniform`).
         schedule: the noise schedule.
         x0: int64 clean tokens `[b, L]`.
@@ -229,17 +266,20 @@ def keyed_dwdse(
         step: the optimizer step (the key's counter).
         rows: int64 `[b]` global row indices of the sequences in the step's batch.
         eps_t: lower end of the time range, in `[0, 1)`.
+        objective: `"diffusion"` or `"masked"`.
+        t_sampling: `"uniform"` or `"stratified"` (`keyed_times`).
+        batch_size: the global batch size (for stratified times).
 
     Returns:
         `[b]` loss per sequence.
     """
     length = x0.shape[1]
     rows = rows.to(device=x0.device, dtype=torch.int64)
-    seed &= _U64
-    u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, 1)[:, 0]  # (b,) float64
-    t = (eps_t + (1.0 - eps_t) * u_t).to(torch.get_default_dtype())  # (b,)
-    u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
-    return dwdse(log_score_fn, graph, schedule, x0, t=t, eps_t=eps_t, u=u)
+    t = keyed_times(seed, step, rows, eps_t, t_sampling=t_sampling, batch_size=batch_size)
+    t = t.to(torch.get_default_dtype())  # (b,)
+    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
+    loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
+    return loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, u=u)
 
 
 def free_port() -> int:

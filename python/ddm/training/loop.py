@@ -312,8 +312,11 @@ def _train(
     if env.enabled:  # DDP averages the gradients over the ranks during backward
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    masked = cfg.objective == "masked"
+
     def log_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return net(x, s)
+        # the masked objective trains log p(x0 | x_t) (through DDP's forward, so gradients are reduced)
+        return net(x, s, log_probs=True) if masked else net(x, s)
 
     window_loss, window_steps, window_time = 0.0, 0, 0.0
     tok_per_s = 0.0
@@ -335,9 +338,10 @@ def _train(
                 if autoregressive:
                     per_seq = sequence_nll(net, x0)  # (b,) exact -log p(x0), nats
                 else:
-                    per_seq = ddist.keyed_dwdse(
-                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t
-                    )  # (b,)
+                    per_seq = ddist.keyed_loss(
+                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t,
+                        objective=cfg.objective, t_sampling=cfg.t_sampling, batch_size=cfg.batch_size,
+                    )  # (b,): DWDSE, or the masked NELBO  # fmt: skip
                 # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
                 (per_seq.sum() * (env.world_size / cfg.batch_size)).backward()
             loss_sum += float(per_seq.detach().sum())
