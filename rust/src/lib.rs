@@ -16,4 +16,4 @@ mod python;
 pub use error::KernelError;
 pub use graphs::{corrupt, Graph};
 pub use rng::RngKey;
-pub use steps::{analytic_step, denoise_step, euler_step, reverse_step, step_probs, StepKind};
+pub use steps::{reverse_step, StepKind};

@@ -25,7 +25,11 @@ import torch
 
 from ddm import _core
 
-__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step"]
+__all__ = ["KINDS", "corrupt", "reverse_step"]
+
+KINDS = ("euler", "analytic", "denoise")
+# What a step's `level` is, by kind (the name used in error messages).
+_LEVEL_ARG = {"euler": "rate_dt", "analytic": "dsigma", "denoise": "sigma"}
 
 
 def _graph(graph: Any) -> tuple[bool, int]:
@@ -93,113 +97,53 @@ def corrupt(
     return out if out is not None else torch.from_numpy(r)
 
 
-def euler_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    rate_dt: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One Euler step (SPEC section 5) in Rust; the law of `ddm.sampling.torch_steps.euler_step_probs`.
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        rate_dt: float64 `sigma(t_k) * (t_k - t_{k+1})` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.euler_step, "rate_dt", graph, x, log_score, rate_dt, seed, step, seq_offset, out)
-
-
-def analytic_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    dsigma: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One analytic (Tweedie tau-leaping) step (SPEC section 5) in Rust.
-
-    The law of `ddm.sampling.torch_steps.analytic_step_probs`: `probs_y = [exp(-dQ) s]_y exp(dQ)(x, y)`,
-    clipped at 0 and renormalised; absorbing: only MASK positions move.
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        dsigma: float64 `sigma_bar(t_k) - sigma_bar(t_{k+1})` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.analytic_step, "dsigma", graph, x, log_score, dsigma, seed, step, seq_offset, out)
-
-
-def denoise_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    sigma: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The final denoising step (SPEC section 5) in Rust: absorbing never returns MASK.
-
-    The law of `ddm.sampling.torch_steps.denoise_step_probs` (absorbing MASK positions: `y ~ s_y` over
-    the real tokens, for any `sigma`).
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        sigma: float64 remaining total noise `sigma_bar(eps)` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.denoise_step, "sigma", graph, x, log_score, sigma, seed, step, seq_offset, out)
-
-
-def _step(
-    fn: Any,
-    level_name: str,
+def reverse_step(
+    kind: str,
     graph: Any,
     x: torch.Tensor,
     log_score: torch.Tensor,
     level: torch.Tensor,
     seed: int,
     step: int,
-    seq_offset: int,
-    out: torch.Tensor | None,
+    seq_offset: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """One reverse step (SPEC section 5) in Rust, with the law of its torch twin in `torch_steps`.
+
+    - `"euler"`: `level` is `rate_dt = sigma(t_k) * (t_k - t_{k+1})`; the law of `euler_step_probs`.
+    - `"analytic"` (Tweedie tau-leaping): `level` is `dsigma = sigma_bar(t_k) - sigma_bar(t_{k+1})`; the
+      law of `analytic_step_probs`, `probs_y = [exp(-dQ) s]_y exp(dQ)(x, y)` clipped at 0 and
+      renormalised.
+    - `"denoise"`: `level` is the remaining total noise `sigma = sigma_bar(eps)`; the law of
+      `denoise_step_probs` (absorbing MASK positions: `y ~ s_y` over the real tokens, never MASK).
+
+    Absorbing: only MASK positions move.
+
+    Args:
+        kind: `"euler"`, `"analytic"` or `"denoise"`.
+        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
+        x: int64 current tokens `[B, L]`.
+        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
+        level: float64 noise level per sequence `[B]` (see above), finite and >= 0.
+        seed: the seed, an int in [0, 2**64).
+        step: the step index (part of the random key).
+        seq_offset: the index of the first sequence of this batch in a larger one.
+        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
+
+    Returns:
+        int64 new tokens `[B, L]` (`out` when given).
+
+    Raises:
+        ValueError: `kind` is not one of `KINDS` (and the checks of the module docstring).
+    """
+    if kind not in _LEVEL_ARG:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     absorbing, n = _graph(graph)
-    r = fn(
+    r = _core.reverse_step(
+        kind,
         _view(x, "x", torch.int64),
         _view(log_score, "log_score", torch.float32),
-        _view(level, level_name, torch.float64),
+        _view(level, _LEVEL_ARG[kind], torch.float64),
         absorbing, n, seed, step, seq_offset, _out(out),
     )  # fmt: skip
     return out if out is not None else torch.from_numpy(r)
