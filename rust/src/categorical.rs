@@ -1,142 +1,17 @@
-//! Vectorisable exp and an exact inverse-CDF categorical draw over a cached row.
+//! Vectorisable f32 exp and an exact inverse-CDF categorical draw over a cached row.
 //!
-//! A reverse step reads a row of log-scores once: [`exp_blocks`] writes `exp(l_y - shift)` as f64 into a
-//! per-thread cache and sums it in blocks of [`BLOCK`] states (float64 accumulation). A draw then scans
-//! the block sums and only one block of the cache ([`draw_blocks`]), so no pass over the row is needed
-//! to find the drawn state. The draw is exact in float64: a uniform `u` with 53 random bits, the target
-//! `u * total`, and a running f64 sum; no float32 Gumbel-max, which truncates tails (Zheng et al. 2024,
-//! arXiv 2409.02908; SPEC section 5).
+//! A reverse step reads a row of float32 log-scores once: [`exp_blocks_f32`] writes `exp(l_y - shift)`
+//! as f32 into a per-thread cache and sums it in blocks of [`BLOCK`] states (float64 accumulation). A
+//! draw then scans the block sums and only one block of the cache ([`draw_blocks`]), so no pass over the
+//! row is needed to find the drawn state. The draw is exact in float64: a uniform `u` with 53 random
+//! bits, the target `u * total`, and a running f64 sum; no float32 Gumbel-max, which truncates tails
+//! (Zheng et al. 2024, arXiv 2409.02908; SPEC section 5).
 
 /// States per block of the cached row.
 pub const BLOCK: usize = 64;
 
 /// Lanes of the inner loops: eight f64 accumulators (two AVX2 registers).
 const LANES: usize = 8;
-
-const LOG2E: f64 = std::f64::consts::LOG2_E;
-/// ln 2 split in two (fdlibm's `ln2_hi` / `ln2_lo`): `k * LN2_HI` is exact for |k| < 2^11.
-const LN2_HI: f64 = 6.931_471_803_691_238e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-/// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
-const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
-/// exp(x) overflows f64 above this.
-pub const EXP_MAX: f64 = 709.782_712_893_384;
-/// exp(x) rounds to 0 below this.
-pub const EXP_MIN: f64 = -745.133_219_101_941_2;
-
-/// exp(x) in f64, written so that LLVM vectorises it (no libm call, no table, no branch: selects only).
-///
-/// Cody-Waite range reduction `x = k ln2 + r`, |r| <= ln2 / 2, then the degree-12 Taylor polynomial of
-/// exp(r) (truncation error r^13 / 13! < 2e-16 relative), then the scale 2^k built from the
-/// exponent bits as 2^k1 * 2^k2 so that k in [-1075, 1024] never leaves the normal range of either
-/// factor. Accuracy: a few ulp (< 1e-15 relative) on [-708, 709.78]; the subnormal range [EXP_MIN, -708)
-/// is computed with one extra rounding; below EXP_MIN the result is 0, above EXP_MAX it is +inf; NaN
-/// gives NaN. The polynomial uses fused multiply-adds (`mul_add`) everywhere, so the scalar and vector
-/// paths, and every CPU, give bit-identical results (a CPU without FMA pays for a software fma).
-#[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
-    let xc = x.clamp(EXP_MIN, EXP_MAX); // NaN stays NaN
-    let t = xc * LOG2E + ROUND_MAGIC;
-    let kf = t - ROUND_MAGIC;
-    // k as an integer: the difference of the mantissas (same exponent), in [-1075, 1024].
-    let k = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()) as i64;
-    let r = (xc - kf * LN2_HI) - kf * LN2_LO;
-    // Estrin's scheme (dependency depth 5 instead of Horner's 12) with fused multiply-adds.
-    let r2 = r * r;
-    let r4 = r2 * r2;
-    let r8 = r4 * r4;
-    let a0 = r.mul_add(1.0, 1.0);
-    let a1 = r.mul_add(1.0 / 6.0, 0.5);
-    let a2 = r.mul_add(1.0 / 120.0, 1.0 / 24.0);
-    let a3 = r.mul_add(1.0 / 5_040.0, 1.0 / 720.0);
-    let a4 = r.mul_add(1.0 / 362_880.0, 1.0 / 40_320.0);
-    let a5 = r.mul_add(1.0 / 39_916_800.0, 1.0 / 3_628_800.0);
-    let a6: f64 = 1.0 / 479_001_600.0; // 1/12!
-    let b0 = a1.mul_add(r2, a0);
-    let b1 = a3.mul_add(r2, a2);
-    let b2 = a5.mul_add(r2, a4);
-    let c0 = b1.mul_add(r4, b0);
-    let c1 = a6.mul_add(r4, b2);
-    let p = c1.mul_add(r8, c0);
-    // k = k1 + k2 with k1 = floor(k / 2) (a logical shift of k + 2048 > 0), both in [-538, 512].
-    let k1 = (((k + 2048) as u64) >> 1) as i64 - 1024;
-    let k2 = k - k1;
-    let s1 = f64::from_bits(((k1 + 1023) as u64) << 52);
-    let s2 = f64::from_bits(((k2 + 1023) as u64) << 52);
-    let y = p * s1 * s2;
-    if x > EXP_MAX {
-        f64::INFINITY
-    } else if x < EXP_MIN {
-        0.0
-    } else {
-        y
-    }
-}
-
-/// Sum of a short slice in eight independent lanes (vectorises), then the lanes pairwise.
-#[inline(always)]
-fn lane_sum(v: &[f64]) -> f64 {
-    let mut acc = [0f64; LANES];
-    let mut c8 = v.chunks_exact(LANES);
-    for cv in &mut c8 {
-        for j in 0..LANES {
-            acc[j] += cv[j];
-        }
-    }
-    let tail: f64 = c8.remainder().iter().sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-#[inline(always)]
-fn exp_blocks_impl(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
-    let mut chk = [0f32; LANES];
-    for ((s, c), bs) in src
-        .chunks(BLOCK)
-        .zip(cache.chunks_mut(BLOCK))
-        .zip(block_sums.iter_mut())
-    {
-        // A plain map loop, so that LLVM's loop vectoriser takes it whole.
-        for (cv, &v) in c.iter_mut().zip(s) {
-            *cv = exp_f64(v as f64 - shift);
-        }
-        // v * 0 is 0 for a finite v and NaN for NaN or +-inf: the finiteness check, on the block in L1.
-        let mut s8 = s.chunks_exact(LANES);
-        for sv in &mut s8 {
-            for j in 0..LANES {
-                chk[j] += sv[j] * 0.0;
-            }
-        }
-        for &v in s8.remainder() {
-            chk[0] += v * 0.0;
-        }
-        *bs = lane_sum(c);
-    }
-    chk.iter().sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_blocks_avx2(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
-    exp_blocks_impl(src, shift, cache, block_sums)
-}
-
-/// Writes `cache[y] = exp(src[y] - shift)` and `block_sums[k] = sum of cache over block k`.
-///
-/// Returns 0 when every `src[y]` is finite and NaN otherwise (the finiteness check fused into the
-/// pass). `cache` must have `src.len()` entries and `block_sums` `src.len().div_ceil(BLOCK)`.
-pub fn exp_blocks(src: &[f32], shift: f64, cache: &mut [f64], block_sums: &mut [f64]) -> f32 {
-    debug_assert_eq!(cache.len(), src.len());
-    debug_assert_eq!(block_sums.len(), src.len().div_ceil(BLOCK));
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above); no other precondition.
-            return unsafe { exp_blocks_avx2(src, shift, cache, block_sums) };
-        }
-    }
-    exp_blocks_impl(src, shift, cache, block_sums)
-}
 
 /// 1.5 * 2^23: adding it rounds an f32 of magnitude < 2^22 to an integer held in the low mantissa bits
 /// (round to nearest, and vectorised: a saturating `as i32` cast is scalarised by LLVM).
@@ -517,77 +392,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn exp_matches_std_to_1e15_relative() {
-        // A dense grid over [-708, 709.78] plus points near 0 and near the ends.
-        let mut worst: f64 = 0.0;
-        let n = 2_000_000;
-        for j in 0..=n {
-            let x = -708.0 + (709.78 + 708.0) * j as f64 / n as f64;
-            worst = worst.max(rel_err(exp_f64(x), x.exp()));
-        }
-        for &x in &[
-            0.0, 1e-300, -1e-300, 1e-10, -1e-10, 0.5, -0.5, 1.0, -1.0, 88.7, -103.0, 709.78, -708.0,
-        ] {
-            worst = worst.max(rel_err(exp_f64(x), x.exp()));
-        }
-        assert!(worst < 1e-15, "worst relative error {worst:e}");
-        assert_eq!(exp_f64(0.0), 1.0);
-    }
-
-    #[test]
-    fn exp_ends_of_the_range() {
-        // Near the top of the range: finite, and accurate.
-        let top = 709.78;
-        assert!(exp_f64(top).is_finite());
-        assert!(rel_err(exp_f64(top), top.exp()) < 1e-15);
-        assert_eq!(exp_f64(710.0), f64::INFINITY);
-        assert_eq!(exp_f64(f64::INFINITY), f64::INFINITY);
-        // Underflow: 0 below EXP_MIN, and tiny but non-negative in the subnormal range.
-        assert_eq!(exp_f64(-746.0), 0.0);
-        assert_eq!(exp_f64(-1e30), 0.0);
-        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
-        for &x in &[-708.5, -720.0, -740.0, -745.0] {
-            let (a, b) = (exp_f64(x), x.exp());
-            assert!(
-                a >= 0.0 && (a - b).abs() <= 4.0 * f64::from_bits(1) + 1e-15 * b,
-                "{x}: {a:e} vs {b:e}"
-            );
-        }
-        assert!(exp_f64(f64::NAN).is_nan());
-        // Every f32 input that a log-score can hold is in range or saturates correctly.
-        assert_eq!(exp_f64(f32::MAX as f64), f64::INFINITY);
-        assert_eq!(exp_f64(f32::MIN as f64), 0.0);
-    }
-
-    #[test]
-    fn exp_blocks_matches_scalar_and_flags_non_finite() {
-        let src: Vec<f32> = (0..1000)
-            .map(|j| ((j * 37 % 101) as f32 - 50.0) * 0.37)
-            .collect();
-        let nb = src.len().div_ceil(BLOCK);
-        let (mut cache, mut bs) = (vec![0.0; src.len()], vec![0.0; nb]);
-        let chk = exp_blocks(&src, 0.5, &mut cache, &mut bs);
-        assert_eq!(chk, 0.0);
-        for (y, &v) in src.iter().enumerate() {
-            assert_eq!(cache[y], exp_f64(v as f64 - 0.5));
-        }
-        for k in 0..nb {
-            let s: f64 = cache[k * BLOCK..((k + 1) * BLOCK).min(src.len())]
-                .iter()
-                .sum();
-            assert!(rel_err(bs[k], s) < 1e-14);
-        }
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let mut s2 = src.clone();
-            s2[997] = bad;
-            assert!(exp_blocks(&s2, 0.0, &mut cache, &mut bs).is_nan());
-            let mut s3 = src.clone();
-            s3[13] = bad;
-            assert!(exp_blocks(&s3, 0.0, &mut cache, &mut bs).is_nan());
-        }
-    }
-
-    #[test]
     fn exp_f32_is_accurate_on_the_shifted_range() {
         // A dense grid over [-87.33, 0] (4 million points, 2e-5 apart), compared in f64 with std's exp
         // of the same f32 input: the error is the kernel's own, not the input's rounding.
@@ -808,11 +612,6 @@ pub(crate) mod tests {
                 Some(y) => prop_assert!(w[y] > 0.0),
                 None => prop_assert!(w.iter().all(|&v| v == 0.0)),
             }
-        }
-
-        #[test]
-        fn exp_is_accurate_on_random_inputs(x in -708.0f64..709.78) {
-            prop_assert!(rel_err(exp_f64(x), x.exp()) < 1e-15);
         }
     }
 }
