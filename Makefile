@@ -8,7 +8,7 @@ PIP     := $(PY) -m pip
 DEPS    := $(VENV)/.ddm-deps
 BUILT   := $(VENV)/.ddm-built
 WHEELS  ?= $(HOME)/.cache/ddm/wheels
-RUST_SRC := $(wildcard rust/src/*.rs) Cargo.toml
+RUST_SRC := $(wildcard rust/src/*.rs rust/src/*/*.rs) Cargo.toml
 export PYO3_PYTHON := $(abspath $(PY))
 
 .PHONY: setup build demo test lint fmt cargo-test pytest bench clean
