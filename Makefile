@@ -37,12 +37,14 @@ $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml
 demo: build
 	$(PY) -m ddm.demo
 
-lint: $(DEPS)
+# Needs the built extension: mypy.stubtest checks the hand-written python/ddm/_core.pyi against it.
+lint: build
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -q -- -D warnings
 	cargo clippy --lib --features python -q -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy.stubtest ddm._core
 
 fmt: $(DEPS)
 	cargo fmt --all

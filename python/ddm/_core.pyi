@@ -11,6 +11,8 @@ or "denoise". `reverse_step`'s `level` is `rate_dt` (euler), `dsigma` (analytic)
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["__version__", "corrupt", "reverse_step"]
+
 __version__: str
 
 def corrupt(
