@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+use _core::graphs::jump_probability;
+use _core::keyed::CounterKey;
 use _core::{corrupt, reverse_step, Graph, RngKey, StepKind};
 
 /// The three state-space sizes: a 4-letter alphabet + MASK, 27 characters + MASK, GPT-2 + MASK.
@@ -126,8 +128,8 @@ fn bench_corrupt(c: &mut Criterion) {
     let (batch, len) = (64, 1024);
     let n = batch * len;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let sigma: Vec<f64> = (0..batch)
-        .map(|b| 0.1 + 4.0 * b as f64 / batch as f64)
+    let p_move: Vec<f64> = (0..batch)
+        .map(|b| jump_probability(0.1 + 4.0 * b as f64 / batch as f64))
         .collect();
     let mut out = vec![0i64; n];
     let mut group = c.benchmark_group("corrupt");
@@ -147,9 +149,9 @@ fn bench_corrupt(c: &mut Criterion) {
                     corrupt(
                         g,
                         black_box(&x),
-                        &sigma,
+                        &p_move,
                         len,
-                        RngKey::new(7, k, 0),
+                        CounterKey::new(7, 0x5eed_0003, k, 0),
                         &mut out,
                     )
                     .expect("corrupt runs");

@@ -22,6 +22,7 @@ from ddm.sampling import _native
 N = 7  # vocab size: absorbing dim 8 (MASK = 7), uniform dim 7
 B, L = 3, 5
 STEPS = _native.KINDS  # the kinds of `_core.reverse_step`
+STREAM = 0x5EED0003  # the stream tag of `_core.corrupt`'s key
 
 
 def arrays(absorbing: bool = True, seed: int = 0) -> dict:
@@ -46,7 +47,11 @@ def call(name: str, a: dict, **kw):
     level = a.pop("level")
     if name == "corrupt":
         a.pop("log_score")
-        return _core.corrupt(sigma=level, **a)
+        # p_move = 1 - e^{-level} unless given; an infinite level stays infinite (and is refused)
+        p_move = (
+            np.where(np.isinf(level), level, -np.expm1(-level)) if isinstance(level, np.ndarray) else level
+        )
+        return _core.corrupt(**{"p_move": p_move, "stream": STREAM, **a})
     return _core.reverse_step(name, level=level, **a)
 
 
@@ -166,6 +171,15 @@ BAD = [
     ("seed float", STEPS + ("corrupt",), {"seed": 1.5}, TypeError, "seed: expected an int"),
     ("step negative", STEPS + ("corrupt",), {"step": -2}, ValueError, "step"),
     ("seq_offset negative", STEPS + ("corrupt",), {"seq_offset": -1}, ValueError, "seq_offset"),
+    (
+        "stream too large",
+        ("corrupt",),
+        {"stream": 2**32},
+        ValueError,
+        "stream: must be an integer in [0, 2**32)",
+    ),
+    ("stream negative", ("corrupt",), {"stream": -1}, ValueError, "stream: must be an integer in [0, 2**64)"),
+    ("p_move above 1", ("corrupt",), {"p_move": np.array([0.1, 1.5, 0.1])}, ValueError, "in [0, 1]"),
     (
         "out wrong shape",
         STEPS + ("corrupt",),
@@ -359,8 +373,9 @@ def test_native_wrapper_matches_core(graph):
         assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
         want = _core.reverse_step(kind, x, ls, lv, graph.absorbing, N, 3, 7)
         np.testing.assert_array_equal(got.numpy(), want)
-    got = _native.corrupt(graph, xt, lvt, 3)
-    np.testing.assert_array_equal(got.numpy(), _core.corrupt(x, lv, graph.absorbing, N, 3))
+    got = _native.corrupt(graph, xt, lvt, 3, stream=STREAM)
+    want = _core.corrupt(x, -np.expm1(-lv), graph.absorbing, N, 3, STREAM)
+    np.testing.assert_array_equal(got.numpy(), want)
     out = torch.empty_like(xt)
     assert _native.reverse_step("analytic", graph, xt, lst, lvt, 3, 7, out=out) is out
     want = _core.reverse_step("analytic", x, ls, lv, graph.absorbing, N, 3, 7)
@@ -411,3 +426,14 @@ def test_unknown_kind_is_a_value_error_naming_it(kind):
 def test_non_string_kind_is_a_type_error():
     with pytest.raises(TypeError, match="kind: expected a str"):
         call(1, arrays())
+
+
+def test_native_corrupt_checks_sigma():
+    x = torch.zeros((2, 3), dtype=torch.int64)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError, match=re.escape("sigma: noise level") + ".* at \\[1\\] must be finite"
+        ):
+            _native.corrupt(Uniform(N), x, torch.tensor([0.1, bad], dtype=torch.float64), 0, stream=STREAM)
+    with pytest.raises(TypeError, match="sigma must have dtype torch.float64"):
+        _native.corrupt(Uniform(N), x, torch.tensor([0.1, 0.2]), 0, stream=STREAM)

@@ -14,6 +14,7 @@ use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::error::KernelError;
 use crate::graphs::{self, Graph};
+use crate::keyed::CounterKey;
 use crate::rng::RngKey;
 use crate::steps::{self, StepKind};
 use crate::threads;
@@ -242,26 +243,33 @@ where
     }
 }
 
-/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2).
+/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2), keyed as the torch twin: `p_move` is
+/// 1 - e^{-sigma} per sequence, `stream` the 32-bit stream tag of the key.
 #[pyfunction]
-#[pyo3(signature = (x, sigma, absorbing, vocab_size, seed, step=None, seq_offset=None, out=None))]
+#[pyo3(signature = (x, p_move, absorbing, vocab_size, seed, stream, step=None, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn corrupt<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    sigma: &Bound<'py, PyAny>,
+    p_move: &Bound<'py, PyAny>,
     absorbing: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
+    stream: &Bound<'py, PyAny>,
     step: Option<&Bound<'py, PyAny>>,
     seq_offset: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
     let zero = 0u64.into_pyobject(py)?.into_any();
+    let tag = uint(stream, "stream")?;
+    let tag = u32::try_from(tag).map_err(|_| KernelError::Value {
+        arg: "stream",
+        msg: format!("must be an integer in [0, 2**32), got {tag}"),
+    })?;
     let c = common(
         x,
-        sigma,
-        "sigma",
+        p_move,
+        "p_move",
         absorbing,
         vocab_size,
         seed,
@@ -269,9 +277,10 @@ fn corrupt<'py>(
         seq_offset.unwrap_or(&zero),
         out,
     )?;
-    let (graph, key, len) = (c.graph, c.key, c.len);
-    run(py, c, move |xs, ls, os| {
-        graphs::corrupt(graph, xs, ls, len, key, os)
+    let (graph, len) = (c.graph, c.len);
+    let key = CounterKey::new(c.key.seed, tag, c.key.step, c.key.seq_offset);
+    run(py, c, move |xs, ps, os| {
+        graphs::corrupt(graph, xs, ps, len, key, os)
     })
 }
 

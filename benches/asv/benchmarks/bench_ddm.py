@@ -50,7 +50,7 @@ class KernelWrappers:
         _native.reverse_step("denoise", self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
 
     def time_corrupt(self, kind: str, dim: int) -> None:
-        _native.corrupt(self.graph, self.x, self.level, 1, 0, out=self.out)
+        _native.corrupt(self.graph, self.x, self.level, 1, 0, out=self.out, stream=0x5EED0003)
 
 
 def _tiny_model(dim: int, seq_len: int) -> ScoreModel:

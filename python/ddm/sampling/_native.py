@@ -73,27 +73,41 @@ def corrupt(
     step: int = 0,
     seq_offset: int = 0,
     out: torch.Tensor | None = None,
+    *,
+    stream: int,
 ) -> torch.Tensor:
-    """Forward corruption `x_sigma ~ p_sigma|0(. | x)` (SPEC section 2) in Rust.
+    """Forward corruption `x_sigma ~ p_sigma|0(. | x)` (SPEC section 2) in Rust, keyed as the torch twin.
 
-    Uniform: with probability `1 - e^{-sigma}` a token is replaced by a uniform draw over all N ids.
-    Absorbing: with probability `1 - e^{-sigma}` it becomes MASK; MASK stays MASK.
+    Position `(b, i)` draws one uniform `u = ddm.sampling._rng.uniforms(seed, stream, step,
+    seq_offset + b, i)` and moves when `u < 1 - e^{-sigma_b}`: absorbing, to MASK (MASK stays MASK);
+    uniform, to `floor(u / (1 - e^{-sigma_b}) * N)` (clamped to N - 1). That is, operation for
+    operation, the torch corruption of `Sampler.add_noise` and of the keyed training loss, so the tokens
+    are bit-identical to theirs for the same key; the jump probability `-torch.expm1(-sigma)` is computed
+    here in torch, as they compute it (libm's expm1 and torch's vectorised one differ in the last bit).
 
     Args:
         graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
         x: int64 tokens `[B, L]`.
         sigma: float64 total noise per sequence `[B]`, finite and >= 0.
         seed: the seed, an int in [0, 2**64).
-        step: a counter mixed into the key (e.g. the training step).
-        seq_offset: the index of the first sequence of this batch in a larger one.
+        step: the step of the key (the training step; 0 for `add_noise`).
+        seq_offset: the sequence index of row 0 (the key of row `b` is `seq_offset + b`).
         out: optional int64 `[B, L]` tensor to write into (must not share memory with `x`).
+        stream: the stream tag of the key, an int in [0, 2**32) (`_rng.STREAM_FORWARD` for `add_noise`,
+            the training corruption's own tag for the loss).
 
     Returns:
         int64 `[B, L]` (`out` when given).
     """
     absorbing, n = _graph(graph)
-    xv, sv = _view(x, "x", torch.int64), _view(sigma, "sigma", torch.float64)
-    r = _core.corrupt(xv, sv, absorbing, n, seed, step, seq_offset, _out(out))
+    xv = _view(x, "x", torch.int64)
+    _view(sigma, "sigma", torch.float64)
+    bad = ~(torch.isfinite(sigma) & (sigma >= 0))  # (B,)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"sigma: noise level {float(sigma[b])} at [{b}] must be finite and non-negative")
+    p_move = -torch.expm1(-sigma)  # (B,): 1 - e^{-sigma}, the torch twins' expression
+    r = _core.corrupt(xv, p_move.numpy(), absorbing, n, seed, stream, step, seq_offset, _out(out))
     return out if out is not None else torch.from_numpy(r)
 
 
