@@ -16,5 +16,6 @@ mod python;
 
 pub use error::KernelError;
 pub use graphs::{corrupt, Graph};
+pub use keyed::CounterKey;
 pub use rng::RngKey;
 pub use steps::{reverse_step, StepKind};

@@ -6,10 +6,11 @@ Each function takes a graph (anything with `absorbing: bool`, `vocab_size: int` 
 (again without a copy). Dtypes are fixed and never cast: int64 tokens, float32 log-scores, float64
 per-sequence noise levels; anything else is a `TypeError` naming the argument.
 
-Randomness is counter-based, keyed by `(seed, step, seq_offset + b, i)`: the result does not depend on the
-number of threads (`DDM_NUM_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs; one thread in a forked
-child unless `DDM_NUM_THREADS` is set) nor on how a batch is split, as long as each part passes the
-`seq_offset` of its first sequence.
+Randomness is counter-based, keyed by `(seed, step, seq_offset + b, i)` (and, for `corrupt`, the stream
+tag: its uniforms are `ddm.sampling._rng.uniforms`, those of the torch corruption): the result does not
+depend on the number of threads (`DDM_NUM_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs; one thread
+in a forked child unless `DDM_NUM_THREADS` is set) nor on how a batch is split, as long as each part
+passes the `seq_offset` of its first sequence.
 
 Log-score checks: NaN and +-inf raise `ValueError` in every row a step reads. Rows a step never reads
 are not checked: for the absorbing graph every row whose token is not MASK, and in every row the entry
