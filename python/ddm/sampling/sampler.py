@@ -318,12 +318,10 @@ class Sampler:
         if use_rust:
             from ddm.sampling import _native  # on demand: only this branch needs the compiled core
 
-            fn = {"euler": _native.euler_step, "analytic": _native.analytic_step,
-                  "denoise": _native.denoise_step}[kind]  # fmt: skip
             xc = x.detach().to("cpu").contiguous()
             ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
             level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
-            out = fn(self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            out = _native.reverse_step(kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
             return SamplerOutput(prev_sample=out.to(x.device))
         probs = self.step_probs(log_score.detach(), k, x)  # (B, L, dim) float64
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset
