@@ -1,4 +1,4 @@
-"""`ddm.evaluate.conditional_bound`: the bound on scored positions given clean context positions."""
+"""`ddm.eval.conditional_bound`: the bound on scored positions given clean context positions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from ddm.evaluate import conditional_bound, likelihood_bound
+from ddm.eval import conditional_bound, likelihood_bound
 from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import Geometric, LogLinear
@@ -35,6 +35,20 @@ def test_every_position_scored_is_likelihood_bound_with_the_same_draws(graph, sc
     assert c.tokens.tolist() == [16] * 5 and (c.mc_stderr > 0).all()
     nothing = conditional_bound(model, x, torch.zeros(16, dtype=torch.bool), num_t=4)
     assert nothing.nats.tolist() == [0.0] * 5 and nothing.tokens.tolist() == [0] * 5
+
+
+def test_masked_diffusion_model_is_likelihood_bound_with_the_same_draws():
+    graph, schedule = Absorbing(10), LogLinear()
+    cfg = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0, subs=True)
+    model = ScoreModel(cfg, graph, schedule)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    x = torch.randint(0, graph.vocab_size, (3, 16), generator=g)
+    b = likelihood_bound(model.eval(), x, num_t=4, batch_size=5, seed=1)
+    c = conditional_bound(model, x, torch.ones(16, dtype=torch.bool), num_t=4, batch_size=5, seed=1)
+    assert float((c.nats / 16).mean()) == pytest.approx(b.nats_per_token, rel=1e-12)
 
 
 def test_context_positions_are_never_noised_and_shape_errors_are_named():

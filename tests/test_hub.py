@@ -1,4 +1,4 @@
-"""The Hugging Face Hub layout (`ddm.hub`): save_pretrained / from_pretrained / push_to_hub, and Hub ids
+"""The Hugging Face Hub layout (`ddm.io.hub`): save_pretrained / from_pretrained / push_to_hub, and Hub ids
 in `ddm.load` resolved through a pre-populated offline cache. No test reaches the network: the cache is a
 temporary directory, `HF_HUB_OFFLINE=1` is set, and socket connections raise."""
 
@@ -13,9 +13,9 @@ import ddm
 import pytest
 import torch
 from ddm.graphs import Absorbing
+from ddm.io.sedd import export_sedd
 from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import LogLinear
-from ddm.sedd import export_sedd
 from ddm.tokenizers import CharTokenizer
 
 hub = pytest.importorskip("huggingface_hub")
@@ -102,7 +102,7 @@ def test_save_pretrained_layout_and_round_trip(tmp_path):
 def test_model_card_carries_training_config_and_measured_bound(tmp_path):
     path = ddm.train(tiny_run(tmp_path / "run", steps=4, eval_every=2))
     model = ddm.load(path)
-    out = ddm.hub.save_pretrained(model, tmp_path / "card")
+    out = ddm.io.hub.save_pretrained(model, tmp_path / "card")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["steps"] == 4 and cfg["bound"]["step"] == 4
     card = (out / "README.md").read_text()
@@ -135,6 +135,7 @@ def test_cache_miss_says_what_to_download_and_how(offline_cache):
     with pytest.raises(FileNotFoundError) as e:
         ddm.load("user/not-cached")
     msg = str(e.value)
+    assert msg.startswith("'user/not-cached' is not a local path")
     assert "hf download user/not-cached" in msg and "HF_HUB_OFFLINE" in msg and str(offline_cache) in msg
 
 
@@ -143,7 +144,8 @@ def test_partial_snapshot_names_the_missing_weights(tmp_path, offline_cache):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"format_version": 1}))
     seed_cache(offline_cache, "user/partial", d)
-    with pytest.raises(FileNotFoundError, match="'model.safetensors' of the Hub model 'user/partial'"):
+    miss = "'model.safetensors' of the Hub model 'user/partial' is not in the Hugging Face cache"
+    with pytest.raises(FileNotFoundError, match=miss):
         ddm.load("user/partial")
 
 
@@ -186,10 +188,10 @@ def test_hub_pickle_with_code_is_refused(tmp_path, offline_cache):
 def test_local_paths_and_names_are_not_hub_ids(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "demo").mkdir(parents=True)
-    assert not ddm.hub.is_repo_id("runs/demo")  # an existing path wins
-    assert ddm.hub.is_repo_id("user/repo") and ddm.hub.is_repo_id("louaaron/sedd-small")
+    assert not ddm.io.hub.is_repo_id("runs/demo")  # an existing path wins
+    assert ddm.io.hub.is_repo_id("user/repo") and ddm.io.hub.is_repo_id("louaaron/sedd-small")
     for name in ("/abs/path", "a/b/c", "../x", "./x", "plain", "user/../x"):
-        assert not ddm.hub.is_repo_id(name), name
+        assert not ddm.io.hub.is_repo_id(name), name
     with pytest.raises(FileNotFoundError):
         ddm.load("no-such-dir")
 

@@ -1,4 +1,4 @@
-"""The `ddm` model of lm-evaluation-harness (`ddm.lm_eval_adapter`), offline: local task YAMLs over local
+"""The `ddm` model of lm-evaluation-harness (`ddm.eval.harness`), offline: local task YAMLs over local
 JSONL files, figures checked against `ddm eval` / `likelihood_bound` / `conditional_bound`."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ pytest.importorskip("lm_eval")
 import ddm  # noqa: E402
 from _tiny import tiny_run  # noqa: E402
 from ddm import cli  # noqa: E402
-from ddm.data import bundled_text  # noqa: E402
-from ddm.evaluate import conditional_bound, likelihood_bound  # noqa: E402
-from ddm.lm_eval_adapter import DDMLM, NOTE, windows  # noqa: E402
+from ddm.assets import bundled_text  # noqa: E402
+from ddm.eval import conditional_bound, likelihood_bound  # noqa: E402
+from ddm.eval.harness import DDMLM, NOTE, windows  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
 SEQ = 16
@@ -165,7 +165,7 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
     args = [
         sys.executable,
         "-m",
-        "ddm.lm_eval_adapter",
+        "ddm.eval.harness",
         "--model",
         "ddm",
         "--model_args",

@@ -65,7 +65,7 @@ def _gpt2():
 
 @check("bundled Hamlet text")
 def _hamlet():
-    from ddm.data import bundled_text
+    from ddm.assets import bundled_text
 
     text = bundled_text()
     assert len(text) > 100_000 and "Hamlet" in text, len(text)

@@ -6,6 +6,7 @@
 pub mod categorical;
 pub mod error;
 pub mod graphs;
+pub mod keyed;
 pub mod rng;
 pub mod steps;
 pub mod threads;
@@ -15,5 +16,6 @@ mod python;
 
 pub use error::KernelError;
 pub use graphs::{corrupt, Graph};
+pub use keyed::CounterKey;
 pub use rng::RngKey;
-pub use steps::{analytic_step, denoise_step, euler_step, reverse_step, step_probs, StepKind};
+pub use steps::{reverse_step, StepKind};

@@ -13,7 +13,7 @@ Hub ids (`"user/repo"`) resolve through the local Hugging Face cache with `huggi
 a cached snapshot is used as it is, and with `HF_HUB_OFFLINE=1` nothing touches the network. A cache miss
 raises `FileNotFoundError` saying what to download and how. The published SEDD models
 (`louaaron/sedd-small`, `louaaron/sedd-medium`) are in the same layout with the reference config, and load
-by Hub id the same way (through `ddm.sedd.load_sedd`).
+by Hub id the same way (through `ddm.io.sedd.load_sedd`).
 
 Loading reads data only: `config.json` with `json`, weights with `safetensors` (or, for a SEDD
 `pytorch_model.bin`, `torch.load(weights_only=True)`, which refuses a pickle that would build objects);
@@ -76,7 +76,7 @@ def is_hub_dir(path: str | os.PathLike) -> bool:
     cfg = path / CONFIG_NAME
     if not (path.is_dir() and cfg.is_file() and (path / WEIGHTS_NAME).is_file()):
         return False
-    if (path / "ema.safetensors").is_file():  # a training checkpoint: ddm.checkpoint reads it
+    if (path / "ema.safetensors").is_file():  # a training checkpoint: ddm.io.checkpoint reads it
         return False
     try:
         with open(cfg, encoding="utf-8") as f:
@@ -85,11 +85,15 @@ def is_hub_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-def _hub() -> Any:
+def _hub(name: str | None = None) -> Any:
     try:
         import huggingface_hub
         import huggingface_hub.constants  # noqa: F401 (a lazy attribute of the package otherwise)
     except ImportError:
+        if name is not None:  # a missing local path that reads as a Hub id
+            raise FileNotFoundError(
+                f"no such path {name!r}; as a Hub model id it needs huggingface_hub: pip install 'ddm[hub]'"
+            ) from None
         raise ImportError(
             "loading or pushing a Hub id needs huggingface_hub: pip install 'ddm[hub]' "
             "(a local directory needs nothing extra)"
@@ -115,8 +119,8 @@ def _miss(repo_id: str, filename: str, revision: str | None, cache_dir: str, why
         else f"download it with `hf download {repo_id}{rev}`, or pass a local directory"
     )
     return FileNotFoundError(
-        f"{filename!r} of the Hub model {repo_id!r} is not in the Hugging Face cache {cache_dir!r} "
-        f"({why}); {how}"
+        f"{repo_id!r} is not a local path, and {filename!r} of the Hub model {repo_id!r} is not in the "
+        f"Hugging Face cache {cache_dir!r} ({why}); {how}"
     )
 
 
@@ -137,7 +141,7 @@ def snapshot(
         FileNotFoundError: a file is not cached and cannot be downloaded; the message says how to get it.
         ImportError: `huggingface_hub` is not installed.
     """
-    hub = _hub()
+    hub = _hub(repo_id)
     from huggingface_hub import errors
 
     cache = _cache_dir(cache_dir)
@@ -192,7 +196,7 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, **k
 def _load_hub_dir(path: Path, device: str | torch.device | None) -> Any:
     from safetensors.torch import load_file
 
-    from ddm.checkpoint import build_model, read_config
+    from ddm.io.checkpoint import build_model, read_config
 
     cfg = read_config(path)
     model = build_model(cfg)
@@ -236,7 +240,7 @@ def load(
     )
     if is_hub_dir(path):
         return _load_hub_dir(path, device)
-    from ddm.sedd import load_model
+    from ddm.io.sedd import load_model
 
     return load_model(path, device=device, ema=ema)
 
@@ -286,12 +290,12 @@ def _bound_dict(bound: Any) -> dict[str, Any] | None:
         return bound.to_dict()
     if isinstance(bound, dict):
         return dict(bound)
-    raise TypeError(f"bound must be a ddm.evaluate.Bound or a dict, got {type(bound).__name__}")
+    raise TypeError(f"bound must be a ddm.eval.Bound or a dict, got {type(bound).__name__}")
 
 
 def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = None) -> dict[str, Any]:
     """The `config.json` content of `save_pretrained` (ddm's checkpoint config, plus the bound)."""
-    from ddm.checkpoint import FORMAT_VERSION
+    from ddm.io.checkpoint import FORMAT_VERSION
 
     objective = getattr(model, "objective", "diffusion")
     graph = getattr(model, "graph", None)
@@ -393,7 +397,7 @@ def save_pretrained(
         save_directory: the directory.
         train: the training config for the card (default: the run's, when the model was loaded from a
             training checkpoint).
-        bound: the measured bound, a `ddm.evaluate.Bound` or a dict (default: the last held-out bound in
+        bound: the measured bound, a `ddm.eval.Bound` or a dict (default: the last held-out bound in
             the run's `log.jsonl`, when there is one).
 
     Returns:

@@ -2,15 +2,15 @@
 
     ddm-lm-eval --model ddm --model_args pretrained=PATH_OR_HUB_ID,num_t=128 --tasks TASKS
 
-`ddm-lm-eval` (or `python -m ddm.lm_eval_adapter`) is lm_eval's own command line with the `ddm` model
+`ddm-lm-eval` (or `python -m ddm.eval.harness`) is lm_eval's own command line with the `ddm` model
 registered: lm_eval finds models in a fixed table (`lm_eval.models.MODEL_MAPPING`) and has no plugin
 entry points, so the plain `lm_eval` command cannot know about ddm; every argument is lm_eval's. From
-Python, `import ddm.lm_eval_adapter` registers the model for `lm_eval.simple_evaluate(model="ddm", ...)`.
+Python, `import ddm.eval.harness` registers the model for `lm_eval.simple_evaluate(model="ddm", ...)`.
 
 What the three request types compute:
 
 - `loglikelihood(context, continuation)`: minus the bound on `-log p(continuation | context)`
-  (`ddm.evaluate.conditional_bound`): the context is clean, only the continuation is noised; for the
+  (`ddm.eval.conditional_bound`): the context is clean, only the continuation is noised; for the
   absorbing graph that is exact conditioning. Context and continuation are tokenized apart (trailing
   spaces of the context move to the continuation, as lm_eval's HF model does); a window longer than the
   model's `seq_len` keeps the last `seq_len` tokens (the context is cut on the left), and a continuation
@@ -49,7 +49,7 @@ try:
 except ImportError as e:  # pragma: no cover - the `lm-eval` extra
     raise ImportError("the lm_eval adapter needs lm_eval: pip install 'ddm[lm-eval]'") from e
 
-from ddm.evaluate import conditional_bound
+from ddm.eval.bound import conditional_bound
 
 __all__ = ["DDMLM", "main", "windows"]
 
@@ -114,9 +114,9 @@ class DDMLM(LM):
         if isinstance(pretrained, torch.nn.Module):
             self.model = pretrained
         else:
-            import ddm
+            from ddm.io import load
 
-            self.model = ddm.load(str(pretrained), device=device, ema=not raw_weights)
+            self.model = load(str(pretrained), device=device, ema=not raw_weights)
         self.model.eval()
         if getattr(self.model, "objective", "diffusion") == "autoregressive":
             raise ValueError("the ddm lm_eval model scores diffusion models (ScoreModel), not ARModel")
@@ -202,7 +202,7 @@ class DDMLM(LM):
         return out
 
     def generate_until(self, requests: Iterable[Any]) -> list[str]:
-        import ddm
+        from ddm.sampling import sample
 
         out = []
         for i, req in enumerate(requests):
@@ -212,7 +212,7 @@ class DDMLM(LM):
             gen = min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self.seq_len - 1)
             ctx = self._encode(context)
             ctx = ctx[max(0, len(ctx) - (self.seq_len - gen)) :]
-            x = ddm.sample(
+            x = sample(
                 self.model,
                 self.steps,
                 batch_size=1,

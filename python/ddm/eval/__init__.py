@@ -1,0 +1,33 @@
+"""Evaluation: the likelihood bound on held-out blocks and the bound on a continuation given its context
+(`ddm.eval.bound`), the exact NLL of the
+autoregressive baseline, generative perplexity and unigram entropy (`ddm.eval.metrics`), and the
+`ddm report` tables and plots (`ddm.eval.report`). `ddm.eval.harness`, the lm-evaluation-harness
+model, needs lm_eval and is not imported here.
+"""
+
+from __future__ import annotations
+
+from ddm.eval.bound import (
+    Bound,
+    SequenceBounds,
+    conditional_bound,
+    heldout_blocks,
+    likelihood_bound,
+    reconstruction_nll,
+    text_blocks,
+)
+from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, unigram_entropy
+
+__all__ = [
+    "NLL",
+    "Bound",
+    "SequenceBounds",
+    "conditional_bound",
+    "exact_nll",
+    "gen_perplexity",
+    "heldout_blocks",
+    "likelihood_bound",
+    "reconstruction_nll",
+    "text_blocks",
+    "unigram_entropy",
+]
