@@ -111,6 +111,27 @@ def _sample():
     print("  " + repr(model.tokenizer.decode(x[0].tolist())))
 
 
+@check("Hub layout: save_pretrained, then ddm.load of the directory")
+def _hub():
+    import ddm
+    import torch
+
+    model = MODEL["model"]
+    out = model.save_pretrained(Path(tempfile.mkdtemp(prefix="ddm-wheel-hub-")) / "m")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    back = ddm.ScoreModel.from_pretrained(out)
+    x = torch.randint(0, model.tokenizer.vocab_size, (2, model.seq_len))
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.tensor([0.5, 2.0])), back(x, torch.tensor([0.5, 2.0])))
+
+
+@check("console scripts: ddm and ddm-lm-eval installed")
+def _scripts():
+    bin_dir = Path(sys.executable).parent
+    for name in ("ddm", "ddm-lm-eval"):
+        assert (bin_dir / name).is_file(), f"{name} is not in {bin_dir}"
+
+
 def main() -> int:
     passed = sum(ok for _, ok in RESULTS)
     failed = len(RESULTS) - passed
