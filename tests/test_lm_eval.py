@@ -149,6 +149,23 @@ metric_list:
   - metric: acc
 """
     )
+    (tasks / "ddm_local_generate.yaml").write_text(
+        f"""task: ddm_local_generate
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {tmp / "choices.jsonl"}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{choices[label]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+metric_list:
+  - metric: exact_match
+"""
+    )
     return tasks
 
 
@@ -169,9 +186,9 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
         "--model",
         "ddm",
         "--model_args",
-        f"pretrained={ckpt},num_t=8,seed=0,eval_batch_size=64",
+        f"pretrained={ckpt},num_t=8,seed=0,eval_batch_size=64,steps=8",
         "--tasks",
-        "ddm_local_rolling,ddm_local_choice",
+        "ddm_local_rolling,ddm_local_choice,ddm_local_generate",
         "--include_path",
         str(tasks),
         "--output_path",
@@ -184,6 +201,7 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
     results = json.loads(out.read_text())
     lm_bpb = results["results"]["ddm_local_rolling"]["bits_per_byte,none"]
     assert 0.0 <= results["results"]["ddm_local_choice"]["acc,none"] <= 1.0
+    assert 0.0 <= results["results"]["ddm_local_generate"]["exact_match,none"] <= 1.0
     info = results["config"]["ddm"]
     assert info["note"] == NOTE and info["loglikelihood_rolling"]["mc_stderr_bits_per_byte"] > 0
 
