@@ -270,12 +270,7 @@ class Sampler:
         log_score, x = self._check_step_inputs(log_score, x)
         kind, noise = self.step_kind(t_index)
         level = torch.full((x.shape[0],), noise, dtype=torch.float64, device=x.device)  # (B,)
-        fn = {
-            "euler": torch_steps.euler_step_probs,
-            "analytic": torch_steps.analytic_step_probs,
-            "denoise": torch_steps.denoise_step_probs,
-        }[kind]
-        return fn(self.graph, x, log_score, level)
+        return torch_steps.step_probs(kind, self.graph, x, log_score, level)
 
     def step(
         self,
