@@ -7,8 +7,6 @@ load average. Usage: `python benches/keyed_corrupt.py`.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("DDM_NUM_THREADS", "1")
 
@@ -16,16 +14,7 @@ import torch  # noqa: E402
 from ddm import _rng  # noqa: E402
 from ddm.graphs import Absorbing, Uniform  # noqa: E402
 from ddm.sampling import _native  # noqa: E402
-
-
-def median(fn, repeats: int = 7) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+from uniform_precision import median  # noqa: E402 (benches/ is on the path of a script run from it)
 
 
 def main() -> None:
@@ -45,7 +34,7 @@ def main() -> None:
                 return _native.corrupt(graph, x0, sigma, 3, 9, 0, stream=0x5EED0103)
 
             assert torch.equal(in_torch(), in_rust())
-            a, r = median(in_torch), median(in_rust)
+            a, r = median(in_torch, 7), median(in_rust, 7)
             name = type(graph).__name__
             print(
                 f"{name} [{b}, {length}]: torch {a * 1e3:.2f} ms, rust {r * 1e3:.3f} ms, ratio {a / r:.0f}x"
