@@ -175,11 +175,15 @@ def _clean(graph, batch: int, length: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("graph", KEYED_GRAPHS, ids=repr)
 @pytest.mark.parametrize("seed, seq_offset", [(0, 0), (7, 3), (2**63 + 12345, 1000)])
-def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset):
+def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset, monkeypatch):
     sampler = Sampler(graph, Geometric(1e-3, 10.0))
     x0 = _clean(graph, 24, 257, seed % 1000)  # B = 24: torch's vectorised expm1 and its tail
     t = torch.linspace(0.0, 1.0, 24, dtype=torch.float64)  # (B,): from no noise to the limit
+    # add_noise itself runs the Rust kernel on the CPU now: its torch path is the reference
+    monkeypatch.setattr("ddm.sampling.sampler.native_available", lambda: False)
     want = sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset)
+    monkeypatch.undo()
+    assert torch.equal(sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset), want)
     sigma = sampler.schedule.total_noise(t).to(torch.float64).contiguous()  # (B,) as add_noise has it
     got = _native.corrupt(graph, x0, sigma, seed, 0, seq_offset, stream=_rng.STREAM_FORWARD)
     assert torch.equal(got, want)
@@ -188,7 +192,7 @@ def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset):
 
 @pytest.mark.parametrize("graph", KEYED_GRAPHS[:4], ids=repr)  # the loss needs [b, L, dim] log-scores
 @pytest.mark.parametrize("seed, step, first_row", [(3, 9, 0), (2**40 + 1, 123456, 16)])
-def test_corrupt_is_the_keyed_training_corruption_bit_for_bit(graph, seed, step, first_row):
+def test_corrupt_is_the_keyed_training_corruption_bit_for_bit(graph, seed, step, first_row, monkeypatch):
     seen = []
 
     def log_score_fn(x_t, sigma_bar):
@@ -197,8 +201,18 @@ def test_corrupt_is_the_keyed_training_corruption_bit_for_bit(graph, seed, step,
 
     x0 = _clean(graph, 16, 300, step % 1000)
     rows = torch.arange(first_row, first_row + 16)  # the contiguous global rows of a micro-batch
-    distributed.keyed_loss(log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3)
-    ((x_t, sigma_bar),) = seen
+    # keyed_loss runs the Rust kernel on the CPU now: its torch path (the _rng uniforms) is the reference
+    monkeypatch.setattr("ddm.training.distributed.native_available", lambda: False)
+    want = distributed.keyed_loss(
+        log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3
+    )
+    monkeypatch.undo()
+    got_loss = distributed.keyed_loss(
+        log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3
+    )
+    assert torch.equal(got_loss, want)
+    (x_t, sigma_bar), (x_rust, _) = seen
+    assert torch.equal(x_rust, x_t)
     sigma = sigma_bar.to(torch.float64)  # (b,), as the loss converts it
     got = _native.corrupt(graph, x0, sigma, seed, step, first_row, stream=distributed.STREAM_TRAIN_CORRUPT)
     assert torch.equal(got, x_t)

@@ -97,11 +97,14 @@ def _weights(path):
     return {name: load_file(str(path / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
 
 
-def test_exact_resume_gives_identical_weights(tmp_path):
-    full = train(_tiny_run(tmp_path, "full"))
-    part = train(_tiny_run(tmp_path, "split"), until_step=3)
+@pytest.mark.parametrize(
+    "objective", [{}, {"objective": "masked", "t_sampling": "stratified"}], ids=["dwdse", "masked-stratified"]
+)
+def test_exact_resume_gives_identical_weights(tmp_path, objective):
+    full = train(_tiny_run(tmp_path, "full", **objective))
+    part = train(_tiny_run(tmp_path, "split", **objective), until_step=3)
     assert part.name == "step_00000003"
-    resumed = train(_tiny_run(tmp_path, "split"), resume=True)
+    resumed = train(_tiny_run(tmp_path, "split", **objective), resume=True)
     a, b = _weights(full), _weights(resumed)
     for kind in a:
         assert a[kind].keys() == b[kind].keys()

@@ -31,6 +31,7 @@ def dwdse(
     eps_t: float = 1e-3,
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
+    x_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; docs/math.md section 4).
 
@@ -50,11 +51,13 @@ def dwdse(
         u: optional float64 uniforms `[B, L]` for the corruption (`Graph.corrupt`), e.g. counter-based
             ones keyed per sequence (`ddm.training.distributed.keyed_loss`); drawn from `generator`
             when None.
+        x_t: optional corrupted tokens `[B, L]` the caller drew itself at `sigma_bar(t)` (the keyed Rust
+            corruption of the training loop, bit-identical to `Graph.corrupt` at the same uniforms).
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
     """
-    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u)
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
     log_score = log_score_fn(x_t, sigma_bar)  # (B, L, dim)
     if not isinstance(log_score, torch.Tensor) or tuple(log_score.shape) != (*x0.shape, graph.dim):
         got = tuple(log_score.shape) if isinstance(log_score, torch.Tensor) else type(log_score).__name__
@@ -73,6 +76,7 @@ def _noised(
     eps_t: float,
     generator: torch.Generator | None,
     u: torch.Tensor | None,
+    x_t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked clean tokens, noise levels and corrupted tokens of a loss:
     `(x0, sigma_bar(t), sigma(t), x_t)`, `[B, L]`, `[B]`, `[B]`, `[B, L]` (the shared first half of
@@ -100,7 +104,13 @@ def _noised(
         if tuple(t.shape) != (batch,):
             raise ValueError(f"t must be a scalar or have shape [B] with B={batch}, got {tuple(t.shape)}")
     sigma_bar, sigma = schedule(t)  # (B,), (B,)
-    if u is None:
+    if x_t is not None:
+        if u is not None:
+            raise ValueError("give u (the corruption's uniforms) or x_t (its result), not both")
+        x_t = _check_tokens(x_t, graph.dim, "x_t")
+        if x_t.shape != x0.shape:
+            raise ValueError(f"x_t must have the shape of x0 {tuple(x0.shape)}, got {tuple(x_t.shape)}")
+    elif u is None:
         x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
     else:
         x_t = graph.corrupt(x0, sigma_bar[:, None], u)  # (B, L)
@@ -117,6 +127,7 @@ def masked_nelbo(
     eps_t: float = 1e-3,
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
+    x_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence masked-diffusion NELBO in nats (MDLM, Sahoo et al. 2024; MD4; docs/math.md section 7).
 
@@ -132,14 +143,14 @@ def masked_nelbo(
         graph: the absorbing graph.
         schedule: the noise schedule.
         x0: int64 clean tokens `[B, L]`, real ids.
-        t, eps_t, generator, u: as in `dwdse`.
+        t, eps_t, generator, u, x_t: as in `dwdse`.
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
     """
     if getattr(graph, "mask_id", None) is None:
         raise ValueError(f"masked_nelbo needs an absorbing graph, got {graph!r}")
-    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u)
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
     logp = log_prob_fn(x_t, sigma_bar)  # (B, L, N)
     if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (*x0.shape, graph.vocab_size):
         got = tuple(logp.shape) if isinstance(logp, torch.Tensor) else type(logp).__name__

@@ -27,6 +27,7 @@ __all__ = [
     "euler_step",
     "analytic_step",
     "denoise_step",
+    "step_probs",
 ]
 
 
@@ -213,3 +214,12 @@ def denoise_step(
 ) -> torch.Tensor:
     """The final denoising step: new int64 tokens `[B, L]` from `denoise_step_probs` (never MASK)."""
     return sample_categorical(denoise_step_probs(graph, x, log_score, sigma), generator)
+
+
+def step_probs(kind: str, graph: Graph, x: torch.Tensor, log_score: torch.Tensor, level: Any) -> torch.Tensor:
+    """The probabilities of the step `kind` (`"euler"`, `"analytic"` or `"denoise"`), `[B, L, dim]` float64;
+    `level` is its noise argument (`rate_dt`, `dsigma` or `sigma`)."""
+    fns = {"euler": euler_step_probs, "analytic": analytic_step_probs, "denoise": denoise_step_probs}
+    if kind not in fns:
+        raise ValueError(f"kind must be one of {sorted(fns)}, got {kind!r}")
+    return fns[kind](graph, x, log_score, level)

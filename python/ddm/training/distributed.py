@@ -41,6 +41,7 @@ from ddm._device import resolve_device
 from ddm._faults import maybe_fail
 from ddm.data.corpus import keyed_offsets
 from ddm.losses import dwdse, masked_nelbo
+from ddm.sampling.sampler import native_available
 
 __all__ = [
     "DistEnv",
@@ -277,8 +278,20 @@ def keyed_loss(
     rows = rows.to(device=x0.device, dtype=torch.int64)
     t = keyed_times(seed, step, rows, eps_t, t_sampling=t_sampling, batch_size=batch_size)
     t = t.to(torch.get_default_dtype())  # (b,)
-    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
     loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
+    first = int(rows[0]) if len(rows) else 0
+    contiguous = bool(torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)))
+    if x0.device.type == "cpu" and contiguous and len(rows) and native_available():
+        # the Rust twin of the corruption below, bit-identical for the same key (tests/test_parity.py);
+        # imported here because the compiled core may be absent (then the torch path runs)
+        from ddm.sampling import _native
+
+        sigma_bar = schedule.total_noise(t).detach().to(torch.float64).contiguous()  # (b,)
+        x_t = _native.corrupt(
+            graph, x0.contiguous(), sigma_bar, seed & _U64, step, first, stream=STREAM_TRAIN_CORRUPT
+        )
+        return loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, x_t=x_t)
+    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
     return loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, u=u)
 
 
