@@ -131,6 +131,18 @@ def test_hub_id_loads_from_offline_cache(tmp_path, offline_cache):
     assert x.shape == (2, 16)
 
 
+def test_training_checkpoint_on_the_hub_loads_its_ema_weights(tmp_path, offline_cache):
+    path = ddm.train(tiny_run(tmp_path / "run", steps=4, ema_decay=0.5))
+    seed_cache(offline_cache, "user/run", path)  # the checkpoint directory, uploaded as it is
+    back = ddm.load("user/run")
+    assert not ddm.io.hub.is_hub_dir(back.checkpoint_path)
+    _same_outputs(ddm.load(path), back, back.dim - 1)  # the EMA weights, as ddm.load of the directory
+    raw = ddm.load(path, ema=False)
+    x = torch.randint(0, back.dim - 1, (2, 16))
+    with torch.no_grad():
+        assert not torch.equal(raw(x, torch.tensor([1.0, 1.0])), back(x, torch.tensor([1.0, 1.0])))
+
+
 def test_cache_miss_says_what_to_download_and_how(offline_cache):
     with pytest.raises(FileNotFoundError) as e:
         ddm.load("user/not-cached")

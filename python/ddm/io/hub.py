@@ -174,10 +174,18 @@ def snapshot(
         if missing:
             raise _miss(repo_id, missing[0][0], revision, cache, missing[0][1])
         raise FileNotFoundError(f"the Hub model {repo_id!r} has none of {list(HUB_WEIGHT_FILES)}")
+    optional = [CARD_NAME]
     try:
-        get(CARD_NAME)
-    except (errors.EntryNotFoundError, OSError):  # the card is optional (and a local miss is fine)
+        with open(cfg, encoding="utf-8") as f:
+            if "format_version" in json.load(f):  # ddm's config: maybe a training checkpoint, uploaded
+                optional.append("ema.safetensors")  # as it is, whose EMA weights are the ones to load
+    except (OSError, ValueError):
         pass
+    for name in optional:
+        try:
+            get(name)
+        except (errors.EntryNotFoundError, OSError):  # optional (and a local miss is fine)
+            pass
     return cfg.parent
 
 
