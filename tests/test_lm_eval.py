@@ -196,7 +196,7 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
     ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert NOTE in proc.stderr and "+- Monte-Carlo s.e." in proc.stderr
+    assert NOTE in proc.stderr and "(+- Monte-Carlo s.e.)" in proc.stderr
     (out,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(out.read_text())
     lm_bpb = results["results"]["ddm_local_rolling"]["bits_per_byte,none"]
@@ -204,6 +204,8 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
     assert 0.0 <= results["results"]["ddm_local_generate"]["exact_match,none"] <= 1.0
     info = results["config"]["ddm"]
     assert info["note"] == NOTE and info["loglikelihood_rolling"]["mc_stderr_bits_per_byte"] > 0
+    assert info["loglikelihood"]["tasks"]["ddm_local_choice"]["requests"] == 4  # 2 documents x 2 choices
+    assert "  ddm_local_rolling: 1 requests, NLL bound " in proc.stderr
 
     (tmp_path / "text.txt").write_text(text)
     capsys.readouterr()

@@ -130,7 +130,7 @@ class DDMLM(LM):
         self.max_gen_toks = _arg(max_gen_toks, int, "max_gen_toks")
         self.seq_len = int(self.model.seq_len)
         self.pretrained = str(getattr(self.model, "checkpoint_path", pretrained))
-        self.records: dict[str, list[dict[str, float]]] = {"loglikelihood": [], "loglikelihood_rolling": []}
+        self.records: dict[str, list[dict[str, Any]]] = {"loglikelihood": [], "loglikelihood_rolling": []}
 
     # ---- scoring -----------------------------------------------------------------------------------
 
@@ -184,7 +184,9 @@ class DDMLM(LM):
             ctx = self._encode(context)
             cont = self._encode(continuation)
             nats, se, n = self._score(ctx + cont, len(ctx))
-            self.records["loglikelihood"].append({"nats": nats, "mc_stderr": se, "tokens": n})
+            self.records["loglikelihood"].append(
+                {"nats": nats, "mc_stderr": se, "tokens": n, "task": getattr(req, "task_name", None)}
+            )
             out.append((-nats, self._is_greedy(ctx, cont)))
         self._report("loglikelihood")
         return out
@@ -195,7 +197,13 @@ class DDMLM(LM):
             text = req.args[0]
             nats, se, n = self._score(self._encode(text), 0)
             self.records["loglikelihood_rolling"].append(
-                {"nats": nats, "mc_stderr": se, "tokens": n, "bytes": len(text.encode("utf-8"))}
+                {
+                    "nats": nats,
+                    "mc_stderr": se,
+                    "tokens": n,
+                    "bytes": len(text.encode("utf-8")),
+                    "task": getattr(req, "task_name", None),
+                }
             )
             out.append(-nats)
         self._report("loglikelihood_rolling")
@@ -227,9 +235,10 @@ class DDMLM(LM):
 
     # ---- reporting ---------------------------------------------------------------------------------
 
-    def summary(self, kind: str) -> dict[str, float] | None:
-        """Totals of the requests of one kind so far: nats and MC stderr, per token and per byte."""
-        recs = self.records[kind]
+    def summary(self, kind: str, task: str | None = None) -> dict[str, Any] | None:
+        """Totals of the requests of one kind so far (of one task, if given): nats and MC stderr, per token
+        and per byte; without a task, also `tasks`: the same per task."""
+        recs = [r for r in self.records[kind] if task is None or r.get("task") == task]
         if not recs:
             return None
         nats = sum(r["nats"] for r in recs)
@@ -243,21 +252,24 @@ class DDMLM(LM):
         if nbytes:
             d["bits_per_byte"] = nats / nbytes / math.log(2)
             d["mc_stderr_bits_per_byte"] = se / nbytes / math.log(2)
+        if task is None:
+            names = sorted({str(r["task"]) for r in recs if r.get("task") is not None})
+            d["tasks"] = {name: self.summary(kind, name) for name in names}
         return d
 
     def _report(self, kind: str) -> None:
-        s = self.summary(kind)
-        if s is None:
+        total = self.summary(kind)
+        if total is None:
             return
-        lines = [NOTE + ".", f"ddm {kind}: {s['requests']} requests, num_t={self.num_t}, seed={self.seed}"]
-        lines.append(f"  NLL bound: {s['nats']:.4f} +- {s['mc_stderr_nats']:.4f} nats (+- Monte-Carlo s.e.)")
-        if "bits_per_token" in s:
-            lines.append(
-                f"  {s['bits_per_token']:.4f} +- {s['mc_stderr_bits_per_token']:.4f} bits/token "
-                f"over {s['tokens']} tokens"
-            )
-        if "bits_per_byte" in s:
-            lines.append(f"  {s['bits_per_byte']:.4f} +- {s['mc_stderr_bits_per_byte']:.4f} bits/byte")
+        lines = [NOTE + ".", f"ddm {kind}: num_t={self.num_t}, seed={self.seed} (+- Monte-Carlo s.e.)"]
+        for name, s in [("all", total), *total["tasks"].items()]:
+            line = f"  {name}: {s['requests']} requests, NLL bound {s['nats']:.4f}"
+            line += f" +- {s['mc_stderr_nats']:.4f} nats"
+            if "bits_per_token" in s:
+                line += f", {s['bits_per_token']:.4f} +- {s['mc_stderr_bits_per_token']:.4f} bits/token"
+            if "bits_per_byte" in s:
+                line += f", {s['bits_per_byte']:.4f} +- {s['mc_stderr_bits_per_byte']:.4f} bits/byte"
+            lines.append(line)
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def get_model_info(self) -> dict[str, Any]:
