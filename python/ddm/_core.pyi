@@ -55,3 +55,18 @@ def denoise_step(
     seq_offset: int | None = None,
     out: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]: ...
+def proposal_step(
+    kind: str,
+    x: npt.NDArray[np.int64],
+    log_score: npt.NDArray[np.float32],
+    level: npt.NDArray[np.float64],
+    absorbing: bool,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seq_offset: int | None = None,
+    out: npt.NDArray[np.int64] | None = None,
+) -> npt.NDArray[np.int64]: ...

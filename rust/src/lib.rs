@@ -6,6 +6,7 @@
 pub mod categorical;
 pub mod error;
 pub mod graphs;
+pub mod proposal;
 pub mod rng;
 pub mod steps;
 pub mod threads;

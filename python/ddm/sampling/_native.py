@@ -25,7 +25,7 @@ import torch
 
 from ddm import _core
 
-__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step"]
+__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step", "proposal_step"]
 
 
 def _graph(graph: Any) -> tuple[bool, int]:
@@ -201,5 +201,38 @@ def _step(
         _view(log_score, "log_score", torch.float32),
         _view(level, level_name, torch.float64),
         absorbing, n, seed, step, seq_offset, _out(out),
+    )  # fmt: skip
+    return out if out is not None else torch.from_numpy(r)
+
+
+# ---- issue 14: the proposal transform (temperature, top-k, top-p) ----------------------------------------
+
+
+def proposal_step(
+    kind: str,
+    graph: Any,
+    x: torch.Tensor,
+    log_score: torch.Tensor,
+    level: torch.Tensor,
+    seed: int,
+    step: int,
+    proposal: Any,
+    seq_offset: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One reverse step (`kind` in euler / analytic / denoise) with its proposal distribution transformed.
+
+    The law of `ddm.sampling.torch_steps` with `ddm.sampling.proposal.apply_to_step` (docs/math.md section
+    5.10); the arguments are those of `euler_step` etc., plus `proposal` (a `ddm.sampling.proposal.Proposal`).
+    """
+    absorbing, n = _graph(graph)
+    r = _core.proposal_step(
+        kind,
+        _view(x, "x", torch.int64),
+        _view(log_score, "log_score", torch.float32),
+        _view(level, "level", torch.float64),
+        absorbing, n, seed, step,
+        float(proposal.temperature), proposal.top_k, proposal.top_p,
+        seq_offset, _out(out),
     )  # fmt: skip
     return out if out is not None else torch.from_numpy(r)

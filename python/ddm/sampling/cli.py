@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
     p.add_argument("--backend", choices=["auto", "rust", "torch"], default="auto")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="proposal temperature (default 1)"
+    )
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus of mass P in (0, 1]")
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -46,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         suffix=suffix,
         seed=args.seed,
         backend=args.backend,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
         progress=not args.no_progress,
         return_stats=True,
     )

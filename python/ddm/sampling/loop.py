@@ -75,6 +75,9 @@ def sample(
     cache: bool | None = None,
     progress: bool = False,
     return_stats: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (Lou, Meng, Ermon 2024, section 4; SPEC section 5).
 
@@ -114,6 +117,15 @@ def sample(
             None (default) turns it on when `model.time_independent` is True and the graph is absorbing.
         progress: show a tqdm progress bar on stderr.
         return_stats: also return a `SampleStats` (network calls and the seed).
+        temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
+            proposal is the step's law given that the position moves (absorbing: the law over the real
+            tokens a MASK position unmasks to); the probability of staying is unchanged, so the
+            unmasking schedule is too (`ddm.sampling.proposal`, docs/math.md section 5.10).
+        top_k: keep only the `k >= 1` most likely states of the proposal (None: all).
+        top_p: keep only the smallest set of most likely states of the proposal holding mass `>= p`,
+            `p` in `(0, 1]` (nucleus sampling; None: all). Temperature, then top-k, then top-p; the kept
+            states are renormalised and drawn by float64 inverse CDF. At (1, None, None) the sample is
+            the plain sampler's, bit for bit.
 
     Returns:
         int64 `[batch_size, seq_len]` tokens on `device`, or `(tokens, stats)` with `return_stats=True`.
@@ -134,7 +146,8 @@ def sample(
     log-score `-inf`.
 
     Raises:
-        ValueError: `steps < 1`, a `seq_len` longer than the model's, an unknown predictor or backend,
+        ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`, a `seq_len`
+            longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
@@ -161,7 +174,10 @@ def sample(
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
-    sampler = Sampler(graph, schedule, predictor=predictor, eps=eps, denoise=denoise)
+    sampler = Sampler(
+        graph, schedule, predictor=predictor, eps=eps, denoise=denoise,
+        temperature=temperature, top_k=top_k, top_p=top_p,
+    )  # fmt: skip
     graph = sampler.graph
     sampler.set_timesteps(steps)
 

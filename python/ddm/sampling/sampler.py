@@ -37,6 +37,7 @@ from ddm import graphs as _graphs
 from ddm import schedules as _schedules
 from ddm.sampling import _rng
 from ddm.sampling._categorical import inverse_cdf
+from ddm.sampling.proposal import apply_to_step, make_proposal
 
 __all__ = ["Sampler", "SamplerOutput", "PREDICTORS", "BACKENDS", "native_available", "random_seed"]
 
@@ -111,6 +112,10 @@ class Sampler:
         eps: the last time of the grid, in `(0, 1)`.
         denoise: end with a denoising step at `t = eps` that removes all remaining noise (absorbing: no
             MASK is left).
+        temperature: divides the log-weights of the proposal (move) distribution of every step, > 0
+            (`ddm.sampling.proposal`, docs/math.md section 5.10); 1 is the plain step.
+        top_k: keep only the `k >= 1` most likely states of the proposal distribution; None keeps all.
+        top_p: keep only its nucleus of mass `p` in `(0, 1]`; None keeps all.
     """
 
     def __init__(
@@ -120,7 +125,11 @@ class Sampler:
         predictor: str = "analytic",
         eps: float = 1e-5,
         denoise: bool = True,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> None:
+        self.proposal = make_proposal(temperature, top_k, top_p)
         self.graph = _as_graph(graph)
         self.schedule = _as_schedule(schedule)
         if predictor not in PREDICTORS:
@@ -150,6 +159,7 @@ class Sampler:
             "predictor": self.predictor,
             "eps": self.eps,
             "denoise": self.denoise,
+            **self.proposal.to_config(),
         }
 
     def to_config(self) -> dict[str, Any]:
@@ -161,7 +171,16 @@ class Sampler:
         """Rebuild a sampler from its `config` dict."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
-        extra = set(config) - {"graph", "schedule", "predictor", "eps", "denoise"}
+        extra = set(config) - {
+            "graph",
+            "schedule",
+            "predictor",
+            "eps",
+            "denoise",
+            "temperature",
+            "top_k",
+            "top_p",
+        }
         if extra:
             raise ValueError(f"unknown sampler config keys {sorted(extra)}")
         if "graph" not in config or "schedule" not in config:
@@ -171,7 +190,9 @@ class Sampler:
     def __repr__(self) -> str:
         return (
             f"Sampler(graph={self.graph!r}, schedule={self.schedule!r}, predictor={self.predictor!r}, "
-            f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps})"
+            f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps}"
+            + ("" if self.proposal.neutral else f", proposal={self.proposal}")
+            + ")"
         )
 
     # ---- the time grid ----------------------------------------------------------------------------------
@@ -267,7 +288,7 @@ class Sampler:
             "analytic": torch_steps.analytic_step_probs,
             "denoise": torch_steps.denoise_step_probs,
         }[kind]
-        return fn(self.graph, x, log_score, level)
+        return apply_to_step(fn(self.graph, x, log_score, level), x, self.proposal)
 
     def step(
         self,
@@ -315,7 +336,12 @@ class Sampler:
             xc = x.detach().to("cpu").contiguous()
             ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
             level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
-            out = fn(self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            if self.proposal.neutral_for(self.graph.dim):
+                out = fn(self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            else:
+                out = _native.proposal_step(
+                    kind, self.graph, xc, ls, level, seed, k, self.proposal, seq_offset=seq_offset
+                )
             return SamplerOutput(prev_sample=out.to(x.device))
         probs = self.step_probs(log_score.detach(), k, x)  # (B, L, dim) float64
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset

@@ -1,0 +1,641 @@
+//! Temperature, top-k and top-p on the proposal distribution of a reverse step (docs/math.md section
+//! 5.10; the torch twin is `ddm.sampling.proposal`).
+//!
+//! Every step's law on one position is "stay at x, or move to y != x" (`steps.rs` module doc). The
+//! proposal distribution is the move law, over y != x (absorbing: the real tokens). The transform acts
+//! on it and keeps the stay probability:
+//!
+//! 1. temperature T: w_y -> w_y^(1/T) (a jump step: exp((l_y - m) / T), one vectorised exp per state);
+//! 2. top-k: keep the k largest weights (ties: the lower id first);
+//! 3. top-p: rank by weight (ties: the lower id first) and keep each state whose predecessors hold less
+//!    than p of the mass.
+//!
+//! Top-k is one `select_nth_unstable_by` (O(dim)); top-p sorts the ranking only as far as it needs, in
+//! chunks of 64, 128, 256, ... states, each chunk found by a partial selection over the rest, so a
+//! peaked law costs O(dim) and a flat one at most O(dim log dim). The draw is an exact float64 inverse
+//! CDF over the kept weights. The weights are computed in f64 from the f32 log-scores; the uniform
+//! Tweedie weights without cancellation, as in `steps::tweedie_precise`.
+
+use std::cmp::Ordering;
+
+use rayon::prelude::*;
+
+use crate::categorical::exp_f64;
+use crate::error::KernelError;
+use crate::graphs::{check_levels, check_tokens_shape, Graph};
+use crate::rng::{Domain, Rng, RngKey};
+use crate::steps::StepKind;
+
+/// The transform of the proposal distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transform {
+    /// T > 0, finite; 1 leaves the weights alone.
+    pub temperature: f64,
+    /// Keep the k >= 1 largest weights; None keeps all.
+    pub top_k: Option<usize>,
+    /// Keep the nucleus of mass p in (0, 1]; None keeps all.
+    pub top_p: Option<f64>,
+}
+
+impl Transform {
+    /// Checks the three options (errors name the argument).
+    pub fn new(
+        temperature: f64,
+        top_k: Option<usize>,
+        top_p: Option<f64>,
+    ) -> Result<Self, KernelError> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(KernelError::Value {
+                arg: "temperature",
+                msg: format!("must be a finite number > 0, got {temperature}"),
+            });
+        }
+        if top_k == Some(0) {
+            return Err(KernelError::Value {
+                arg: "top_k",
+                msg: "must be >= 1 (or None for no cut), got 0".into(),
+            });
+        }
+        if let Some(p) = top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(KernelError::Value {
+                    arg: "top_p",
+                    msg: format!("must lie in (0, 1] (or None for no cut), got {p}"),
+                });
+            }
+        }
+        Ok(Self {
+            temperature,
+            top_k,
+            top_p,
+        })
+    }
+
+    /// Whether the transform truncates a law over `n` states (top-k below n, or top-p below 1).
+    fn truncates(&self, n: usize) -> bool {
+        self.top_k.is_some_and(|k| k < n) || self.top_p.is_some_and(|p| p < 1.0)
+    }
+}
+
+/// The ranking order: larger weight first, then the lower id.
+#[inline]
+fn ranked(a: &(f64, u32), b: &(f64, u32)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Top-k then top-p over the positive entries of `w` (non-negative, finite). Returns the kept states
+/// as (weight, id), in no particular order, in `rank`.
+pub fn truncate(w: &[f64], tf: &Transform, rank: &mut Vec<(f64, u32)>) {
+    rank.clear();
+    rank.extend(
+        w.iter()
+            .enumerate()
+            .filter(|&(_, &v)| v > 0.0)
+            .map(|(y, &v)| (v, y as u32)),
+    );
+    let mut m = rank.len();
+    if let Some(k) = tf.top_k {
+        if k < m {
+            rank.select_nth_unstable_by(k - 1, ranked);
+            m = k;
+        }
+    }
+    if let Some(p) = tf.top_p.filter(|&p| p < 1.0) {
+        let cand = &mut rank[..m];
+        let target = p * cand.iter().map(|e| e.0).sum::<f64>();
+        let (mut start, mut chunk, mut acc) = (0usize, 64usize, 0.0f64);
+        let mut cut = m;
+        'outer: while start < m {
+            let end = (start + chunk).min(m);
+            if end < m {
+                cand[start..].select_nth_unstable_by(end - start - 1, ranked);
+            }
+            cand[start..end].sort_unstable_by(ranked);
+            for (j, e) in cand.iter().enumerate().take(end).skip(start) {
+                if acc >= target {
+                    cut = j;
+                    break 'outer;
+                }
+                acc += e.0;
+            }
+            start = end;
+            chunk *= 2;
+        }
+        m = cut;
+    }
+    rank.truncate(m);
+}
+
+/// An exact float64 inverse-CDF draw over non-negative weights: the first state whose running sum
+/// passes `u * total`, or the last one of positive weight if rounding leaves the sum short.
+fn draw(weights: impl Iterator<Item = (f64, usize)> + Clone, u: f64) -> Option<usize> {
+    let total: f64 = weights.clone().map(|e| e.0).sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return None;
+    }
+    let target = u * total;
+    let (mut acc, mut last) = (0.0, None);
+    for (v, y) in weights {
+        if v > 0.0 {
+            acc += v;
+            last = Some(y);
+            if target < acc {
+                return Some(y);
+            }
+        }
+    }
+    last
+}
+
+/// Applies the transform to the move weights `w` (0 at the current state) and draws a state.
+fn draw_move(w: &mut [f64], tf: &Transform, rank: &mut Vec<(f64, u32)>, u: f64) -> Option<usize> {
+    if tf.truncates(w.len()) {
+        truncate(w, tf, rank);
+        rank.sort_unstable_by_key(|e| e.1); // inverse CDF in id order, as over the whole row
+        draw(rank.iter().map(|&(v, y)| (v, y as usize)), u)
+    } else {
+        draw(w.iter().copied().zip(0..), u)
+    }
+}
+
+/// Per-thread scratch.
+#[derive(Default)]
+struct Scratch {
+    w: Vec<f64>,
+    rank: Vec<(f64, u32)>,
+}
+
+/// The law of one sequence's positions (the constants of `steps.rs`).
+#[derive(Debug, Clone, Copy)]
+enum Law {
+    Stay,
+    Jump { c: f64, ln_c: f64 },
+    Tweedie { q: f64, e_neg: f64, n: f64 },
+}
+
+fn ln_expm1(d: f64) -> f64 {
+    if d > 30.0 {
+        d + (-(-d).exp()).ln_1p()
+    } else {
+        d.exp_m1().ln()
+    }
+}
+
+fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
+    let n = graph.vocab_size as f64;
+    match (graph.absorbing, kind) {
+        (true, StepKind::Denoise) => Law::Jump {
+            c: f64::INFINITY,
+            ln_c: f64::INFINITY,
+        },
+        _ if level == 0.0 => Law::Stay,
+        (true, StepKind::Euler) => Law::Jump {
+            c: level,
+            ln_c: level.ln(),
+        },
+        (true, StepKind::Analytic) => Law::Jump {
+            c: level.exp_m1(),
+            ln_c: ln_expm1(level),
+        },
+        (false, StepKind::Euler) => Law::Jump {
+            c: level / n,
+            ln_c: level.ln() - n.ln(),
+        },
+        (false, StepKind::Analytic | StepKind::Denoise) => Law::Tweedie {
+            q: -(-level).exp_m1(),
+            e_neg: (-level).exp(),
+            n,
+        },
+    }
+}
+
+/// A NaN or +inf log-score outside `cur` is an error; -inf is a weight of 0.
+fn check_row(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<(), KernelError> {
+    match row
+        .iter()
+        .enumerate()
+        .find(|&(y, v)| (v.is_nan() || *v == f32::INFINITY) && Some(y) != cur)
+    {
+        Some((y, &value)) => Err(KernelError::NonFiniteLogScore {
+            b: at.0,
+            i: at.1,
+            y,
+            value,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_position(
+    graph: Graph,
+    law: Law,
+    tf: &Transform,
+    x: i64,
+    row: &[f32],
+    rng: &mut Rng,
+    scratch: &mut Scratch,
+    at: (usize, usize),
+) -> Result<i64, KernelError> {
+    let (row, cur) = match graph.mask() {
+        Some(m) if x != m => return Ok(x),
+        Some(_) => (&row[..graph.vocab_size], None),
+        None => (row, Some(x as usize)),
+    };
+    if matches!(law, Law::Stay) || (cur.is_some() && row.len() == 1) {
+        return Ok(x);
+    }
+    check_row(row, cur, at)?;
+    if scratch.w.len() < row.len() {
+        scratch.w.resize(row.len(), 0.0);
+    }
+    let w = &mut scratch.w[..row.len()];
+    match law {
+        Law::Stay => Ok(x),
+        Law::Jump { c, ln_c } => {
+            let m = row
+                .iter()
+                .enumerate()
+                .filter(|&(y, _)| Some(y) != cur)
+                .map(|(_, &v)| v as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                return if c.is_infinite() {
+                    Err(KernelError::NoMass { b: at.0, i: at.1 })
+                } else {
+                    Ok(x)
+                };
+            }
+            // S' = sum_{y != x} exp(l_y - m) >= 1; r = c e^m S' is the mass that leaves x.
+            let inv_t = 1.0 / tf.temperature;
+            let mut s = 0.0;
+            for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+                if Some(y) == cur {
+                    *wy = 0.0;
+                    continue;
+                }
+                let e = exp_f64(l as f64 - m);
+                s += e;
+                *wy = if inv_t == 1.0 {
+                    e
+                } else {
+                    exp_f64((l as f64 - m) * inv_t)
+                };
+            }
+            let r = if c.is_infinite() {
+                f64::INFINITY
+            } else if m.abs() < 700.0 {
+                c * m.exp() * s
+            } else {
+                (ln_c + m + s.ln()).exp()
+            };
+            if r < 1.0 && rng.uniform() < 1.0 - r {
+                return Ok(x);
+            }
+            Ok(draw_move(w, tf, &mut scratch.rank, rng.uniform()).map_or(x, |y| y as i64))
+        }
+        Law::Tweedie { q, e_neg, n } => {
+            let x = x as usize;
+            let shift = row
+                .iter()
+                .enumerate()
+                .filter(|&(y, _)| y != x)
+                .map(|(_, &v)| v as f64)
+                .fold(0.0, f64::max);
+            // As steps::tweedie_precise: move weights max(0, v_y + add) q / N, stay max(0, stay) (..).
+            let (add, stay) = if shift <= 600.0 {
+                let mut e = 0.0;
+                for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+                    *wy = if y == x { 0.0 } else { (l as f64).exp_m1() };
+                    e += *wy;
+                }
+                let a = e_neg - q * e / n;
+                (a, a)
+            } else {
+                let mut sum = 0.0;
+                for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+                    *wy = if y == x {
+                        0.0
+                    } else {
+                        (l as f64 - shift).exp()
+                    };
+                    sum += *wy;
+                }
+                let one = (-shift).exp();
+                let t = q * (one + sum) / n;
+                (-t, one - t)
+            };
+            let w_stay = stay.max(0.0) * (e_neg + q / n);
+            let mut moved = 0.0;
+            let mut top: f64 = 0.0;
+            for (y, wy) in w.iter_mut().enumerate() {
+                *wy = if y == x {
+                    0.0
+                } else {
+                    (*wy + add).max(0.0) * (q / n)
+                };
+                moved += *wy;
+                top = top.max(*wy);
+            }
+            let total = w_stay + moved;
+            if !(total > 0.0 && total.is_finite()) || rng.uniform() * total < w_stay {
+                return Ok(x as i64);
+            }
+            if tf.temperature != 1.0 {
+                let inv_t = 1.0 / tf.temperature;
+                for wy in w.iter_mut() {
+                    *wy = if *wy > 0.0 {
+                        ((*wy / top).ln() * inv_t).exp()
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            let u = rng.uniform();
+            Ok(draw_move(w, tf, &mut scratch.rank, u).map_or(x as i64, |y| y as i64))
+        }
+    }
+}
+
+/// One reverse step with the proposal distribution transformed by `tf`, written into `out`.
+///
+/// The arguments and the keying are those of [`crate::steps::reverse_step`]: position (b, i) draws from
+/// the stream (seed, step, seq_offset + b, i), so the result does not depend on the thread count. The
+/// law is the step's with its move distribution transformed (module doc); it is not drawn bit for bit
+/// as the plain step, so callers use `reverse_step` when the transform is the identity.
+#[allow(clippy::too_many_arguments)]
+pub fn proposal_step(
+    kind: StepKind,
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    level: &[f64],
+    len: usize,
+    key: RngKey,
+    tf: Transform,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    let batch = level.len();
+    let n = check_tokens_shape(x, out, batch, len)?;
+    let dim = graph.dim();
+    if n.checked_mul(dim) != Some(log_score.len()) {
+        return Err(KernelError::Shape {
+            arg: "log_score",
+            msg: format!(
+                "has {} elements, expected B * L * dim = {batch} * {len} * {dim}",
+                log_score.len()
+            ),
+        });
+    }
+    check_levels(kind.level_arg(), level)?;
+    if n == 0 {
+        return Ok(());
+    }
+    graph.check_tokens("x", x, len)?;
+    let tf = Transform::new(tf.temperature, tf.top_k, tf.top_p)?;
+    let laws: Vec<Law> = level.iter().map(|&v| law(graph, kind, v)).collect();
+    out.par_iter_mut()
+        .zip(x.par_iter())
+        .zip(log_score.par_chunks(dim))
+        .enumerate()
+        .try_for_each_init(Scratch::default, |scratch, (j, ((o, &t), row))| {
+            let (b, i) = (j / len, j % len);
+            let mut rng = key.stream(Domain::Step, b, i);
+            *o = step_position(graph, laws[b], &tf, t, row, &mut rng, scratch, (b, i))?;
+            Ok(())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::categorical::tests::chi2;
+    use crate::steps::step_probs;
+    use proptest::prelude::*;
+
+    /// Top-k then top-p by a full sort (the brute-force reference), as normalised probabilities.
+    fn brute(w: &[f64], tf: &Transform) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..w.len()).filter(|&y| w[y] > 0.0).collect();
+        idx.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+        if let Some(k) = tf.top_k {
+            idx.truncate(k);
+        }
+        if let Some(p) = tf.top_p {
+            let total: f64 = idx.iter().map(|&y| w[y]).sum();
+            let mut acc = 0.0;
+            let mut keep = vec![];
+            for &y in &idx {
+                if acc >= p * total {
+                    break;
+                }
+                keep.push(y);
+                acc += w[y];
+            }
+            idx = keep;
+        }
+        let tot: f64 = idx.iter().map(|&y| w[y]).sum();
+        let mut out = vec![0.0; w.len()];
+        for &y in &idx {
+            out[y] = w[y] / tot;
+        }
+        out
+    }
+
+    fn kept(w: &[f64], tf: &Transform) -> Vec<f64> {
+        let mut rank = vec![];
+        truncate(w, tf, &mut rank);
+        let tot: f64 = rank.iter().map(|e| e.0).sum();
+        let mut out = vec![0.0; w.len()];
+        for &(v, y) in &rank {
+            out[y as usize] = v / tot;
+        }
+        out
+    }
+
+    /// The reference law of a transformed step: `step_probs` with its move part transformed.
+    fn reference(
+        g: Graph,
+        kind: StepKind,
+        x: usize,
+        r: &[f32],
+        level: f64,
+        tf: &Transform,
+    ) -> Vec<f64> {
+        let p = step_probs(g, kind, x, r, level);
+        let stay = p[x];
+        let mut w = p.clone();
+        w[x] = 0.0;
+        let t = tf.temperature;
+        let top = w.iter().cloned().fold(0.0, f64::max);
+        let w: Vec<f64> = w
+            .iter()
+            .map(|&v| {
+                if v > 0.0 {
+                    (v / top).powf(1.0 / t)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut out: Vec<f64> = brute(&w, tf).iter().map(|v| v * (1.0 - stay)).collect();
+        out[x] = stay;
+        out
+    }
+
+    #[test]
+    fn truncation_matches_a_full_sort_on_many_sizes() {
+        // Sizes around the chunk boundaries of the top-p partial sort.
+        let mut rng = RngKey::new(3, 0, 0).stream(Domain::Step, 0, 0);
+        for &n in &[1usize, 2, 5, 63, 64, 65, 200, 1000, 5000] {
+            let w: Vec<f64> = (0..n)
+                .map(|_| {
+                    let u = rng.uniform();
+                    if u < 0.1 {
+                        0.0
+                    } else {
+                        (-8.0 * rng.uniform()).exp()
+                    }
+                })
+                .collect();
+            for (k, p) in [
+                (None, Some(0.5)),
+                (None, Some(0.999)),
+                (Some(3), None),
+                (Some(100), Some(0.9)),
+                (Some(1), Some(0.01)),
+            ] {
+                let tf = Transform::new(1.0, k, p).unwrap();
+                if w.iter().all(|&v| v == 0.0) {
+                    continue;
+                }
+                assert_eq!(kept(&w, &tf), brute(&w, &tf), "n={n} k={k:?} p={p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_options_name_the_argument() {
+        for (t, k, p, arg) in [
+            (0.0, None, None, "temperature"),
+            (-1.0, None, None, "temperature"),
+            (f64::NAN, None, None, "temperature"),
+            (1.0, Some(0), None, "top_k"),
+            (1.0, None, Some(0.0), "top_p"),
+            (1.0, None, Some(1.5), "top_p"),
+        ] {
+            let e = Transform::new(t, k, p).unwrap_err();
+            assert!(
+                matches!(e, KernelError::Value { arg: a, .. } if a == arg),
+                "{e}"
+            );
+        }
+    }
+
+    fn draw_counts(
+        g: Graph,
+        kind: StepKind,
+        x: usize,
+        r: &[f32],
+        level: f64,
+        tf: Transform,
+    ) -> Vec<u64> {
+        let (batch, len) = (100, 400);
+        let xs = vec![x as i64; batch * len];
+        let ls: Vec<f32> = r
+            .iter()
+            .copied()
+            .cycle()
+            .take(batch * len * r.len())
+            .collect();
+        let mut out = vec![-1; xs.len()];
+        proposal_step(
+            kind,
+            g,
+            &xs,
+            &ls,
+            &vec![level; batch],
+            len,
+            RngKey::new(5, 1, 0),
+            tf,
+            &mut out,
+        )
+        .unwrap();
+        let mut c = vec![0u64; g.dim()];
+        for &t in &out {
+            c[t as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn draws_follow_the_transformed_law() {
+        let mut rng = RngKey::new(9, 0, 0).stream(Domain::Step, 0, 0);
+        for absorbing in [true, false] {
+            let n = 30;
+            let g = Graph::new(absorbing, n).unwrap();
+            let r: Vec<f32> = (0..g.dim())
+                .map(|_| -4.0 + 5.0 * rng.uniform() as f32)
+                .collect();
+            let x = if absorbing { n } else { 7 };
+            for kind in [StepKind::Euler, StepKind::Analytic, StepKind::Denoise] {
+                for (t, k, p) in [
+                    (0.5, None, None),
+                    (2.0, Some(5), None),
+                    (0.8, None, Some(0.7)),
+                ] {
+                    let tf = Transform::new(t, k, p).unwrap();
+                    let want = reference(g, kind, x, &r, 0.3, &tf);
+                    let c = draw_counts(g, kind, x, &r, 0.3, tf);
+                    let dof = want.iter().filter(|&&v| v > 0.0).count() - 1;
+                    let stat = chi2(&c, &want);
+                    // 1e-6 upper quantile, Wilson-Hilferty, as in steps.rs
+                    let kf = dof.max(1) as f64;
+                    let lim = kf
+                        * (1.0 - 2.0 / (9.0 * kf) + 4.8 * (2.0 / (9.0 * kf)).sqrt()).powi(3)
+                        + 5.0;
+                    assert!(stat < lim, "{g:?} {kind:?} {tf:?}: chi2 {stat} dof {dof}");
+                    for (y, (&cy, &py)) in c.iter().zip(&want).enumerate() {
+                        assert!(py > 0.0 || cy == 0, "state {y} of probability 0 drawn");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn truncation_is_the_brute_force_one(
+            ws in proptest::collection::vec(0.0f64..1.0, 1..300), k in 1usize..40, p in 0.01f64..1.0,
+            use_k: bool, use_p: bool,
+        ) {
+            prop_assume!(ws.iter().any(|&v| v > 0.0));
+            let tf = Transform::new(1.0, use_k.then_some(k), use_p.then_some(p)).unwrap();
+            let a = kept(&ws, &tf);
+            let b = brute(&ws, &tf);
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert!((x - y).abs() < 1e-12, "{:?} vs {:?}", a, b);
+            }
+        }
+
+        #[test]
+        fn same_result_for_any_thread_count(
+            absorbing: bool, n in 1usize..200, batch in 1usize..4, len in 1usize..10, seed: u64,
+        ) {
+            let g = Graph::new(absorbing, n).unwrap();
+            let x: Vec<i64> = (0..batch * len).map(|j| (j * 5 % g.dim()) as i64).collect();
+            let mut r = RngKey::new(seed, 0, 0).stream(Domain::Step, 0, 0);
+            let ls: Vec<f32> = (0..batch * len * g.dim()).map(|_| -3.0 + 4.0 * r.uniform() as f32).collect();
+            let tf = Transform::new(0.7, Some(5), Some(0.8)).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut out = vec![0; x.len()];
+                pool.install(|| proposal_step(StepKind::Analytic, g, &x, &ls, &vec![0.4; batch], len,
+                    RngKey::new(seed, 3, 0), tf, &mut out)).unwrap();
+                out
+            };
+            prop_assert_eq!(run(1), run(2));
+        }
+    }
+}
