@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from ddm.sampling.conditioning import build_fixed
-from ddm.sampling.sampler import Sampler, check_seed, log_expm1, random_seed, resolve_backend
+from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, log_expm1, random_seed, resolve_backend
+from ddm.sampling.unmasking import UNMASKING_PREDICTORS, check_unmasking, run_unmasking
 
 __all__ = ["sample", "SampleStats"]
 
@@ -78,6 +79,7 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    group_by_step: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (Lou, Meng, Ermon 2024, section 4; SPEC section 5).
 
@@ -96,7 +98,11 @@ def sample(
         batch_size: number of sequences `B`.
         seq_len: sequence length `L` (default `model.seq_len`, the longest the model accepts; a longer
             one is an error).
-        predictor: `"analytic"` (Tweedie tau-leaping) or `"euler"`.
+        predictor: `"analytic"` (Tweedie tau-leaping) or `"euler"`, or for the absorbing graph
+            `"first_hitting"` (exact: one event per call, Zheng et al. 2024; `ddm.sampling.first_hitting`).
+            First-hitting draws each free position's unmasking time, unmasks them in that order, one per
+            network call, each from the model's conditional at its time; with exact scores its output law
+            is `p0` exactly, in `seq_len - |fixed|` calls (`steps` and `denoise` are not used).
         denoise: end with the denoising step (absorbing: no MASK left in the output).
         eps: the last time of the grid, in `(0, 1)`.
         prefix: token ids fixed at the start, a list or 1-D LongTensor.
@@ -117,6 +123,9 @@ def sample(
             None (default) turns it on when `model.time_independent` is True and the graph is absorbing.
         progress: show a tqdm progress bar on stderr.
         return_stats: also return a `SampleStats` (network calls and the seed).
+        group_by_step: first-hitting only: unmask together the positions whose times fall in the same
+            step of the grid `linspace(1, eps, steps + 1)`, with one call at the top of the step (at most
+            `steps` calls; draws within one step are independent, an approximation).
         temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
             proposal is the step's law given that the position moves (absorbing: the law over the real
             tokens a MASK position unmasks to); the probability of staying is unchanged, so the
@@ -151,6 +160,7 @@ def sample(
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
+    unmasking_options = dict(group_by_step=group_by_step)
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
     if not callable(model):
@@ -174,11 +184,16 @@ def sample(
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
+    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
+    unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
     sampler = Sampler(
-        graph, schedule, predictor=predictor, eps=eps, denoise=denoise,
+        graph, schedule, predictor="analytic" if unmasking else predictor, eps=eps, denoise=denoise,
         temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     graph = sampler.graph
+    if unmasking:
+        check_unmasking(predictor, graph, **unmasking_options)
     sampler.set_timesteps(steps)
 
     model_device, sigma_dtype = _model_device_dtype(model)
@@ -210,6 +225,14 @@ def sample(
                 f"([B, L, dim] with dim={graph.dim})"
             )
         return out
+
+    if unmasking:
+        x, calls, rows = run_unmasking(
+            predictor, call, sampler, batch_size, seq_len, fixed, seed=seed, steps=steps,
+            use_rust=use_rust, device=device, options=unmasking_options,
+        )  # fmt: skip
+        stats = SampleStats(calls, rows, calls, cache, step_backend, seed)
+        return (x, stats) if return_stats else x
 
     n_eval = len(sampler.timesteps)
     calls = rows = 0

@@ -132,6 +132,11 @@ class Sampler:
         self.proposal = make_proposal(temperature, top_k, top_p)
         self.graph = _as_graph(graph)
         self.schedule = _as_schedule(schedule)
+        if predictor in ("first_hitting", "confidence"):
+            raise ValueError(
+                f"predictor={predictor!r} unmasks positions instead of stepping on a grid: use "
+                f"ddm.sample(..., predictor={predictor!r}) (ddm.sampling.unmasking)"
+            )
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
