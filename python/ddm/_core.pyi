@@ -70,3 +70,15 @@ def proposal_step(
     seq_offset: int | None = None,
     out: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]: ...
+def propose(
+    x: npt.NDArray[np.int64],
+    log_score: npt.NDArray[np.float32],
+    absorbing: bool,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seq_offset: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...

@@ -10,6 +10,7 @@ pub mod proposal;
 pub mod rng;
 pub mod steps;
 pub mod threads;
+pub mod unmask;
 
 #[cfg(feature = "python")]
 mod python;

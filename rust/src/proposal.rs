@@ -128,7 +128,7 @@ pub fn truncate(w: &[f64], tf: &Transform, rank: &mut Vec<(f64, u32)>) {
 
 /// An exact float64 inverse-CDF draw over non-negative weights: the first state whose running sum
 /// passes `u * total`, or the last one of positive weight if rounding leaves the sum short.
-fn draw(weights: impl Iterator<Item = (f64, usize)> + Clone, u: f64) -> Option<usize> {
+pub(crate) fn draw(weights: impl Iterator<Item = (f64, usize)> + Clone, u: f64) -> Option<usize> {
     let total: f64 = weights.clone().map(|e| e.0).sum();
     if !(total > 0.0 && total.is_finite()) {
         return None;

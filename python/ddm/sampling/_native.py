@@ -25,7 +25,7 @@ import torch
 
 from ddm import _core
 
-__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step", "proposal_step"]
+__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step", "proposal_step", "propose"]
 
 
 def _graph(graph: Any) -> tuple[bool, int]:
@@ -236,3 +236,28 @@ def proposal_step(
         seq_offset, _out(out),
     )  # fmt: skip
     return out if out is not None else torch.from_numpy(r)
+
+
+def propose(
+    graph: Any,
+    x: torch.Tensor,
+    log_score: torch.Tensor,
+    seed: int,
+    step: int,
+    proposal: Any,
+    seq_offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A proposed token and its statistics at every MASK position (`ddm.sampling.confidence.propose`).
+
+    Returns:
+        int64 `[B, L]` tokens (`x` where not MASK) and float64 `[B, L, 3]`: the probability of the token,
+        the top-1 minus top-2 margin and the entropy of the transformed conditional (0 where not MASK).
+    """
+    absorbing, n = _graph(graph)
+    t, s = _core.propose(
+        _view(x, "x", torch.int64),
+        _view(log_score, "log_score", torch.float32),
+        absorbing, n, seed, step,
+        float(proposal.temperature), proposal.top_k, proposal.top_p, seq_offset,
+    )  # fmt: skip
+    return torch.from_numpy(t), torch.from_numpy(s)

@@ -18,13 +18,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
+    p.add_argument(
+        "--predictor", choices=["analytic", "euler", "first_hitting", "confidence"], default="analytic"
+    )
     p.add_argument("--backend", choices=["auto", "rust", "torch"], default="auto")
     p.add_argument(
         "--temperature", type=float, default=1.0, metavar="T", help="proposal temperature (default 1)"
     )
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus of mass P in (0, 1]")
+    p.add_argument(
+        "--tokens-per-step", type=int, default=None, metavar="K", help="confidence: commit K per call"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, metavar="TAU", help="confidence: commit above TAU"
+    )
+    p.add_argument("--order", choices=["confidence", "margin", "entropy", "random"], default="confidence")
+    p.add_argument(
+        "--entropy-bound", type=float, default=None, metavar="G", help="confidence: EB-sampler bound"
+    )
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -54,6 +66,16 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        **(
+            dict(
+                tokens_per_step=args.tokens_per_step,
+                threshold=args.threshold,
+                order=args.order,
+                entropy_bound=args.entropy_bound,
+            )
+            if args.predictor == "confidence"
+            else {}
+        ),  # fmt: skip
         progress=not args.no_progress,
         return_stats=True,
     )

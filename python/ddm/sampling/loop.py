@@ -80,6 +80,10 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     group_by_step: bool = False,
+    tokens_per_step: int | None = None,
+    threshold: float | None = None,
+    order: str = "confidence",
+    entropy_bound: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (Lou, Meng, Ermon 2024, section 4; SPEC section 5).
 
@@ -103,6 +107,9 @@ def sample(
             First-hitting draws each free position's unmasking time, unmasks them in that order, one per
             network call, each from the model's conditional at its time; with exact scores its output law
             is `p0` exactly, in `seq_len - |fixed|` calls (`steps` and `denoise` are not used).
+            Or `"confidence"`: each call proposes a token at every masked position and commits the best
+            ones by `order` (`tokens_per_step`, `threshold`, `entropy_bound`, or by default
+            `ceil(masked / calls left)` over `steps` calls; `ddm.sampling.confidence`).
         denoise: end with the denoising step (absorbing: no MASK left in the output).
         eps: the last time of the grid, in `(0, 1)`.
         prefix: token ids fixed at the start, a list or 1-D LongTensor.
@@ -126,6 +133,14 @@ def sample(
         group_by_step: first-hitting only: unmask together the positions whose times fall in the same
             step of the grid `linspace(1, eps, steps + 1)`, with one call at the top of the step (at most
             `steps` calls; draws within one step are independent, an approximation).
+        tokens_per_step: confidence only: commit the `k >= 1` best proposals per call.
+        threshold: confidence only: commit every proposal scored above `tau` in `(0, 1]`, at least one
+            (Fast-dLLM).
+        order: confidence only: the score of a proposal: `"confidence"` (its probability), `"margin"`
+            (top-1 minus top-2 probability), `"entropy"` (`exp(-H)` of its law) or `"random"` (with one
+            token per call, exact ancestral sampling).
+        entropy_bound: confidence only: commit the longest prefix of the ranking whose entropies satisfy
+            `sum H - max H <= gamma` (the EB-sampler, arXiv 2505.24857), at least one.
         temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
             proposal is the step's law given that the position moves (absorbing: the law over the real
             tokens a MASK position unmasks to); the probability of staying is unchanged, so the
@@ -155,12 +170,17 @@ def sample(
     log-score `-inf`.
 
     Raises:
-        ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`, a `seq_len`
+        ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
+            `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting` or `confidence` on the
+            uniform graph (it has no MASK), a `seq_len`
             longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
-    unmasking_options = dict(group_by_step=group_by_step)
+    unmasking_options = dict(
+        group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
+        entropy_bound=entropy_bound,
+    )  # fmt: skip
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
     if not callable(model):

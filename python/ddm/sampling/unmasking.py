@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["UNMASKING_PREDICTORS", "check_unmasking", "run_unmasking"]
 
-UNMASKING_PREDICTORS = ("first_hitting",)
+UNMASKING_PREDICTORS = ("first_hitting", "confidence")
 
 
 def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
@@ -26,6 +26,16 @@ def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
         )
     if not isinstance(options.get("group_by_step", False), bool):
         raise TypeError(f"group_by_step must be a bool, got {type(options['group_by_step']).__name__}")
+    if predictor == "confidence":
+        from ddm.sampling.confidence import check_confidence_options
+
+        check_confidence_options(
+            options["order"], options["tokens_per_step"], options["threshold"], options["entropy_bound"]
+        )
+    else:
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if options.get(name) is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
 
 
 def run_unmasking(
@@ -63,6 +73,15 @@ def run_unmasking(
                 call, graph, sampler.schedule, x, free, seed=seed, steps=steps, eps=sampler.eps,
                 group_by_step=options.get("group_by_step", False), proposal=sampler.proposal,
                 use_rust=use_rust, on_call=on_call,
+            )  # fmt: skip
+        elif predictor == "confidence":
+            from ddm.sampling.confidence import confidence_decode
+
+            x = confidence_decode(
+                call, graph, sampler.schedule, x, seed=seed, steps=steps, eps=sampler.eps,
+                proposal=sampler.proposal, use_rust=use_rust, order=options["order"],
+                tokens_per_step=options["tokens_per_step"], threshold=options["threshold"],
+                entropy_bound=options["entropy_bound"], on_call=on_call,
             )  # fmt: skip
         else:  # pragma: no cover - guarded by UNMASKING_PREDICTORS
             raise ValueError(f"unknown unmasking predictor {predictor!r}")
