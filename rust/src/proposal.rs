@@ -20,7 +20,7 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
-use crate::categorical::exp_f64;
+use crate::categorical::{exp_f64, max_check};
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
 use crate::rng::{Domain, Rng, RngKey};
@@ -158,6 +158,59 @@ fn draw_move(w: &mut [f64], tf: &Transform, rank: &mut Vec<(f64, u32)>, u: f64) 
     }
 }
 
+const LANES: usize = 8;
+
+#[inline(always)]
+fn exp_weights_impl(row: &[f32], m: f64, inv_t: f64, w: &mut [f64]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut r8 = row.chunks_exact(LANES);
+    let mut w8 = w.chunks_exact_mut(LANES);
+    if inv_t == 1.0 {
+        for (rc, wc) in (&mut r8).zip(&mut w8) {
+            for j in 0..LANES {
+                wc[j] = exp_f64(rc[j] as f64 - m);
+                acc[j] += wc[j];
+            }
+        }
+    } else {
+        for (rc, wc) in (&mut r8).zip(&mut w8) {
+            for j in 0..LANES {
+                let d = rc[j] as f64 - m;
+                acc[j] += exp_f64(d);
+                wc[j] = exp_f64(d * inv_t);
+            }
+        }
+    }
+    let mut tail = 0.0;
+    for (wy, &l) in w8.into_remainder().iter_mut().zip(r8.remainder()) {
+        let d = l as f64 - m;
+        tail += exp_f64(d);
+        *wy = exp_f64(d * inv_t);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_weights_avx2(row: &[f32], m: f64, inv_t: f64, w: &mut [f64]) -> f64 {
+    exp_weights_impl(row, m, inv_t, w)
+}
+
+/// `w_y = exp((l_y - m) / T)` (with `inv_t = 1 / T`) over a row, and returns `sum_y exp(l_y - m)`: the
+/// vectorised exp of `categorical.rs`, with hardware FMA where the CPU has it.
+pub(crate) fn exp_weights(row: &[f32], m: f64, inv_t: f64, w: &mut [f64]) -> f64 {
+    debug_assert_eq!(row.len(), w.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above); no other precondition.
+            return unsafe { exp_weights_avx2(row, m, inv_t, w) };
+        }
+    }
+    exp_weights_impl(row, m, inv_t, w)
+}
+
 /// Per-thread scratch.
 #[derive(Default)]
 struct Scratch {
@@ -209,6 +262,24 @@ fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
     }
 }
 
+/// The largest log-score outside `cur` (-inf when there is none), after the checks of [`check_row`]:
+/// one vectorised pass (`categorical::max_check`), and the slow scan only for a row holding a
+/// non-finite entry.
+fn row_max(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<f64, KernelError> {
+    let (m, chk) = match cur {
+        None => max_check(row),
+        Some(x) => {
+            let (a, ka) = max_check(&row[..x]);
+            let (b, kb) = max_check(&row[x + 1..]);
+            (a.max(b), ka + kb)
+        }
+    };
+    if chk != 0.0 {
+        check_row(row, cur, at)?; // NaN or +inf is an error; -inf only is fine (max_check skips NaN)
+    }
+    Ok(m as f64)
+}
+
 /// A NaN or +inf log-score outside `cur` is an error; -inf is a weight of 0.
 fn check_row(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<(), KernelError> {
     match row
@@ -245,7 +316,6 @@ fn step_position(
     if matches!(law, Law::Stay) || (cur.is_some() && row.len() == 1) {
         return Ok(x);
     }
-    check_row(row, cur, at)?;
     if scratch.w.len() < row.len() {
         scratch.w.resize(row.len(), 0.0);
     }
@@ -253,12 +323,7 @@ fn step_position(
     match law {
         Law::Stay => Ok(x),
         Law::Jump { c, ln_c } => {
-            let m = row
-                .iter()
-                .enumerate()
-                .filter(|&(y, _)| Some(y) != cur)
-                .map(|(_, &v)| v as f64)
-                .fold(f64::NEG_INFINITY, f64::max);
+            let m = row_max(row, cur, at)?;
             if m == f64::NEG_INFINITY {
                 return if c.is_infinite() {
                     Err(KernelError::NoMass { b: at.0, i: at.1 })
@@ -268,20 +333,15 @@ fn step_position(
             }
             // S' = sum_{y != x} exp(l_y - m) >= 1; r = c e^m S' is the mass that leaves x.
             let inv_t = 1.0 / tf.temperature;
-            let mut s = 0.0;
-            for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
-                if Some(y) == cur {
-                    *wy = 0.0;
-                    continue;
+            let s = match cur {
+                None => exp_weights(row, m, inv_t, w),
+                Some(x) => {
+                    let (wl, wr) = w.split_at_mut(x);
+                    wr[0] = 0.0;
+                    exp_weights(&row[..x], m, inv_t, wl)
+                        + exp_weights(&row[x + 1..], m, inv_t, &mut wr[1..])
                 }
-                let e = exp_f64(l as f64 - m);
-                s += e;
-                *wy = if inv_t == 1.0 {
-                    e
-                } else {
-                    exp_f64((l as f64 - m) * inv_t)
-                };
-            }
+            };
             let r = if c.is_infinite() {
                 f64::INFINITY
             } else if m.abs() < 700.0 {
@@ -295,6 +355,7 @@ fn step_position(
             Ok(draw_move(w, tf, &mut scratch.rank, rng.uniform()).map_or(x, |y| y as i64))
         }
         Law::Tweedie { q, e_neg, n } => {
+            check_row(row, cur, at)?;
             let x = x as usize;
             let shift = row
                 .iter()

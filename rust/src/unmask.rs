@@ -10,10 +10,10 @@
 
 use rayon::prelude::*;
 
-use crate::categorical::exp_f64;
+use crate::categorical::max_check;
 use crate::error::KernelError;
 use crate::graphs::{check_tokens_shape, Graph};
-use crate::proposal::{draw, truncate, Transform};
+use crate::proposal::{draw, exp_weights, truncate, Transform};
 use crate::rng::{Domain, RngKey};
 
 #[derive(Default)]
@@ -30,19 +30,22 @@ fn propose_position(
     scratch: &mut Scratch,
     at: (usize, usize),
 ) -> Result<(i64, [f64; 3]), KernelError> {
-    if let Some((y, &value)) = row
-        .iter()
-        .enumerate()
-        .find(|&(_, v)| v.is_nan() || *v == f32::INFINITY)
-    {
-        return Err(KernelError::NonFiniteLogScore {
-            b: at.0,
-            i: at.1,
-            y,
-            value,
-        });
+    let (m, chk) = max_check(row);
+    if chk != 0.0 {
+        if let Some((y, &value)) = row
+            .iter()
+            .enumerate()
+            .find(|&(_, v)| v.is_nan() || *v == f32::INFINITY)
+        {
+            return Err(KernelError::NonFiniteLogScore {
+                b: at.0,
+                i: at.1,
+                y,
+                value,
+            });
+        }
     }
-    let m = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+    let m = m as f64;
     if m == f64::NEG_INFINITY {
         return Err(KernelError::NoMass { b: at.0, i: at.1 });
     }
@@ -51,9 +54,7 @@ fn propose_position(
         scratch.w.resize(row.len(), 0.0);
     }
     let w = &mut scratch.w[..row.len()];
-    for (wy, &l) in w.iter_mut().zip(row) {
-        *wy = exp_f64((l as f64 - m) * inv_t);
-    }
+    exp_weights(row, m, inv_t, w);
     let truncated = tf.top_k.is_some_and(|k| k < row.len()) || tf.top_p.is_some_and(|p| p < 1.0);
     let rank = &mut scratch.rank;
     if truncated {
