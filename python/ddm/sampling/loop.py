@@ -84,6 +84,8 @@ def sample(
     threshold: float | None = None,
     order: str = "confidence",
     entropy_bound: float | None = None,
+    remask: float | None = None,
+    remask_schedule: str = "cap",
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (Lou, Meng, Ermon 2024, section 4; SPEC section 5).
 
@@ -141,6 +143,13 @@ def sample(
             token per call, exact ancestral sampling).
         entropy_bound: confidence only: commit the longest prefix of the ranking whose entropies satisfy
             `sum H - max H <= gamma` (the EB-sampler, arXiv 2505.24857), at least one.
+        remask: absorbing graph, grid predictors: the ReMDM sampler (arXiv 2503.00307;
+            `ddm.sampling.remask`) with remasking strength `eta` in `[0, 1]`: each step masks a
+            committed token again with probability `r_k` and unmasks a MASK with the matching ReMDM
+            probability, both from the schedule, the token from the model's conditional. None: no
+            remasking (the plain step). `0` is the MDLM ancestral step.
+        remask_schedule: `"cap"` (`r_k = min(eta, r_max)`) or `"rescale"` (`r_k = eta r_max`), with
+            `r_max = min(1, (1 - alpha_s) / alpha_t)` the largest rate that keeps the forward marginals.
         temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
             proposal is the step's law given that the position moves (absorbing: the law over the real
             tokens a MASK position unmasks to); the probability of staying is unchanged, so the
@@ -171,15 +180,15 @@ def sample(
 
     Raises:
         ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
-            `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting` or `confidence` on the
-            uniform graph (it has no MASK), a `seq_len`
+            `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting`, `confidence` or
+            `remask` on the uniform graph (it has no MASK), a `seq_len`
             longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
     unmasking_options = dict(
         group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
-        entropy_bound=entropy_bound,
+        entropy_bound=entropy_bound, remask=remask, remask_schedule=remask_schedule,
     )  # fmt: skip
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
@@ -206,7 +215,8 @@ def sample(
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
     if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
-    unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
+    # issue 14: samplers that are not the plain grid steps
+    unmasking = predictor in UNMASKING_PREDICTORS or remask is not None
     sampler = Sampler(
         graph, schedule, predictor="analytic" if unmasking else predictor, eps=eps, denoise=denoise,
         temperature=temperature, top_k=top_k, top_p=top_p,

@@ -2,6 +2,7 @@
 
 - `"first_hitting"`: `ddm.sampling.first_hitting` (exact, docs/math.md section 8).
 - `"confidence"`: `ddm.sampling.confidence` (MaskGIT / LLaDA / Fast-dLLM / EB-sampler, section 9).
+- `remask=eta` with a grid predictor: `ddm.sampling.remask` (ReMDM, section 10).
 
 `ddm.sampling.sample` dispatches here; this module checks their options and counts network calls.
 """
@@ -20,10 +21,17 @@ UNMASKING_PREDICTORS = ("first_hitting", "confidence")
 
 def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
     """ValueError for an unmasking predictor on the uniform graph, or a bad option."""
+    what = "remask" if options.get("remask") is not None else f"predictor={predictor!r}"
     if not graph.absorbing:
-        raise ValueError(
-            f"predictor={predictor!r} needs the absorbing graph: the uniform graph has no MASK to unmask"
-        )
+        raise ValueError(f"{what} needs the absorbing graph: the uniform graph has no MASK to unmask")
+    if options.get("remask") is not None:
+        from ddm.sampling.remask import check_remask
+
+        if predictor in UNMASKING_PREDICTORS:
+            raise ValueError(
+                f"remask is an option of the grid predictors (analytic, euler), not {predictor!r}"
+            )
+        check_remask(options["remask"], options.get("remask_schedule", "cap"))
     if not isinstance(options.get("group_by_step", False), bool):
         raise TypeError(f"group_by_step must be a bool, got {type(options['group_by_step']).__name__}")
     if predictor == "confidence":
@@ -66,7 +74,14 @@ def run_unmasking(
         counts[1] += rows
 
     with torch.no_grad():
-        if predictor == "first_hitting":
+        if options.get("remask") is not None:
+            from ddm.sampling.remask import remdm
+
+            x = remdm(
+                call, sampler, x, free, seed=seed, eta=float(options["remask"]),
+                kind=options.get("remask_schedule", "cap"), use_rust=use_rust, on_call=on_call,
+            )  # fmt: skip
+        elif predictor == "first_hitting":
             from ddm.sampling.first_hitting import first_hitting
 
             x = first_hitting(
