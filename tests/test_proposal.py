@@ -193,7 +193,11 @@ def test_cli_sample_options(tmp_path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main([*args, "--temperature", "0.7", "--top-k", "3", "--top-p", "0.9"]) == 0
     texts = capsys.readouterr().out.strip("\n").split("\n" + "=" * 80 + "\n")
     assert len(texts) == 3 and all(len(t) == 12 and set(t) <= set("abcd") for t in texts)
-    for extra in (["--predictor", "first_hitting"], ["--predictor", "confidence", "--tokens-per-step", "4"]):
+    for extra in (
+        ["--predictor", "first_hitting"],
+        ["--predictor", "confidence", "--tokens-per-step", "4"],
+        ["--remask", "0.1"],
+    ):
         assert main([*args, *extra, "--temperature", "0.9", "--top-p", "0.95"]) == 0
         assert len(capsys.readouterr().out.strip("\n").split("\n" + "=" * 80 + "\n")) == 3
     assert main([*args, "--top-p", "1.5"]) == 2
