@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--entropy-bound", type=float, default=None, metavar="G", help="confidence: EB-sampler bound"
     )
+    p.add_argument("--remask", type=float, default=None, metavar="ETA", help="ReMDM remasking, in [0, 1]")
+    p.add_argument("--remask-schedule", choices=["cap", "rescale"], default="cap")
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.predictor == "confidence"
             else {}
-        ),  # fmt: skip
+        ),
+        remask=args.remask,
+        remask_schedule=args.remask_schedule,
         progress=not args.no_progress,
         return_stats=True,
     )
