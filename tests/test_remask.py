@@ -56,6 +56,29 @@ def test_no_remasking_is_the_analytic_law(backend: str) -> None:
     assert chi2_pvalue(empirical(x, N), exact, n) > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["cap", "rescale"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_draws_follow_the_exact_remasking_law(backend: str, kind: str) -> None:
+    """`Sampler.step_probs` gives the ReMDM step's law, so `sampler_law` is the exact law of the
+    discretised sampler: at 6 steps with strong remasking the draws must follow it (chi-square)."""
+    model = ExactScore(GRAPH, P0)
+    n = 4000
+    x = sample(model, 6, batch_size=n, remask=0.5, remask_schedule=kind, seed=12, backend=backend, **KW)
+    s = Sampler(GRAPH, LogLinear(), remask=0.5, remask_schedule=kind)
+    s.set_timesteps(6)
+    exact = _law_on_real_tokens(sampler_law(model, s), GRAPH.dim)
+    assert float(exact.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert chi2_pvalue(empirical(x, N), exact, n) > 1e-3
+
+
+def test_sampler_config_keeps_remask() -> None:
+    s = Sampler(GRAPH, LogLinear(), remask=0.1, remask_schedule="rescale", temperature=0.9)
+    t = Sampler.from_config(s.config)
+    assert (t.remask, t.remask_schedule, t.proposal) == (0.1, "rescale", s.proposal)
+    with pytest.raises(ValueError, match="has no MASK"):
+        Sampler(Uniform(N), Geometric(), remask=0.1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_remasking_converges_to_p0(backend: str) -> None:
     model = ExactScore(GRAPH, P0)

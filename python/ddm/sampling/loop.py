@@ -215,11 +215,11 @@ def sample(
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
     if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
-    # issue 14: samplers that are not the plain grid steps
-    unmasking = predictor in UNMASKING_PREDICTORS or remask is not None
+    unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
     sampler = Sampler(
         graph, schedule, predictor="analytic" if unmasking else predictor, eps=eps, denoise=denoise,
-        temperature=temperature, top_k=top_k, top_p=top_p,
+        temperature=temperature, top_k=top_k, top_p=top_p, remask=None if unmasking else remask,
+        remask_schedule=remask_schedule,
     )  # fmt: skip
     graph = sampler.graph
     if unmasking:

@@ -18,7 +18,6 @@ last call at `t = eps` unmasks whatever is left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ import torch
 from ddm.sampling import _rng
 from ddm.sampling.first_hitting import draw_masked
 
-__all__ = ["REMASK_SCHEDULES", "check_remask", "remask_rates", "remdm"]
+__all__ = ["REMASK_SCHEDULES", "check_remask", "remask_rates", "remdm_step", "remdm_step_probs"]
 
 REMASK_SCHEDULES = ("cap", "rescale")
 STREAM_UNMASK = 0x5EED0017
@@ -65,52 +64,67 @@ def remask_rates(sigma_bar: torch.Tensor, eta: float, kind: str) -> tuple[torch.
     return r, unmask
 
 
-def remdm(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def _rates(sampler: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (sampler.num_inference_steps, sampler.remask, sampler.remask_schedule)
+    cached = getattr(sampler, "_remask_rates", None)
+    if cached is None or cached[0] != key:
+        cached = (key, remask_rates(sampler._sigma_bar, sampler.remask, sampler.remask_schedule))
+        sampler._remask_rates = cached
+    return cached[1]
+
+
+def remdm_step(
     sampler: Any,
+    log_score: torch.Tensor,
+    k: int,
     x: torch.Tensor,
-    free: torch.Tensor,
     *,
     seed: int,
-    eta: float,
-    kind: str,
+    seq_offset: int,
     use_rust: bool,
-    on_call: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Run ReMDM from `x` (MASK at the free positions) on `sampler`'s grid (`set_timesteps` called).
+    """The ReMDM step at `timesteps[k]` (`Sampler.step` with `remask` set): new int64 tokens `[B, L]`.
 
-    Returns:
-        int64 `[B, L]`; without MASK when `sampler.denoise`.
+    Step `k < steps` remasks and unmasks as in the module docstring; the denoising step `k = steps`
+    unmasks every MASK left. Decisions are keyed by `(seed, k, seq_offset + b, i)`, token draws too
+    (`first_hitting.draw_masked`: the Rust denoising kernel on the CPU).
     """
     graph = sampler.graph
     mask_id = graph.dim - 1
     batch, length = x.shape
-    device = x.device
-    rows = torch.arange(batch, dtype=torch.int64, device=device)
-    free_b = free.to(device)[None, :].expand(batch, length)  # (B, L)
-    steps = sampler.num_inference_steps
-    r, unmask = remask_rates(sampler._sigma_bar, eta, kind)  # (steps,) each
-    for k in range(steps):
-        sigma = sampler.noise_level(k, batch, device=device)  # (B,)
-        log_score = call(x, sigma)
-        if on_call is not None:
-            on_call(batch)
-        masked = (x == mask_id) & free_b
-        committed = (x != mask_id) & free_b
-        u = _rng.uniforms(seed, STREAM_UNMASK, k, rows, length).to(device)  # (B, L)
-        go = masked & (u < float(unmask[k]))
-        v = _rng.uniforms(seed, STREAM_REMASK, k, rows, length).to(device)
-        back = committed & (v < float(r[k]))
-        x = draw_masked(graph, log_score, x, go, sigma, seed=seed, step=k, rows=rows,
-                        proposal=sampler.proposal, use_rust=use_rust)  # fmt: skip
-        x = torch.where(back, mask_id, x)
-    if sampler.denoise:
-        sigma = sampler.noise_level(steps, batch, device=device)
-        masked = (x == mask_id) & free_b
-        if bool(masked.any()):
-            log_score = call(x, sigma)
-            if on_call is not None:
-                on_call(batch)
-            x = draw_masked(graph, log_score, x, masked, sigma, seed=seed, step=steps, rows=rows,
-                            proposal=sampler.proposal, use_rust=use_rust)  # fmt: skip
-    return x
+    rows = torch.arange(batch, dtype=torch.int64, device=x.device) + seq_offset
+    sigma = sampler.noise_level(k, batch, device=x.device)  # (B,)
+    masked = x == mask_id  # (B, L)
+    common = dict(seed=seed, step=k, rows=rows, proposal=sampler.proposal, use_rust=use_rust)
+    if k == sampler.num_inference_steps:  # the denoising step
+        return draw_masked(graph, log_score, x, masked, sigma, **common)
+    r, unmask = _rates(sampler)
+    go = masked & (_rng.uniforms(seed, STREAM_UNMASK, k, rows, length).to(x.device) < float(unmask[k]))
+    back = ~masked & (_rng.uniforms(seed, STREAM_REMASK, k, rows, length).to(x.device) < float(r[k]))
+    x = draw_masked(graph, log_score, x, go, sigma, **common)
+    return torch.where(back, mask_id, x)
+
+
+def remdm_step_probs(sampler: Any, log_score: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+    """The ReMDM step's probabilities `[B, L, dim]` float64 (`Sampler.step_probs` with `remask` set)."""
+    from ddm.sampling import torch_steps
+    from ddm.sampling.proposal import apply_to_step
+
+    graph = sampler.graph
+    mask_id = graph.dim - 1
+    batch, length = x.shape
+    masked = x == mask_id  # (B, L)
+    all_mask = torch.full_like(x, mask_id)
+    sigma = sampler.noise_level(k, batch, device=x.device)
+    # x_theta at every position (as if MASK), with the transform: (B, L, dim), 0 on MASK
+    theta = apply_to_step(torch_steps.denoise_step_probs(graph, all_mask, log_score, sigma), all_mask,
+                          sampler.proposal)  # fmt: skip
+    if k == sampler.num_inference_steps:
+        keep = torch.nn.functional.one_hot(x, graph.dim).to(torch.float64)
+        return torch.where(masked[..., None], theta, keep)
+    r, unmask = (float(v[k]) for v in _rates(sampler))
+    at_mask = theta * unmask
+    at_mask[..., mask_id] = 1.0 - unmask
+    at_real = torch.nn.functional.one_hot(x, graph.dim).to(torch.float64) * (1.0 - r)
+    at_real[..., mask_id] += r
+    return torch.where(masked[..., None], at_mask, at_real)

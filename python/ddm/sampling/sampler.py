@@ -116,6 +116,9 @@ class Sampler:
             (`ddm.sampling.proposal`, docs/math.md section 5.10); 1 is the plain step.
         top_k: keep only the `k >= 1` most likely states of the proposal distribution; None keeps all.
         top_p: keep only its nucleus of mass `p` in `(0, 1]`; None keeps all.
+        remask: absorbing graph: replace every step by the ReMDM step with remasking strength `eta` in
+            `[0, 1]` (`ddm.sampling.remask`, docs/math.md section 10); None: the predictor's step.
+        remask_schedule: `"cap"` or `"rescale"` (how `eta` sets the remasking probability per step).
     """
 
     def __init__(
@@ -128,9 +131,19 @@ class Sampler:
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        remask: float | None = None,
+        remask_schedule: str = "cap",
     ) -> None:
         self.proposal = make_proposal(temperature, top_k, top_p)
         self.graph = _as_graph(graph)
+        if remask is not None:
+            from ddm.sampling.remask import check_remask
+
+            remask = check_remask(remask, remask_schedule)
+            if not self.graph.absorbing:
+                raise ValueError("remask needs the absorbing graph: the uniform graph has no MASK to unmask")
+        self.remask = remask
+        self.remask_schedule = remask_schedule
         self.schedule = _as_schedule(schedule)
         if predictor in ("first_hitting", "confidence"):
             raise ValueError(
@@ -165,6 +178,8 @@ class Sampler:
             "eps": self.eps,
             "denoise": self.denoise,
             **self.proposal.to_config(),
+            "remask": self.remask,
+            "remask_schedule": self.remask_schedule,
         }
 
     def to_config(self) -> dict[str, Any]:
@@ -185,6 +200,8 @@ class Sampler:
             "temperature",
             "top_k",
             "top_p",
+            "remask",
+            "remask_schedule",
         }
         if extra:
             raise ValueError(f"unknown sampler config keys {sorted(extra)}")
@@ -286,6 +303,10 @@ class Sampler:
         from ddm.sampling import torch_steps
 
         log_score, x = self._check_step_inputs(log_score, x)
+        if self.remask is not None:
+            from ddm.sampling.remask import remdm_step_probs
+
+            return remdm_step_probs(self, log_score.detach(), self._check_index(t_index), x)
         kind, noise = self.step_kind(t_index)
         level = torch.full((x.shape[0],), noise, dtype=torch.float64, device=x.device)  # (B,)
         fn = {
@@ -332,6 +353,13 @@ class Sampler:
         if isinstance(seq_offset, bool) or not isinstance(seq_offset, int) or seq_offset < 0:
             raise ValueError(f"seq_offset must be an int >= 0, got {seq_offset!r}")
         use_rust = resolve_backend(backend, x.device)
+        if self.remask is not None:
+            from ddm.sampling.remask import remdm_step
+
+            out = remdm_step(
+                self, log_score.detach(), k, x, seed=seed, seq_offset=seq_offset, use_rust=use_rust
+            )
+            return SamplerOutput(prev_sample=out)
         kind, noise = self.step_kind(k)
         if use_rust:
             from ddm.sampling import _native

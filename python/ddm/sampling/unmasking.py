@@ -2,7 +2,8 @@
 
 - `"first_hitting"`: `ddm.sampling.first_hitting` (exact, docs/math.md section 8).
 - `"confidence"`: `ddm.sampling.confidence` (MaskGIT / LLaDA / Fast-dLLM / EB-sampler, section 9).
-- `remask=eta` with a grid predictor: `ddm.sampling.remask` (ReMDM, section 10).
+
+Remasking (`remask=`, ReMDM, section 10) is a grid step: `Sampler(remask=...)`, `ddm.sampling.remask`.
 
 `ddm.sampling.sample` dispatches here; this module checks their options and counts network calls.
 """
@@ -74,14 +75,7 @@ def run_unmasking(
         counts[1] += rows
 
     with torch.no_grad():
-        if options.get("remask") is not None:
-            from ddm.sampling.remask import remdm
-
-            x = remdm(
-                call, sampler, x, free, seed=seed, eta=float(options["remask"]),
-                kind=options.get("remask_schedule", "cap"), use_rust=use_rust, on_call=on_call,
-            )  # fmt: skip
-        elif predictor == "first_hitting":
+        if predictor == "first_hitting":
             from ddm.sampling.first_hitting import first_hitting
 
             x = first_hitting(
