@@ -8,7 +8,7 @@ PIP     := $(PY) -m pip
 DEPS    := $(VENV)/.ddm-deps
 BUILT   := $(VENV)/.ddm-built
 WHEELS  ?= $(HOME)/.cache/ddm/wheels
-RUST_SRC := $(wildcard rust/src/*.rs) Cargo.toml
+RUST_SRC := $(wildcard rust/src/*.rs rust/src/*/*.rs) Cargo.toml
 export PYO3_PYTHON := $(abspath $(PY))
 
 .PHONY: setup build demo test lint fmt cargo-test pytest bench clean
@@ -37,12 +37,18 @@ $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml
 demo: build
 	$(PY) -m ddm.demo
 
-lint: $(DEPS)
+# Needs the built extension: mypy.stubtest checks the hand-written python/ddm/_core.pyi against it.
+lint: build
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -q -- -D warnings
 	cargo clippy --lib --features python -q -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	# the layer order and no import cycles ([tool.importlinter] in pyproject.toml); PYTHONPATH so that
+	# it reads the sources without a built extension
+	PYTHONPATH=python $(VENV)/bin/lint-imports
+	# _core.pyi against the built extension
+	$(PY) -m mypy.stubtest ddm._core
 
 fmt: $(DEPS)
 	cargo fmt --all

@@ -6,7 +6,7 @@ In one process and one run, on the same inputs, for each case this times:
 2. `torch`: the same step written in plain torch ops the way the SEDD reference code writes it:
    `exp` of the log-scores, clone, the staggered score `exp(-dQ) s`, the transition row `exp(dQ)(x, .)`
    (or the reverse-rate row for Euler) over the whole `[B, L, dim]` tensor, then a float32 Gumbel-max
-   `argmax(log p - log(-log u))` (written here from SPEC section 5; it is not part of the package);
+   `argmax(log p - log(-log u))` (written here from docs/math.md section 5; it is not part of the package);
 3. `floor`: one read pass over the same float32 log-score array (a sum): no step that reads the scores
    can be faster. Both `np.sum` and `torch.sum` are timed; the faster is the floor (`floor_method`).
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------------
 # The reference step in plain torch, written the way the SEDD reference sampler writes it
-# (Lou, Meng, Ermon 2024; formulas of SPEC section 5). float32 throughout, like the reference.
+# (Lou, Meng, Ermon 2024; formulas of docs/math.md section 5). float32 throughout, like the reference.
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -248,10 +248,10 @@ def make_inputs(
 
 
 STEPS = {
-    # name: (Rust wrapper, reference, package torch step, noise level)
-    "analytic": (_native.analytic_step, ref_analytic, torch_steps.analytic_step, 1e-2),
-    "euler": (_native.euler_step, ref_euler, torch_steps.euler_step, 1e-2),
-    "denoise": (_native.denoise_step, ref_denoise, torch_steps.denoise_step, 1e-3),
+    # kind: (reference, package torch step, noise level); Rust runs `_native.reverse_step(kind, ...)`
+    "analytic": (ref_analytic, torch_steps.analytic_step, 1e-2),
+    "euler": (ref_euler, torch_steps.euler_step, 1e-2),
+    "denoise": (ref_denoise, torch_steps.denoise_step, 1e-3),
 }
 
 
@@ -260,12 +260,14 @@ def bench_step(
 ) -> dict[str, Any]:
     """Times one reverse step three (or four) ways on the same inputs."""
     batch, length, dim = shape
-    rust_fn, ref_fn, pkg_fn, level = STEPS[step]
+    ref_fn, pkg_fn, level = STEPS[step]
     graph = make_graph(absorbing, dim)
     x, log_score = make_inputs(absorbing, batch, length, dim)
     lv = torch.full((batch,), level, dtype=torch.float64)
     counter = iter(range(1 << 62))
-    rust_s = median_time(lambda: rust_fn(graph, x, log_score, lv, seed=1, step=next(counter)), repeats)
+    rust_s = median_time(
+        lambda: _native.reverse_step(step, graph, x, log_score, lv, seed=1, step=next(counter)), repeats
+    )
     torch_s = median_time(lambda: ref_fn(absorbing, x, log_score, lv), torch_repeats)
     floor_s, floor_method = floor_time(log_score, repeats)
     rec: dict[str, Any] = {
@@ -285,11 +287,14 @@ def bench_step(
     if ddm_torch:
         rec["torch_ddm_s"] = median_time(lambda: pkg_fn(graph, x, log_score, lv), torch_repeats)
     # Sanity: the outputs are states of the graph (a benchmark of a broken kernel is worthless).
-    out = rust_fn(graph, x, log_score, lv, seed=1, step=0)
+    out = _native.reverse_step(step, graph, x, log_score, lv, seed=1, step=0)
     assert out.shape == x.shape and int(out.min()) >= 0 and int(out.max()) < dim
     if absorbing and step == "denoise":
         assert bool((out != dim - 1).all()), "denoise returned MASK"
     return rec
+
+
+CORRUPT_STREAM = 0x5EED0003  # any 32-bit tag: the cost does not depend on it
 
 
 def bench_corrupt(absorbing: bool, shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
@@ -300,7 +305,9 @@ def bench_corrupt(absorbing: bool, shape: tuple[int, int, int], repeats: int) ->
     x = torch.randint(0, graph.vocab_size, (batch, length), generator=g)  # (B, L)
     sigma = torch.linspace(0.1, 4.0, batch, dtype=torch.float64)  # (B,)
     counter = iter(range(1 << 62))
-    rust_s = median_time(lambda: _native.corrupt(graph, x, sigma, seed=1, step=next(counter)), repeats)
+    rust_s = median_time(
+        lambda: _native.corrupt(graph, x, sigma, seed=1, step=next(counter), stream=CORRUPT_STREAM), repeats
+    )
     torch_s = median_time(lambda: graph.sample_transition(x, sigma[:, None]), repeats)
     return {
         "case": f"corrupt/{'absorb' if absorbing else 'uniform'}/{dim}",
@@ -324,11 +331,12 @@ import json, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 from compare import STEPS, make_graph, make_inputs
+from ddm.sampling import _native
 
 step, absorbing, impl = sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 batch, length, dim = (int(v) for v in sys.argv[5:8])
 torch.set_num_threads(int(sys.argv[8]))
-rust_fn, ref_fn, _, level = STEPS[step]
+ref_fn, _, level = STEPS[step]
 graph = make_graph(absorbing, dim)
 
 def status():
@@ -344,7 +352,7 @@ def status():
 xs, ls_small = make_inputs(absorbing, 1, 2, dim, seed=1)
 lv1 = torch.full((1,), level, dtype=torch.float64)
 if impl == "rust":
-    rust_fn(graph, xs, ls_small, lv1, seed=1, step=0)
+    _native.reverse_step(step, graph, xs, ls_small, lv1, seed=1, step=0)
 else:
     ref_fn(absorbing, xs, ls_small, lv1)
 # The inputs and the output, every page touched (make_inputs fills the scores in place).
@@ -359,7 +367,7 @@ except OSError:
     reset = False
 before = status()
 if impl == "rust":
-    rust_fn(graph, x, log_score, lv, seed=1, step=1, out=out)
+    _native.reverse_step(step, graph, x, log_score, lv, seed=1, step=1, out=out)
 else:
     out = ref_fn(absorbing, x, log_score, lv)
 after = status()

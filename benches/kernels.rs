@@ -1,11 +1,12 @@
-//! Criterion benches of the pure-Rust kernels (no Python): the fused exp pass over one row, and the
+//! Criterion benches of the pure-Rust kernels (no Python): the fused float32 exp pass over one row (the
+//! one every reverse step makes), and the
 //! reverse steps on a GPT-2-sized vocabulary (dim 50258) with half the positions masked.
 //! Run with `cargo bench --bench kernels`; the Python-level comparison is `benches/compare.py`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
-use _core::categorical::{exp_blocks, BLOCK};
-use _core::{analytic_step, euler_step, Graph, RngKey};
+use _core::categorical::{exp_blocks_f32, BLOCK};
+use _core::{reverse_step, Graph, RngKey, StepKind};
 
 const N: usize = 50_257;
 
@@ -26,10 +27,10 @@ fn bench_exp(c: &mut Criterion) {
     let src = log_scores(N + 1);
     let mut cache = vec![0.0; src.len()];
     let mut bs = vec![0.0; src.len().div_ceil(BLOCK)];
-    let mut g = c.benchmark_group("exp_blocks");
+    let mut g = c.benchmark_group("exp_blocks_f32");
     g.throughput(Throughput::Elements(src.len() as u64));
     g.bench_function("row_50258", |b| {
-        b.iter(|| exp_blocks(black_box(&src), 0.0, &mut cache, &mut bs))
+        b.iter(|| exp_blocks_f32(black_box(&src), -8.0, &mut cache, &mut bs))
     });
     g.bench_function("sum_50258", |b| {
         b.iter(|| black_box(&src).iter().map(|&v| v as f64).sum::<f64>())
@@ -51,17 +52,31 @@ fn bench_steps(c: &mut Criterion) {
     g.throughput(Throughput::Elements((batch * len * (N + 1)) as u64));
     g.sample_size(20);
     g.bench_function("absorbing_analytic_half_masked", |b| {
-        b.iter(|| analytic_step(abs, &x, &ls, &level, len, key, &mut out).unwrap())
+        b.iter(|| {
+            reverse_step(StepKind::Analytic, abs, &x, &ls, &level, len, key, &mut out).unwrap()
+        })
     });
     let uni = Graph::new(false, N + 1).unwrap();
     let xu: Vec<i64> = (0..batch * len)
         .map(|j| (j * 7919 % (N + 1)) as i64)
         .collect();
     g.bench_function("uniform_analytic", |b| {
-        b.iter(|| analytic_step(uni, &xu, &ls, &level, len, key, &mut out).unwrap())
+        b.iter(|| {
+            reverse_step(
+                StepKind::Analytic,
+                uni,
+                &xu,
+                &ls,
+                &level,
+                len,
+                key,
+                &mut out,
+            )
+            .unwrap()
+        })
     });
     g.bench_function("uniform_euler", |b| {
-        b.iter(|| euler_step(uni, &xu, &ls, &level, len, key, &mut out).unwrap())
+        b.iter(|| reverse_step(StepKind::Euler, uni, &xu, &ls, &level, len, key, &mut out).unwrap())
     });
     g.bench_function("sum_pass", |b| {
         b.iter(|| black_box(&ls).iter().map(|&v| v as f64).sum::<f64>())

@@ -31,7 +31,7 @@ def main() -> None:
     ls = (torch.randn(b, length, n + 1) * 2).float()
     lv = torch.full((b,), 1e-4, dtype=torch.float64)
     print(f"[{b}, {length}] positions, dim {n + 1}, ms per call, torch threads {torch.get_num_threads()}")
-    t = ms(lambda: _native.denoise_step(g, x, ls, lv, 0, 0))
+    t = ms(lambda: _native.reverse_step("denoise", g, x, ls, lv, 0, 0))
     print(f"rust denoise_step (plain)                    {t:8.1f}")
     for opts in (dict(temperature=0.8), dict(top_k=50), dict(top_p=0.9), dict(temperature=0.8, top_p=0.95)):
         p = make_proposal(**opts)

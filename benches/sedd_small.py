@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 from ddm.graphs import Absorbing
+from ddm.io.sedd import export_sedd, load_sedd
 from ddm.model import ModelConfig, ScoreModel
 from ddm.sampling import sample
 from ddm.schedules import LogLinear
-from ddm.sedd import export_sedd, load_sedd
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 torch.manual_seed(0)

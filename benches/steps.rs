@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use _core::{analytic_step, corrupt, denoise_step, euler_step, Graph, KernelError, RngKey};
+use _core::graphs::jump_probability;
+use _core::keyed::CounterKey;
+use _core::{corrupt, reverse_step, Graph, RngKey, StepKind};
 
 /// The three state-space sizes: a 4-letter alphabet + MASK, 27 characters + MASK, GPT-2 + MASK.
 const DIMS: [usize; 3] = [5, 28, 50_258];
@@ -64,23 +66,20 @@ fn log_scores(n: usize, rng: &mut XorShift) -> Vec<f32> {
     (0..n).map(|_| -12.0 + 8.0 * rng.unit()).collect()
 }
 
-type StepFn =
-    fn(Graph, &[i64], &[f32], &[f64], usize, RngKey, &mut [i64]) -> Result<(), KernelError>;
-
 fn bench_steps(c: &mut Criterion) {
     eprintln!(
         "ddm criterion benches: {} rayon threads (RAYON_NUM_THREADS to change)",
         rayon::current_num_threads()
     );
     // Noise levels of a 1024-step log-linear sampler mid-way: the cost does not depend on them.
-    let steps: [(&str, StepFn, f64); 3] = [
-        ("euler", euler_step, 1e-3),
-        ("analytic", analytic_step, 1e-3),
-        ("denoise", denoise_step, 1e-5),
+    let steps = [
+        (StepKind::Euler, 1e-3),
+        (StepKind::Analytic, 1e-3),
+        (StepKind::Denoise, 1e-5),
     ];
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    for (name, step, level) in steps {
-        let mut group = c.benchmark_group(name);
+    for (kind, level) in steps {
+        let mut group = c.benchmark_group(kind.name());
         for dim in DIMS {
             let (batch, len) = shape(dim);
             let n = batch * len;
@@ -105,7 +104,8 @@ fn bench_steps(c: &mut Criterion) {
                 group.bench_with_input(id, &dim, |b, _| {
                     b.iter(|| {
                         k += 1;
-                        step(
+                        reverse_step(
+                            kind,
                             g,
                             black_box(&x),
                             black_box(&ls),
@@ -128,8 +128,8 @@ fn bench_corrupt(c: &mut Criterion) {
     let (batch, len) = (64, 1024);
     let n = batch * len;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let sigma: Vec<f64> = (0..batch)
-        .map(|b| 0.1 + 4.0 * b as f64 / batch as f64)
+    let p_move: Vec<f64> = (0..batch)
+        .map(|b| jump_probability(0.1 + 4.0 * b as f64 / batch as f64))
         .collect();
     let mut out = vec![0i64; n];
     let mut group = c.benchmark_group("corrupt");
@@ -149,9 +149,9 @@ fn bench_corrupt(c: &mut Criterion) {
                     corrupt(
                         g,
                         black_box(&x),
-                        &sigma,
+                        &p_move,
                         len,
-                        RngKey::new(7, k, 0),
+                        CounterKey::new(7, 0x5eed_0003, k, 0),
                         &mut out,
                     )
                     .expect("corrupt runs");

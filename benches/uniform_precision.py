@@ -9,7 +9,10 @@ cannot occur. This script prints, for the installed core and optionally an older
 1. accuracy: the total-variation distance between the empirical law of one Rust step and the exact
    posterior, `Uniform(5)`, `p0 = [.5, .2, .15, .1, .05]`, exact scores at `sigma_bar = 20`, `x = 0`, for
    several `d`, with the float64 torch step (`ddm.sampling.torch_steps`) beside it;
-2. cost: one uniform analytic step on `[4, 256, 50258]` float32 log-scores (one thread) at a small `d`
+2. the whole sampler: `Uniform(4)`, L = 2, Geometric(1e-4, 20), exact scores, 1 / 2 / 4 steps, 40k
+   draws: TV of the empirical law of `ddm.sample` to the exact law of the discretised sampler
+   (`tests/exact_scores.py`), for each core and the torch backend;
+3. cost: one uniform analytic step on `[4, 256, 50258]` float32 log-scores (one thread) at a small `d`
    (the fast path) and at a large `d` with scores near 1 (the exact path), with a read pass over the
    array (the floor) and the float64 torch step.
 
@@ -88,6 +91,38 @@ def accuracy(cores: dict[str, Any], n_draws: int) -> None:
         print(f"{d:>10.4f} " + " ".join(f"{v:>12.4f}" for v in row))
 
 
+def sampler_tv(cores: dict[str, Any], n: int) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ddm.sampling import Sampler, _native, sample
+    from ddm.schedules import Geometric
+    from exact_scores import ExactScore, correlated_law, empirical, sampler_law, tv
+
+    n_tok, length = 4, 2
+    graph, schedule = Uniform(n_tok), Geometric(1e-4, 20.0)
+    model = ExactScore(graph, correlated_law(n_tok, length))
+    torch.set_num_threads(1)
+    print(f"\nsampler: Uniform(4), L = 2, Geometric(1e-4, 20), exact scores, {n} draws: TV to the exact law")
+    print(f"{'steps':>6} " + " ".join(f"{'rust ' + name:>14}" for name in cores) + f" {'torch':>8}")
+    for steps in (1, 2, 4):
+        s = Sampler(graph, schedule, predictor="analytic")
+        s.set_timesteps(steps)
+        law = sampler_law(model, s)
+        kw = dict(graph=graph, schedule=schedule, batch_size=n, seq_len=length, seed=99)
+        row = []
+        own = _native._core
+        try:
+            for core in cores.values():
+                _native._core = core
+                row.append(tv(empirical(sample(model, steps, backend="rust", **kw), n_tok), law))
+        finally:
+            _native._core = own
+        row.append(tv(empirical(sample(model, steps, backend="torch", **kw), n_tok), law))
+        print(f"{steps:>6} " + " ".join(f"{v:>14.3f}" for v in row[:-1]) + f" {row[-1]:>8.3f}")
+
+
 def median(fn, repeats: int) -> float:
     fn()
     ts = []
@@ -137,6 +172,7 @@ def main() -> None:
     if args.baseline:
         cores["baseline"] = load_core(args.baseline)
     accuracy(cores, 20_000 if args.quick else 200_000)
+    sampler_tv(cores, 10_000 if args.quick else 40_000)
     cost(cores, (1, 16, 50258) if args.quick else (4, 256, 50258), 3 if args.quick else 7)
 
 

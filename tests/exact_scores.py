@@ -2,7 +2,7 @@
 
 `ExactScore(graph, p0)` is a score model `model(x, sigma) -> log-score` for the law `p0` over `N^L`
 sequences: `p_sigma = (exp(sigma Q))^{(x) L} p0` is computed with the graph's closed-form transition, and
-`l[b, i, y] = log p_sigma(x with x^i := y) - log p_sigma(x)` (0 at `y = x^i`), as in SPEC section 1.
+`l[b, i, y] = log p_sigma(x with x^i := y) - log p_sigma(x)` (0 at `y = x^i`), as in docs/math.md section 1.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 from _tiny import tiny_run
-from ddm import checkpoint
+from ddm.eval.metrics import exact_nll, gen_perplexity
+from ddm.io import checkpoint
 from ddm.model import ARModel, ModelConfig
 from ddm.model.autoregressive import ancestral_sample, sequence_nll
-from ddm.quality import exact_nll, gen_perplexity
-from ddm.train import train
+from ddm.training import train
 from safetensors.torch import load_file
 from scipy.stats import chisquare
 
@@ -182,7 +182,7 @@ def test_resume_refuses_a_different_objective(tmp_path):
 
 
 def test_objective_is_validated():
-    from ddm.config import TrainConfig
+    from ddm.training.config import TrainConfig
 
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="gpt").validate()

@@ -1,4 +1,5 @@
-"""The benchmark report `benches/compare.py`: its torch reference computes the SPEC step, and its quick mode
+"""The benchmark report `benches/compare.py`: its torch reference computes the step of docs/math.md
+section 5, and its quick mode
 runs once on tiny sizes and writes valid JSON records (CI runs only this; the timings are not checked)."""
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def _normalised(w: torch.Tensor) -> torch.Tensor:
     ],
 )
 def test_reference_step_is_the_spec_step(absorbing, ref, oracle, level):
-    """The benchmark's float32 SEDD-style reference has the law of the package's float64 step (SPEC 5)."""
+    """The benchmark's float32 SEDD-style reference has the law of the package's float64 step .
+
+    docs/math.md section 5.
+    """
     dim = 7
     graph = compare.make_graph(absorbing, dim)
     x, log_score = compare.make_inputs(absorbing, 3, 5, dim, seed=4)

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from _tiny import tiny_run
-from ddm import checkpoint
 from ddm.graphs import Absorbing
+from ddm.io import checkpoint
 from ddm.model import EMA, ModelConfig, ScoreModel
 from ddm.schedules import LogLinear
 from ddm.tokenizers import CharTokenizer
-from ddm.train import train
+from ddm.training import train
 
 RUN = {k: v for k, v in tiny_run("unused", steps=3, warmup_steps=1, save_every=3).items() if k != "run_dir"}
 

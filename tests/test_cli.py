@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ddm import checkpoint
 from ddm.cli import SUBCOMMANDS, main
+from ddm.io import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,10 @@ def test_eval_on_a_text_file_and_errors(run_dir, capsys):
     text = d / "held.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 3)
     assert main(["eval", "--checkpoint", str(d / "run"), "--data", str(text), "--num-t", "2"]) == 0
-    assert "bits/char" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "bits/char" in captured.out
+    # the cost is stated before the work starts: 8 blocks of 16 (132 characters) x 2 times
+    assert "8 blocks of 16 x 2 times = 16 block evaluations" in captured.err
     bad = d / "bad.txt"
     bad.write_text("naïve ☃ " * 10)
     assert main(["eval", "--checkpoint", str(d / "run"), "--data", str(bad)]) == 2
@@ -77,3 +80,11 @@ def test_registry_and_module_entry_point():
         check=True,
     ).stdout
     assert "steps = 7  #" in out
+
+
+def test_eval_defaults_are_stated():
+    from ddm.cli import EVAL_NUM_T, build_parser
+
+    args = build_parser().parse_args(["eval", "--checkpoint", "x"])
+    assert args.num_t == EVAL_NUM_T == 32  # 100k characters: about 400 blocks x 32, not x 128
+    assert args.progress is None  # a bar when stderr is a terminal, as in `ddm train`

@@ -96,12 +96,12 @@ def test_bad_data_errors(tmp_path):
 
 
 def test_streaming_tokenization_in_small_chunks(tmp_path, monkeypatch):
-    import ddm.data
+    import ddm.data.tokens
 
     text = "".join(f"line {i}: {'xyz' * (i % 5)}\n" for i in range(200)) + "no newline at the end"
     src = tmp_path / "t.txt"
     src.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(ddm.data, "_CHUNK_CHARS", 7)  # forces many chunks, some without a line break
+    monkeypatch.setattr(ddm.data.tokens, "_CHUNK_CHARS", 7)  # forces many chunks, some without a line break
     tf = build_token_file(src, tmp_path / "t.bin")
     tok = tokenizers.from_config(tf.tokenizer)
     assert tf.n_tokens == len(text)

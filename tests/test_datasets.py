@@ -13,10 +13,14 @@ import os
 import zipfile
 from pathlib import Path
 
-import ddm.datasets as D
+import ddm.data.parsers as P
+import ddm.data.registry as D
+import ddm.data.sources as S
+import ddm.data.tokens
 import numpy as np
 import pytest
-from ddm.bio import DNATokenizer, ProteinTokenizer, parse_fasta, parse_swissprot, swissprot_crc64
+from ddm.data.parsers import parse_fasta, parse_swissprot, swissprot_crc64
+from ddm.tokenizers import DNATokenizer, ProteinTokenizer
 
 DATA = Path(__file__).parent / "data"
 
@@ -29,7 +33,7 @@ def test_wikifil_on_excerpt_matches_hand_derived_output():
     # dropped; template, table, reference, comment, URL, image options and the interlanguage link vanish;
     # link labels, the image caption and the category name stay; digits are spelled out; "&amp;amp;"
     # decodes to the entity "&amp;", which becomes a space; the comment in <comment> is not article text.
-    got = D.wikifil((DATA / "wiki_excerpt.xml").read_text())
+    got = P.wikifil((DATA / "wiki_excerpt.xml").read_text())
     assert got == (
         "zebras are african horses with three stripes see the zoo more "
         "a zebra in one nine nine nine in two zero one six ad q a r d end equids hello world"
@@ -50,7 +54,7 @@ def test_wikifil_on_excerpt_matches_hand_derived_output():
 )
 def test_wikifil_single_rules(wikitext, expected):
     xml = f'<page><text xml:space="preserve">{wikitext}</text></page><page><text>z</text></page>'
-    got = D.wikifil(xml)
+    got = P.wikifil(xml)
     assert got == (f"{expected} z" if expected else "z")
 
 
@@ -110,25 +114,25 @@ def test_parse_swissprot_rejects_corrupted_sequence():
 # --- archives: sha256, fetch errors, reading members ----------------------------------------------------
 
 
-def _make_wheel(path: Path, files: dict[str, bytes]) -> D.Source:
+def _make_wheel(path: Path, files: dict[str, bytes]) -> S.Source:
     with zipfile.ZipFile(path, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return D.Source("pip", "fakepkg", "1.0", path.name, sha)
+    return S.Source("pip", "fakepkg", "1.0", path.name, sha)
 
 
 def test_sha256_verification_fails_on_corrupted_archive(tmp_path):
     cache = tmp_path / "cache"
     (cache / "archives").mkdir(parents=True)
     src = _make_wheel(cache / "archives" / "fakepkg-1.0-py3-none-any.whl", {"pkg/a.txt": b"hello"})
-    assert D.fetch_archive(src, cache) == cache / "archives" / src.filename  # cached and valid: no download
+    assert S.fetch_archive(src, cache) == cache / "archives" / src.filename  # cached and valid: no download
     path = cache / "archives" / src.filename
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(D.ChecksumError, match=f"expected {src.sha256}.*Delete it and fetch again"):
-        D.fetch_archive(src, cache)
+    with pytest.raises(S.ChecksumError, match=f"expected {src.sha256}.*Delete it and fetch again"):
+        S.fetch_archive(src, cache)
 
 
 def test_fetch_failure_message_says_package_command_and_where(tmp_path, monkeypatch):
@@ -138,10 +142,10 @@ def test_fetch_failure_message_says_package_command_and_where(tmp_path, monkeypa
         calls.append(cmd)
         return 1, "ERROR: No matching distribution found for fakepkg==1.0"
 
-    monkeypatch.setattr(D, "_run", fake_run)
-    src = D.Source("pip", "fakepkg", "1.0", "fakepkg-1.0.tar.gz", "0" * 64)
-    with pytest.raises(D.FetchError) as info:
-        D.fetch_archive(src, tmp_path)
+    monkeypatch.setattr(S, "_run", fake_run)
+    src = S.Source("pip", "fakepkg", "1.0", "fakepkg-1.0.tar.gz", "0" * 64)
+    with pytest.raises(S.FetchError) as info:
+        S.fetch_archive(src, tmp_path)
     msg = str(info.value)
     assert "fakepkg==1.0" in msg and "pip download --no-deps" in msg
     assert "No matching distribution" in msg
@@ -159,11 +163,11 @@ def test_apt_fetch_updates_lists_once_then_retries(tmp_path, monkeypatch):
             return 0, ""
         return 100, "E: Unable to locate package fake-data"
 
-    monkeypatch.setattr(D, "_run", fake_run)
-    monkeypatch.setattr(D, "_apt_updated", False)
-    src = D.Source("apt", "fake-data", "1-1", "fake-data_1-1_all.deb", "0" * 64)
-    with pytest.raises(D.FetchError, match="apt-get download fake-data=1-1"):
-        D.fetch_archive(src, tmp_path)
+    monkeypatch.setattr(S, "_run", fake_run)
+    monkeypatch.setattr(S, "_apt_updated", False)
+    src = S.Source("apt", "fake-data", "1-1", "fake-data_1-1_all.deb", "0" * 64)
+    with pytest.raises(S.FetchError, match="apt-get download fake-data=1-1"):
+        S.fetch_archive(src, tmp_path)
     assert calls == [
         ["apt-get", "download", "fake-data=1-1"],
         ["apt-get", "update"],
@@ -197,9 +201,9 @@ def test_read_members_deb_tar_and_zip(tmp_path):
         + ar_member("control.tar.xz", tar_xz({"./control": b"Package: x\n"}))
         + ar_member("data.tar.xz", data)
     )
-    assert D.read_members(deb, "usr/share/x/*.fa") == {"usr/share/x/seq.fa": b">a\nACGT\n"}
+    assert S.read_members(deb, "usr/share/x/*.fa") == {"usr/share/x/seq.fa": b">a\nACGT\n"}
     with pytest.raises(ValueError, match="no file of"):
-        D.read_members(deb, "usr/share/y/*")
+        S.read_members(deb, "usr/share/y/*")
 
 
 # --- token files: written once, reused, memory-mapped ---------------------------------------------------
@@ -230,20 +234,22 @@ def test_token_file_written_once_and_reused(tmp_path):
 
 def test_chunked_tokenization_equals_whole(tmp_path, monkeypatch):
     pytest.importorskip("tiktoken")
-    from ddm.gpt2 import GPT2Tokenizer
+    from ddm.tokenizers.gpt2 import GPT2Tokenizer
 
     text = (
         "It's the 3rd time: \"Hello,\" she said -- and then?\n\nHe didn't answer;  he'd gone (twice).\n"
         "Numbers 12345 and caf\u00e9 na\u00efve \u4e2d\u6587 tabs\there.  Two  spaces, then\nnew lines.\n"
     ) * 20
-    monkeypatch.setattr(D, "_CHUNK", 97)  # many cuts, each before a whitespace between two words
+    monkeypatch.setattr(
+        ddm.data.tokens, "_CHUNK_CHARS", 97
+    )  # many cuts, each before a whitespace between two words
     tok = GPT2Tokenizer()
     path = D.write_token_file(text, tok, tmp_path / "g.bin")
     meta = json.loads(Path(str(path) + ".json").read_text())
     assert meta["dtype"] == "uint16"
     arr = np.memmap(path, dtype="uint16", mode="r")
     assert arr.tolist() == tok.encode(text)
-    assert "".join(D._chunks(text, 97)) == text
+    assert "".join(ddm.data.tokens.chunks(ddm.data.tokens.text_pieces(text))) == text
 
 
 @pytest.fixture
@@ -290,14 +296,13 @@ def test_dataset_cli_offline(fake_dataset, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("fake-dna") and " cached " in line for line in lines)
     assert any(line.startswith("minitext8") for line in lines)
-    assert D.main(["list"]) == 0  # python -m ddm.datasets list
 
 
 def test_dataset_cli_reports_fetch_failure(fake_dataset, monkeypatch, capsys):
     from ddm.cli import main as ddm_main
 
-    monkeypatch.setattr(D, "_run", lambda cmd, cwd: (1, "ERROR: network is unreachable"))
-    monkeypatch.setattr(D, "_apt_updated", True)
+    monkeypatch.setattr(S, "_run", lambda cmd, cwd: (1, "ERROR: network is unreachable"))
+    monkeypatch.setattr(S, "_apt_updated", True)
     assert ddm_main(["data", "fetch", "swissprot-small"]) == 1
     err = capsys.readouterr().err
     assert "could not fetch emboss-test==6.6.0+dfsg-12" in err and "network is unreachable" in err

@@ -4,7 +4,7 @@ Two processes and one process train the same global batches (keyed by seed, step
 give the same losses and weights up to float32 summation order: losses and gradient norms agree to
 `rtol = 1e-5`, weights, EMA weights and Adam moments to `rtol = 1e-5, atol = 1e-6` (the 2-process and
 1-process runs also use different `grad_accum`, so the split of the batch differs three ways). Dropout is
-0: dropout masks are not keyed per row (see ddm.distributed).
+0: dropout masks are not keyed per row (see ddm.training.distributed).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddm import checkpoint
-from ddm.distributed import DistEnv, batch_rows, keyed_dwdse, torchrun_command
 from ddm.graphs import Absorbing, Uniform
+from ddm.io import checkpoint
 from ddm.schedules import Geometric, LogLinear
-from ddm.train import train
+from ddm.training import train
+from ddm.training.distributed import DistEnv, batch_rows, keyed_loss, torchrun_command
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,16 +150,16 @@ def test_keyed_noise_does_not_depend_on_the_split(graph, schedule):
         seen.append((x_t, sigma_bar))
         return torch.zeros(*x_t.shape, graph.dim)
 
-    whole = keyed_dwdse(fn, graph, schedule, x0, seed=3, step=9, rows=torch.arange(6), eps_t=1e-3)
+    whole = keyed_loss(fn, graph, schedule, x0, seed=3, step=9, rows=torch.arange(6), eps_t=1e-3)
     parts = [
-        keyed_dwdse(fn, graph, schedule, x0[i:j], seed=3, step=9, rows=torch.arange(i, j), eps_t=1e-3)
+        keyed_loss(fn, graph, schedule, x0[i:j], seed=3, step=9, rows=torch.arange(i, j), eps_t=1e-3)
         for i, j in ((0, 1), (1, 4), (4, 6))
     ]
     torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
     torch.testing.assert_close(torch.cat([s[0] for s in seen[1:]]), seen[0][0], rtol=0, atol=0)
     torch.testing.assert_close(torch.cat([s[1] for s in seen[1:]]), seen[0][1], rtol=0, atol=0)
     assert (seen[0][0] != x0).any() and (seen[0][0] == x0).any()  # some positions corrupted, some not
-    keyed_dwdse(fn, graph, schedule, x0, seed=3, step=10, rows=torch.arange(6), eps_t=1e-3)
+    keyed_loss(fn, graph, schedule, x0, seed=3, step=10, rows=torch.arange(6), eps_t=1e-3)
     assert not torch.equal(seen[-1][1], seen[0][1])  # another step, other times
 
 

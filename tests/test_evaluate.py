@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from ddm.evaluate import likelihood_bound, reconstruction_nll, text_blocks
+from ddm.eval import likelihood_bound, reconstruction_nll, text_blocks
 from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import Geometric, LogLinear
@@ -17,7 +17,8 @@ CFG = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=32, dropout
 
 def test_zero_init_absorbing_bound_is_log_n_plus_prior():
     # Zero output layer + log-linear schedule: the integrand is (1 - eps) ln N per token at every t
-    # (SPEC section 4), and the absorbing prior term KL(p_1|0 || pi) is e^{-sigma_bar(1)} ln N = eps ln N
+    # (docs/math.md section 4), and the absorbing prior term KL(p_1|0 || pi) is e^{-sigma_bar(1)} ln N
+    # = eps ln N
     # (ddm.graphs.Absorbing.prior_kl), so the bound is ln N: the zero-init model is the uniform law.
     N = 20
     model = ScoreModel(CFG, Absorbing(N), LogLinear())
@@ -195,3 +196,16 @@ def test_likelihood_bound_estimates_the_reconstruction_term() -> None:
         ExactScore(Absorbing(3), p0), data, num_t=1, graph=Absorbing(3), schedule=LogLinear(), seq_len=1
     )
     assert absorbing.reconstruction_nats_per_token == 0.0
+
+
+def test_a_huge_bound_reports_infinite_perplexity() -> None:
+    # a model far from the data (log-scores of 1e4) has a bound of thousands of nats per token: the
+    # perplexity is inf, not an OverflowError
+    graph = Absorbing(4)
+
+    def bad(x, sigma):
+        l = torch.full((*x.shape, 5), 1e4, dtype=torch.float64)
+        return l.scatter(-1, x[..., None], 0.0)
+
+    b = likelihood_bound(bad, torch.zeros(2, 4, dtype=torch.long), num_t=2, graph=graph, schedule=LogLinear())
+    assert b.nats_per_token > 709 and b.perplexity == math.inf

@@ -1,4 +1,4 @@
-"""`ddm.sampling.sample` against known laws, with exact concrete scores (SPEC section 5).
+"""`ddm.sampling.sample` against known laws, with exact concrete scores (docs/math.md section 5).
 
 The law `p0` over 3^3 sequences puts 70% of its mass on the three constant sequences, so positions are
 strongly dependent and a sampler that updates them independently within a step shows its discretisation

@@ -1,4 +1,4 @@
-"""Closed forms of ddm.graphs against the explicit rate matrix and its matrix exponential (SPEC section 2)."""
+"""Closed forms of ddm.graphs vs the explicit rate matrix and its exponential (docs/math.md section 2)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ F64 = torch.float64
 
 
 def explicit_q(kind: str, n: int) -> torch.Tensor:
-    """Q[y, x] = rate x -> y, written from SPEC section 2 independently of the library."""
+    """Q[y, x] = rate x -> y, written from docs/math.md section 2 independently of the library."""
     if kind == "uniform":
         return torch.full((n, n), 1.0 / n, dtype=F64) - torch.eye(n, dtype=F64)
     q = torch.zeros(n + 1, n + 1, dtype=F64)

@@ -1,4 +1,4 @@
-"""Score entropy (closed forms vs the literal SPEC sum) and the DWDSE training loss (SPEC section 4)."""
+"""Score entropy (closed forms vs the literal sum) and the DWDSE training loss (docs/math.md section 4)."""
 
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ def test_dtype_promotion() -> None:
 @pytest.mark.parametrize("n", [2, 11, 50257])
 @pytest.mark.parametrize("t", [0.01, 0.3, 0.77, 1.0])
 def test_zero_score_absorbing_expected_loss(n: int, t: float) -> None:
-    # l = raw - log esigm1(sigma_bar) - log(dim - 1) with raw = 0 (SEDD "scale by sigma"; SPEC section 4).
+    # l = raw - log esigm1(sigma_bar) - log(dim - 1) with raw = 0 (SEDD "scale by sigma"; docs/math.md
+    # section 4).
     # x_t is MASK with probability 1 - e^{-sigma_bar} and x0 otherwise (DSE = 0 then), so the expectation
     # over x_t is exact: sigma(t) (1 - e^{-sigma_bar}) DSE(MASK) = (1 - eps) ln N.
     eps = 1e-3

@@ -42,7 +42,7 @@ def test_absorbing_zero_init_is_the_closed_form_scale():
     x = torch.randint(0, graph.dim, (2, 5))
     sigma = torch.tensor([1e-3, 3.0])
     out = model(x, sigma)
-    # raw output 0, so l = -log(expm1(sigma)) - log(dim - 1) off the current token (SPEC section 4)
+    # raw output 0, so l = -log(expm1(sigma)) - log(dim - 1) off the current token (docs/math.md section 4)
     expected = -torch.log(torch.expm1(sigma.double())) - math.log(graph.dim - 1)
     off = torch.ones_like(out, dtype=torch.bool).scatter(-1, x[..., None], False)
     for b in range(2):

@@ -21,8 +21,8 @@ from ddm.sampling import _native
 
 N = 7  # vocab size: absorbing dim 8 (MASK = 7), uniform dim 7
 B, L = 3, 5
-STEPS = ("euler_step", "analytic_step", "denoise_step")
-LEVEL_ARG = {"euler_step": "rate_dt", "analytic_step": "dsigma", "denoise_step": "sigma"}
+STEPS = _native.KINDS  # the kinds of `_core.reverse_step`
+STREAM = 0x5EED0003  # the stream tag of `_core.corrupt`'s key
 
 
 def arrays(absorbing: bool = True, seed: int = 0) -> dict:
@@ -42,13 +42,17 @@ def arrays(absorbing: bool = True, seed: int = 0) -> dict:
 
 
 def call(name: str, a: dict, **kw):
-    """Calls `_core.<name>` with the arguments in `a` (the level under its own keyword)."""
+    """Calls `_core.corrupt`, or `_core.reverse_step` of kind `name`, with the arguments in `a`."""
     a = {**a, **kw}
     level = a.pop("level")
     if name == "corrupt":
         a.pop("log_score")
-        return _core.corrupt(sigma=level, **a)
-    return getattr(_core, name)(**{LEVEL_ARG[name]: level}, **a)
+        # p_move = 1 - e^{-level} unless given; an infinite level stays infinite (and is refused)
+        p_move = (
+            np.where(np.isinf(level), level, -np.expm1(-level)) if isinstance(level, np.ndarray) else level
+        )
+        return _core.corrupt(**{"p_move": p_move, "stream": STREAM, **a})
+    return _core.reverse_step(name, level=level, **a)
 
 
 def _f32(shape):
@@ -168,6 +172,15 @@ BAD = [
     ("step negative", STEPS + ("corrupt",), {"step": -2}, ValueError, "step"),
     ("seq_offset negative", STEPS + ("corrupt",), {"seq_offset": -1}, ValueError, "seq_offset"),
     (
+        "stream too large",
+        ("corrupt",),
+        {"stream": 2**32},
+        ValueError,
+        "stream: must be an integer in [0, 2**32)",
+    ),
+    ("stream negative", ("corrupt",), {"stream": -1}, ValueError, "stream: must be an integer in [0, 2**64)"),
+    ("p_move above 1", ("corrupt",), {"p_move": np.array([0.1, 1.5, 0.1])}, ValueError, "in [0, 1]"),
+    (
         "out wrong shape",
         STEPS + ("corrupt",),
         {"out": np.zeros((B, L + 1), np.int64)},
@@ -235,7 +248,7 @@ def test_non_finite_log_score_where_never_read_is_ignored(name):
 def test_out_aliasing_an_input_is_refused():
     a = arrays()
     with pytest.raises(ValueError, match="out: must be writeable and must not share memory"):
-        call("analytic_step", a, out=a["x"])
+        call("analytic", a, out=a["x"])
 
 
 @pytest.mark.parametrize("name", [*STEPS, "corrupt"])
@@ -307,7 +320,7 @@ from ddm import _core
 rng = np.random.default_rng(0)
 x = rng.integers(0, 8, (8, 300), dtype=np.int64)
 ls = rng.normal(size=(8, 300, 8)).astype(np.float32)
-out = _core.analytic_step(x, ls, np.full(8, 0.7), True, 7, 3, 1)
+out = _core.reverse_step("analytic", x, ls, np.full(8, 0.7), True, 7, 3, 1)
 print(hashlib.sha256(out.tobytes()).hexdigest())
 """
 
@@ -333,12 +346,12 @@ def test_kernel_works_in_a_forked_child(monkeypatch):
     # The pool is used in the parent first; a forked child must not wait on the parent's threads.
     monkeypatch.delenv("DDM_NUM_THREADS", raising=False)
     x, ls, lv = _batch(True)
-    want = _core.analytic_step(x, ls, lv, True, N, 1, 2)
+    want = _core.reverse_step("analytic", x, ls, lv, True, N, 1, 2)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         signal.alarm(30)  # a deadlock ends the child with SIGALRM
         try:
-            got = _core.analytic_step(x, ls, lv, True, N, 1, 2)
+            got = _core.reverse_step("analytic", x, ls, lv, True, N, 1, 2)
             os._exit(0 if np.array_equal(got, want) else 1)
         except BaseException:
             os._exit(2)
@@ -355,16 +368,18 @@ def test_kernel_works_in_a_forked_child(monkeypatch):
 def test_native_wrapper_matches_core(graph):
     x, ls, lv = _batch(graph.absorbing)
     xt, lst, lvt = torch.from_numpy(x), torch.from_numpy(ls), torch.from_numpy(lv)
-    for name in STEPS:
-        got = getattr(_native, name)(graph, xt, lst, lvt, 3, 7)
+    for kind in STEPS:
+        got = _native.reverse_step(kind, graph, xt, lst, lvt, 3, 7)
         assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
-        want = getattr(_core, name)(x, ls, lv, graph.absorbing, N, 3, 7)
+        want = _core.reverse_step(kind, x, ls, lv, graph.absorbing, N, 3, 7)
         np.testing.assert_array_equal(got.numpy(), want)
-    got = _native.corrupt(graph, xt, lvt, 3)
-    np.testing.assert_array_equal(got.numpy(), _core.corrupt(x, lv, graph.absorbing, N, 3))
+    got = _native.corrupt(graph, xt, lvt, 3, stream=STREAM)
+    want = _core.corrupt(x, -np.expm1(-lv), graph.absorbing, N, 3, STREAM)
+    np.testing.assert_array_equal(got.numpy(), want)
     out = torch.empty_like(xt)
-    assert _native.analytic_step(graph, xt, lst, lvt, 3, 7, out=out) is out
-    np.testing.assert_array_equal(out.numpy(), _core.analytic_step(x, ls, lv, graph.absorbing, N, 3, 7))
+    assert _native.reverse_step("analytic", graph, xt, lst, lvt, 3, 7, out=out) is out
+    want = _core.reverse_step("analytic", x, ls, lv, graph.absorbing, N, 3, 7)
+    np.testing.assert_array_equal(out.numpy(), want)
 
 
 @pytest.mark.parametrize(
@@ -383,10 +398,42 @@ def test_native_wrapper_rejects_bad_tensors(which, value, exc, frag):
     args = {"x": torch.from_numpy(x), "log_score": torch.from_numpy(ls), "level": torch.from_numpy(lv)}
     args[which] = value(args[which])
     with pytest.raises(exc, match=re.escape(frag)):
-        _native.analytic_step(Absorbing(N), args["x"], args["log_score"], args["level"], 0, 0)
+        _native.reverse_step("analytic", Absorbing(N), args["x"], args["log_score"], args["level"], 0, 0)
 
 
 def test_native_wrapper_rejects_a_non_graph():
     x, ls, lv = _batch(True)
     with pytest.raises(TypeError, match="graph must have absorbing"):
-        _native.euler_step(object(), torch.from_numpy(x), torch.from_numpy(ls), torch.from_numpy(lv), 0, 0)
+        _native.reverse_step(
+            "euler", object(), torch.from_numpy(x), torch.from_numpy(ls), torch.from_numpy(lv), 0, 0
+        )
+
+
+@pytest.mark.parametrize("kind", ["Euler", "tweedie", ""])
+def test_unknown_kind_is_a_value_error_naming_it(kind):
+    a = arrays()
+    with pytest.raises(
+        ValueError, match=re.escape(f"kind: must be one of 'euler', 'analytic', 'denoise', got \"{kind}\"")
+    ):
+        call(kind, a)
+    x, ls, lv = (torch.from_numpy(v) for v in _batch(True))
+    with pytest.raises(
+        ValueError, match=re.escape(f"kind must be one of ('euler', 'analytic', 'denoise'), got {kind!r}")
+    ):
+        _native.reverse_step(kind, Absorbing(N), x, ls, lv, 0, 0)
+
+
+def test_non_string_kind_is_a_type_error():
+    with pytest.raises(TypeError, match="kind: expected a str"):
+        call(1, arrays())
+
+
+def test_native_corrupt_checks_sigma():
+    x = torch.zeros((2, 3), dtype=torch.int64)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError, match=re.escape("sigma: noise level") + ".* at \\[1\\] must be finite"
+        ):
+            _native.corrupt(Uniform(N), x, torch.tensor([0.1, bad], dtype=torch.float64), 0, stream=STREAM)
+    with pytest.raises(TypeError, match="sigma must have dtype torch.float64"):
+        _native.corrupt(Uniform(N), x, torch.tensor([0.1, 0.2]), 0, stream=STREAM)

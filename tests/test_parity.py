@@ -14,16 +14,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ddm import _rng
 from ddm.graphs import Absorbing, Uniform
-from ddm.sampling import _native, torch_steps
+from ddm.sampling import Sampler, _native, torch_steps
+from ddm.schedules import Geometric, LogLinear
+from ddm.training import distributed
 from scipy import stats
 
 P_MIN = 1e-4
 
-STEP_FNS = {
-    "euler": (torch_steps.euler_step_probs, _native.euler_step),
-    "analytic": (torch_steps.analytic_step_probs, _native.analytic_step),
-    "denoise": (torch_steps.denoise_step_probs, _native.denoise_step),
+PROBS_FNS = {
+    "euler": torch_steps.euler_step_probs,
+    "analytic": torch_steps.analytic_step_probs,
+    "denoise": torch_steps.denoise_step_probs,
 }
 
 
@@ -60,11 +63,11 @@ def _copies(graph, x0: int, row: np.ndarray, batch: int, length: int):
 
 
 def _check_step(graph, kind: str, x0: int, row: np.ndarray, level: float, batch: int, length: int, seed: int):
-    probs_fn, rust_fn = STEP_FNS[kind]
+    probs_fn = PROBS_FNS[kind]
     x, ls = _copies(graph, x0, row, batch, length)
     p = probs_fn(graph, x[:1, :1], ls[:1, :1], torch.tensor([level], dtype=torch.float64))[0, 0].numpy()
     assert abs(p.sum() - 1.0) < 1e-9
-    out = rust_fn(graph, x, ls, torch.full((batch,), level, dtype=torch.float64), seed, 3)
+    out = _native.reverse_step(kind, graph, x, ls, torch.full((batch,), level, dtype=torch.float64), seed, 3)
     counts = np.bincount(out.numpy().ravel(), minlength=graph.dim)
     assert counts.shape == (graph.dim,), "Rust returned an id outside the graph"
     pv = chi2_pvalue(counts, p)
@@ -99,11 +102,11 @@ def test_step_law_matches_torch(graph, kind, level):
 
 
 @pytest.mark.parametrize("graph", [Absorbing(4), Absorbing(27)], ids=repr)
-@pytest.mark.parametrize("kind", list(STEP_FNS))
+@pytest.mark.parametrize("kind", _native.KINDS)
 def test_absorbing_real_tokens_stay(graph, kind):
     rng = np.random.default_rng(1)
     x, ls = _copies(graph, 2, rng.normal(size=graph.dim), 2, 100)
-    out = STEP_FNS[kind][1](graph, x, ls, torch.full((2,), 0.7, dtype=torch.float64), 0, 0)
+    out = _native.reverse_step(kind, graph, x, ls, torch.full((2,), 0.7, dtype=torch.float64), 0, 0)
     assert torch.equal(out, x)
 
 
@@ -143,7 +146,7 @@ def test_denoise_law_at_dim_50258(graph):
 def test_corruption_law_matches_transition(graph, sigma):
     x0 = 2
     x = torch.full((4, 5000), x0, dtype=torch.int64)
-    out = _native.corrupt(graph, x, torch.full((4,), sigma, dtype=torch.float64), seed=21)
+    out = _native.corrupt(graph, x, torch.full((4,), sigma, dtype=torch.float64), seed=21, stream=3)
     counts = np.bincount(out.numpy().ravel(), minlength=graph.dim)
     p = graph.transition(torch.tensor([x0]), torch.tensor(sigma, dtype=torch.float64))[0].numpy()
     pv = chi2_pvalue(counts, p)
@@ -153,8 +156,67 @@ def test_corruption_law_matches_transition(graph, sigma):
 def test_absorbing_corruption_keeps_mask():
     g = Absorbing(6)
     x = torch.full((2, 50), g.mask_id, dtype=torch.int64)
-    out = _native.corrupt(g, x, torch.tensor([0.0, 5.0], dtype=torch.float64), seed=0)
+    out = _native.corrupt(g, x, torch.tensor([0.0, 5.0], dtype=torch.float64), seed=0, stream=3)
     assert torch.equal(out, x)
+
+
+# The forward corruption in Rust against its torch twins, keyed alike: the same tokens, bit for bit.
+KEYED_GRAPHS = [Absorbing(5), Uniform(5), Absorbing(300), Uniform(300), Uniform(50257)]
+
+
+def _clean(graph, batch: int, length: int, seed: int) -> torch.Tensor:
+    """Clean tokens `[batch, length]`, with some MASK for the absorbing graph (MASK stays MASK)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, graph.vocab_size, (batch, length), generator=g)  # (B, L)
+    if graph.absorbing:
+        x[:, ::7] = graph.dim - 1
+    return x
+
+
+@pytest.mark.parametrize("graph", KEYED_GRAPHS, ids=repr)
+@pytest.mark.parametrize("seed, seq_offset", [(0, 0), (7, 3), (2**63 + 12345, 1000)])
+def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset, monkeypatch):
+    sampler = Sampler(graph, Geometric(1e-3, 10.0))
+    x0 = _clean(graph, 24, 257, seed % 1000)  # B = 24: torch's vectorised expm1 and its tail
+    t = torch.linspace(0.0, 1.0, 24, dtype=torch.float64)  # (B,): from no noise to the limit
+    # add_noise itself runs the Rust kernel on the CPU now: its torch path is the reference
+    monkeypatch.setattr("ddm.sampling.sampler.native_available", lambda: False)
+    want = sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset)
+    monkeypatch.undo()
+    assert torch.equal(sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset), want)
+    sigma = sampler.schedule.total_noise(t).to(torch.float64).contiguous()  # (B,) as add_noise has it
+    got = _native.corrupt(graph, x0, sigma, seed, 0, seq_offset, stream=_rng.STREAM_FORWARD)
+    assert torch.equal(got, want)
+    assert (got != x0).any() and (got == x0).any()
+
+
+@pytest.mark.parametrize("graph", KEYED_GRAPHS[:4], ids=repr)  # the loss needs [b, L, dim] log-scores
+@pytest.mark.parametrize("seed, step, first_row", [(3, 9, 0), (2**40 + 1, 123456, 16)])
+def test_corrupt_is_the_keyed_training_corruption_bit_for_bit(graph, seed, step, first_row, monkeypatch):
+    seen = []
+
+    def log_score_fn(x_t, sigma_bar):
+        seen.append((x_t.clone(), sigma_bar.detach().clone()))
+        return torch.zeros(*x_t.shape, graph.dim)  # (b, L, dim)
+
+    x0 = _clean(graph, 16, 300, step % 1000)
+    rows = torch.arange(first_row, first_row + 16)  # the contiguous global rows of a micro-batch
+    # keyed_loss runs the Rust kernel on the CPU now: its torch path (the _rng uniforms) is the reference
+    monkeypatch.setattr("ddm.training.distributed.native_available", lambda: False)
+    want = distributed.keyed_loss(
+        log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3
+    )
+    monkeypatch.undo()
+    got_loss = distributed.keyed_loss(
+        log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3
+    )
+    assert torch.equal(got_loss, want)
+    (x_t, sigma_bar), (x_rust, _) = seen
+    assert torch.equal(x_rust, x_t)
+    sigma = sigma_bar.to(torch.float64)  # (b,), as the loss converts it
+    got = _native.corrupt(graph, x0, sigma, seed, step, first_row, stream=distributed.STREAM_TRAIN_CORRUPT)
+    assert torch.equal(got, x_t)
+    assert (got != x0).any() and (got == x0).any()
 
 
 def test_chi2_helper_rejects_a_wrong_law():

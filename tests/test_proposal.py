@@ -166,7 +166,7 @@ def test_config_keeps_the_options() -> None:
 
 
 def _checkpoint(tmp_path):
-    checkpoint = pytest.importorskip("ddm.checkpoint")
+    checkpoint = pytest.importorskip("ddm.io.checkpoint")
     from ddm.model import EMA, ModelConfig, ScoreModel
     from ddm.tokenizers import CharTokenizer
 

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 from _tiny import tiny_run
-from ddm import checkpoint
 from ddm.cli import main
-from ddm.evaluate import Bound, heldout_blocks
+from ddm.eval import Bound, heldout_blocks
+from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, unigram_entropy
+from ddm.eval.report import report
+from ddm.io import checkpoint
 from ddm.model import ARModel, ModelConfig
-from ddm.quality import NLL, exact_nll, gen_perplexity, report, unigram_entropy
-from ddm.train import train
+from ddm.training import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

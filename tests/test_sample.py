@@ -256,7 +256,7 @@ def test_wrong_model_output_shape() -> None:
 
 
 def test_cli_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    checkpoint = pytest.importorskip("ddm.checkpoint")
+    checkpoint = pytest.importorskip("ddm.io.checkpoint")
     from ddm.cli import main
     from ddm.model import EMA, ModelConfig, ScoreModel
     from ddm.tokenizers import CharTokenizer

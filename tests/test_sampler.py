@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from ddm import _rng
 from ddm.graphs import Absorbing, Uniform
-from ddm.sampling import Sampler, SamplerOutput, _rng, sample
+from ddm.sampling import Sampler, SamplerOutput, sample
 from ddm.sampling.sampler import inverse_cdf, native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
@@ -52,7 +53,7 @@ def test_time_grid_and_step_noise(kind: str, denoise: bool) -> None:
         n_eval = steps + 1 if denoise else steps
         assert len(s.timesteps) == len(s.sigmas) == n_eval
         torch.testing.assert_close(s.sigmas, sb[:n_eval])
-        for k in range(steps):  # SPEC section 5
+        for k in range(steps):  # docs/math.md section 5
             kind_k, noise = s.step_kind(k)
             assert kind_k == predictor
             want = rate[k] * (t[k] - t[k + 1]) if predictor == "euler" else sb[k] - sb[k + 1]

@@ -1,4 +1,4 @@
-"""Noise schedules (SPEC section 3): the rate is the derivative of the total noise, and the endpoints."""
+"""Noise schedules (docs/math.md section 3): the rate is the derivative of the total noise; the endpoints."""
 
 from __future__ import annotations
 

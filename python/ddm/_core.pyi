@@ -4,50 +4,34 @@ Arrays are NumPy, C-contiguous and of the exact dtypes shown (nothing is cast): 
 log-scores float32 `[B, L, dim]`, noise levels float64 `[B]`. Results are int64 `[B, L]`, written into
 `out` when given (and `out` returned). TypeError: wrong type or dtype; ValueError: wrong rank, shape or
 layout, token out of range, NaN / infinite log-score in a row that is read, negative or non-finite noise
-level, `vocab_size < 1`, an integer argument out of [0, 2**64).
+level, `vocab_size < 1`, an integer argument out of [0, 2**64), a `kind` other than "euler", "analytic"
+or "denoise", a jump probability outside [0, 1], a `stream` outside [0, 2**32). `reverse_step`'s `level`
+is `rate_dt` (euler), `dsigma` (analytic) or `sigma` (denoise); `corrupt`'s `p_move` is 1 - e^{-sigma}.
 """
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["__version__", "corrupt", "reverse_step", "proposal_step", "propose"]
+
 __version__: str
 
 def corrupt(
     x: npt.NDArray[np.int64],
-    sigma: npt.NDArray[np.float64],
+    p_move: npt.NDArray[np.float64],
     absorbing: bool,
     vocab_size: int,
     seed: int,
+    stream: int,
     step: int | None = None,
     seq_offset: int | None = None,
     out: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]: ...
-def euler_step(
+def reverse_step(
+    kind: str,
     x: npt.NDArray[np.int64],
     log_score: npt.NDArray[np.float32],
-    rate_dt: npt.NDArray[np.float64],
-    absorbing: bool,
-    vocab_size: int,
-    seed: int,
-    step: int,
-    seq_offset: int | None = None,
-    out: npt.NDArray[np.int64] | None = None,
-) -> npt.NDArray[np.int64]: ...
-def analytic_step(
-    x: npt.NDArray[np.int64],
-    log_score: npt.NDArray[np.float32],
-    dsigma: npt.NDArray[np.float64],
-    absorbing: bool,
-    vocab_size: int,
-    seed: int,
-    step: int,
-    seq_offset: int | None = None,
-    out: npt.NDArray[np.int64] | None = None,
-) -> npt.NDArray[np.int64]: ...
-def denoise_step(
-    x: npt.NDArray[np.int64],
-    log_score: npt.NDArray[np.float32],
-    sigma: npt.NDArray[np.float64],
+    level: npt.NDArray[np.float64],
     absorbing: bool,
     vocab_size: int,
     seed: int,

@@ -1,8 +1,10 @@
-"""The `ddm` command line: `ddm train`, `ddm eval`, and subcommands registered by other modules.
+"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`.
 
-Each subcommand is a `Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry:
-`add_arguments(parser)` declares its options and `run(args) -> int` does the work. To add one, write the
-two functions and call `register(...)` (below, or from the module that implements the command). Errors a
+The top layer of the package: it imports every layer below and nothing imports it. Each subcommand is a
+`Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry: `add_arguments(parser)`
+declares its options and `run(args) -> int` does the work. To add one, write the two functions and call
+`register(...)`. Every command that reads a model loads it with `ddm.load`, so a ddm checkpoint, a run
+directory and a published SEDD checkpoint all work. Errors a
 user can fix (ValueError, TypeError, FileNotFoundError) are printed as `ddm <cmd>: error: ...` with exit
 status 2, without a traceback.
 """
@@ -15,6 +17,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ddm import __version__
+from ddm._device import resolve_device
+from ddm.data import read_text
+from ddm.data import registry as datasets
+from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
+from ddm.eval.metrics import exact_nll
+from ddm.eval.report import DEFAULT_STEPS, report
+from ddm.io import checkpoint, is_sedd_checkpoint, load
+from ddm.sampling import sample
+from ddm.sampling.cli_options import ALL_PREDICTORS, add_sampler_options, sampler_kwargs
+from ddm.sampling.sampler import BACKENDS, PREDICTORS
+from ddm.training import distributed
+from ddm.training.config import TrainConfig, load_config
+from ddm.training.loop import train
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "register"]
 
@@ -43,10 +61,8 @@ def register(name: str, help: str, add_arguments, run) -> None:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from ddm.config import TrainConfig
-
     p.add_argument(
-        "--config", metavar="FILE.toml", help="TOML config file (fields of ddm.config.TrainConfig)"
+        "--config", metavar="FILE.toml", help="TOML config file (fields of ddm.training.TrainConfig)"
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
@@ -75,10 +91,6 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ddm import checkpoint
-    from ddm.config import TrainConfig, load_config
-    from ddm.train import train
-
     overrides = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None
     }
@@ -100,8 +112,6 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.nproc < 1:
             raise ValueError(f"--nproc must be a positive integer, got {args.nproc}")
         if args.nproc > 1:
-            from ddm import distributed
-
             if distributed.launched_by_torchrun():
                 raise ValueError("--nproc: already under torchrun; give the process count to torchrun")
             return distributed.launch(args.nproc, _train_argv(args))
@@ -113,8 +123,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _train_argv(args: argparse.Namespace) -> list[str]:
     """The `ddm train` arguments of `args` without `--nproc` (for the processes torchrun starts)."""
-    from ddm.config import TrainConfig
-
     argv = ["train"]
     if args.config:
         argv += ["--config", str(args.config)]
@@ -137,9 +145,18 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 
 
+# Times per block of `ddm eval`: the bound's cost is blocks x num_t block evaluations. 32 strata keep the
+# Monte-Carlo part of the standard error small next to the spread over blocks, and score 100k characters
+# (about 400 blocks of 256) in 13k evaluations; training's periodic evaluation uses `eval_num_t`.
+EVAL_NUM_T = 32
+
+
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="checkpoint directory or run directory"
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="ddm checkpoint, run directory or SEDD checkpoint (anything ddm.load reads)",
     )
     p.add_argument(
         "--data",
@@ -147,23 +164,30 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
         help="text file to score (default: the held-out tail of the training corpus)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--num-t", type=int, default=128, help="stratified times per sequence (default 128)")
+    p.add_argument(
+        "--num-t",
+        type=int,
+        default=EVAL_NUM_T,
+        help=f"stratified times per block (default {EVAL_NUM_T}); the cost is blocks x num-t evaluations",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="rows per network call (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws (default 0)")
     p.add_argument("--seq-len", type=int, help="block length (default: the model's)")
     p.add_argument("--max-sequences", type=int, help="score at most this many blocks")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from ddm import checkpoint
-    from ddm.data import read_text
-    from ddm.evaluate import heldout_blocks, likelihood_bound, text_blocks
-    from ddm.train import resolve_device
-
-    model = checkpoint.load(args.checkpoint, device=resolve_device(args.device), ema=not args.raw_weights)
+    if not args.data and is_sedd_checkpoint(args.checkpoint):
+        raise ValueError("a SEDD checkpoint records no training corpus: give the text to score with --data")
+    model = load(args.checkpoint, device=resolve_device(args.device), ema=not args.raw_weights)
     seq_len = args.seq_len if args.seq_len is not None else model.seq_len
     if seq_len > model.seq_len:
         raise ValueError(f"--seq-len {seq_len} is larger than the model's seq_len {model.seq_len}")
@@ -173,9 +197,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         data = heldout_blocks(model.checkpoint_path, seq_len)
         source = "held-out split of the training corpus"
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     if getattr(model, "objective", None) == "autoregressive":  # exact NLL, same JSON keys (issue 7)
-        from ddm.quality import exact_nll
-
         result = exact_nll(model, data, batch_size=args.batch_size, max_sequences=args.max_sequences)
         if args.json:
             print(json.dumps({**result.to_dict(), "checkpoint": str(model.checkpoint_path), "data": source}))
@@ -184,6 +207,12 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(f"data:       {source}")
             print(f"NLL:        {result}")
         return 0
+    m = len(data) if args.max_sequences is None else min(len(data), args.max_sequences)
+    print(
+        f"ddm eval: {m} blocks of {seq_len} x {args.num_t} times = {m * args.num_t} block evaluations in "
+        f"batches of {args.batch_size} (--num-t and --max-sequences set the cost)",
+        file=sys.stderr,
+    )
     bound = likelihood_bound(
         model,
         data,
@@ -191,7 +220,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         max_sequences=args.max_sequences,
-        progress=args.progress,
+        progress=progress,
     )
     if args.json:
         print(json.dumps({**bound.to_dict(), "checkpoint": str(model.checkpoint_path), "data": source}))
@@ -206,16 +235,39 @@ register("train", "train a score model (DWDSE) from a TOML config", _train_argum
 register("eval", "likelihood bound of a checkpoint on held-out data", _eval_arguments, _run_eval)
 
 
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    from ddm.datasets import add_data_arguments
+# ---------------------------------------------------------------------------------------------------
+# ddm data
+# ---------------------------------------------------------------------------------------------------
 
-    add_data_arguments(p)
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """Declares `list` and `fetch NAME [--tokenizer T]` on the argparse parser of `ddm data`."""
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="list the datasets and whether they are cached")
+    f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
+    f.add_argument("name", choices=sorted(datasets.REGISTRY))
+    f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from ddm.datasets import run_command
-
-    return run_command(args)
+    """Runs a parsed `data` subcommand; returns the exit code."""
+    if args.data_command == "list":
+        print(f"cache: {datasets.cache_dir()}")
+        for row in datasets.list_datasets():
+            mark = "cached" if row["cached"] else "-"
+            print(f"{row['name']:16} {row['size']:>14}  {mark:6}  {row['package']:36} {row['description']}")
+        return 0
+    try:
+        ddir = datasets.prepare(args.name)
+        tok = datasets.dataset_tokenizer(args.name, args.tokenizer)
+        for s in datasets.SPLITS:
+            arr = datasets.tokens(args.name, s, args.tokenizer)
+            print(f"{args.name} {s}: {arr.size} tokens ({tok.unit}s), vocabulary {tok.vocab_size}")
+        print(f"cached in {ddir}")
+    except (datasets.FetchError, datasets.ChecksumError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 register(
@@ -226,31 +278,130 @@ register(
 )
 
 
-def _sample_arguments(p: argparse.ArgumentParser) -> None:
-    from ddm.sampling.cli import add_arguments
+# ---------------------------------------------------------------------------------------------------
+# ddm sample
+# ---------------------------------------------------------------------------------------------------
 
-    add_arguments(p)
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="checkpoint, run directory or SEDD checkpoint"
+    )
+    p.add_argument("--steps", type=int, default=128, metavar="N", help="reverse steps (default 128)")
+    p.add_argument("--num", type=int, default=1, metavar="K", help="number of samples (default 1)")
+    p.add_argument("--prefix", metavar="TEXT", help="text the samples start with")
+    p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
+    p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--predictor", choices=ALL_PREDICTORS, default="analytic")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--device", default=None, help="device for the model (default: cpu)")
+    p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_sampler_options(p)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from ddm.sampling.cli import run
-
-    return run(args)
+    """Load the checkpoint, encode prefix/suffix, sample, decode, print or write."""
+    model = load(args.checkpoint, device=args.device)
+    tok = getattr(model, "tokenizer", None)
+    if tok is None and (args.prefix or args.suffix):
+        raise ValueError("this checkpoint has no tokenizer, so --prefix/--suffix text cannot be encoded")
+    prefix = tok.encode(args.prefix) if args.prefix else None
+    suffix = tok.encode(args.suffix) if args.suffix else None
+    x, stats = sample(
+        model,
+        args.steps,
+        batch_size=args.num,
+        seq_len=args.seq_len,
+        predictor=args.predictor,
+        prefix=prefix,
+        suffix=suffix,
+        seed=args.seed,
+        backend=args.backend,
+        progress=not args.no_progress,
+        return_stats=True,
+        **sampler_kwargs(args),
+    )
+    rows = x.tolist()
+    texts = [tok.decode(r) if tok is not None else " ".join(map(str, r)) for r in rows]
+    sep = "\n" + "=" * 80 + "\n"
+    body = sep.join(texts) + "\n"
+    if args.out:
+        Path(args.out).write_text(body, encoding="utf-8")
+        print(f"wrote {len(texts)} samples to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    print(
+        f"{args.num} x {x.shape[1]} tokens, {args.steps} steps, {stats.network_calls} network calls, "
+        f"{stats.backend} steps, seed {stats.seed}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 register("sample", "generate text from a checkpoint (ddm.sampling.sample)", _sample_arguments, _run_sample)
 
 
-def _report_arguments(p: argparse.ArgumentParser) -> None:
-    from ddm.quality import add_report_arguments
+# ---------------------------------------------------------------------------------------------------
+# ddm report
+# ---------------------------------------------------------------------------------------------------
 
-    add_report_arguments(p)
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="diffusion checkpoint or run directory (repeat for several)",
+    )
+    p.add_argument("--judge", required=True, metavar="PATH", help="autoregressive checkpoint (same corpus)")
+    p.add_argument(
+        "--steps",
+        default=",".join(map(str, DEFAULT_STEPS)),
+        metavar="N,N,...",
+        help=f"sampling steps (default {','.join(map(str, DEFAULT_STEPS))})",
+    )
+    p.add_argument(
+        "--predictors",
+        default=",".join(PREDICTORS),
+        metavar="P,P",
+        help="analytic and/or euler (default: both)",
+    )
+    p.add_argument("--num-samples", type=int, default=32, metavar="K", help="samples per row (default 32)")
+    p.add_argument("--out", default="report", metavar="DIR", help="output directory (default ./report)")
+    p.add_argument("--num-t", type=int, default=64, help="times per block for the bound (default 64)")
+    p.add_argument("--max-sequences", type=int, help="score at most this many held-out blocks")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per network call (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bound and the samplers (default 0)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from ddm.quality import run_report
-
-    return run_report(args)
+    res = report(
+        args.checkpoint,
+        args.judge,
+        steps=args.steps,
+        predictors=tuple(p.strip() for p in args.predictors.split(",") if p.strip()),
+        num_samples=args.num_samples,
+        out=args.out,
+        num_t=args.num_t,
+        max_sequences=args.max_sequences,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        plot=not args.no_plot,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+    for m in res["models"]:
+        print(
+            f"{m['checkpoint']}: bound {m['bound']['bits_per_token']:.4f} bits/token, "
+            f"AR NLL {m['ar_nll']['bits_per_token']:.4f}, ratio {m['bound_over_ar']:.3f}"
+        )
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
 
 
 register(
@@ -268,8 +419,6 @@ register(
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ddm` parser with one subparser per registered subcommand."""
-    from ddm import __version__
-
     parser = argparse.ArgumentParser(prog="ddm", description="Score-entropy discrete diffusion (SEDD).")
     parser.add_argument("--version", action="version", version=f"ddm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -18,6 +18,13 @@ from pathlib import Path
 
 import torch
 
+from ddm._stats import plugin_entropy
+from ddm.data import load_corpus
+from ddm.eval import likelihood_bound
+from ddm.io import checkpoint
+from ddm.sampling import sample
+from ddm.training import TrainConfig, train
+
 __all__ = ["DEMO_CONFIG", "main", "unigram_entropy_bits"]
 
 # About 3-4 minutes on 2 idle CPU cores (the tiny model: 192 wide, 3 blocks, 1.6M parameters, ~6k tokens/s).
@@ -42,9 +49,7 @@ DEMO_CONFIG = dict(
 def unigram_entropy_bits(text: str) -> float:
     """Entropy in bits per character of the character frequencies of `text` itself (a unigram model fit
     to the very text it scores, so an optimistic baseline)."""
-    counts = Counter(text)
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+    return float(plugin_entropy(list(Counter(text).values()))) / math.log(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,12 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # lines appear as they are printed, also in a pipe
-
-    from ddm import checkpoint
-    from ddm.config import TrainConfig
-    from ddm.data import load_corpus
-    from ddm.evaluate import likelihood_bound
-    from ddm.train import train
 
     cfg = TrainConfig.from_dict({**DEMO_CONFIG, "run_dir": args.run_dir, "steps": args.steps})
     run_dir = Path(cfg.run_dir)
@@ -106,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uniform:          {math.log2(model.tokenizer.vocab_size):.3f} bits/char")
 
     if args.samples > 0:
-        from ddm.sampling import sample
-
         x = sample(model, args.sample_steps, batch_size=args.samples, seed=0)
         print(f"\nsamples ({args.sample_steps} analytic steps, the Rust core):")
         for row in x.tolist():

@@ -3,14 +3,14 @@
 A graph is a continuous-time Markov chain on `dim` states with rate matrix `Q`: `Q(y, x)` is the jump rate
 `x -> y`, off-diagonal entries are non-negative and columns sum to 0 (Lou, Meng, Ermon 2024, SEDD, section
 2). Over a total noise `sigma` the transition kernel is `exp(sigma Q)`, and every position of a sequence
-is noised independently. Two graphs are provided (SPEC section 2):
+is noised independently. Two graphs are provided (docs/math.md section 2):
 
 - `Uniform(N)`: `dim = N`, `Q = (1/N) 1 1^T - I`; the limit law is uniform over the `N` ids.
 - `Absorbing(N)`: `dim = N + 1`, every real token jumps at rate 1 to `MASK = N` (the last state), which
   never leaves; the limit law is the point mass at `MASK`.
 
-Shapes follow SEDD's graph abstraction (SPEC section 6): tokens `i` are int64 of any shape `S`, a noise
-level is a float, a 0-d tensor, or a tensor that broadcasts against `S` (`[B, 1]` per sequence for
+Shapes follow SEDD's graph abstraction (docs/math.md section 6): tokens `i` are int64 of any shape `S`, a
+noise level is a float, a 0-d tensor, or a tensor that broadcasts against `S` (`[B, 1]` per sequence for
 `S = [B, L]`), and vectors over states have shape `S + (dim,)`. Every method is differentiable in the noise
 level and the scores, works on any device, and computes in the floating dtype of the noise level or the
 scores (a Python float takes torch's default dtype).
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Graph", "Uniform", "Absorbing", "from_config"]
+__all__ = ["Graph", "Uniform", "Absorbing", "from_config", "log_expm1"]
 
 # A log-ratio below this is an underflowed ratio (exp gives exactly 0 in float32 and float64); clamping to
 # it keeps `0 * log 0` terms finite, value and gradient, without changing any representable ratio.
@@ -90,15 +90,20 @@ def _check_scores(score: Any, dim: int, name: str) -> torch.Tensor:
     return score
 
 
-def _log_expm1(s: torch.Tensor) -> torch.Tensor:
-    """`log(exp(s) - 1)` for `s >= 0`, accurate for tiny and huge `s` (no overflow, no cancellation)."""
-    small = s.clamp(max=1.0)  # log(expm1(s)) is accurate where expm1 does not overflow
-    big = s.clamp(min=1.0)  # s + log(1 - e^{-s}), with 1 - e^{-s} >= 0.63
-    return torch.where(s > 1.0, big + torch.log1p(-torch.exp(-big)), torch.log(torch.expm1(small)))
+def log_expm1(s: torch.Tensor) -> torch.Tensor:
+    """`log(exp(s) - 1) = s + log(1 - e^{-s})` for `s >= 0`, in the dtype of `s`.
+
+    Accurate for tiny and huge `s`: `1 - e^{-s}` is `-expm1(-s)`, in `(0, 1]`, so nothing overflows or
+    cancels, and there is no branch. The one copy in ddm: the score network's absorbing scale, the score
+    entropy (training and the bound) and the sampler's score cache all use it.
+    """
+    return s + torch.log(-torch.expm1(-s))
 
 
 def _dse_term(l: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
-    """One summand of the score entropy, `exp(l) - rho l + K(rho)` with `K(a) = a (log a - 1)` (SPEC 4).
+    """One summand of the score entropy, `exp(l) - rho l + K(rho)` with `K(a) = a (log a - 1)`.
+
+    docs/math.md section 4.
 
     Written as `rho (expm1(d) - d)` with `d = l - log rho`, which is >= 0 and free of the cancellation
     between `exp(l)`, `rho l` and `K(rho)` that the direct sum suffers when `rho` is large (sigma -> 0). For
@@ -133,7 +138,7 @@ def _noise_dtype(sigma: Any, *others: torch.Tensor) -> torch.dtype | None:
 
 
 class Graph(abc.ABC):
-    """A forward CTMC on one token with `dim` states (SEDD section 2; SPEC sections 1, 2, 6).
+    """A forward CTMC on one token with `dim` states (SEDD section 2; docs/math.md sections 1, 2, 6).
 
     Attributes:
         vocab_size: the number `N` of real tokens, ids `0..N-1`.
@@ -207,6 +212,39 @@ class Graph(abc.ABC):
             int64 tensor of shape `broadcast(S, sigma.shape)`.
         """
 
+    def corrupt(
+        self, i: torch.Tensor, sigma: Any, u: torch.Tensor, fresh: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The forward corruption `x_sigma ~ p_{sigma|0}(. | i)`, a function of given uniforms.
+
+        docs/math.md section 2.
+
+        The one corruption in ddm: `sample_transition` (torch generator), keyed training
+        (`ddm.training.distributed.keyed_loss`) and `Sampler.add_noise` (hashed uniforms) all call it.
+        Position `p` jumps when `u_p < 1 - exp(-sigma)`: to MASK (absorbing), or to a uniform id over all
+        `N` (uniform graph), `fresh_p` when given, else `floor(N u_p / (1 - exp(-sigma)))` (given a jump,
+        `u_p / (1 - exp(-sigma))` is uniform on `[0, 1)`).
+
+        Args:
+            i: int64 clean token ids of shape `S`.
+            sigma: total noise broadcasting against `S` (`[B, 1]` for `S = [B, L]`).
+            u: float64 uniforms in `[0, 1)` of shape `broadcast(S, sigma.shape)`.
+            fresh: optional int64 replacement ids in `[0, N)` for the uniform graph, shaped like `u`.
+
+        Returns:
+            int64 tensor shaped like `u`.
+        """
+        i, sigma = self._prep(i, sigma)
+        shape = u.shape
+        move = -torch.expm1(-sigma.detach().to(torch.float64))  # 1 - e^{-sigma}, the jump probability
+        jump = u < move
+        if self.absorbing:
+            return torch.where(jump, torch.full_like(u, self.dim - 1, dtype=torch.int64), i.expand(shape))
+        if fresh is None:
+            n = self.vocab_size
+            fresh = (u / move.clamp_min(1e-300) * n).floor().to(torch.int64).clamp_(max=n - 1)
+        return torch.where(jump, fresh, i.expand(shape))
+
     @abc.abstractmethod
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
         """Draw int64 tokens of shape `batch` from the limit law of the chain."""
@@ -245,7 +283,7 @@ class Graph(abc.ABC):
     def score_entropy(
         self, log_score: torch.Tensor, sigma: Any, x_t: torch.Tensor, x0: torch.Tensor
     ) -> torch.Tensor:
-        """Per-position denoising score entropy `DSE(l; x_t, x0)` (SEDD eq. 8; SPEC section 4).
+        """Per-position denoising score entropy `DSE(l; x_t, x0)` (SEDD eq. 8; docs/math.md section 4).
 
         `DSE = sum_{y != x_t} Q(x_t, y) [exp(l_y) - rho_y l_y + K(rho_y)]`, with
         `rho_y = p_{sigma|0}(y | x0) / p_{sigma|0}(x_t | x0)` and `K(a) = a (log a - 1)`. The entry of `l`
@@ -287,7 +325,7 @@ class Graph(abc.ABC):
 
 
 class Uniform(Graph):
-    """Uniform graph: `Q = (1/N) 1 1^T - I`, every token jumps to a uniform draw (SPEC section 2).
+    """Uniform graph: `Q = (1/N) 1 1^T - I`, every token jumps to a uniform draw (docs/math.md section 2).
 
     This is the paper's `Q^uniform` divided by `N`, so that a token is resampled at rate 1.
     """
@@ -328,9 +366,8 @@ class Uniform(Graph):
         i, sigma = self._prep(i, sigma)
         shape = torch.broadcast_shapes(i.shape, sigma.shape)
         u = torch.rand(shape, generator=generator, device=i.device, dtype=torch.float64)
-        move = u < -torch.expm1(-sigma.detach().to(torch.float64))  # with probability 1 - e ...
         fresh = torch.randint(self.vocab_size, shape, generator=generator, device=i.device)
-        return torch.where(move, fresh, i.expand(shape))  # ... replace by a uniform draw over all N ids
+        return self.corrupt(i, sigma, u, fresh)
 
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
         return torch.randint(self.vocab_size, batch, generator=generator, device=device)
@@ -353,10 +390,10 @@ class Uniform(Graph):
         l = log_score.to(dtype)
         n = self.vocab_size
         # log r with r = esigm1 / (esigm1 + N); esigm1 + N = e^sigma + (N - 1)
-        log_r = _log_expm1(sigma) - torch.logaddexp(sigma, torch.full_like(sigma, math.log(n - 1)))
+        log_r = log_expm1(sigma) - torch.logaddexp(sigma, torch.full_like(sigma, math.log(n - 1)))
         log_r = torch.broadcast_to(log_r, x_t.shape)  # (B, L)
         same = x_t == x0
-        # rho_y = r for all y when x_t = x0; else 1/r at y = x0 and 1 elsewhere (SPEC section 4)
+        # rho_y = r for all y when x_t = x0; else 1/r at y = x0 and 1 elsewhere (docs/math.md section 4)
         log_rho_rest = torch.where(same, log_r, torch.zeros_like(log_r))  # (B, L)
         terms = _dse_term(l, log_rho_rest[..., None])  # (B, L, dim)
         l_x0 = l.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
@@ -381,7 +418,9 @@ class Uniform(Graph):
 
 
 class Absorbing(Graph):
-    """Absorbing (masking) graph: every real token jumps at rate 1 to `MASK = vocab_size` (SPEC section 2).
+    """Absorbing (masking) graph: every real token jumps at rate 1 to `MASK = vocab_size`.
+
+    docs/math.md section 2.
 
     `Q(MASK, j) = 1`, `Q(j, j) = -1` for `j != MASK`, and the MASK column is zero; `dim = vocab_size + 1`.
     """
@@ -447,8 +486,7 @@ class Absorbing(Graph):
         i, sigma = self._prep(i, sigma)
         shape = torch.broadcast_shapes(i.shape, sigma.shape)
         u = torch.rand(shape, generator=generator, device=i.device, dtype=torch.float64)
-        move = u < -torch.expm1(-sigma.detach().to(torch.float64))  # with probability 1 - e: MASK
-        return torch.where(move, torch.full_like(u, self.mask_id, dtype=torch.int64), i.expand(shape))
+        return self.corrupt(i, sigma, u)
 
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
         return torch.full(batch, self.mask_id, dtype=torch.int64, device=device)
@@ -485,7 +523,7 @@ class Absorbing(Graph):
         hit = x0m != self.mask_id  # a clean MASK (x0 = MASK) has rho = 0 everywhere
         rest = torch.where(hit, exps.sum(dim=-1), torch.exp(lm[:, :-1]).sum(dim=-1))
         l_x0 = lm.gather(-1, x0m[:, None]).squeeze(-1)
-        t_x0 = _dse_term(l_x0, -_log_expm1(sm))
+        t_x0 = _dse_term(l_x0, -log_expm1(sm))
         val = rest + torch.where(hit, t_x0, torch.zeros_like(t_x0))
         return out.index_put(rows, val)
 

@@ -1,4 +1,4 @@
-"""Training losses: the diffusion-weighted denoising score entropy (DWDSE) of SEDD (SPEC section 4).
+"""Training losses: the diffusion-weighted denoising score entropy (DWDSE) of SEDD (docs/math.md section 4).
 
 `ddm.graphs.Graph.score_entropy` gives the per-position denoising score entropy in closed form; `dwdse`
 turns it into the per-sequence Monte-Carlo estimate of the ELBO integral (Lou, Meng, Ermon 2024, eq. 10
@@ -16,7 +16,7 @@ import torch
 from ddm.graphs import Graph, _as_noise, _check_tokens
 from ddm.schedules import Schedule
 
-__all__ = ["dwdse", "score_entropy_bruteforce"]
+__all__ = ["dwdse", "masked_nelbo", "score_entropy_bruteforce"]
 
 LogScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,8 +30,10 @@ def dwdse(
     t: Any = None,
     eps_t: float = 1e-3,
     generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
+    x_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; SPEC section 4).
+    """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; docs/math.md section 4).
 
     Draws `t ~ U[eps_t, 1]` per sequence (unless `t` is given), corrupts `x0` to `x_t ~ p_{t|0}(. | x0)`,
     evaluates the score model at `(x_t, sigma_bar(t))`, and weights the summed score entropy by `sigma(t)`.
@@ -46,10 +48,39 @@ def dwdse(
             dtype.
         eps_t: the lower end of the time range, in `[0, 1)`.
         generator: torch random generator on the device of `x0` (used for `t` and for the corruption).
+        u: optional float64 uniforms `[B, L]` for the corruption (`Graph.corrupt`), e.g. counter-based
+            ones keyed per sequence (`ddm.training.distributed.keyed_loss`); drawn from `generator`
+            when None.
+        x_t: optional corrupted tokens `[B, L]` the caller drew itself at `sigma_bar(t)` (the keyed Rust
+            corruption of the training loop, bit-identical to `Graph.corrupt` at the same uniforms).
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
     """
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
+    log_score = log_score_fn(x_t, sigma_bar)  # (B, L, dim)
+    if not isinstance(log_score, torch.Tensor) or tuple(log_score.shape) != (*x0.shape, graph.dim):
+        got = tuple(log_score.shape) if isinstance(log_score, torch.Tensor) else type(log_score).__name__
+        raise ValueError(
+            f"log_score_fn must return a [B, L, dim] = {(*x0.shape, graph.dim)} tensor, got {got}"
+        )
+    dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (B, L)
+    return sigma.to(dse.dtype) * dse.sum(dim=-1)
+
+
+def _noised(
+    graph: Graph,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    t: Any,
+    eps_t: float,
+    generator: torch.Generator | None,
+    u: torch.Tensor | None,
+    x_t: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The checked clean tokens, noise levels and corrupted tokens of a loss:
+    `(x0, sigma_bar(t), sigma(t), x_t)`, `[B, L]`, `[B]`, `[B]`, `[B, L]` (the shared first half of
+    `dwdse` and `masked_nelbo`)."""
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a ddm.graphs.Graph, got {type(graph).__name__}")
     if not isinstance(schedule, Schedule):
@@ -61,8 +92,8 @@ def dwdse(
         raise ValueError(f"eps_t must be a float in [0, 1), got {eps_t!r}")
     batch = x0.shape[0]
     if t is None:
-        u = torch.rand(batch, generator=generator, device=x0.device)
-        t = eps_t + (1.0 - eps_t) * u  # (B,)
+        u_t = torch.rand(batch, generator=generator, device=x0.device)
+        t = eps_t + (1.0 - eps_t) * u_t  # (B,)
     else:
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(float(t))
@@ -73,21 +104,70 @@ def dwdse(
         if tuple(t.shape) != (batch,):
             raise ValueError(f"t must be a scalar or have shape [B] with B={batch}, got {tuple(t.shape)}")
     sigma_bar, sigma = schedule(t)  # (B,), (B,)
-    x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
-    log_score = log_score_fn(x_t, sigma_bar)  # (B, L, dim)
-    if not isinstance(log_score, torch.Tensor) or tuple(log_score.shape) != (*x0.shape, graph.dim):
-        got = tuple(log_score.shape) if isinstance(log_score, torch.Tensor) else type(log_score).__name__
+    if x_t is not None:
+        if u is not None:
+            raise ValueError("give u (the corruption's uniforms) or x_t (its result), not both")
+        x_t = _check_tokens(x_t, graph.dim, "x_t")
+        if x_t.shape != x0.shape:
+            raise ValueError(f"x_t must have the shape of x0 {tuple(x0.shape)}, got {tuple(x_t.shape)}")
+    elif u is None:
+        x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
+    else:
+        x_t = graph.corrupt(x0, sigma_bar[:, None], u)  # (B, L)
+    return x0, sigma_bar, sigma, x_t
+
+
+def masked_nelbo(
+    log_prob_fn: LogScoreFn,
+    graph: Graph,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    *,
+    t: Any = None,
+    eps_t: float = 1e-3,
+    generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
+    x_t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sequence masked-diffusion NELBO in nats (MDLM, Sahoo et al. 2024; MD4; docs/math.md section 7).
+
+    `sigma(t) / expm1(sigma_bar(t))` times `sum_{i: x_t^i = MASK} -log p(x0^i | x_t)`: with
+    `alpha_t = exp(-sigma_bar(t))` the weight is MDLM's `-alpha'_t / (1 - alpha_t)`. For a SUBS model it is
+    exactly the DWDSE of the model's closed-form score `p(y | x_t) / expm1(sigma_bar)` (the score entropy
+    of that score at a MASK is `-log p(x0 | x_t) / expm1(sigma_bar)`), computed from the N log-probabilities
+    instead of the score entropy over `dim` states; `t` and `x_t` are drawn exactly as in `dwdse`.
+
+    Args:
+        log_prob_fn: `f(x_t: int64 [B, L], sigma_bar: [B]) -> [B, L, N]`, log p(x0 | x_t)
+            (`ScoreModel.log_probs`).
+        graph: the absorbing graph.
+        schedule: the noise schedule.
+        x0: int64 clean tokens `[B, L]`, real ids.
+        t, eps_t, generator, u, x_t: as in `dwdse`.
+
+    Returns:
+        `[B]` loss per sequence, differentiable with respect to the model's output.
+    """
+    if getattr(graph, "mask_id", None) is None:
+        raise ValueError(f"masked_nelbo needs an absorbing graph, got {graph!r}")
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
+    logp = log_prob_fn(x_t, sigma_bar)  # (B, L, N)
+    if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (*x0.shape, graph.vocab_size):
+        got = tuple(logp.shape) if isinstance(logp, torch.Tensor) else type(logp).__name__
         raise ValueError(
-            f"log_score_fn must return a [B, L, dim] = {(*x0.shape, graph.dim)} tensor, got {got}"
+            f"log_prob_fn must return a [B, L, N] = {(*x0.shape, graph.vocab_size)} tensor, got {got}"
         )
-    dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (B, L)
-    return sigma.to(dse.dtype) * dse.sum(dim=-1)
+    masked = x_t == graph.mask_id  # (B, L)
+    nll = -logp.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+    nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions: 0 (and never -inf * 0)
+    weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B,)
+    return weight.to(nll.dtype) * nll.sum(dim=-1)
 
 
 def score_entropy_bruteforce(
     graph: Graph, log_score: torch.Tensor, sigma: Any, x_t: torch.Tensor, x0: torch.Tensor
 ) -> torch.Tensor:
-    """The per-position score entropy as the literal sum of SPEC section 4, with `exp(sigma Q)` explicit.
+    """The per-position score entropy as the literal sum (docs/math.md section 4), `exp(sigma Q)` explicit.
 
     `DSE = sum_{y != x_t} Q(x_t, y) [exp(l_y) - rho_y l_y + K(rho_y)]` with
     `rho_y = exp(sigma Q)(y, x0) / exp(sigma Q)(x_t, x0)`, computed in float64 with

@@ -1,4 +1,4 @@
-"""Noise schedules: total noise `sigma_bar(t)` and rate `sigma(t) = d sigma_bar / dt` (SPEC section 3).
+"""Noise schedules: total noise `sigma_bar(t)`, rate `sigma(t) = d sigma_bar / dt` (docs/math.md section 3).
 
 A schedule maps diffusion time `t in [0, 1]` to the pair `(sigma_bar(t), sigma(t))`, where
 `sigma_bar(t) = integral_0^t sigma(s) ds` is the total noise the forward CTMC has applied by time `t`

@@ -1,4 +1,4 @@
-//! The two forward graphs of SEDD (Lou, Meng, Ermon 2024, section 3.3 and SPEC section 2) and forward
+//! The two forward graphs of SEDD (Lou, Meng, Ermon 2024, section 3.3 and docs/math.md section 2) and forward
 //! corruption in closed form.
 //!
 //! Uniform, Q = (1/N) 1 1^T - I: with probability 1 - e^{-sigma} a token is replaced by a uniform draw
@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::rng::{Domain, RngKey};
+use crate::keyed::CounterKey;
 
 /// A graph on one token: `vocab_size` real ids, plus MASK = `vocab_size` when absorbing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,49 +115,68 @@ pub(crate) fn check_tokens_shape(
     Ok(n)
 }
 
-/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2), written into `out`.
+/// The probability that a token moves under total noise `sigma`: 1 - e^{-sigma}, without cancellation.
+pub fn jump_probability(sigma: f64) -> f64 {
+    -(-sigma).exp_m1()
+}
+
+/// Checks that every per-sequence jump probability is in [0, 1] (NaN is not).
+fn check_probabilities(arg: &'static str, p: &[f64]) -> Result<(), KernelError> {
+    match p.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        None => Ok(()),
+        Some(b) => Err(KernelError::Value {
+            arg,
+            msg: format!(
+                "jump probability {} at [{b}] must be finite and in [0, 1]",
+                p[b]
+            ),
+        }),
+    }
+}
+
+/// Forward corruption x_sigma ~ p_sigma|0(. | x) (docs/math.md section 2), written into `out`, keyed exactly as
+/// the torch twin (`Sampler.add_noise`, the keyed training loss), so both give the same tokens.
 ///
-/// `x`: `[B, L]` flattened row-major, `sigma`: `[B]` total noise per sequence (B = `sigma.len()`),
-/// `len`: L. Position (b, i) uses the stream keyed by (seed, step, seq_offset + b, i).
+/// `x`: `[B, L]` flattened row-major, `p_move`: `[B]` the probability that a token moves,
+/// 1 - e^{-sigma} ([`jump_probability`]; B = `p_move.len()`), `len`: L. Position (b, i) draws one
+/// uniform u keyed by (seed, stream, step, seq_offset + b, i) ([`CounterKey`]) and moves when
+/// u < p_move: absorbing, to MASK (MASK stays MASK); uniform, to floor(u / p_move * N) (given a move,
+/// u / p_move is uniform on [0, 1)), clamped to N - 1. Every operation is the torch twin's, in f64.
 pub fn corrupt(
     graph: Graph,
     x: &[i64],
-    sigma: &[f64],
+    p_move: &[f64],
     len: usize,
-    key: RngKey,
+    key: CounterKey,
     out: &mut [i64],
 ) -> Result<(), KernelError> {
-    let batch = sigma.len();
+    let batch = p_move.len();
     let n = check_tokens_shape(x, out, batch, len)?;
-    check_levels("sigma", sigma)?;
+    check_probabilities("p_move", p_move)?;
     if n == 0 {
         return Ok(());
     }
     graph.check_tokens("x", x, len)?;
-    let n_ids = graph.vocab_size as u64;
+    let n_ids = graph.vocab_size as f64;
+    let last = graph.vocab_size as i64 - 1;
     let mask = graph.mask();
     out.par_chunks_mut(len)
         .zip(x.par_chunks(len))
         .enumerate()
         .for_each(|(b, (orow, xrow))| {
-            // P(the token moves) = 1 - e^{-sigma}, without cancellation for small sigma.
-            let p_move = -(-sigma[b]).exp_m1();
-            let row_key = key.row(Domain::Corrupt, b); // the row's hash prefix, once per row
+            let p = p_move[b];
+            let denom = p.max(1e-300); // as torch's clamp_min: u < p <= 1e-300 only for u = 0
+            let row = key.row(b); // the row's hash, once per row
             for (i, (o, &t)) in orow.iter_mut().zip(xrow).enumerate() {
-                if mask == Some(t) {
-                    *o = t; // MASK stays MASK (its stream is never used)
-                    continue;
-                }
-                let mut rng = row_key.stream(i);
-                let moves = rng.uniform() < p_move;
-                // The new token is drawn whether or not it is used (the stream is the position's own,
-                // so the draws are the same), which turns the unpredictable branch on `moves` into a
-                // select.
-                let to = match mask {
-                    Some(m) => m,
-                    None => rng.below(n_ids) as i64,
+                let u = row.uniform(i);
+                *o = if u >= p {
+                    t
+                } else {
+                    match mask {
+                        Some(m) => m,
+                        None => ((u / denom * n_ids).floor() as i64).min(last),
+                    }
                 };
-                *o = if moves { to } else { t };
             }
         });
     Ok(())
@@ -168,9 +187,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Jump probabilities of total noises.
+    fn probs(sigma: &[f64]) -> Vec<f64> {
+        sigma.iter().map(|&s| jump_probability(s)).collect()
+    }
+
+    fn key(seed: u64, seq_offset: u64) -> CounterKey {
+        CounterKey::new(seed, 0x5eed_0003, 0, seq_offset)
+    }
+
     fn run(graph: Graph, x: &[i64], sigma: &[f64], len: usize, seed: u64) -> Vec<i64> {
         let mut out = vec![-1; x.len()];
-        corrupt(graph, x, sigma, len, RngKey::new(seed, 0, 0), &mut out).unwrap();
+        corrupt(graph, x, &probs(sigma), len, key(seed, 0), &mut out).unwrap();
         out
     }
 
@@ -227,7 +255,7 @@ mod tests {
     fn errors() {
         let g = Graph::new(false, 3).unwrap();
         let mut out = vec![0; 4];
-        let k = RngKey::new(0, 0, 0);
+        let k = key(0, 0);
         let e = corrupt(g, &[0, 1, 3, 0], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
         assert!(
             matches!(
@@ -243,19 +271,10 @@ mod tests {
         );
         let e = corrupt(g, &[0, 1, -1, 0], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
         assert!(matches!(e, KernelError::TokenOutOfRange { .. }));
-        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY] {
             let e = corrupt(g, &[0, 1, 2, 0], &[0.1, bad], 2, k, &mut out).unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    KernelError::BadNoise {
-                        arg: "sigma",
-                        b: 1,
-                        ..
-                    }
-                ),
-                "{e}"
-            );
+            assert!(matches!(e, KernelError::Value { arg: "p_move", .. }), "{e}");
+            assert!(e.to_string().contains("at [1] must be finite"), "{e}");
         }
         let e = corrupt(g, &[0, 1, 2], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
         assert!(matches!(e, KernelError::Shape { arg: "x", .. }));
@@ -284,8 +303,9 @@ mod tests {
             // Split the batch after the first sequence: the second part uses seq_offset = 1.
             let mut head = vec![0; len];
             let mut tail = vec![0; (batch - 1) * len];
-            corrupt(g, &x[..len], &s[..1], len, RngKey::new(seed, 0, 0), &mut head).unwrap();
-            corrupt(g, &x[len..], &s[1..], len, RngKey::new(seed, 0, 1), &mut tail).unwrap();
+            let p = probs(&s);
+            corrupt(g, &x[..len], &p[..1], len, key(seed, 0), &mut head).unwrap();
+            corrupt(g, &x[len..], &p[1..], len, key(seed, 1), &mut tail).unwrap();
             head.extend(tail);
             prop_assert_eq!(a, head);
         }

@@ -6,6 +6,7 @@
 pub mod categorical;
 pub mod error;
 pub mod graphs;
+pub mod keyed;
 pub mod proposal;
 pub mod rng;
 pub mod steps;
@@ -17,5 +18,6 @@ mod python;
 
 pub use error::KernelError;
 pub use graphs::{corrupt, Graph};
+pub use keyed::CounterKey;
 pub use rng::RngKey;
-pub use steps::{analytic_step, denoise_step, euler_step, reverse_step, step_probs, StepKind};
+pub use steps::{reverse_step, StepKind};

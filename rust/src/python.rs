@@ -10,10 +10,11 @@ use numpy::prelude::*;
 use numpy::{dtype, Element, PyArray, PyArray1, PyArray2, PyArray3, PyUntypedArray};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt};
+use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::error::KernelError;
 use crate::graphs::{self, Graph};
+use crate::keyed::CounterKey;
 use crate::rng::RngKey;
 use crate::steps::{self, StepKind};
 use crate::threads;
@@ -242,26 +243,33 @@ where
     }
 }
 
-/// Forward corruption x_sigma ~ p_sigma|0(. | x) (SPEC section 2).
+/// Forward corruption x_sigma ~ p_sigma|0(. | x) (docs/math.md section 2), keyed as the torch twin: `p_move` is
+/// 1 - e^{-sigma} per sequence, `stream` the 32-bit stream tag of the key.
 #[pyfunction]
-#[pyo3(signature = (x, sigma, absorbing, vocab_size, seed, step=None, seq_offset=None, out=None))]
+#[pyo3(signature = (x, p_move, absorbing, vocab_size, seed, stream, step=None, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn corrupt<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    sigma: &Bound<'py, PyAny>,
+    p_move: &Bound<'py, PyAny>,
     absorbing: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
+    stream: &Bound<'py, PyAny>,
     step: Option<&Bound<'py, PyAny>>,
     seq_offset: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
     let zero = 0u64.into_pyobject(py)?.into_any();
+    let tag = uint(stream, "stream")?;
+    let tag = u32::try_from(tag).map_err(|_| KernelError::Value {
+        arg: "stream",
+        msg: format!("must be an integer in [0, 2**32), got {tag}"),
+    })?;
     let c = common(
         x,
-        sigma,
-        "sigma",
+        p_move,
+        "p_move",
         absorbing,
         vocab_size,
         seed,
@@ -269,16 +277,36 @@ fn corrupt<'py>(
         seq_offset.unwrap_or(&zero),
         out,
     )?;
-    let (graph, key, len) = (c.graph, c.key, c.len);
-    run(py, c, move |xs, ls, os| {
-        graphs::corrupt(graph, xs, ls, len, key, os)
+    let (graph, len) = (c.graph, c.len);
+    let key = CounterKey::new(c.key.seed, tag, c.key.step, c.key.seq_offset);
+    run(py, c, move |xs, ps, os| {
+        graphs::corrupt(graph, xs, ps, len, key, os)
     })
 }
 
+/// The step named by `kind`: TypeError for a non-string, ValueError naming `kind` for an unknown name.
+fn step_kind(kind: &Bound<'_, PyAny>) -> Result<StepKind, KernelError> {
+    let name = kind.cast::<PyString>().map_err(|_| {
+        type_err(
+            "kind",
+            format!(
+                "expected a str ('euler', 'analytic' or 'denoise'), got {}",
+                kind.get_type()
+            ),
+        )
+    })?;
+    StepKind::from_name(&name.to_cow().map_err(|e| type_err("kind", e.to_string()))?)
+}
+
+/// One reverse step of kind `kind` ("euler", "analytic" or "denoise"; docs/math.md section 5). `level` is
+/// `rate_dt = sigma(t_k) * dt` (euler), `dsigma = sigma_bar(t_k) - sigma_bar(t_k+1)` (analytic) or
+/// `sigma = sigma_bar(eps)` (denoise; absorbing never returns MASK).
+#[pyfunction]
+#[pyo3(signature = (kind, x, log_score, level, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
-fn reverse<'py>(
+fn reverse_step<'py>(
     py: Python<'py>,
-    kind: StepKind,
+    kind: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
     log_score: &Bound<'py, PyAny>,
     level: &Bound<'py, PyAny>,
@@ -289,6 +317,7 @@ fn reverse<'py>(
     seq_offset: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let kind = step_kind(kind)?;
     let zero = 0u64.into_pyobject(py)?.into_any();
     let c = common(
         x,
@@ -342,106 +371,11 @@ fn reverse<'py>(
     })
 }
 
-/// One Euler step (SPEC section 5), `rate_dt = sigma(t_k) * dt`.
-#[pyfunction]
-#[pyo3(signature = (x, log_score, rate_dt, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
-#[allow(clippy::too_many_arguments)]
-fn euler_step<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    log_score: &Bound<'py, PyAny>,
-    rate_dt: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
-    vocab_size: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
-    step: &Bound<'py, PyAny>,
-    seq_offset: Option<&Bound<'py, PyAny>>,
-    out: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    reverse(
-        py,
-        StepKind::Euler,
-        x,
-        log_score,
-        rate_dt,
-        absorbing,
-        vocab_size,
-        seed,
-        step,
-        seq_offset,
-        out,
-    )
-}
-
-/// One analytic (Tweedie tau-leaping) step (SPEC section 5), `dsigma = sigma_bar(t_k) - sigma_bar(t_k+1)`.
-#[pyfunction]
-#[pyo3(signature = (x, log_score, dsigma, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
-#[allow(clippy::too_many_arguments)]
-fn analytic_step<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    log_score: &Bound<'py, PyAny>,
-    dsigma: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
-    vocab_size: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
-    step: &Bound<'py, PyAny>,
-    seq_offset: Option<&Bound<'py, PyAny>>,
-    out: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    reverse(
-        py,
-        StepKind::Analytic,
-        x,
-        log_score,
-        dsigma,
-        absorbing,
-        vocab_size,
-        seed,
-        step,
-        seq_offset,
-        out,
-    )
-}
-
-/// The denoise step (SPEC section 5), `sigma = sigma_bar(eps)`; absorbing never returns MASK.
-#[pyfunction]
-#[pyo3(signature = (x, log_score, sigma, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
-#[allow(clippy::too_many_arguments)]
-fn denoise_step<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    log_score: &Bound<'py, PyAny>,
-    sigma: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
-    vocab_size: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
-    step: &Bound<'py, PyAny>,
-    seq_offset: Option<&Bound<'py, PyAny>>,
-    out: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    reverse(
-        py,
-        StepKind::Denoise,
-        x,
-        log_score,
-        sigma,
-        absorbing,
-        vocab_size,
-        seed,
-        step,
-        seq_offset,
-        out,
-    )
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(corrupt, m)?)?;
-    m.add_function(wrap_pyfunction!(euler_step, m)?)?;
-    m.add_function(wrap_pyfunction!(analytic_step, m)?)?;
-    m.add_function(wrap_pyfunction!(denoise_step, m)?)?;
+    m.add_function(wrap_pyfunction!(reverse_step, m)?)?;
     register_samplers(m)?;
     Ok(())
 }
@@ -468,25 +402,13 @@ fn checked_log_score<'py>(
     Ok(ls)
 }
 
-fn step_kind(kind: &str) -> Result<StepKind, KernelError> {
-    match kind {
-        "euler" => Ok(StepKind::Euler),
-        "analytic" => Ok(StepKind::Analytic),
-        "denoise" => Ok(StepKind::Denoise),
-        _ => Err(KernelError::Value {
-            arg: "kind",
-            msg: format!("must be 'euler', 'analytic' or 'denoise', got {kind:?}"),
-        }),
-    }
-}
-
 /// One reverse step with temperature / top-k / top-p on its proposal distribution (docs/math.md 5.10).
 #[pyfunction]
 #[pyo3(signature = (kind, x, log_score, level, absorbing, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn proposal_step<'py>(
     py: Python<'py>,
-    kind: &str,
+    kind: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
     log_score: &Bound<'py, PyAny>,
     level: &Bound<'py, PyAny>,

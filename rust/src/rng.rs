@@ -18,11 +18,11 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The golden-ratio increment of SplitMix64.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Which kernel a stream belongs to, so that corruption and a reverse step with the same
-/// (seed, step, sequence, position) draw independent numbers.
+/// Which kernel a stream belongs to (mixed into the key). Only the reverse steps draw from these
+/// streams: the forward corruption uses the torch twin's keyed uniforms (`keyed.rs`). The value 1 was the
+/// corruption's before it moved there; `Step` keeps 2 so that its streams are unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {
-    Corrupt = 1,
     Step = 2,
 }
 
@@ -96,24 +96,6 @@ impl Rng {
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
-
-    /// A uniform integer in [0, n), exactly unbiased (Lemire, "Fast random integer generation in an
-    /// interval", ACM TOMACS 2019: multiply-shift with rejection). `n` must be positive.
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        debug_assert!(n > 0);
-        let mut m = (self.next_u64() as u128) * (n as u128);
-        // A product is rejected when its low half is below 2^64 mod n (< n), so the threshold (a 64-bit
-        // division) is needed only when the low half is below n: rare unless n is near 2^64. The draws
-        // are exactly those of the plain loop.
-        if (m as u64) < n {
-            let threshold = n.wrapping_neg() % n; // 2^64 mod n
-            while (m as u64) < threshold {
-                m = (self.next_u64() as u128) * (n as u128);
-            }
-        }
-        (m >> 64) as u64
-    }
 }
 
 #[cfg(test)]
@@ -140,21 +122,6 @@ mod tests {
         }
         assert!(
             chi2_uniform(&counts) < 120.0,
-            "chi2 = {}",
-            chi2_uniform(&counts)
-        );
-    }
-
-    #[test]
-    fn below_is_uniform_for_non_power_of_two() {
-        // n = 7, 70_000 draws from one stream: chi2 with 6 dof; P(chi2 > 30) < 5e-5.
-        let mut rng = RngKey::new(1, 0, 0).stream(Domain::Corrupt, 0, 0);
-        let mut counts = [0u64; 7];
-        for _ in 0..70_000 {
-            counts[rng.below(7) as usize] += 1;
-        }
-        assert!(
-            chi2_uniform(&counts) < 30.0,
             "chi2 = {}",
             chi2_uniform(&counts)
         );
@@ -193,45 +160,22 @@ mod tests {
         super::Rng { state: h }
     }
 
-    /// Lemire's method with the threshold computed up front, on every call.
-    fn below_reference(rng: &mut super::Rng, n: u64) -> u64 {
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = (rng.next_u64() as u128) * (n as u128);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-
     #[test]
-    fn row_keys_and_lazy_threshold_give_the_same_draws() {
+    fn row_keys_give_the_streams_of_the_full_key_chain() {
         let key = RngKey::new(17, 4, 1000);
-        for domain in [Domain::Corrupt, Domain::Step] {
-            for b in [0usize, 1, 77] {
-                let row = key.row(domain, b);
-                for i in [0usize, 1, 2, 1023, 1 << 40] {
-                    let (mut a, mut r) = (row.stream(i), stream_reference(&key, domain, b, i));
-                    assert_eq!(key.stream(domain, b, i).next_u64(), r.clone().next_u64());
-                    // Small n, n near 2^63 and near 2^64 (where about half the products are rejected).
-                    for n in [1u64, 3, 50_257, (1 << 63) + 1, u64::MAX - 2, u64::MAX] {
-                        for _ in 0..50 {
-                            assert_eq!(a.below(n), below_reference(&mut r, n), "n = {n}");
-                        }
-                    }
-                    assert_eq!(a.next_u64(), r.next_u64()); // the same number of values consumed
+        for b in [0usize, 1, 77] {
+            let row = key.row(Domain::Step, b);
+            for i in [0usize, 1, 2, 1023, 1 << 40] {
+                let (mut a, mut r) = (row.stream(i), stream_reference(&key, Domain::Step, b, i));
+                assert_eq!(
+                    key.stream(Domain::Step, b, i).next_u64(),
+                    r.clone().next_u64()
+                );
+                for _ in 0..50 {
+                    assert_eq!(a.next_u64(), r.next_u64());
                 }
             }
         }
-    }
-
-    #[test]
-    fn domains_differ() {
-        let k = RngKey::new(0, 0, 0);
-        assert_ne!(
-            k.stream(Domain::Corrupt, 0, 0).next_u64(),
-            k.stream(Domain::Step, 0, 0).next_u64()
-        );
     }
 
     proptest! {
@@ -241,12 +185,6 @@ mod tests {
             let a = RngKey::new(seed, step, off).stream(Domain::Step, b, i).next_u64();
             let c = RngKey::new(seed, step, 0).stream(Domain::Step, b + off as usize, i).next_u64();
             prop_assert_eq!(a, c);
-        }
-
-        #[test]
-        fn below_stays_below(seed: u64, n in 1u64..u64::MAX) {
-            let mut rng = RngKey::new(seed, 0, 0).stream(Domain::Step, 0, 0);
-            prop_assert!(rng.below(n) < n);
         }
     }
 }

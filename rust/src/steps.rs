@@ -1,4 +1,4 @@
-//! The reverse steps of SEDD sampling (Lou, Meng, Ermon 2024, section 4.1; SPEC section 5): Euler,
+//! The reverse steps of SEDD sampling (Lou, Meng, Ermon 2024, section 4.1; docs/math.md section 5): Euler,
 //! analytic (Tweedie tau-leaping) and denoise, for both graphs, fused over each row.
 //!
 //! Each position (b, i) moves independently. With s_y = exp(l_y) the score (the entry at the current
@@ -46,6 +46,29 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// Every step kind, in the order of [`StepKind::name`]'s list.
+    pub const ALL: [StepKind; 3] = [StepKind::Euler, StepKind::Analytic, StepKind::Denoise];
+
+    /// The step's name across the Python boundary: `"euler"`, `"analytic"` or `"denoise"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Euler => "euler",
+            StepKind::Analytic => "analytic",
+            StepKind::Denoise => "denoise",
+        }
+    }
+
+    /// The step called `name` (see [`StepKind::name`]); a `Value` error naming `kind` otherwise.
+    pub fn from_name(name: &str) -> Result<Self, KernelError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| KernelError::Value {
+                arg: "kind",
+                msg: format!("must be one of 'euler', 'analytic', 'denoise', got {name:?}"),
+            })
+    }
+
     /// The name of the noise-level argument of this step.
     pub fn level_arg(self) -> &'static str {
         match self {
@@ -387,8 +410,9 @@ fn tweedie_precise(
 
 /// One reverse step over a batch, written into `out`.
 ///
-/// `x`: `[B, L]` int64 flattened, `log_score`: `[B, L, dim]` float32 flattened, `level`: `[B]` (B =
-/// `level.len()`; `rate_dt`, `dsigma` or `sigma` by `kind`), `len`: L. Position (b, i) draws from the
+/// `kind` picks the step and what `level` is (see [`StepKind`]): `rate_dt` (Euler), `dsigma` (analytic)
+/// or `sigma` (denoise; absorbing never returns MASK). `x`: `[B, L]` int64 flattened, `log_score`:
+/// `[B, L, dim]` float32 flattened, `level`: `[B]` (B = `level.len()`), `len`: L. Position (b, i) draws from the
 /// stream keyed by (seed, step, seq_offset + b, i), so the result does not depend on the thread count
 /// (rayon, current pool) or the split of the batch. On error `out` may be partly written.
 #[allow(clippy::too_many_arguments)]
@@ -432,116 +456,68 @@ pub fn reverse_step(
         })
 }
 
-/// The Euler step (SPEC section 5); see [`reverse_step`].
-pub fn euler_step(
-    graph: Graph,
-    x: &[i64],
-    log_score: &[f32],
-    rate_dt: &[f64],
-    len: usize,
-    key: RngKey,
-    out: &mut [i64],
-) -> Result<(), KernelError> {
-    reverse_step(StepKind::Euler, graph, x, log_score, rate_dt, len, key, out)
-}
-
-/// The analytic (Tweedie tau-leaping) step (SPEC section 5); see [`reverse_step`].
-pub fn analytic_step(
-    graph: Graph,
-    x: &[i64],
-    log_score: &[f32],
-    dsigma: &[f64],
-    len: usize,
-    key: RngKey,
-    out: &mut [i64],
-) -> Result<(), KernelError> {
-    reverse_step(
-        StepKind::Analytic,
-        graph,
-        x,
-        log_score,
-        dsigma,
-        len,
-        key,
-        out,
-    )
-}
-
-/// The denoise step (SPEC section 5): absorbing never returns MASK; see [`reverse_step`].
-pub fn denoise_step(
-    graph: Graph,
-    x: &[i64],
-    log_score: &[f32],
-    sigma: &[f64],
-    len: usize,
-    key: RngKey,
-    out: &mut [i64],
-) -> Result<(), KernelError> {
-    reverse_step(StepKind::Denoise, graph, x, log_score, sigma, len, key, out)
-}
-
-/// The probabilities `[dim]` of one position's step, computed directly from the SPEC formulas (not
-/// fused, std exp): the reference the fused kernel is tested against. `x` must be a state of `graph`,
-/// `row` has `dim` finite entries.
-pub fn step_probs(graph: Graph, kind: StepKind, x: usize, row: &[f32], level: f64) -> Vec<f64> {
-    let dim = graph.dim();
-    let n = graph.vocab_size as f64;
-    let mut s: Vec<f64> = row.iter().map(|&v| (v as f64).exp()).collect();
-    s[x] = 1.0;
-    let mask = graph.mask().map(|m| m as usize);
-    let mut p = vec![0.0; dim];
-    if mask.is_some_and(|m| m != x) {
-        p[x] = 1.0; // absorbing: a real token never changes
-        return p;
-    }
-    // Q(x, y) for y != x: the rate y -> x (absorbing: 1 into MASK; uniform: 1/N).
-    let q_in = if graph.absorbing { 1.0 } else { 1.0 / n };
-    let d = level;
-    match kind {
-        StepKind::Euler => {
-            for y in (0..dim).filter(|&y| y != x) {
-                p[y] = level * q_in * s[y];
-            }
-            p[x] = 1.0 - p.iter().sum::<f64>();
-        }
-        StepKind::Analytic | StepKind::Denoise if graph.absorbing => {
-            for y in (0..dim).filter(|&y| y != x) {
-                p[y] = d.exp_m1() * s[y];
-            }
-            p[x] = 1.0 - p.iter().sum::<f64>();
-            if kind == StepKind::Denoise {
-                p[x] = 0.0;
-                if d == 0.0 {
-                    // The limit d -> 0 of the normalised law.
-                    p.iter_mut()
-                        .zip(&s)
-                        .take(dim - 1)
-                        .for_each(|(a, &b)| *a = b);
-                }
-            }
-        }
-        StepKind::Analytic | StepKind::Denoise => {
-            let s_all: f64 = s.iter().sum();
-            for (y, py) in p.iter_mut().enumerate() {
-                let stag = d.exp() * s[y] + (1.0 - d.exp()) * s_all / n;
-                let tr = if y == x { (-d).exp() } else { 0.0 } + (1.0 - (-d).exp()) / n;
-                *py = stag * tr;
-            }
-        }
-    }
-    p.iter_mut().for_each(|v| *v = v.max(0.0));
-    let tot: f64 = p.iter().sum();
-    p.iter_mut().for_each(|v| *v /= tot);
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::categorical::tests::chi2;
     use proptest::prelude::*;
 
-    const KINDS: [StepKind; 3] = [StepKind::Euler, StepKind::Analytic, StepKind::Denoise];
+    const KINDS: [StepKind; 3] = StepKind::ALL;
+
+    /// The probabilities `[dim]` of one position's step, computed directly from the formulas of docs/math.md section 5 (not
+    /// fused, std exp): the reference the fused kernel is tested against. `x` must be a state of `graph`,
+    /// `row` has `dim` finite entries.
+    fn step_probs(graph: Graph, kind: StepKind, x: usize, row: &[f32], level: f64) -> Vec<f64> {
+        let dim = graph.dim();
+        let n = graph.vocab_size as f64;
+        let mut s: Vec<f64> = row.iter().map(|&v| (v as f64).exp()).collect();
+        s[x] = 1.0;
+        let mask = graph.mask().map(|m| m as usize);
+        let mut p = vec![0.0; dim];
+        if mask.is_some_and(|m| m != x) {
+            p[x] = 1.0; // absorbing: a real token never changes
+            return p;
+        }
+        // Q(x, y) for y != x: the rate y -> x (absorbing: 1 into MASK; uniform: 1/N).
+        let q_in = if graph.absorbing { 1.0 } else { 1.0 / n };
+        let d = level;
+        match kind {
+            StepKind::Euler => {
+                for y in (0..dim).filter(|&y| y != x) {
+                    p[y] = level * q_in * s[y];
+                }
+                p[x] = 1.0 - p.iter().sum::<f64>();
+            }
+            StepKind::Analytic | StepKind::Denoise if graph.absorbing => {
+                for y in (0..dim).filter(|&y| y != x) {
+                    p[y] = d.exp_m1() * s[y];
+                }
+                p[x] = 1.0 - p.iter().sum::<f64>();
+                if kind == StepKind::Denoise {
+                    p[x] = 0.0;
+                    if d == 0.0 {
+                        // The limit d -> 0 of the normalised law.
+                        p.iter_mut()
+                            .zip(&s)
+                            .take(dim - 1)
+                            .for_each(|(a, &b)| *a = b);
+                    }
+                }
+            }
+            StepKind::Analytic | StepKind::Denoise => {
+                let s_all: f64 = s.iter().sum();
+                for (y, py) in p.iter_mut().enumerate() {
+                    let stag = d.exp() * s[y] + (1.0 - d.exp()) * s_all / n;
+                    let tr = if y == x { (-d).exp() } else { 0.0 } + (1.0 - (-d).exp()) / n;
+                    *py = stag * tr;
+                }
+            }
+        }
+        p.iter_mut().for_each(|v| *v = v.max(0.0));
+        let tot: f64 = p.iter().sum();
+        p.iter_mut().for_each(|v| *v /= tot);
+        p
+    }
 
     /// A deterministic log-score row with entries in [-lo, hi).
     fn row(dim: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -798,7 +774,7 @@ mod tests {
         sum
     }
 
-    /// The rate matrix Q[y][x] = rate x -> y of a graph (SPEC section 2).
+    /// The rate matrix Q[y][x] = rate x -> y of a graph (docs/math.md section 2).
     fn rate_matrix(g: Graph) -> Vec<Vec<f64>> {
         let dim = g.dim();
         let n = g.vocab_size as f64;
@@ -928,6 +904,16 @@ mod tests {
     }
 
     #[test]
+    fn step_kinds_round_trip_through_their_names() {
+        for kind in KINDS {
+            assert_eq!(StepKind::from_name(kind.name()), Ok(kind));
+        }
+        let e = StepKind::from_name("Euler").unwrap_err();
+        assert!(matches!(e, KernelError::Value { arg: "kind", .. }), "{e}");
+        assert!(e.to_string().contains("got \"Euler\""), "{e}");
+    }
+
+    #[test]
     fn zero_noise_keeps_every_token() {
         for absorbing in [true, false] {
             let g = Graph::new(absorbing, 6).unwrap();
@@ -958,7 +944,17 @@ mod tests {
         let x = [3i64, 0, 3, 1];
         let ls = vec![0.0f32; 16];
         let mut out = [0i64; 4];
-        let e = analytic_step(g, &x, &ls[..12], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        let e = reverse_step(
+            StepKind::Analytic,
+            g,
+            &x,
+            &ls[..12],
+            &[0.1, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -969,7 +965,17 @@ mod tests {
             ),
             "{e}"
         );
-        let e = analytic_step(g, &[3, 0, 4, 1], &ls, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        let e = reverse_step(
+            StepKind::Analytic,
+            g,
+            &[3, 0, 4, 1],
+            &ls,
+            &[0.1, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -982,7 +988,8 @@ mod tests {
             ),
             "{e}"
         );
-        let e = euler_step(g, &x, &ls, &[0.1, -0.1], 2, k, &mut out).unwrap_err();
+        let e =
+            reverse_step(StepKind::Euler, g, &x, &ls, &[0.1, -0.1], 2, k, &mut out).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -994,7 +1001,17 @@ mod tests {
             ),
             "{e}"
         );
-        let e = denoise_step(g, &x, &ls, &[f64::NAN, 0.1], 2, k, &mut out).unwrap_err();
+        let e = reverse_step(
+            StepKind::Denoise,
+            g,
+            &x,
+            &ls,
+            &[f64::NAN, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -1008,11 +1025,12 @@ mod tests {
         );
         let mut l2 = ls.clone();
         l2[8 + 2] = f32::NEG_INFINITY; // -inf is probability 0, not an error
-        analytic_step(g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap();
+        reverse_step(StepKind::Analytic, g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap();
         for bad in [f32::NAN, f32::INFINITY] {
             let mut l2 = ls.clone();
             l2[8 + 2] = bad; // row (1, 0) is MASK: read
-            let e = analytic_step(g, &x, &l2, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+            let e = reverse_step(StepKind::Analytic, g, &x, &l2, &[0.1, 0.1], 2, k, &mut out)
+                .unwrap_err();
             assert!(
                 matches!(
                     e,
@@ -1028,7 +1046,17 @@ mod tests {
         }
         // Uniform: the MASK id of the absorbing graph is out of range.
         let u = Graph::new(false, 3).unwrap();
-        let e = analytic_step(u, &x, &ls[..12], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        let e = reverse_step(
+            StepKind::Analytic,
+            u,
+            &x,
+            &ls[..12],
+            &[0.1, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap_err();
         assert!(
             matches!(e, KernelError::TokenOutOfRange { token: 3, .. }),
             "{e}"
@@ -1036,8 +1064,28 @@ mod tests {
         // Uniform: a NaN at the current token is ignored, anywhere else it is an error.
         let mut l3 = vec![0.0f32; 12];
         l3[1] = f32::NAN; // row (0, 0), x = 1
-        analytic_step(u, &[1, 0, 2, 1], &l3, &[0.1, 0.1], 2, k, &mut out).unwrap();
-        let e = analytic_step(u, &[2, 0, 2, 1], &l3, &[0.1, 0.1], 2, k, &mut out).unwrap_err();
+        reverse_step(
+            StepKind::Analytic,
+            u,
+            &[1, 0, 2, 1],
+            &l3,
+            &[0.1, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap();
+        let e = reverse_step(
+            StepKind::Analytic,
+            u,
+            &[2, 0, 2, 1],
+            &l3,
+            &[0.1, 0.1],
+            2,
+            k,
+            &mut out,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -1051,8 +1099,8 @@ mod tests {
             "{e}"
         );
         // Empty shapes.
-        analytic_step(g, &[], &[], &[], 4, k, &mut []).unwrap();
-        analytic_step(g, &[], &[], &[0.1, 0.1], 0, k, &mut []).unwrap();
+        reverse_step(StepKind::Analytic, g, &[], &[], &[], 4, k, &mut []).unwrap();
+        reverse_step(StepKind::Analytic, g, &[], &[], &[0.1, 0.1], 0, k, &mut []).unwrap();
     }
 
     proptest! {

@@ -41,16 +41,16 @@ class KernelWrappers:
         self.out = torch.empty_like(self.x)
 
     def time_analytic_step(self, kind: str, dim: int) -> None:
-        _native.analytic_step(self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
+        _native.reverse_step("analytic", self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
 
     def time_euler_step(self, kind: str, dim: int) -> None:
-        _native.euler_step(self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
+        _native.reverse_step("euler", self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
 
     def time_denoise_step(self, kind: str, dim: int) -> None:
-        _native.denoise_step(self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
+        _native.reverse_step("denoise", self.graph, self.x, self.log_score, self.level, 1, 0, out=self.out)
 
     def time_corrupt(self, kind: str, dim: int) -> None:
-        _native.corrupt(self.graph, self.x, self.level, 1, 0, out=self.out)
+        _native.corrupt(self.graph, self.x, self.level, 1, 0, out=self.out, stream=0x5EED0003)
 
 
 def _tiny_model(dim: int, seq_len: int) -> ScoreModel:

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddm.model.embeddings import Rotary, apply_rotary
-from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, _modulate
+from ddm._categorical import inverse_cdf
+from ddm.model.embeddings import Rotary
+from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer
 
 __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 
@@ -36,25 +37,7 @@ __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 class CausalBlock(DiTBlock):
     """A `DiTBlock` whose self-attention is causal: position i attends to positions `<= i` only."""
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """`h` `[B, L, hidden]`, `c` `[B, cond_dim]` -> `[B, L, hidden]`."""
-        B, L, D = h.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(
-            6, dim=-1
-        )  # (B, 1, D)
-        p = self.dropout if self.training else 0.0
-
-        a = _modulate(self.norm1(h), shift1, scale1)  # (B, L, D)
-        q, k, v = (
-            self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        )  # (B, H, L, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, L, hd)
-        o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
-        h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
-
-        m = self.mlp(_modulate(self.norm2(h), shift2, scale2))  # (B, L, D)
-        return h + gate2 * F.dropout(m, p, self.training)
+    causal = True
 
 
 class ARModel(nn.Module):
@@ -178,7 +161,7 @@ def ancestral_sample(
     """Draws blocks from the model's exact law, one token at a time (ancestral sampling).
 
     Categoricals are drawn in float64 by inverse CDF (`ddm.sampling.sampler.inverse_cdf`; no float32
-    Gumbel truncation, SPEC section 5). Each
+    Gumbel truncation, docs/math.md section 5). Each
     step reruns the network on the prefix (no key/value cache): `O(L^2)` work, meant for tests and small
     reference sets.
 
@@ -200,8 +183,6 @@ def ancestral_sample(
         raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model.seq_len}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    from ddm.sampling.sampler import inverse_cdf
-
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)

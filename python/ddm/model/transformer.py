@@ -4,7 +4,7 @@ Tokens are embedded, the total noise `sigma_bar` is embedded into a conditioning
 block applies adaLN-Zero modulation (shift, scale and a gate, all regressed from `c` by a zero-initialised
 linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary positions and an MLP. The
 output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
-graph the output is the SEDD "scale by sigma" parametrisation (SPEC section 4):
+graph the output is the SEDD "scale by sigma" parametrisation (docs/math.md section 4):
 
     l = raw - log esigm1(sigma_bar) - log(dim - 1),   then l[x^i] := 0.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddm.graphs import Absorbing, log_expm1
 from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
 
 __all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
@@ -42,8 +43,9 @@ class ModelConfig:
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * hidden
     dropout: float = 0.1  # dropout on the attention and MLP branches (SEDD: 0.1)
     seq_len: int = 1024  # the longest sequence the model accepts (rotary table length)
-    time_conditioning: bool = True  # False: absorbing only, the network ignores sigma (SPEC section 4)
+    time_conditioning: bool = True  # False: absorbing only, sigma is ignored (docs/math.md section 4)
     scale_by_sigma: bool = True  # absorbing "scale by sigma" output parametrisation
+    subs: bool = False  # absorbing: MDLM's SUBS output, log p(x0 | x_t) over the N tokens (math.md 7)
     bf16: bool = True  # bf16 autocast on CUDA (CPU always runs float32)
 
     @classmethod
@@ -84,8 +86,6 @@ class ModelConfig:
 
 def is_absorbing(graph: Any) -> bool:
     """True for an absorbing graph (it has a MASK state)."""
-    from ddm.graphs import Absorbing
-
     return isinstance(graph, Absorbing)
 
 
@@ -94,7 +94,13 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention."""
+    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention.
+
+    `causal` (a class attribute) makes the attention causal: `ddm.model.autoregressive.CausalBlock` is
+    this block with `causal = True`, so the score network and the AR baseline share one block.
+    """
+
+    causal = False
 
     def __init__(self, hidden: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
@@ -127,7 +133,7 @@ class DiTBlock(nn.Module):
             self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, L, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, hd), non-causal
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)  # (B, H, L, hd)
         o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
         h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
 
@@ -182,9 +188,11 @@ class ScoreModel(nn.Module):
         self.dim = int(graph.dim)
         self.seq_len = config.seq_len
         self.absorbing = is_absorbing(graph)
-        if not config.time_conditioning and not (self.absorbing and config.scale_by_sigma):
+        if config.subs and not self.absorbing:
+            raise ValueError("model.subs=True (the masked-diffusion output) needs an absorbing graph")
+        if not config.time_conditioning and not (self.absorbing and (config.scale_by_sigma or config.subs)):
             raise ValueError(
-                "model.time_conditioning=False needs an absorbing graph and scale_by_sigma=True "
+                "model.time_conditioning=False needs an absorbing graph and scale_by_sigma=True or subs=True "
                 "(only the absorbing score factorises into a time-independent part and a closed-form scale)"
             )
         self.time_independent = not config.time_conditioning
@@ -207,8 +215,12 @@ class ScoreModel(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """Log-score of the concrete score (SPEC section 1).
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, log_probs: bool = False) -> torch.Tensor:
+        """Log-score of the concrete score (docs/math.md section 1); `log_probs=True`: `log_probs(x, sigma)`.
+
+        With `config.subs` (the masked-diffusion model, docs/math.md section 7) the score is the closed form
+        `s_y = p(y | x_t) / expm1(sigma_bar)` at MASK positions, from `log_probs`; rows of unmasked
+        positions are 0 (the absorbing reverse process never moves them).
 
         Args:
             x: tokens, int64 `[B, L]` with values in `[0, dim)` and `L <= seq_len`.
@@ -217,16 +229,48 @@ class ScoreModel(nn.Module):
         Returns:
             float32 `[B, L, dim]` log-scores, exactly 0 at the current token.
         """
-        if x.dim() != 2:
-            raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
-        B, L = x.shape
-        if L > self.seq_len:
-            raise ValueError(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
+        if log_probs:
+            return self.log_probs(x, sigma)
+        if self.config.subs:
+            sigma = self._sigma(x, sigma)
+            logp = self.log_probs(x, sigma)  # (B, L, N)
+            l = logp - log_expm1(sigma)[:, None, None]
+            l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)  # (B, L, dim): MASK entry 0 (current)
+            return torch.where((x == self.dim - 1)[..., None], l, torch.zeros_like(l))
+        return self._output(x, sigma)
+
+    def log_probs(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """`log p(x0 | x_t)` of a SUBS model (`config.subs`), float32 `[B, L, N]` (docs/math.md section 7).
+
+        The network's outputs over the N real tokens, log-softmax normalised (zero probability on MASK);
+        at an unmasked position the token is carried over: `log p = 0` at it and `-inf` elsewhere.
+        """
+        if not self.config.subs:
+            raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
+        raw = self._output(x, sigma)[..., : self.dim - 1]  # (B, L, N)
+        logp = torch.log_softmax(raw, dim=-1)
+        unmasked = x != self.dim - 1  # (B, L)
+        carried = torch.full_like(logp, -torch.inf).scatter(-1, x.clamp(max=self.dim - 2)[..., None], 0.0)
+        return torch.where(unmasked[..., None], carried, logp)
+
+    def _sigma(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        B = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(B)
         if sigma.numel() != B:
             raise ValueError(f"sigma must have B={B} entries (or one), got shape {tuple(sigma.shape)}")
+        return sigma
+
+    def _output(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The network's output `[B, L, dim]`: SEDD's log-score (scaled for the absorbing graph), or, for a
+        SUBS model, the raw outputs before its normalisation."""
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
+        B, L = x.shape
+        if L > self.seq_len:
+            raise ValueError(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
+        sigma = self._sigma(x, sigma)
 
         cond = sigma if self.config.time_conditioning else torch.zeros_like(sigma)
         use_bf16 = self.config.bf16 and x.device.type == "cuda"
@@ -238,9 +282,10 @@ class ScoreModel(nn.Module):
                 h = block(h, c, cos, sin)
             raw = self.final(h, c)  # (B, L, dim)
         raw = raw.float()
+        if self.config.subs:
+            return raw
 
         if self.absorbing and self.config.scale_by_sigma:
-            # log esigm1(s) = s + log(-expm1(-s)): stable for small and large s.
-            log_esigm1 = sigma + torch.log(-torch.expm1(-sigma))  # (B,)
+            log_esigm1 = log_expm1(sigma)  # (B,)
             raw = raw - log_esigm1[:, None, None] - math.log(self.dim - 1)
         return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token

@@ -1,4 +1,4 @@
-"""Sampling: the SEDD reverse process (SPEC section 5).
+"""Sampling: the SEDD reverse process (docs/math.md section 5).
 
 - `sample(model, steps, ...)`: generate sequences, with conditioning (prefix, suffix, infill), caching for
   time-independent absorbing models, and the step in Rust (CPU) or torch (any device).

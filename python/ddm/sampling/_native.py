@@ -6,10 +6,11 @@ Each function takes a graph (anything with `absorbing: bool`, `vocab_size: int` 
 (again without a copy). Dtypes are fixed and never cast: int64 tokens, float32 log-scores, float64
 per-sequence noise levels; anything else is a `TypeError` naming the argument.
 
-Randomness is counter-based, keyed by `(seed, step, seq_offset + b, i)`: the result does not depend on the
-number of threads (`DDM_NUM_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs; one thread in a forked
-child unless `DDM_NUM_THREADS` is set) nor on how a batch is split, as long as each part passes the
-`seq_offset` of its first sequence.
+Randomness is counter-based, keyed by `(seed, step, seq_offset + b, i)` (and, for `corrupt`, the stream
+tag: its uniforms are `ddm._rng.uniforms`, those of the torch corruption): the result does not
+depend on the number of threads (`DDM_NUM_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs; one thread
+in a forked child unless `DDM_NUM_THREADS` is set) nor on how a batch is split, as long as each part
+passes the `seq_offset` of its first sequence.
 
 Log-score checks: NaN and +-inf raise `ValueError` in every row a step reads. Rows a step never reads
 are not checked: for the absorbing graph every row whose token is not MASK, and in every row the entry
@@ -25,7 +26,11 @@ import torch
 
 from ddm import _core
 
-__all__ = ["corrupt", "euler_step", "analytic_step", "denoise_step", "proposal_step", "propose"]
+__all__ = ["KINDS", "corrupt", "reverse_step", "proposal_step", "propose"]
+
+KINDS = ("euler", "analytic", "denoise")
+# What a step's `level` is, by kind (the name used in error messages).
+_LEVEL_ARG = {"euler": "rate_dt", "analytic": "dsigma", "denoise": "sigma"}
 
 
 def _graph(graph: Any) -> tuple[bool, int]:
@@ -69,137 +74,91 @@ def corrupt(
     step: int = 0,
     seq_offset: int = 0,
     out: torch.Tensor | None = None,
+    *,
+    stream: int,
 ) -> torch.Tensor:
-    """Forward corruption `x_sigma ~ p_sigma|0(. | x)` (SPEC section 2) in Rust.
+    """Forward corruption `x_sigma ~ p_sigma|0(. | x)` (docs/math.md section 2) in Rust, keyed as in torch.
 
-    Uniform: with probability `1 - e^{-sigma}` a token is replaced by a uniform draw over all N ids.
-    Absorbing: with probability `1 - e^{-sigma}` it becomes MASK; MASK stays MASK.
+    Position `(b, i)` draws one uniform `u = ddm._rng.uniforms(seed, stream, step,
+    seq_offset + b, i)` and moves when `u < 1 - e^{-sigma_b}`: absorbing, to MASK (MASK stays MASK);
+    uniform, to `floor(u / (1 - e^{-sigma_b}) * N)` (clamped to N - 1). That is, operation for
+    operation, the torch corruption of `Sampler.add_noise` and of the keyed training loss, so the tokens
+    are bit-identical to theirs for the same key; the jump probability `-torch.expm1(-sigma)` is computed
+    here in torch, as they compute it (libm's expm1 and torch's vectorised one differ in the last bit).
 
     Args:
         graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
         x: int64 tokens `[B, L]`.
         sigma: float64 total noise per sequence `[B]`, finite and >= 0.
         seed: the seed, an int in [0, 2**64).
-        step: a counter mixed into the key (e.g. the training step).
-        seq_offset: the index of the first sequence of this batch in a larger one.
+        step: the step of the key (the training step; 0 for `add_noise`).
+        seq_offset: the sequence index of row 0 (the key of row `b` is `seq_offset + b`).
         out: optional int64 `[B, L]` tensor to write into (must not share memory with `x`).
+        stream: the stream tag of the key, an int in [0, 2**32) (`_rng.STREAM_FORWARD` for `add_noise`,
+            the training corruption's own tag for the loss).
 
     Returns:
         int64 `[B, L]` (`out` when given).
     """
     absorbing, n = _graph(graph)
-    xv, sv = _view(x, "x", torch.int64), _view(sigma, "sigma", torch.float64)
-    r = _core.corrupt(xv, sv, absorbing, n, seed, step, seq_offset, _out(out))
+    xv = _view(x, "x", torch.int64)
+    _view(sigma, "sigma", torch.float64)
+    bad = ~(torch.isfinite(sigma) & (sigma >= 0))  # (B,)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"sigma: noise level {float(sigma[b])} at [{b}] must be finite and non-negative")
+    p_move = -torch.expm1(-sigma)  # (B,): 1 - e^{-sigma}, the torch twins' expression
+    r = _core.corrupt(xv, p_move.numpy(), absorbing, n, seed, stream, step, seq_offset, _out(out))
     return out if out is not None else torch.from_numpy(r)
 
 
-def euler_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    rate_dt: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One Euler step (SPEC section 5) in Rust; the law of `ddm.sampling.torch_steps.euler_step_probs`.
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        rate_dt: float64 `sigma(t_k) * (t_k - t_{k+1})` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.euler_step, "rate_dt", graph, x, log_score, rate_dt, seed, step, seq_offset, out)
-
-
-def analytic_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    dsigma: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One analytic (Tweedie tau-leaping) step (SPEC section 5) in Rust.
-
-    The law of `ddm.sampling.torch_steps.analytic_step_probs`: `probs_y = [exp(-dQ) s]_y exp(dQ)(x, y)`,
-    clipped at 0 and renormalised; absorbing: only MASK positions move.
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        dsigma: float64 `sigma_bar(t_k) - sigma_bar(t_{k+1})` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.analytic_step, "dsigma", graph, x, log_score, dsigma, seed, step, seq_offset, out)
-
-
-def denoise_step(
-    graph: Any,
-    x: torch.Tensor,
-    log_score: torch.Tensor,
-    sigma: torch.Tensor,
-    seed: int,
-    step: int,
-    seq_offset: int = 0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The final denoising step (SPEC section 5) in Rust: absorbing never returns MASK.
-
-    The law of `ddm.sampling.torch_steps.denoise_step_probs` (absorbing MASK positions: `y ~ s_y` over
-    the real tokens, for any `sigma`).
-
-    Args:
-        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
-        x: int64 current tokens `[B, L]`.
-        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
-        sigma: float64 remaining total noise `sigma_bar(eps)` per sequence `[B]`, finite and >= 0.
-        seed: the seed, an int in [0, 2**64).
-        step: the step index (part of the random key).
-        seq_offset: the index of the first sequence of this batch in a larger one.
-        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
-
-    Returns:
-        int64 new tokens `[B, L]` (`out` when given).
-    """
-    return _step(_core.denoise_step, "sigma", graph, x, log_score, sigma, seed, step, seq_offset, out)
-
-
-def _step(
-    fn: Any,
-    level_name: str,
+def reverse_step(
+    kind: str,
     graph: Any,
     x: torch.Tensor,
     log_score: torch.Tensor,
     level: torch.Tensor,
     seed: int,
     step: int,
-    seq_offset: int,
-    out: torch.Tensor | None,
+    seq_offset: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """One reverse step (docs/math.md section 5) in Rust, with the law of its torch twin in `torch_steps`.
+
+    - `"euler"`: `level` is `rate_dt = sigma(t_k) * (t_k - t_{k+1})`; the law of `euler_step_probs`.
+    - `"analytic"` (Tweedie tau-leaping): `level` is `dsigma = sigma_bar(t_k) - sigma_bar(t_{k+1})`; the
+      law of `analytic_step_probs`, `probs_y = [exp(-dQ) s]_y exp(dQ)(x, y)` clipped at 0 and
+      renormalised.
+    - `"denoise"`: `level` is the remaining total noise `sigma = sigma_bar(eps)`; the law of
+      `denoise_step_probs` (absorbing MASK positions: `y ~ s_y` over the real tokens, never MASK).
+
+    Absorbing: only MASK positions move.
+
+    Args:
+        kind: `"euler"`, `"analytic"` or `"denoise"`.
+        graph: the forward graph (`absorbing`, `vocab_size`, `dim`).
+        x: int64 current tokens `[B, L]`.
+        log_score: float32 log-scores `[B, L, dim]` (the entry at the current token is ignored).
+        level: float64 noise level per sequence `[B]` (see above), finite and >= 0.
+        seed: the seed, an int in [0, 2**64).
+        step: the step index (part of the random key).
+        seq_offset: the index of the first sequence of this batch in a larger one.
+        out: optional int64 `[B, L]` tensor to write into (must not share memory with the inputs).
+
+    Returns:
+        int64 new tokens `[B, L]` (`out` when given).
+
+    Raises:
+        ValueError: `kind` is not one of `KINDS` (and the checks of the module docstring).
+    """
+    if kind not in _LEVEL_ARG:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     absorbing, n = _graph(graph)
-    r = fn(
+    r = _core.reverse_step(
+        kind,
         _view(x, "x", torch.int64),
         _view(log_score, "log_score", torch.float32),
-        _view(level, level_name, torch.float64),
+        _view(level, _LEVEL_ARG[kind], torch.float64),
         absorbing, n, seed, step, seq_offset, _out(out),
     )  # fmt: skip
     return out if out is not None else torch.from_numpy(r)

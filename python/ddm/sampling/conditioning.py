@@ -1,4 +1,6 @@
-"""Conditioning by projection: positions fixed to given tokens for the whole reverse process (SPEC section 5).
+"""Conditioning by projection: positions fixed to given tokens for the whole reverse process.
+
+docs/math.md section 5.
 
 A prefix, a suffix and an infill pattern are merged into one `Fixed` (a mask of fixed positions and their
 tokens), which the sampling loop writes into the sequence before every network call and step, and at the

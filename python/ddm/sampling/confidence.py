@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from ddm.sampling import _rng
-from ddm.sampling._categorical import inverse_cdf
+from ddm import _rng
+from ddm._categorical import inverse_cdf
 from ddm.sampling.first_hitting import STREAM_TOKEN
 from ddm.sampling.proposal import Proposal, apply_to_step
 

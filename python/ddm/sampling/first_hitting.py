@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ddm.sampling import _rng
-from ddm.sampling._categorical import inverse_cdf
+from ddm import _rng
+from ddm._categorical import inverse_cdf
 from ddm.sampling.proposal import Proposal, apply_to_step
 
 __all__ = ["first_hitting", "draw_masked", "masking_order_keys"]
@@ -84,7 +84,7 @@ def draw_masked(
         level = sigma.detach().to(device="cpu", dtype=torch.float64).contiguous()  # (B,)
         offset = int(rows[0]) if rows.numel() else 0  # rows = offset + arange(B)
         if proposal.neutral_for(graph.dim):
-            new = _native.denoise_step(graph, xin, ls, level, seed, step, seq_offset=offset)
+            new = _native.reverse_step("denoise", graph, xin, ls, level, seed, step, seq_offset=offset)
         else:
             new = _native.proposal_step("denoise", graph, xin, ls, level, seed, step, proposal, offset)
         return torch.where(where, new.to(x.device), x)

@@ -1,4 +1,4 @@
-"""`sample`: the SEDD reverse process from the limit law to data (SPEC section 5), built on `Sampler`."""
+"""`sample`: the SEDD reverse process from the limit law to data (docs/math.md section 5), on `Sampler`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from ddm.graphs import log_expm1
 from ddm.sampling.conditioning import build_fixed
-from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, log_expm1, random_seed, resolve_backend
+from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, random_seed, resolve_backend
 from ddm.sampling.unmasking import UNMASKING_PREDICTORS, check_unmasking, run_unmasking
 
 __all__ = ["sample", "SampleStats"]
@@ -87,7 +88,7 @@ def sample(
     remask: float | None = None,
     remask_schedule: str = "cap",
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
-    """Generate sequences with the reverse SEDD process (Lou, Meng, Ermon 2024, section 4; SPEC section 5).
+    """Generate sequences with the reverse SEDD process (SEDD section 4; docs/math.md section 5).
 
     Starts from the limit law (all MASK, or uniform ids) at `t = 1` and takes `steps` tau-leaping steps on
     the grid `t_k = linspace(1, eps, steps + 1)`, each after one network call at
@@ -127,7 +128,8 @@ def sample(
             otherwise), `"rust"` or `"torch"`. Both draw from the same law (not the same bits).
         cache: reuse the last network output when no token of a sequence changed since the model last saw
             it. Only for absorbing models whose output depends on sigma only through the closed-form
-            scale `l = raw - log expm1(sigma_bar) - log(dim - 1)` (SPEC section 4); the reused output is
+            scale `l = raw - log expm1(sigma_bar) - log(dim - 1)` (docs/math.md section 4); the reused
+            output is
             shifted by `log expm1(sigma_old) - log expm1(sigma_new)` off the current token, which is exact.
             None (default) turns it on when `model.time_independent` is True and the graph is absorbing.
         progress: show a tqdm progress bar on stderr.
@@ -165,7 +167,8 @@ def sample(
 
     Conditioning is by projection: the fixed positions are written into the sequence before every step and
     at the end, and never change. For the absorbing graph this samples the exact conditional
-    `p_0(free | fixed)` (a clean token is a clean observation, SPEC section 5). For the uniform graph the
+    `p_0(free | fixed)` (a clean token is a clean observation, docs/math.md section 5). For the uniform
+    graph the
     model reads a fixed token as a noisy observation, so projection is an approximation: with exact scores
     on a small, strongly dependent test law (3 symbols, length 3) the total-variation distance between the
     law of the projected sampler's free positions and the true conditional is 0.206 for a prefix, 0.243
@@ -237,7 +240,7 @@ def sample(
         raise TypeError(f"cache must be a bool or None, got {type(cache).__name__}")
     elif cache and not graph.absorbing:
         raise ValueError(
-            "cache=True needs an absorbing graph (the closed-form sigma scale of SPEC section 4)"
+            "cache=True needs an absorbing graph (the closed-form sigma scale of docs/math.md section 4)"
         )
     fixed = build_fixed(prefix, suffix, infill, seq_len, graph.vocab_size)
     if fixed is not None:
@@ -272,7 +275,7 @@ def sample(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
 
         bar = tqdm(total=n_eval, desc="sampling", unit="step", file=sys.stderr, leave=False)
     try:
@@ -305,7 +308,7 @@ def sample(
                         calls, rows = calls + 1, rows + n_changed
                     base_x = x
                     assert base_out is not None
-                    # SPEC section 4: l = raw - log expm1(sigma) - log(dim - 1), so moving from the
+                    # docs/math.md section 4: l = raw - log expm1(sigma) - log(dim - 1), so moving from the
                     # sigma of the call to this one shifts every entry but the current token's (kept 0)
                     shift = (base_l - l_now).to(base_out.dtype)[:, None, None]  # (B, 1, 1)
                     log_score = (base_out + shift).scatter_(-1, x[..., None], 0.0)  # (B, L, dim)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ddm.sampling import _rng
+from ddm import _rng
 from ddm.sampling.first_hitting import draw_masked
 
 __all__ = ["REMASK_SCHEDULES", "check_remask", "remask_rates", "remdm_step", "remdm_step_probs"]

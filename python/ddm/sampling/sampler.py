@@ -1,4 +1,4 @@
-"""A scheduler-style sampler for the SEDD reverse process (SPEC section 5), in the manner of diffusers.
+"""A scheduler-style sampler for the SEDD reverse process (docs/math.md section 5), as in diffusers.
 
 `Sampler` holds the time grid and the predictor, and turns one network output into one reverse step:
 
@@ -18,11 +18,12 @@ predictor; with `denoise=True` a last step `k = steps` evaluates the network at 
 all remaining noise (`sigma = sigma_bar(eps)`). `timesteps` lists the times at which the network is called
 (`steps + 1` of them with denoising, `steps` without).
 
-Randomness is counter-based (SPEC section 6): a draw is keyed by `(seed, step, seq_offset + b, position)`,
+Randomness is counter-based (docs/math.md section 6): a draw is keyed by
+`(seed, step, seq_offset + b, position)`,
 so sequence `b` of a batch does not depend on the batch size, the thread count or the device. On CPU the
 step runs in the Rust core (`ddm._core`, through `ddm.sampling._native`); elsewhere, or with
 `backend="torch"`, the torch twin computes the step probabilities (`ddm.sampling.torch_steps`) and an
-inverse-CDF draw in float64 over hashed uniforms (`ddm.sampling._rng`). Both backends draw from the same
+inverse-CDF draw in float64 over hashed uniforms (`ddm._rng`). Both backends draw from the same
 law; they do not give the same bits.
 """
 
@@ -33,13 +34,22 @@ from typing import Any
 
 import torch
 
+from ddm import _rng
 from ddm import graphs as _graphs
 from ddm import schedules as _schedules
-from ddm.sampling import _rng
-from ddm.sampling._categorical import inverse_cdf
+from ddm._categorical import inverse_cdf
+from ddm.sampling import torch_steps
 from ddm.sampling.proposal import apply_to_step, make_proposal
 
-__all__ = ["Sampler", "SamplerOutput", "PREDICTORS", "BACKENDS", "native_available", "random_seed"]
+__all__ = [
+    "BACKENDS",
+    "PREDICTORS",
+    "Sampler",
+    "SamplerOutput",
+    "inverse_cdf",
+    "native_available",
+    "random_seed",
+]
 
 PREDICTORS = ("analytic", "euler")
 BACKENDS = ("auto", "rust", "torch")
@@ -60,7 +70,7 @@ class SamplerOutput:
 def native_available() -> bool:
     """Whether the Rust core (`ddm._core`) can be imported."""
     try:
-        from ddm.sampling import _native  # noqa: F401
+        from ddm.sampling import _native  # noqa: F401 (on demand: the compiled core may be missing)
     except ImportError:
         return False
     return True
@@ -102,7 +112,7 @@ def _as_schedule(schedule: Any) -> _schedules.Schedule:
 
 
 class Sampler:
-    """The SEDD reverse process as a scheduler: a time grid plus a predictor (SPEC section 5).
+    """The SEDD reverse process as a scheduler: a time grid plus a predictor (docs/math.md section 5).
 
     Args:
         graph: the forward graph (`ddm.graphs.Uniform` / `Absorbing`) or its config dict.
@@ -219,7 +229,7 @@ class Sampler:
 
     # ---- the time grid ----------------------------------------------------------------------------------
     def set_timesteps(self, steps: int) -> None:
-        """Build the grid `t_k = linspace(1, eps, steps + 1)` (SPEC section 5).
+        """Build the grid `t_k = linspace(1, eps, steps + 1)` (docs/math.md section 5).
 
         Sets `times` (`[steps + 1]`, the whole grid), `timesteps` (the times at which the network is
         evaluated: `times` with denoising, `times[:-1]` without) and `sigmas` (`sigma_bar` at `timesteps`,
@@ -263,7 +273,7 @@ class Sampler:
         """The step taken at `t_index`: `(kind, noise)` with `kind` in `{"euler", "analytic", "denoise"}`.
 
         `noise` is `rate_dt = sigma(t_k) (t_k - t_{k+1})` for Euler, `dsigma = sigma_bar(t_k) -
-        sigma_bar(t_{k+1})` for the analytic step and `sigma_bar(eps)` for denoising (SPEC section 5).
+        sigma_bar(t_{k+1})` for the analytic step and `sigma_bar(eps)` for denoising (docs/math.md section 5).
         """
         k = self._check_index(t_index)
         steps = self.num_inference_steps
@@ -300,8 +310,6 @@ class Sampler:
             t_index: index into `timesteps`.
             x: int64 tokens at `timesteps[t_index]`, `[B, L]`.
         """
-        from ddm.sampling import torch_steps
-
         log_score, x = self._check_step_inputs(log_score, x)
         if self.remask is not None:
             from ddm.sampling.remask import remdm_step_probs
@@ -309,12 +317,7 @@ class Sampler:
             return remdm_step_probs(self, log_score.detach(), self._check_index(t_index), x)
         kind, noise = self.step_kind(t_index)
         level = torch.full((x.shape[0],), noise, dtype=torch.float64, device=x.device)  # (B,)
-        fn = {
-            "euler": torch_steps.euler_step_probs,
-            "analytic": torch_steps.analytic_step_probs,
-            "denoise": torch_steps.denoise_step_probs,
-        }[kind]
-        return apply_to_step(fn(self.graph, x, log_score, level), x, self.proposal)
+        return apply_to_step(torch_steps.step_probs(kind, self.graph, x, log_score, level), x, self.proposal)
 
     def step(
         self,
@@ -362,15 +365,13 @@ class Sampler:
             return SamplerOutput(prev_sample=out)
         kind, noise = self.step_kind(k)
         if use_rust:
-            from ddm.sampling import _native
+            from ddm.sampling import _native  # on demand: only this branch needs the compiled core
 
-            fn = {"euler": _native.euler_step, "analytic": _native.analytic_step,
-                  "denoise": _native.denoise_step}[kind]  # fmt: skip
             xc = x.detach().to("cpu").contiguous()
             ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
             level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
             if self.proposal.neutral_for(self.graph.dim):
-                out = fn(self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+                out = _native.reverse_step(kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
             else:
                 out = _native.proposal_step(
                     kind, self.graph, xc, ls, level, seed, k, self.proposal, seq_offset=seq_offset
@@ -440,20 +441,22 @@ class Sampler:
         sigma = self.schedule.total_noise(t).to(torch.float64).expand(x0.shape[0])  # (B,)
         if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.graph.dim):
             raise ValueError(f"x0 holds ids outside [0, {self.graph.dim - 1}]")
-        move = -torch.expm1(-sigma).to(x0.device)[:, None]  # (B, 1): 1 - e^{-sigma}, the jump probability
+        if x0.device.type == "cpu" and native_available():
+            from ddm.sampling import _native  # the compiled core, only where it is built
+
+            # the Rust twin of the two lines below, bit-identical (tests/test_parity.py), 8-19x faster
+            return _native.corrupt(
+                self.graph,
+                x0.contiguous(),
+                sigma.contiguous(),
+                seed,
+                0,
+                seq_offset,
+                stream=_rng.STREAM_FORWARD,
+            )
         rows = torch.arange(x0.shape[0], device=x0.device, dtype=torch.int64) + seq_offset
         u = _rng.uniforms(seed, _rng.STREAM_FORWARD, 0, rows, x0.shape[1])  # (B, L)
-        jump = u < move  # (B, L)
-        if self.graph.absorbing:  # SPEC section 2: with probability 1 - e the token becomes MASK
-            return torch.where(jump, torch.full_like(x0, self.graph.dim - 1), x0)
-        # uniform: with probability 1 - e, a uniform id; given u < 1 - e, u / (1 - e) is uniform on [0, 1)
-        fresh = (
-            (u / move.clamp_min(1e-300) * self.graph.dim)
-            .floor()
-            .to(torch.int64)
-            .clamp_(max=self.graph.dim - 1)
-        )
-        return torch.where(jump, fresh, x0)
+        return self.graph.corrupt(x0, sigma.to(x0.device)[:, None], u)  # docs/math.md section 2
 
 
 def resolve_backend(backend: Any, device: torch.device) -> bool:
@@ -469,9 +472,3 @@ def resolve_backend(backend: Any, device: torch.device) -> bool:
             )
         return True
     return torch.device(device).type == "cpu" and native_available()
-
-
-def log_expm1(s: torch.Tensor) -> torch.Tensor:
-    """`log(exp(s) - 1)` for `s > 0` in float64, accurate for tiny and large `s`."""
-    s = s.to(torch.float64)
-    return s + torch.log(-torch.expm1(-s))

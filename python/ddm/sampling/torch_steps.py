@@ -1,10 +1,10 @@
-"""Reverse-process steps in torch: the reference for the Rust core and the path used on CUDA (SPEC section 5).
+"""Reverse-process steps in torch: the reference for the Rust core and the CUDA path (docs/math.md section 5).
 
 Every step updates all positions of a batch independently (tau-leaping, SEDD section 4.1) from the
 log-scores `l` of a score model at the current noise level. The entry of `l` at the current token is
 ignored and treated as 0 (`s_x = 1`). Each `*_probs` function returns the `[B, L, dim]` float64 transition
 probabilities, clipped at 0 and renormalised; the matching step function draws new tokens from them with an
-exact float64 categorical draw (`ddm.sampling._categorical`).
+exact float64 categorical draw (`ddm._categorical`).
 
 Noise arguments are per sequence: a float, a 0-d tensor, a `[B]` or a `[B, 1]` tensor; they are used in
 float64.
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddm._categorical import sample_categorical
 from ddm.graphs import Graph, _as_noise, _check_tokens
-from ddm.sampling._categorical import sample_categorical
 
 __all__ = [
     "euler_step_probs",
@@ -27,6 +27,7 @@ __all__ = [
     "euler_step",
     "analytic_step",
     "denoise_step",
+    "step_probs",
 ]
 
 
@@ -96,7 +97,7 @@ def _clip_normalise(probs: torch.Tensor) -> torch.Tensor:
 
 
 def euler_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, rate_dt: Any) -> torch.Tensor:
-    """Euler (first-order tau-leaping) step probabilities (SEDD algorithm 1; SPEC section 5).
+    """Euler (first-order tau-leaping) step probabilities (SEDD algorithm 1; docs/math.md section 5).
 
     `probs_y = rate_dt Q(x, y) s_y` for `y != x` and `probs_x = 1 - sum_{y != x} probs_y`, i.e.
     `one_hot(x) + rate_dt * reverse_rate(x, s)`; absorbing: only MASK positions move.
@@ -120,7 +121,7 @@ def euler_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, rat
 
 
 def analytic_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, dsigma: Any) -> torch.Tensor:
-    """Analytic (Tweedie tau-leaping) step probabilities (SEDD eq. 19; SPEC section 5).
+    """Analytic (Tweedie tau-leaping) step probabilities (SEDD eq. 19; docs/math.md section 5).
 
     `probs_y = [exp(-d Q) s]_y exp(d Q)(x, y)` with `d = dsigma`; they sum to 1 exactly when `s_x = 1`.
     Absorbing, `x = MASK`: `probs_y = (e^d - 1) s_y` off MASK; `x != MASK` stays.
@@ -142,7 +143,7 @@ def analytic_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, 
 
 
 def denoise_step_probs(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, sigma: Any) -> torch.Tensor:
-    """Final denoising step probabilities: the analytic step removing all remaining noise (SPEC section 5).
+    """Final denoising step probabilities: the analytic step removing all remaining noise (math.md section 5).
 
     With `d = sigma = sigma_bar(eps)`. Absorbing: the MASK state is dropped, so a MASK position moves to a
     real token `y` with probability `s_y / sum_{j != MASK} s_j` (computed as a softmax of the log-scores,
@@ -213,3 +214,12 @@ def denoise_step(
 ) -> torch.Tensor:
     """The final denoising step: new int64 tokens `[B, L]` from `denoise_step_probs` (never MASK)."""
     return sample_categorical(denoise_step_probs(graph, x, log_score, sigma), generator)
+
+
+def step_probs(kind: str, graph: Graph, x: torch.Tensor, log_score: torch.Tensor, level: Any) -> torch.Tensor:
+    """The probabilities of the step `kind` (`"euler"`, `"analytic"` or `"denoise"`), `[B, L, dim]` float64;
+    `level` is its noise argument (`rate_dt`, `dsigma` or `sigma`)."""
+    fns = {"euler": euler_step_probs, "analytic": analytic_step_probs, "denoise": denoise_step_probs}
+    if kind not in fns:
+        raise ValueError(f"kind must be one of {sorted(fns)}, got {kind!r}")
+    return fns[kind](graph, x, log_score, level)

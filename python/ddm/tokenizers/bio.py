@@ -1,4 +1,4 @@
-"""DNA and protein tokenizers, and parsers for FASTA and UniProt/Swiss-Prot flat files.
+"""DNA and protein tokenizers (the FASTA and Swiss-Prot parsers are in `ddm.data.parsers`).
 
 Both tokenizers follow the ddm tokenizer contract (`encode(str) -> list[int]`, `decode(ids) -> str`,
 `vocab_size`, `to_config()`), and add `encode_array(str) -> np.ndarray` for whole genomes and proteomes
@@ -18,29 +18,18 @@ explicitly by `rare`:
 - `rare="keep"` (default): `B J O U Z` get their own ids 22-26 (B = Asx, D or N; J = Xle, I or L;
   O = pyrrolysine; U = selenocysteine; Z = Glx, E or Q), so every round trip is exact.
 - `rare="x"`: the five are read as `X` (vocabulary 22): smaller, lossy for them.
-Lowercase is read as uppercase; a trailing stop `*` must be removed by the parser (see `parse_fasta`);
-any other character is a ValueError.
+Lowercase is read as uppercase; a trailing stop `*` must be removed by the parser (see
+`ddm.data.parsers.parse_fasta`); any other character is a ValueError.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import os
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DNATokenizer",
-    "ProteinTokenizer",
-    "parse_fasta",
-    "parse_swissprot",
-    "swissprot_crc64",
-    "read_text_maybe_gz",
-]
+__all__ = ["AMINO_ACIDS", "DNA_ALPHABET", "DNATokenizer", "ProteinTokenizer"]
 
 DNA_ALPHABET = "ACGTN"
 DNA_AMBIGUOUS = "RYSWKMBDHV"  # IUPAC codes for two or more bases: read as N
@@ -165,104 +154,3 @@ class ProteinTokenizer(_TableTokenizer):
 
     def __hash__(self) -> int:
         return hash(("protein", self.rare))
-
-
-def read_text_maybe_gz(source: str | os.PathLike | bytes) -> str:
-    """Text of a file (gzip-compressed when it starts with the gzip magic) or of raw bytes, as ASCII."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return data.decode("ascii")
-
-
-def parse_fasta(text: str) -> Iterator[tuple[str, str]]:
-    """Records of a FASTA text: `(header, sequence)` pairs.
-
-    The header is the line after `>` without it; the sequence is the following lines joined, with
-    whitespace removed and one trailing stop `*` dropped. Blank lines and `;` comment lines are skipped.
-    Text before the first header is a ValueError.
-    """
-    header: str | None = None
-    parts: list[str] = []
-    for lineno, line in enumerate(io.StringIO(text), start=1):
-        line = line.strip()
-        if not line or line.startswith(";"):
-            continue
-        if line.startswith(">"):
-            if header is not None:
-                yield header, _finish(parts)
-            header, parts = line[1:].strip(), []
-        elif header is None:
-            raise ValueError(f"FASTA line {lineno} holds sequence before any '>' header: {line[:40]!r}")
-        else:
-            parts.append("".join(line.split()))
-    if header is not None:
-        yield header, _finish(parts)
-
-
-def _finish(parts: list[str]) -> str:
-    seq = "".join(parts)
-    return seq[:-1] if seq.endswith("*") else seq
-
-
-def _crc64_table() -> list[int]:
-    table = []
-    for i in range(256):
-        part = i
-        for _ in range(8):
-            part = (part >> 1) ^ 0xD800000000000000 if part & 1 else part >> 1
-        table.append(part)
-    return table
-
-
-_CRC64 = _crc64_table()
-
-
-def swissprot_crc64(seq: str) -> str:
-    """The CRC64 that Swiss-Prot prints on `SQ` lines (ISO 3309 polynomial, reflected, initial value 0)."""
-    crc = 0
-    for c in seq.encode("ascii"):
-        crc = _CRC64[(crc ^ c) & 0xFF] ^ (crc >> 8)
-    return f"{crc:016X}"
-
-
-def parse_swissprot(text: str) -> Iterator[tuple[str, str]]:
-    """Entries of a UniProt/Swiss-Prot flat file: `(entry name, sequence)` pairs.
-
-    An entry starts at an `ID` line (its first word after `ID` is the name) and ends at `//`; the
-    sequence is the lines after `SQ` (two-letter code blank), spaces removed. The length and the CRC64
-    on the `SQ` line are checked against the sequence read: a mismatch is a ValueError.
-    """
-    name: str | None = None
-    expected = -1
-    crc = ""
-    in_seq = False
-    parts: list[str] = []
-    for lineno, line in enumerate(io.StringIO(text), start=1):
-        code = line[:2]
-        if code == "ID":
-            name, in_seq, parts, expected, crc = line[2:].split()[0], False, [], -1, ""
-        elif code == "SQ":
-            fields = line.split()
-            # "SQ   SEQUENCE   472 AA;  52552 MW;  ..."
-            expected = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else -1
-            crc = fields[-2] if len(fields) > 2 and fields[-1] == "CRC64;" else ""
-            in_seq = True
-        elif code == "//":
-            if name is None:
-                raise ValueError(f"Swiss-Prot line {lineno}: '//' without an ID line")
-            seq = "".join(parts)
-            if expected >= 0 and len(seq) != expected:
-                raise ValueError(
-                    f"Swiss-Prot entry {name!r}: SQ line says {expected} residues, read {len(seq)}"
-                )
-            if crc and swissprot_crc64(seq) != crc:
-                raise ValueError(
-                    f"Swiss-Prot entry {name!r}: CRC64 {swissprot_crc64(seq)} != {crc} on its SQ line"
-                )
-            yield name, seq
-            name, in_seq, parts = None, False, []
-        elif in_seq and code == "  ":
-            parts.append("".join(line.split()))
-    if name is not None:
-        raise ValueError(f"Swiss-Prot entry {name!r} is not terminated by '//'")

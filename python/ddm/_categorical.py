@@ -1,5 +1,8 @@
 """Exact categorical draws in float64 by inverse CDF: the one draw of the torch paths (docs/math.md sec. 5).
 
+At the bottom of the package: the sampler (`ddm.sampling`) and the autoregressive baseline
+(`ddm.model.autoregressive`) both draw with it.
+
 A float32 Gumbel-max draw truncates the tails of the distribution and lowers the effective temperature
 (Zheng et al. 2024, arXiv 2409.02908); inverting the float64 cumulative distribution with one float64
 uniform per row has a bias of order 2^-53 per category, far below anything a test can see.

@@ -1,9 +1,9 @@
 """Counter-based uniforms in plain torch integer ops, keyed by (seed, stream, step, sequence, position).
 
-The torch sampling path needs randomness that, like the Rust kernels' (SPEC section 6), depends only on a
-key and not on the batch size, the device or the order of work: sequence `i` of a batch must come out the
-same whatever the batch it is drawn in. A stateful `torch.Generator` cannot give that, so the uniforms are
-a hash of the key.
+The torch sampling path needs randomness that, like the Rust kernels' (docs/math.md section 6), depends
+only on a key and not on the batch size, the device or the order of work: sequence `i` of a batch must come
+out the same whatever the batch it is drawn in. A stateful `torch.Generator` cannot give that, so the
+uniforms are a hash of the key.
 
 The hash is Chris Wellons' `lowbias32` finaliser (from his "hash prospector" search) run as two
 independent 32-bit lanes, so the key is mixed into 64 bits of state. Every intermediate value is kept in

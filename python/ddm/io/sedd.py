@@ -30,13 +30,19 @@ import json
 import math
 import os
 import pickle
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ddm import _fs, tokenizers
+from ddm.graphs import Absorbing, Uniform
+from ddm.io import checkpoint
+from ddm.model import ModelConfig, ScoreModel, is_absorbing
+from ddm.schedules import Geometric, LogLinear
 
 __all__ = [
     "export_sedd",
@@ -118,10 +124,6 @@ def _bool_field(cfg: dict[str, Any], dotted: str) -> bool:
 
 def _build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     """A `ScoreModel` (random weights) with the architecture, graph and schedule of a SEDD config."""
-    from ddm.graphs import Absorbing, Uniform
-    from ddm.model import ModelConfig, ScoreModel
-    from ddm.schedules import Geometric, LogLinear
-
     kind = cfg["model"].get("type", "ddit")
     if kind != "ddit":
         raise ValueError(f"unsupported SEDD config: model.type = {kind!r} (only 'ddit' is supported)")
@@ -387,9 +389,6 @@ def sedd_config(model: Any) -> dict[str, Any]:
     Raises:
         ValueError: the model has no reference equivalent (MLP ratio other than 4, an unsupported schedule).
     """
-    from ddm.model import is_absorbing
-    from ddm.schedules import Geometric, LogLinear
-
     c = model.config
     if c.mlp_ratio != MLP_RATIO:
         raise ValueError(f"SEDD's network has an MLP ratio of {MLP_RATIO}, the model has {c.mlp_ratio}")
@@ -440,9 +439,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -547,9 +543,7 @@ def _default_tokenizer(tokens: int) -> Any:
     if tokens != 50257:
         return None
     try:
-        from ddm.tokenizers import get
-
-        return get("gpt2")
+        return tokenizers.get("gpt2")
     except Exception as e:  # noqa: BLE001 - the tokenizer is optional (the `gpt2` extra)
         warnings.warn(f"GPT-2 tokenizer unavailable ({e}); the model has no tokenizer", stacklevel=3)
         return None
@@ -644,8 +638,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     """Loads either checkpoint kind: a SEDD one through `load_sedd`, else ddm's `checkpoint.load`."""
     if is_sedd_checkpoint(path):
         return load_sedd(path, device=device, ema=ema)
-    from ddm import checkpoint
-
     return checkpoint.load(path, device=device, ema=ema)
 
 
@@ -666,22 +658,18 @@ def export_sedd(model: Any, path: str | os.PathLike) -> Path:
     Raises:
         ValueError: the model has no reference equivalent (see `sedd_config`), or `path` exists.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.exists():
         raise ValueError(f"export path {str(path)!r} already exists")
     cfg = sedd_config(model)
     sd = to_reference_state_dict(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with _fs.atomic_path(path) as tmp:
+        tmp.mkdir()
         save_file(sd, str(tmp / "model.safetensors"))
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for f in tmp.iterdir():
+            _fs.fsync_file(f)
     return path

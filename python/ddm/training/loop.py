@@ -2,19 +2,21 @@
 
 One optimizer step draws `batch_size` blocks of `seq_len` tokens at random offsets of the training split
 (in `grad_accum` micro-batches), draws `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` per sequence, and
-minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (SPEC section 4; SEDD eq. 10), with AdamW,
+minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (docs/math.md section 4; SEDD eq. 10), with
+AdamW,
 linear warm-up, gradient clipping and an EMA of the weights. On CUDA the network runs under bf16
 autocast; the score entropy is computed in float32 or wider.
 
 Randomness: the initial weights come from torch's global RNG seeded with `config.seed`; the block
 offsets, `t` and `x_t` of row j of the global batch of step s are counter-based draws keyed by
-`(seed, s, j)` (`ddm.distributed`), so the data position is the step itself and a step's global batch
+`(seed, s, j)` (`ddm.training.distributed`), so the data position is the step itself and a step's global batch
 does not depend on how it is split; dropout reseeds the global RNG per micro-batch from
 `(seed, step, first row)`. A run stopped at any checkpoint and resumed gives bit-identical weights to an
 uninterrupted run on CPU.
 
 Several processes (`torchrun ... -m ddm train`, or `ddm train --nproc K`) train with
-DistributedDataParallel on their rows of each global batch; see `ddm.distributed` and docs/distributed.md.
+DistributedDataParallel on their rows of each global batch; see `ddm.training.distributed` and
+docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from ddm import checkpoint as ckpt
-from ddm import distributed as ddist
-from ddm.config import TrainConfig, load_config, make_graph, make_schedule
+from ddm import _fs
 from ddm.data import load_corpus
+from ddm.eval.bound import likelihood_bound
+from ddm.eval.metrics import exact_nll
+from ddm.io import checkpoint as ckpt
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
+from ddm.training import distributed as ddist
+from ddm.training.config import TrainConfig, load_config, make_graph, make_schedule
 
-__all__ = ["RESUME_FIELDS", "lr_at", "resolve_device", "train"]
+__all__ = ["RESUME_FIELDS", "lr_at", "train"]
 
 # Fields that define the model, its data and its randomness: a resumed run must keep them.
 RESUME_FIELDS = (
@@ -64,16 +70,6 @@ RESUME_FIELDS = (
     "batch_size",
     "eps_t",
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    """`"auto"` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
-    return device
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -121,7 +117,7 @@ class _Log:
 
     def plot(self, path: Path) -> None:
         try:
-            import matplotlib
+            import matplotlib  # optional (the `plot` extra): imported only to draw
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
@@ -150,10 +146,9 @@ class _Log:
         ax_lr.set_ylabel("learning rate")
         ax_lr.set_xlabel("step")
         fig.tight_layout()
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
+        with _fs.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
-        os.replace(tmp, path)
 
 
 def _seed_everything(seed: int) -> None:
@@ -264,13 +259,9 @@ def _train(
     eval_model = copy.deepcopy(model).eval()
 
     def evaluate_now() -> dict[str, Any]:
-        from ddm.evaluate import likelihood_bound
-
         ema.copy_to(eval_model)
         rows = max(64, cfg.batch_size)  # no gradients: larger batches than training are cheap
         if autoregressive:  # exact NLL, same keys
-            from ddm.quality import exact_nll
-
             b = exact_nll(eval_model, val, batch_size=rows)
         else:
             b = likelihood_bound(eval_model, val, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=rows)
@@ -313,18 +304,19 @@ def _train(
     last_path = ckpt.latest(run_dir)
     bar = None
     if cfg.progress and env.is_main:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     net: torch.nn.Module = model
     if env.enabled:  # DDP averages the gradients over the ranks during backward
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    masked = cfg.objective == "masked"
+
     def log_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return net(x, s)
+        # the masked objective trains log p(x0 | x_t) (through DDP's forward, so gradients are reduced)
+        return net(x, s, log_probs=True) if masked else net(x, s)
 
     window_loss, window_steps, window_time = 0.0, 0, 0.0
     tok_per_s = 0.0
@@ -346,9 +338,10 @@ def _train(
                 if autoregressive:
                     per_seq = sequence_nll(net, x0)  # (b,) exact -log p(x0), nats
                 else:
-                    per_seq = ddist.keyed_dwdse(
-                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t
-                    )  # (b,)
+                    per_seq = ddist.keyed_loss(
+                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t,
+                        objective=cfg.objective, t_sampling=cfg.t_sampling, batch_size=cfg.batch_size,
+                    )  # (b,): DWDSE, or the masked NELBO  # fmt: skip
                 # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
                 (per_seq.sum() * (env.world_size / cfg.batch_size)).backward()
             loss_sum += float(per_seq.detach().sum())

@@ -18,6 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ddm import graphs, schedules
 from ddm.model.transformer import SIZES, ModelConfig
 
 __all__ = ["TrainConfig", "load_config", "make_graph", "make_schedule"]
@@ -58,11 +59,17 @@ class TrainConfig:
     cond_dim: int = _f(0, "override the size's conditioning width (0: the size's)")
     seq_len: int = _f(128, "tokens per training sequence (SEDD: 1024 GPT-2 tokens)")
     dropout: float = _f(0.1, "dropout in the transformer blocks (SEDD: 0.1)")
-    time_conditioning: bool = _f(True, "False: absorbing-only time-independent network (SPEC section 4)")
+    time_conditioning: bool = _f(True, "False: absorbing-only, sigma ignored (docs/math.md section 4)")
     objective: str = _f(
         "diffusion",
-        "'diffusion' (a score model, DWDSE) or 'autoregressive' (the causal baseline of ddm.model."
-        "autoregressive, next-token cross-entropy; graph and schedule unused)",
+        "'diffusion' (a score model, DWDSE), 'masked' (absorbing only: the masked-diffusion NELBO of "
+        "MDLM / MD4 with the SUBS output, docs/math.md section 7) or 'autoregressive' (the causal "
+        "baseline of ddm.model.autoregressive, next-token cross-entropy; graph and schedule unused)",
+    )
+    t_sampling: str = _f(
+        "uniform",
+        "training times: 'uniform' (t ~ U[eps_t, 1] per sequence) or 'stratified' (one t in each of the "
+        "batch_size strata of [eps_t, 1] per step, from one keyed offset: lower loss variance)",
     )
     graph: str = _f("absorbing", "forward process: 'absorbing' or 'uniform'")
     schedule: str = _f("loglinear", "noise schedule: 'loglinear' or 'geometric'")
@@ -154,6 +161,7 @@ class TrainConfig:
             seq_len=self.seq_len,
             dropout=self.dropout,
             time_conditioning=self.time_conditioning,
+            subs=self.objective == "masked",
             bf16=self.bf16,
         )
 
@@ -177,8 +185,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model not in SIZES:
             raise ValueError(f"model must be one of {sorted(SIZES)}, got {self.model!r}")
-        if self.objective not in ("diffusion", "autoregressive"):
-            raise ValueError(f"objective must be 'diffusion' or 'autoregressive', got {self.objective!r}")
+        if self.objective not in ("diffusion", "masked", "autoregressive"):
+            raise ValueError(
+                f"objective must be 'diffusion', 'masked' or 'autoregressive', got {self.objective!r}"
+            )
+        if self.objective == "masked" and self.graph != "absorbing":
+            raise ValueError(
+                f"objective 'masked' needs graph 'absorbing' (it has a MASK), got {self.graph!r}"
+            )
+        if self.t_sampling not in ("uniform", "stratified"):
+            raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {self.t_sampling!r}")
         if self.graph not in ("absorbing", "uniform"):
             raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
         if self.schedule not in ("loglinear", "geometric"):
@@ -267,15 +283,11 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 def make_graph(config: TrainConfig, vocab_size: int) -> Any:
     """The graph of the run over `vocab_size` real tokens."""
-    from ddm import graphs
-
     return graphs.Absorbing(vocab_size) if config.graph == "absorbing" else graphs.Uniform(vocab_size)
 
 
 def make_schedule(config: TrainConfig) -> Any:
     """The noise schedule of the run."""
-    from ddm import schedules
-
     if config.schedule == "loglinear":
         return schedules.LogLinear(eps=config.schedule_eps)
     return schedules.Geometric(sigma_min=config.sigma_min, sigma_max=config.sigma_max)

@@ -19,9 +19,7 @@ its generator is reseeded per micro-batch from `(seed, step, first row)`, so a r
 resumes exactly with the same process count and `grad_accum`; with `dropout > 0` and another split the
 masks differ (same law, different draws). With `dropout = 0` the runs agree up to float32 summation order.
 
-Fault injection for tests: `DDM_FAULT="RANK:STEP[:POINT]"` makes process RANK exit with status 1 when it
-reaches POINT (`step`: before computing step STEP + 1; `save`: inside the save of step STEP, after the
-files are written and before the rename).
+Fault injection for tests (`DDM_FAULT`, `maybe_fail`) lives in `ddm._faults`; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -38,7 +36,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ddm.sampling import _rng
+from ddm import _rng
+from ddm._device import resolve_device
+from ddm._faults import maybe_fail
+from ddm.data.corpus import keyed_offsets
+from ddm.losses import dwdse, masked_nelbo
+from ddm.sampling.sampler import native_available
 
 __all__ = [
     "DistEnv",
@@ -47,18 +50,20 @@ __all__ = [
     "dropout_seed",
     "free_port",
     "init",
-    "keyed_dwdse",
+    "keyed_loss",
+    "keyed_times",
     "keyed_offsets",
     "launched_by_torchrun",
     "maybe_fail",
     "torchrun_command",
 ]
 
-# Stream tags of the training randomness (distinct from the sampler's STREAM_* in ddm.sampling._rng).
-STREAM_TRAIN_DATA = 0x5EED0101
+# Stream tags of the training randomness (distinct from the sampler's STREAM_* in ddm._rng; the data
+# offsets' STREAM_TRAIN_DATA = 0x5EED0101 is in ddm.data.corpus).
 STREAM_TRAIN_TIME = 0x5EED0102
 STREAM_TRAIN_CORRUPT = 0x5EED0103
 STREAM_TRAIN_DROPOUT = 0x5EED0104
+STREAM_TRAIN_TIME_STRATA = 0x5EED0105
 _U64 = (1 << 64) - 1
 
 
@@ -139,8 +144,6 @@ def init(device_name: str, timeout_s: float) -> tuple[DistEnv, torch.device]:
     Returns:
         `(env, device)`.
     """
-    from ddm.train import resolve_device  # train imports this module at load time
-
     if not timeout_s > 0:
         raise ValueError(f"dist_timeout must be > 0 seconds, got {timeout_s!r}")
     world = _env_int("WORLD_SIZE") if launched_by_torchrun() else None
@@ -196,25 +199,45 @@ def batch_rows(batch_size: int, grad_accum: int, env: DistEnv) -> list[torch.Ten
     return [torch.arange(start + k * micro, start + (k + 1) * micro) for k in range(grad_accum)]
 
 
-def keyed_offsets(seed: int, step: int, rows: torch.Tensor, n_offsets: int) -> torch.Tensor:
-    """Block offsets in `[0, n_offsets)` for global rows `rows` of step `step`, `[b]` int64 (CPU).
-
-    Uniform up to 2^-53 relative bias: `floor(u * n)` of a 53-bit uniform keyed by `(seed, step, row)`.
-    """
-    if n_offsets <= 0:
-        raise ValueError(f"n_offsets must be positive, got {n_offsets}")
-    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_DATA, step, rows.cpu(), 1)[:, 0]  # (b,)
-    return (u * n_offsets).floor().to(torch.int64).clamp_(max=n_offsets - 1)
-
-
 def dropout_seed(seed: int, step: int, first_row: int) -> int:
     """A 53-bit seed for torch's global RNG (dropout) of the micro-batch starting at `first_row`."""
     u = _rng.uniforms(seed & _U64, STREAM_TRAIN_DROPOUT, step, torch.tensor([first_row]), 1)
     return int(u.item() * 9007199254740992.0)
 
 
-def keyed_dwdse(
-    log_score_fn: Any,
+def keyed_times(
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    eps_t: float,
+    *,
+    t_sampling: str = "uniform",
+    batch_size: int = 0,
+) -> torch.Tensor:
+    """The training times `t` of the rows `rows` of a step's global batch, `[b]` float64 in `[eps_t, 1]`.
+
+    `"uniform"`: `t ~ U[eps_t, 1]` from the uniform keyed by `(seed, step, row)`. `"stratified"`: one
+    offset `u0` keyed by `(seed, step)` and `t_j = eps_t + (1 - eps_t) frac(u0 + j / batch_size)` for
+    global row `j`, so the batch holds one time in each of its `batch_size` strata (MDLM's low-discrepancy
+    sampler, Sahoo et al. 2024); each `t_j` is still uniform, so the loss stays unbiased, and the rows of
+    a process do not depend on how the batch is split.
+    """
+    seed &= _U64
+    if t_sampling == "uniform":
+        u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, 1)[:, 0]  # (b,) float64
+    elif t_sampling == "stratified":
+        if batch_size <= 0:
+            raise ValueError("stratified times need the global batch_size")
+        zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
+        u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0]  # one offset per step
+        u_t = torch.frac(u0 + rows.to(torch.float64) / batch_size)  # (b,)
+    else:
+        raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {t_sampling!r}")
+    return eps_t + (1.0 - eps_t) * u_t
+
+
+def keyed_loss(
+    log_fn: Any,
     graph: Any,
     schedule: Any,
     x0: torch.Tensor,
@@ -223,15 +246,20 @@ def keyed_dwdse(
     step: int,
     rows: torch.Tensor,
     eps_t: float,
+    objective: str = "diffusion",
+    t_sampling: str = "uniform",
+    batch_size: int = 0,
 ) -> torch.Tensor:
-    """Per-sequence DWDSE `sigma(t) * sum_i DSE_i` (SEDD eq. 10; SPEC section 4) with keyed noise.
+    """Per-sequence training loss with keyed noise: `ddm.losses.dwdse` (objective `"diffusion"`, SEDD
+    eq. 10) or `ddm.losses.masked_nelbo` (`"masked"`, `log_fn` then gives `log p(x0 | x_t)`).
 
-    As `ddm.losses.dwdse`, but `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` of row `rows[b]` are drawn
-    from counter-based uniforms keyed by `(seed, step, rows[b])` (and the position for `x_t`), so a
+    The times come from `keyed_times` and the uniforms of the corruption `x_t ~ p_{t|0}(. | x0)` of row
+    `rows[b]` from counter-based uniforms keyed by `(seed, step, rows[b])` (and the position), so a
     sequence gets the same noise whatever batch, process or micro-batch it is computed in.
 
     Args:
-        log_score_fn: `f(x_t: int64 [b, L], sigma_bar: [b]) -> [b, L, dim]` log-scores.
+        log_fn: `f(x_t: int64 [b, L], sigma_bar: [b])`: `[b, L, dim]` log-scores, or `[b, L, N]`
+            log-probabilities for the masked objective.
         graph: the forward graph (`Absorbing` or `Uniform`).
         schedule: the noise schedule.
         x0: int64 clean tokens `[b, L]`.
@@ -239,51 +267,32 @@ def keyed_dwdse(
         step: the optimizer step (the key's counter).
         rows: int64 `[b]` global row indices of the sequences in the step's batch.
         eps_t: lower end of the time range, in `[0, 1)`.
+        objective: `"diffusion"` or `"masked"`.
+        t_sampling: `"uniform"` or `"stratified"` (`keyed_times`).
+        batch_size: the global batch size (for stratified times).
 
     Returns:
         `[b]` loss per sequence.
     """
-    b, length = x0.shape
-    device = x0.device
-    rows = rows.to(device=device, dtype=torch.int64)
-    seed &= _U64
-    u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, 1)[:, 0]  # (b,) float64
-    t = (eps_t + (1.0 - eps_t) * u_t).to(torch.get_default_dtype())  # (b,)
-    sigma_bar, sigma = schedule(t)  # (b,), (b,)
-    # forward corruption (SPEC section 2): each position jumps with probability 1 - exp(-sigma_bar)
-    move = -torch.expm1(-sigma_bar.detach().to(torch.float64))[:, None]  # (b, 1)
-    u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
-    jump = u < move  # (b, L)
-    if graph.absorbing:
-        x_t = torch.where(jump, torch.full_like(x0, graph.dim - 1), x0)  # MASK
-    else:  # given u < move, u / move is uniform on [0, 1): a uniform id over all N
-        fresh = (u / move.clamp_min(1e-300) * graph.vocab_size).floor().to(torch.int64)
-        x_t = torch.where(jump, fresh.clamp_(max=graph.vocab_size - 1), x0)
-    log_score = log_score_fn(x_t, sigma_bar)  # (b, L, dim)
-    dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (b, L)
-    return sigma.to(dse.dtype) * dse.sum(dim=-1)
+    length = x0.shape[1]
+    rows = rows.to(device=x0.device, dtype=torch.int64)
+    t = keyed_times(seed, step, rows, eps_t, t_sampling=t_sampling, batch_size=batch_size)
+    t = t.to(torch.get_default_dtype())  # (b,)
+    loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
+    first = int(rows[0]) if len(rows) else 0
+    contiguous = bool(torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)))
+    if x0.device.type == "cpu" and contiguous and len(rows) and native_available():
+        # the Rust twin of the corruption below, bit-identical for the same key (tests/test_parity.py);
+        # imported here because the compiled core may be absent (then the torch path runs)
+        from ddm.sampling import _native
 
-
-def _fault() -> tuple[int, int, str] | None:
-    spec = os.environ.get("DDM_FAULT")
-    if not spec:
-        return None
-    parts = spec.split(":")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"DDM_FAULT must be 'RANK:STEP' or 'RANK:STEP:POINT', got {spec!r}")
-    return int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else "step"
-
-
-def maybe_fail(point: str, step: int) -> None:
-    """Test hook: exits this process with status 1 where `DDM_FAULT` says (see the module docstring)."""
-    fault = _fault()
-    if fault is None:
-        return
-    rank = _env_int("RANK") or 0
-    if fault == (rank, step, point):
-        sys.stderr.write(f"ddm: DDM_FAULT: rank {rank} exits at {point} of step {step}\n")
-        sys.stderr.flush()
-        os._exit(1)
+        sigma_bar = schedule.total_noise(t).detach().to(torch.float64).contiguous()  # (b,)
+        x_t = _native.corrupt(
+            graph, x0.contiguous(), sigma_bar, seed & _U64, step, first, stream=STREAM_TRAIN_CORRUPT
+        )
+        return loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, x_t=x_t)
+    u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
+    return loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, u=u)
 
 
 def free_port() -> int:

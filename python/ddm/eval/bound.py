@@ -1,4 +1,4 @@
-"""The likelihood bound of a score model on held-out data (SPEC section 4; SEDD Theorem 3.6).
+"""The likelihood bound of a score model on held-out data (docs/math.md section 4; SEDD Theorem 3.6).
 
 For a sequence x0 of L tokens,
 
@@ -41,9 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
-from ddm.losses import dwdse
+from ddm.io.checkpoint import read_config
+from ddm.losses import dwdse, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
 __all__ = ["Bound", "heldout_blocks", "likelihood_bound", "reconstruction_nll", "text_blocks"]
@@ -121,8 +123,6 @@ def text_blocks(model: Any, text: str, seq_len: int | None = None) -> torch.Tens
 
 def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
     """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` blocks."""
-    from ddm.checkpoint import read_config
-
     cfg = read_config(checkpoint)
     train = cfg["train"]
     data = train["data"]
@@ -261,6 +261,7 @@ def likelihood_bound(
         model.eval()
     M, L = x.shape
     K = num_t
+    subs = bool(getattr(getattr(model, "config", None), "subs", False))
     cpu = torch.Generator().manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
@@ -270,15 +271,16 @@ def likelihood_bound(
     diffusion = torch.zeros(M, dtype=torch.float64)  # (M,) sum over k of dwdse
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True)
     try:
         for start in range(0, M * K, batch_size):
             r = rows[start : start + batch_size]
             x0 = x[r].to(device)  # (b, L)
             tt = t_rows[start : start + batch_size].to(device)  # (b,)
-            vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
+            if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
+                vals = masked_nelbo(model.log_probs, graph, schedule, x0, t=tt, generator=gen)  # (b,)
+            else:
+                vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
             diffusion.index_add_(0, r, vals.double().cpu())
             if bar is not None:
                 bar.update(len(r))
@@ -309,7 +311,7 @@ def likelihood_bound(
     return Bound(
         nats_per_token=nats,
         bits_per_token=nats / ln2,
-        perplexity=math.exp(nats),
+        perplexity=math.exp(nats) if nats < 709.0 else math.inf,  # exp overflows a float beyond
         stderr=stderr,
         stderr_bits=stderr / ln2,
         diffusion_nats_per_token=float(diffusion.mean()) / L,

@@ -1,0 +1,163 @@
+"""The masked-diffusion objective (MDLM / MD4, SUBS output; docs/math.md section 7) and stratified times."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ddm.eval import likelihood_bound
+from ddm.graphs import Absorbing, Uniform
+from ddm.losses import dwdse, masked_nelbo
+from ddm.model import ModelConfig, ScoreModel
+from ddm.sampling import sample
+from ddm.schedules import Geometric, LogLinear
+from ddm.training.config import TrainConfig
+from ddm.training.distributed import keyed_loss, keyed_times
+
+CFG = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0, subs=True)
+
+
+def _subs_model(n: int = 7, seed: int = 0, **over) -> ScoreModel:
+    torch.manual_seed(seed)
+    model = ScoreModel(ModelConfig(**{**CFG.to_dict(), **over}), Absorbing(n), LogLinear())
+    with torch.no_grad():  # a non-trivial output layer (it is zero-initialised)
+        for p in model.final.parameters():
+            p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def test_subs_output_is_a_distribution_carried_over_at_unmasked_positions() -> None:
+    model = _subs_model()
+    x = torch.tensor([[7, 3, 7, 0, 7, 6]])  # MASK = 7
+    lp = model.log_probs(x, torch.tensor([0.5]))  # (1, 6, 7)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(1, 6), atol=1e-6)
+    for i, tok in ((1, 3), (3, 0), (5, 6)):  # unmasked: the token with probability 1
+        assert lp[0, i, tok] == 0 and bool((lp[0, i].exp().sum() - 1).abs() == 0)
+    # the log-score is the closed form log p(y | x_t) - log expm1(sigma_bar) at MASK rows (docs/math.md 7)
+    sig = torch.tensor([0.5], dtype=torch.float64)
+    l = model(x, sig)
+    masked = x[0] == 7
+    torch.testing.assert_close(l[0, masked, :7], lp[0, masked] - math.log(math.expm1(0.5)))  # float32
+    assert bool((l[0, masked, 7] == 0).all()) and bool((l[0, ~masked] == 0).all())
+
+
+def test_nelbo_is_the_dwdse_of_the_subs_score_sample_by_sample() -> None:
+    """For a SUBS model the score entropy at a MASK is -log p(x0 | x_t) / expm1(sigma_bar): the masked
+    NELBO and the DWDSE of its closed-form score agree for every (t, x_t), not only in expectation."""
+    model = _subs_model()
+    graph, schedule = model.graph, model.schedule
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, 7, (64, 16), generator=g)
+    t = torch.rand(64, generator=g, dtype=torch.float64)
+    u = torch.rand(64, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        a = masked_nelbo(model.log_probs, graph, schedule, x0, t=t, u=u)
+        b = dwdse(model, graph, schedule, x0, t=t, u=u)
+    assert bool((a > 0).any())
+    torch.testing.assert_close(a.double(), b.double(), rtol=2e-5, atol=1e-5)  # float32 outputs
+
+
+def _exact_subs(p0: torch.Tensor):
+    """An exact SUBS model of a law `p0` over `N^L`: `p(x0^i | x_t)` is the conditional of `p0` on the
+    unmasked positions of `x_t` (the absorbing posterior does not depend on sigma_bar)."""
+    n, length = p0.shape[0], p0.dim()
+    states = torch.cartesian_prod(*[torch.arange(n)] * length).reshape(-1, length)  # (S, L)
+    flat = p0.reshape(-1)
+
+    def log_probs(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(*x.shape, n, dtype=torch.float64)
+        for b in range(x.shape[0]):
+            seen = x[b] != n
+            ok = (states[:, seen] == x[b, seen]).all(-1)  # (S,) sequences consistent with x_t
+            w = flat * ok
+            for i in range(length):
+                if seen[i]:
+                    out[b, i] = -torch.inf
+                    out[b, i, x[b, i]] = 0.0
+                else:
+                    marg = torch.zeros(n, dtype=torch.float64).index_add_(0, states[:, i], w)
+                    out[b, i] = torch.log(marg / marg.sum())
+        return out
+
+    def log_score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        l = log_probs(x, sig) - torch.log(torch.expm1(sig))[:, None, None]
+        l = torch.cat([l, torch.zeros_like(l[..., :1])], -1)
+        return torch.where((x == n)[..., None], l, torch.zeros_like(l))
+
+    return log_probs, log_score
+
+
+def test_nelbo_and_dwdse_bounds_of_the_same_exact_model_agree() -> None:
+    from exact_scores import correlated_law
+
+    p0 = correlated_law(3, 3)
+    log_probs, log_score = _exact_subs(p0)
+    graph, schedule = Absorbing(3), LogLinear()
+    data = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 0, 1], [2, 2, 2]])
+
+    class Subs:  # what likelihood_bound reads of a masked-diffusion model
+        config = ModelConfig(subs=True)
+
+        def __call__(self, x, s):
+            return log_score(x, s)
+
+        def log_probs(self, x, s):
+            return log_probs(x, s)
+
+    nelbo = likelihood_bound(Subs(), data, num_t=64, graph=graph, schedule=schedule, seq_len=3, seed=4)
+    dw = likelihood_bound(log_score, data, num_t=64, graph=graph, schedule=schedule, seq_len=3, seed=4)
+    assert nelbo.nats_per_token == pytest.approx(dw.nats_per_token, rel=1e-9)
+    # and both bound the exact NLL of each block (the law of the prior-started model, docs/math.md 4)
+    e = 1e-3
+    nll = -torch.log((1 - e) * p0[tuple(data.T)] + e / 27).mean() / 3
+    assert nelbo.nats_per_token > float(nll) - 4 * nelbo.stderr
+
+
+def test_masked_nelbo_refuses_the_uniform_graph() -> None:
+    with pytest.raises(ValueError, match="absorbing"):
+        masked_nelbo(lambda x, s: x, Uniform(4), Geometric(), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="absorbing"):
+        ScoreModel(CFG, Uniform(4), Geometric())
+    with pytest.raises(ValueError, match="objective 'masked' needs graph 'absorbing'"):
+        TrainConfig(objective="masked", graph="uniform").validate()
+    with pytest.raises(ValueError, match="t_sampling"):
+        TrainConfig(t_sampling="sobol").validate()
+
+
+def test_time_independent_subs_model_samples_with_the_cache() -> None:
+    model = _subs_model(time_conditioning=False)
+    assert model.time_independent
+    x, stats = sample(model, 64, batch_size=3, seq_len=16, seed=0, return_stats=True)
+    assert x.shape == (3, 16) and bool((x < 7).all())
+    assert stats.rows_evaluated <= 3 * (16 + 1)  # a row is re-evaluated only when a token unmasked
+    y = sample(model, 64, batch_size=3, seq_len=16, seed=0, cache=False)
+    assert torch.equal(x, y)  # the cache is exact
+
+
+def test_stratified_times_one_per_stratum_and_split_invariant() -> None:
+    rows = torch.arange(32)
+    t = keyed_times(5, 7, rows, 1e-3, t_sampling="stratified", batch_size=32)
+    u = (t - 1e-3) / (1 - 1e-3)
+    assert sorted(torch.floor(u * 32).long().tolist()) == list(range(32))  # one in each stratum
+    halves = torch.cat(
+        [keyed_times(5, 7, r, 1e-3, t_sampling="stratified", batch_size=32) for r in (rows[:13], rows[13:])]
+    )
+    assert torch.equal(t, halves)
+    assert not torch.equal(t, keyed_times(5, 8, rows, 1e-3, t_sampling="stratified", batch_size=32))
+    uniform = keyed_times(5, 7, rows, 1e-3)
+    assert not torch.equal(t, uniform)
+
+
+def test_keyed_masked_loss_is_split_invariant() -> None:
+    model = _subs_model()
+    x0 = torch.randint(0, 7, (6, 16), generator=torch.Generator().manual_seed(0))
+    kw = dict(seed=3, step=9, eps_t=1e-3, objective="masked", t_sampling="stratified", batch_size=6)
+    with torch.no_grad():
+        whole = keyed_loss(model.log_probs, model.graph, model.schedule, x0, rows=torch.arange(6), **kw)
+        parts = torch.cat(
+            [keyed_loss(model.log_probs, model.graph, model.schedule, x0[i:j], rows=torch.arange(i, j), **kw)
+             for i, j in ((0, 2), (2, 6))]
+        )  # fmt: skip
+    torch.testing.assert_close(whole, parts, rtol=0, atol=0)
