@@ -20,7 +20,7 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
-use crate::categorical::max_check;
+use crate::categorical::{draw_blocks, max_check, BLOCK};
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
 use crate::rng::{Domain, Rng, RngKey};
@@ -273,11 +273,107 @@ pub(crate) fn exp_weights(row: &[f32], m: f64, inv_t: f64, w: &mut [f64]) -> f64
     exp_weights_impl(row, m, inv_t, w)
 }
 
+#[inline(always)]
+fn exp_weight_blocks_impl(
+    row: &[f32],
+    m: f64,
+    inv_t: f64,
+    want_s: bool,
+    w: &mut [f64],
+    bs: &mut [f64],
+) -> f64 {
+    let two = want_s && inv_t != 1.0;
+    let mut s_acc = [0f64; LANES];
+    for ((rb, wb), b) in row
+        .chunks(BLOCK)
+        .zip(w.chunks_mut(BLOCK))
+        .zip(bs.iter_mut())
+    {
+        let mut acc = [0f64; LANES];
+        let mut r8 = rb.chunks_exact(LANES);
+        let mut w8 = wb.chunks_exact_mut(LANES);
+        if two {
+            for (rc, wc) in (&mut r8).zip(&mut w8) {
+                for j in 0..LANES {
+                    let d = rc[j] as f64 - m;
+                    wc[j] = exp_f64(d * inv_t);
+                    acc[j] += wc[j];
+                    s_acc[j] += exp_f64(d);
+                }
+            }
+        } else {
+            for (rc, wc) in (&mut r8).zip(&mut w8) {
+                for j in 0..LANES {
+                    wc[j] = exp_f64((rc[j] as f64 - m) * inv_t);
+                    acc[j] += wc[j];
+                }
+            }
+        }
+        let mut tail = 0.0;
+        for (wy, &l) in w8.into_remainder().iter_mut().zip(r8.remainder()) {
+            let d = l as f64 - m;
+            *wy = exp_f64(d * inv_t);
+            tail += *wy;
+            if two {
+                s_acc[0] += exp_f64(d);
+            }
+        }
+        *b = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+            + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+            + tail;
+    }
+    if !want_s {
+        0.0
+    } else if two {
+        ((s_acc[0] + s_acc[4]) + (s_acc[1] + s_acc[5]))
+            + ((s_acc[2] + s_acc[6]) + (s_acc[3] + s_acc[7]))
+    } else {
+        bs.iter().sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_weight_blocks_avx2(
+    row: &[f32],
+    m: f64,
+    inv_t: f64,
+    want_s: bool,
+    w: &mut [f64],
+    bs: &mut [f64],
+) -> f64 {
+    exp_weight_blocks_impl(row, m, inv_t, want_s, w, bs)
+}
+
+/// [`exp_weights`] that also writes the block sums of `w` into `bs` (`BLOCK` states each) for
+/// `categorical::draw_blocks`; returns `sum_y exp(l_y - m)` when `want_s`, else 0.
+fn exp_weight_blocks(
+    row: &[f32],
+    m: f64,
+    inv_t: f64,
+    want_s: bool,
+    w: &mut [f64],
+    bs: &mut [f64],
+) -> f64 {
+    debug_assert_eq!(bs.len(), row.len().div_ceil(BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above); no other precondition.
+            return unsafe { exp_weight_blocks_avx2(row, m, inv_t, want_s, w, bs) };
+        }
+    }
+    exp_weight_blocks_impl(row, m, inv_t, want_s, w, bs)
+}
+
 /// Per-thread scratch.
 #[derive(Default)]
 struct Scratch {
     w: Vec<f64>,
     rank: Vec<(f64, u32)>,
+    /// Block sums of `w` (`categorical::BLOCK` states each) for the inverse-CDF draw.
+    bs: Vec<f64>,
 }
 
 /// The law of one sequence's positions (the constants of `steps.rs`).
@@ -395,6 +491,27 @@ fn step_position(
             }
             // S' = sum_{y != x} exp(l_y - m) >= 1; r = c e^m S' is the mass that leaves x.
             let inv_t = 1.0 / tf.temperature;
+            if cur.is_none() && !tf.truncates(row.len()) {
+                // Absorbing at MASK, temperature only: tempered weights with block sums in one pass,
+                // then a draw that reads the block sums and one block (as the plain kernel).
+                let nb = row.len().div_ceil(BLOCK);
+                if scratch.bs.len() < nb {
+                    scratch.bs.resize(nb, 0.0);
+                }
+                let bs = &mut scratch.bs[..nb];
+                let s = exp_weight_blocks(row, m, inv_t, !c.is_infinite(), w, bs);
+                let r = if c.is_infinite() {
+                    f64::INFINITY
+                } else if m.abs() < 700.0 {
+                    c * m.exp() * s
+                } else {
+                    (ln_c + m + s.ln()).exp()
+                };
+                if r < 1.0 && rng.uniform() < 1.0 - r {
+                    return Ok(x);
+                }
+                return Ok(draw_blocks(w, bs, 0.0, rng.uniform()).map_or(x, |y| y as i64));
+            }
             let s = match cur {
                 None => exp_weights(row, m, inv_t, w),
                 Some(x) => {
