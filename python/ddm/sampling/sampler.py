@@ -224,6 +224,11 @@ class Sampler:
             f"Sampler(graph={self.graph!r}, schedule={self.schedule!r}, predictor={self.predictor!r}, "
             f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps}"
             + ("" if self.proposal.neutral else f", proposal={self.proposal}")
+            + (
+                ""
+                if self.remask is None
+                else f", remask={self.remask}, remask_schedule={self.remask_schedule!r}"
+            )
             + ")"
         )
 
