@@ -120,6 +120,12 @@ def test_bad_options(kwargs: dict, match: str) -> None:
         sample(model, 2, **KW, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(tokens_per_step=2), dict(threshold=0.5), dict(group_by_step=True)])
+def test_options_of_another_sampler_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        sample(ExactScore(GRAPH, P0), 2, graph=GRAPH, schedule=LogLinear(), seq_len=L, **kwargs)
+
+
 @pytest.mark.parametrize("predictor", ["confidence", "first_hitting"])
 def test_unmasking_predictors_refuse_the_uniform_graph(predictor: str) -> None:
     model = ExactScore(Uniform(N), P0)

@@ -227,6 +227,12 @@ def sample(
     graph = sampler.graph
     if unmasking:
         check_unmasking(predictor, graph, **unmasking_options)
+    else:  # an option of another sampler is an error, not silently ignored
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if unmasking_options[name] is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+        if group_by_step:
+            raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
     sampler.set_timesteps(steps)
 
     model_device, sigma_dtype = _model_device_dtype(model)
