@@ -124,6 +124,19 @@ def test_report_end_to_end(runs, capsys):
     assert md.count("| euler |") == 4 and md.count("held-out data") == 2
 
 
+def test_report_covers_the_unmasking_samplers(runs, tmp_path):
+    r = report(
+        [runs["absorbing"], runs["uniform"]], runs["ar"], steps=[2, 4], num_samples=2, out=tmp_path,
+        predictors=("first_hitting", "confidence"), num_t=2, max_sequences=2, plot=False,
+    )  # fmt: skip
+    absorbing, uniform = r["models"]
+    rows = [(s["predictor"], s["steps"]) for s in absorbing["samples"]]
+    assert rows == [("first_hitting", 2), ("first_hitting", 4), ("confidence", 2), ("confidence", 4)]
+    for s in absorbing["samples"]:
+        assert 1 <= s["network_calls"] <= s["steps"] and s["gen_perplexity"] >= 1.0
+    assert uniform["samples"] == []  # no MASK to unmask
+
+
 def test_report_rejects_a_diffusion_judge_and_bad_steps(runs, tmp_path):
     with pytest.raises(ValueError, match="not an autoregressive"):
         report([runs["absorbing"]], runs["uniform"], steps=[2], out=tmp_path)

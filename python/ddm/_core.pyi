@@ -12,7 +12,7 @@ is `rate_dt` (euler), `dsigma` (analytic) or `sigma` (denoise); `corrupt`'s `p_m
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["__version__", "corrupt", "reverse_step"]
+__all__ = ["__version__", "corrupt", "reverse_step", "proposal_step", "propose"]
 
 __version__: str
 
@@ -39,3 +39,30 @@ def reverse_step(
     seq_offset: int | None = None,
     out: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]: ...
+def proposal_step(
+    kind: str,
+    x: npt.NDArray[np.int64],
+    log_score: npt.NDArray[np.float32],
+    level: npt.NDArray[np.float64],
+    absorbing: bool,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seq_offset: int | None = None,
+    out: npt.NDArray[np.int64] | None = None,
+) -> npt.NDArray[np.int64]: ...
+def propose(
+    x: npt.NDArray[np.int64],
+    log_score: npt.NDArray[np.float32],
+    absorbing: bool,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seq_offset: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...

@@ -28,6 +28,7 @@ from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load
 from ddm.sampling import sample
+from ddm.sampling.cli_options import ALL_PREDICTORS, add_sampler_options, sampler_kwargs
 from ddm.sampling.sampler import BACKENDS, PREDICTORS
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config
@@ -292,11 +293,12 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--predictor", choices=PREDICTORS, default="analytic")
+    p.add_argument("--predictor", choices=ALL_PREDICTORS, default="analytic")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_sampler_options(p)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -319,6 +321,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         backend=args.backend,
         progress=not args.no_progress,
         return_stats=True,
+        **sampler_kwargs(args),
     )
     rows = x.tolist()
     texts = [tok.decode(r) if tok is not None else " ".join(map(str, r)) for r in rows]
@@ -364,7 +367,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         "--predictors",
         default=",".join(PREDICTORS),
         metavar="P,P",
-        help="analytic and/or euler (default: both)",
+        help="any of analytic, euler, first_hitting, confidence (default: analytic,euler)",
     )
     p.add_argument("--num-samples", type=int, default=32, metavar="K", help="samples per row (default 32)")
     p.add_argument("--out", default="report", metavar="DIR", help="output directory (default ./report)")

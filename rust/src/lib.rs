@@ -7,9 +7,11 @@ pub mod categorical;
 pub mod error;
 pub mod graphs;
 pub mod keyed;
+pub mod proposal;
 pub mod rng;
 pub mod steps;
 pub mod threads;
+pub mod unmask;
 
 #[cfg(feature = "python")]
 mod python;

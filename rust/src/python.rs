@@ -376,5 +376,153 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(corrupt, m)?)?;
     m.add_function(wrap_pyfunction!(reverse_step, m)?)?;
+    register_samplers(m)?;
+    Ok(())
+}
+
+// ---- issue 14: the proposal transform and the samplers built on it ----------------------------------
+
+/// The log-score array `[B, L, dim]` of a kernel call, checked against `c` and the graph.
+fn checked_log_score<'py>(
+    log_score: &Bound<'py, PyAny>,
+    c: &Common<'py>,
+) -> Result<Bound<'py, PyArray3<f32>>, KernelError> {
+    let ls: Bound<'py, PyArray3<f32>> =
+        checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")?;
+    let sh = ls.shape();
+    if sh[0] != c.batch || sh[1] != c.len || sh[2] != c.graph.dim() {
+        return Err(shape_err(
+            "log_score",
+            format!(
+                "expected shape [B, L, dim] = {:?} (from x and the graph), got {sh:?}",
+                [c.batch, c.len, c.graph.dim()]
+            ),
+        ));
+    }
+    Ok(ls)
+}
+
+/// One reverse step with temperature / top-k / top-p on its proposal distribution (docs/math.md 5.10).
+#[pyfunction]
+#[pyo3(signature = (kind, x, log_score, level, absorbing, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn proposal_step<'py>(
+    py: Python<'py>,
+    kind: &Bound<'py, PyAny>,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    level: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let kind = step_kind(kind)?;
+    let tf = crate::proposal::Transform::new(temperature, top_k, top_p)?;
+    let zero = 0u64.into_pyobject(py)?.into_any();
+    let c = common(
+        x,
+        level,
+        kind.level_arg(),
+        absorbing,
+        vocab_size,
+        seed,
+        step,
+        seq_offset.unwrap_or(&zero),
+        out,
+    )?;
+    let ls = checked_log_score(log_score, &c)?;
+    let lr = ls
+        .try_readonly()
+        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
+    let lss = lr
+        .as_slice()
+        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
+    let (graph, key, len) = (c.graph, c.key, c.len);
+    run(py, c, move |xs, lv, os| {
+        crate::proposal::proposal_step(kind, graph, xs, lss, lv, len, key, tf, os)
+    })
+}
+
+/// Proposals of the unmasking samplers at every MASK position: (tokens [B, L], stats [B, L, 3]).
+#[pyfunction]
+#[pyo3(signature = (x, log_score, absorbing, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn propose<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    log_score: &Bound<'py, PyAny>,
+    absorbing: &Bound<'py, PyAny>,
+    vocab_size: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray3<f64>>)> {
+    let tf = crate::proposal::Transform::new(temperature, top_k, top_p)?;
+    let graph = graph(absorbing, vocab_size)?;
+    let key = RngKey::new(
+        uint(seed, "seed")?,
+        uint(step, "step")?,
+        match seq_offset {
+            Some(o) => uint(o, "seq_offset")?,
+            None => 0,
+        },
+    );
+    let x = checked_array::<i64, numpy::Ix2>(x, "x", "int64", "[B, L]")?;
+    let (batch, len) = (x.shape()[0], x.shape()[1]);
+    let ls: Bound<'py, PyArray3<f32>> =
+        checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")?;
+    if ls.shape() != [batch, len, graph.dim()] {
+        return Err(shape_err(
+            "log_score",
+            format!(
+                "expected shape [B, L, dim] = {:?}, got {:?}",
+                [batch, len, graph.dim()],
+                ls.shape()
+            ),
+        )
+        .into());
+    }
+    let pool = threads::pool().map_err(PyRuntimeError::new_err)?;
+    let xr = x
+        .try_readonly()
+        .map_err(|e| PyErr::from(shape_err("x", format!("cannot be borrowed: {e}"))))?;
+    let lr = ls
+        .try_readonly()
+        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
+    let xs = xr
+        .as_slice()
+        .map_err(|e| PyErr::from(shape_err("x", e.to_string())))?;
+    let lss = lr
+        .as_slice()
+        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
+    let mut tokens = vec![0i64; xs.len()];
+    let mut stats = vec![0f64; 3 * xs.len()];
+    py.detach(|| {
+        pool.install(|| {
+            crate::unmask::propose(graph, xs, lss, batch, len, key, tf, &mut tokens, &mut stats)
+        })
+    })?;
+    let t = Array2::from_shape_vec((batch, len), tokens)
+        .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
+    let s = numpy::ndarray::Array3::from_shape_vec((batch, len, 3), stats)
+        .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
+    Ok((
+        PyArray2::from_owned_array(py, t),
+        PyArray3::from_owned_array(py, s),
+    ))
+}
+
+fn register_samplers(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(proposal_step, m)?)?;
+    m.add_function(wrap_pyfunction!(propose, m)?)?;
     Ok(())
 }

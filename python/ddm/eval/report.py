@@ -21,6 +21,7 @@ from ddm.io import checkpoint
 from ddm.io import load as load_model
 from ddm.sampling import sample
 from ddm.sampling.sampler import PREDICTORS
+from ddm.sampling.unmasking import UNMASKING_PREDICTORS
 
 __all__ = ["DEFAULT_STEPS", "report"]
 
@@ -123,7 +124,9 @@ def report(
         checkpoints: diffusion checkpoints or run directories.
         judge: an autoregressive checkpoint or run directory trained on the same corpus and tokenizer.
         steps: numbers of sampling steps, a list or a comma-separated string.
-        predictors: any of `"analytic"`, `"euler"`.
+        predictors: any of `"analytic"`, `"euler"`, and for absorbing models `"first_hitting"` (with
+            `group_by_step`, so at most `steps` calls) and `"confidence"` (`ceil(masked / calls left)`
+            tokens per call); each row records its `network_calls`.
         num_samples: samples per (predictor, steps).
         out: output directory (created).
         num_t: stratified times per block for the bound.
@@ -142,8 +145,8 @@ def report(
     steps = _parse_steps(steps)
     predictors = tuple(predictors)
     for p in predictors:
-        if p not in PREDICTORS:
-            raise ValueError(f"predictors must be among {PREDICTORS}, got {p!r}")
+        if p not in PREDICTORS + UNMASKING_PREDICTORS:
+            raise ValueError(f"predictors must be among {PREDICTORS + UNMASKING_PREDICTORS}, got {p!r}")
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     say = log if log is not None else (lambda _msg: None)
@@ -213,13 +216,21 @@ def report(
             "samples": [],
         }
         for predictor in predictors:
+            if predictor in UNMASKING_PREDICTORS and not model.graph.absorbing:
+                continue  # first-hitting and confidence decoding need a MASK
+            # first-hitting with one call per grid step, so that `n` bounds the network calls
+            extra = {"group_by_step": True} if predictor == "first_hitting" else {}
             for n in steps:
                 t0 = time.perf_counter()
-                x = sample(model, n, predictor=predictor, batch_size=num_samples, seed=seed)  # (K, L)
+                x, stats = sample(
+                    model, n, predictor=predictor, batch_size=num_samples, seed=seed, return_stats=True,
+                    **extra,
+                )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 row = {
                     "predictor": predictor,
                     "steps": n,
+                    "network_calls": stats.network_calls,
                     "gen_perplexity": gen_perplexity(x, judge_model, batch_size=batch_size),
                     "entropy": unigram_entropy(x),
                     "sample_seconds": seconds,

@@ -26,7 +26,7 @@ import torch
 
 from ddm import _core
 
-__all__ = ["KINDS", "corrupt", "reverse_step"]
+__all__ = ["KINDS", "corrupt", "reverse_step", "proposal_step", "propose"]
 
 KINDS = ("euler", "analytic", "denoise")
 # What a step's `level` is, by kind (the name used in error messages).
@@ -162,3 +162,61 @@ def reverse_step(
         absorbing, n, seed, step, seq_offset, _out(out),
     )  # fmt: skip
     return out if out is not None else torch.from_numpy(r)
+
+
+# ---- issue 14: the proposal transform (temperature, top-k, top-p) ----------------------------------------
+
+
+def proposal_step(
+    kind: str,
+    graph: Any,
+    x: torch.Tensor,
+    log_score: torch.Tensor,
+    level: torch.Tensor,
+    seed: int,
+    step: int,
+    proposal: Any,
+    seq_offset: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One reverse step (`kind` in euler / analytic / denoise) with its proposal distribution transformed.
+
+    The law of `ddm.sampling.torch_steps` with `ddm.sampling.proposal.apply_to_step` (docs/math.md section
+    5.10); the arguments are those of `euler_step` etc., plus `proposal` (a `ddm.sampling.proposal.Proposal`).
+    """
+    absorbing, n = _graph(graph)
+    r = _core.proposal_step(
+        kind,
+        _view(x, "x", torch.int64),
+        _view(log_score, "log_score", torch.float32),
+        _view(level, "level", torch.float64),
+        absorbing, n, seed, step,
+        float(proposal.temperature), proposal.top_k, proposal.top_p,
+        seq_offset, _out(out),
+    )  # fmt: skip
+    return out if out is not None else torch.from_numpy(r)
+
+
+def propose(
+    graph: Any,
+    x: torch.Tensor,
+    log_score: torch.Tensor,
+    seed: int,
+    step: int,
+    proposal: Any,
+    seq_offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A proposed token and its statistics at every MASK position (`ddm.sampling.confidence.propose`).
+
+    Returns:
+        int64 `[B, L]` tokens (`x` where not MASK) and float64 `[B, L, 3]`: the probability of the token,
+        the top-1 minus top-2 margin and the entropy of the transformed conditional (0 where not MASK).
+    """
+    absorbing, n = _graph(graph)
+    t, s = _core.propose(
+        _view(x, "x", torch.int64),
+        _view(log_score, "log_score", torch.float32),
+        absorbing, n, seed, step,
+        float(proposal.temperature), proposal.top_k, proposal.top_p, seq_offset,
+    )  # fmt: skip
+    return torch.from_numpy(t), torch.from_numpy(s)

@@ -11,7 +11,8 @@ import torch
 
 from ddm.graphs import log_expm1
 from ddm.sampling.conditioning import build_fixed
-from ddm.sampling.sampler import Sampler, check_seed, random_seed, resolve_backend
+from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, random_seed, resolve_backend
+from ddm.sampling.unmasking import UNMASKING_PREDICTORS, check_unmasking, run_unmasking
 
 __all__ = ["sample", "SampleStats"]
 
@@ -76,6 +77,16 @@ def sample(
     cache: bool | None = None,
     progress: bool = False,
     return_stats: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    group_by_step: bool = False,
+    tokens_per_step: int | None = None,
+    threshold: float | None = None,
+    order: str = "confidence",
+    entropy_bound: float | None = None,
+    remask: float | None = None,
+    remask_schedule: str = "cap",
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (SEDD section 4; docs/math.md section 5).
 
@@ -94,7 +105,14 @@ def sample(
         batch_size: number of sequences `B`.
         seq_len: sequence length `L` (default `model.seq_len`, the longest the model accepts; a longer
             one is an error).
-        predictor: `"analytic"` (Tweedie tau-leaping) or `"euler"`.
+        predictor: `"analytic"` (Tweedie tau-leaping) or `"euler"`, or for the absorbing graph
+            `"first_hitting"` (exact: one event per call, Zheng et al. 2024; `ddm.sampling.first_hitting`).
+            First-hitting draws each free position's unmasking time, unmasks them in that order, one per
+            network call, each from the model's conditional at its time; with exact scores its output law
+            is `p0` exactly, in `seq_len - |fixed|` calls (`steps` and `denoise` are not used).
+            Or `"confidence"`: each call proposes a token at every masked position and commits the best
+            ones by `order` (`tokens_per_step`, `threshold`, `entropy_bound`, or by default
+            `ceil(masked / calls left)` over `steps` calls; `ddm.sampling.confidence`).
         denoise: end with the denoising step (absorbing: no MASK left in the output).
         eps: the last time of the grid, in `(0, 1)`.
         prefix: token ids fixed at the start, a list or 1-D LongTensor.
@@ -116,6 +134,33 @@ def sample(
             None (default) turns it on when `model.time_independent` is True and the graph is absorbing.
         progress: show a tqdm progress bar on stderr.
         return_stats: also return a `SampleStats` (network calls and the seed).
+        group_by_step: first-hitting only: unmask together the positions whose times fall in the same
+            step of the grid `linspace(1, eps, steps + 1)`, with one call at the top of the step (at most
+            `steps` calls; draws within one step are independent, an approximation).
+        tokens_per_step: confidence only: commit the `k >= 1` best proposals per call.
+        threshold: confidence only: commit every proposal scored above `tau` in `(0, 1]`, at least one
+            (Fast-dLLM).
+        order: confidence only: the score of a proposal: `"confidence"` (its probability), `"margin"`
+            (top-1 minus top-2 probability), `"entropy"` (`exp(-H)` of its law) or `"random"` (with one
+            token per call, exact ancestral sampling).
+        entropy_bound: confidence only: commit the longest prefix of the ranking whose entropies satisfy
+            `sum H - max H <= gamma` (the EB-sampler, arXiv 2505.24857), at least one.
+        remask: absorbing graph, grid predictors: the ReMDM sampler (arXiv 2503.00307;
+            `ddm.sampling.remask`) with remasking strength `eta` in `[0, 1]`: each step masks a
+            committed token again with probability `r_k` and unmasks a MASK with the matching ReMDM
+            probability, both from the schedule, the token from the model's conditional. None: no
+            remasking (the plain step). `0` is the MDLM ancestral step.
+        remask_schedule: `"cap"` (`r_k = min(eta, r_max)`) or `"rescale"` (`r_k = eta r_max`), with
+            `r_max = min(1, (1 - alpha_s) / alpha_t)` the largest rate that keeps the forward marginals.
+        temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
+            proposal is the step's law given that the position moves (absorbing: the law over the real
+            tokens a MASK position unmasks to); the probability of staying is unchanged, so the
+            unmasking schedule is too (`ddm.sampling.proposal`, docs/math.md section 5.10).
+        top_k: keep only the `k >= 1` most likely states of the proposal (None: all).
+        top_p: keep only the smallest set of most likely states of the proposal holding mass `>= p`,
+            `p` in `(0, 1]` (nucleus sampling; None: all). Temperature, then top-k, then top-p; the kept
+            states are renormalised and drawn by float64 inverse CDF. At (1, None, None) the sample is
+            the plain sampler's, bit for bit.
 
     Returns:
         int64 `[batch_size, seq_len]` tokens on `device`, or `(tokens, stats)` with `return_stats=True`.
@@ -137,10 +182,17 @@ def sample(
     log-score `-inf`.
 
     Raises:
-        ValueError: `steps < 1`, a `seq_len` longer than the model's, an unknown predictor or backend,
+        ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
+            `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting`, `confidence` or
+            `remask` on the uniform graph (it has no MASK), a `seq_len`
+            longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
+    unmasking_options = dict(
+        group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
+        entropy_bound=entropy_bound, remask=remask, remask_schedule=remask_schedule,
+    )  # fmt: skip
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
     if not callable(model):
@@ -164,8 +216,23 @@ def sample(
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
-    sampler = Sampler(graph, schedule, predictor=predictor, eps=eps, denoise=denoise)
+    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
+    unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
+    sampler = Sampler(
+        graph, schedule, predictor="analytic" if unmasking else predictor, eps=eps, denoise=denoise,
+        temperature=temperature, top_k=top_k, top_p=top_p, remask=None if unmasking else remask,
+        remask_schedule=remask_schedule,
+    )  # fmt: skip
     graph = sampler.graph
+    if unmasking:
+        check_unmasking(predictor, graph, **unmasking_options)
+    else:  # an option of another sampler is an error, not silently ignored
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if unmasking_options[name] is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+        if group_by_step:
+            raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
     sampler.set_timesteps(steps)
 
     model_device, sigma_dtype = _model_device_dtype(model)
@@ -197,6 +264,14 @@ def sample(
                 f"([B, L, dim] with dim={graph.dim})"
             )
         return out
+
+    if unmasking:
+        x, calls, rows = run_unmasking(
+            predictor, call, sampler, batch_size, seq_len, fixed, seed=seed, steps=steps,
+            use_rust=use_rust, device=device, options=unmasking_options,
+        )  # fmt: skip
+        stats = SampleStats(calls, rows, calls, cache, step_backend, seed)
+        return (x, stats) if return_stats else x
 
     n_eval = len(sampler.timesteps)
     calls = rows = 0

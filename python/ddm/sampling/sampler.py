@@ -39,6 +39,7 @@ from ddm import graphs as _graphs
 from ddm import schedules as _schedules
 from ddm._categorical import inverse_cdf
 from ddm.sampling import torch_steps
+from ddm.sampling.proposal import apply_to_step, make_proposal
 
 __all__ = [
     "BACKENDS",
@@ -121,6 +122,13 @@ class Sampler:
         eps: the last time of the grid, in `(0, 1)`.
         denoise: end with a denoising step at `t = eps` that removes all remaining noise (absorbing: no
             MASK is left).
+        temperature: divides the log-weights of the proposal (move) distribution of every step, > 0
+            (`ddm.sampling.proposal`, docs/math.md section 5.10); 1 is the plain step.
+        top_k: keep only the `k >= 1` most likely states of the proposal distribution; None keeps all.
+        top_p: keep only its nucleus of mass `p` in `(0, 1]`; None keeps all.
+        remask: absorbing graph: replace every step by the ReMDM step with remasking strength `eta` in
+            `[0, 1]` (`ddm.sampling.remask`, docs/math.md section 10); None: the predictor's step.
+        remask_schedule: `"cap"` or `"rescale"` (how `eta` sets the remasking probability per step).
     """
 
     def __init__(
@@ -130,9 +138,28 @@ class Sampler:
         predictor: str = "analytic",
         eps: float = 1e-5,
         denoise: bool = True,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        remask: float | None = None,
+        remask_schedule: str = "cap",
     ) -> None:
+        self.proposal = make_proposal(temperature, top_k, top_p)
         self.graph = _as_graph(graph)
+        if remask is not None:
+            from ddm.sampling.remask import check_remask
+
+            remask = check_remask(remask, remask_schedule)
+            if not self.graph.absorbing:
+                raise ValueError("remask needs the absorbing graph: the uniform graph has no MASK to unmask")
+        self.remask = remask
+        self.remask_schedule = remask_schedule
         self.schedule = _as_schedule(schedule)
+        if predictor in ("first_hitting", "confidence"):
+            raise ValueError(
+                f"predictor={predictor!r} unmasks positions instead of stepping on a grid: use "
+                f"ddm.sample(..., predictor={predictor!r}) (ddm.sampling.unmasking)"
+            )
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
@@ -160,6 +187,9 @@ class Sampler:
             "predictor": self.predictor,
             "eps": self.eps,
             "denoise": self.denoise,
+            **self.proposal.to_config(),
+            "remask": self.remask,
+            "remask_schedule": self.remask_schedule,
         }
 
     def to_config(self) -> dict[str, Any]:
@@ -171,7 +201,18 @@ class Sampler:
         """Rebuild a sampler from its `config` dict."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
-        extra = set(config) - {"graph", "schedule", "predictor", "eps", "denoise"}
+        extra = set(config) - {
+            "graph",
+            "schedule",
+            "predictor",
+            "eps",
+            "denoise",
+            "temperature",
+            "top_k",
+            "top_p",
+            "remask",
+            "remask_schedule",
+        }
         if extra:
             raise ValueError(f"unknown sampler config keys {sorted(extra)}")
         if "graph" not in config or "schedule" not in config:
@@ -181,7 +222,14 @@ class Sampler:
     def __repr__(self) -> str:
         return (
             f"Sampler(graph={self.graph!r}, schedule={self.schedule!r}, predictor={self.predictor!r}, "
-            f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps})"
+            f"eps={self.eps}, denoise={self.denoise}, steps={self.num_inference_steps}"
+            + ("" if self.proposal.neutral else f", proposal={self.proposal}")
+            + (
+                ""
+                if self.remask is None
+                else f", remask={self.remask}, remask_schedule={self.remask_schedule!r}"
+            )
+            + ")"
         )
 
     # ---- the time grid ----------------------------------------------------------------------------------
@@ -268,9 +316,13 @@ class Sampler:
             x: int64 tokens at `timesteps[t_index]`, `[B, L]`.
         """
         log_score, x = self._check_step_inputs(log_score, x)
+        if self.remask is not None:
+            from ddm.sampling.remask import remdm_step_probs
+
+            return remdm_step_probs(self, log_score.detach(), self._check_index(t_index), x)
         kind, noise = self.step_kind(t_index)
         level = torch.full((x.shape[0],), noise, dtype=torch.float64, device=x.device)  # (B,)
-        return torch_steps.step_probs(kind, self.graph, x, log_score, level)
+        return apply_to_step(torch_steps.step_probs(kind, self.graph, x, log_score, level), x, self.proposal)
 
     def step(
         self,
@@ -309,6 +361,13 @@ class Sampler:
         if isinstance(seq_offset, bool) or not isinstance(seq_offset, int) or seq_offset < 0:
             raise ValueError(f"seq_offset must be an int >= 0, got {seq_offset!r}")
         use_rust = resolve_backend(backend, x.device)
+        if self.remask is not None:
+            from ddm.sampling.remask import remdm_step
+
+            out = remdm_step(
+                self, log_score.detach(), k, x, seed=seed, seq_offset=seq_offset, use_rust=use_rust
+            )
+            return SamplerOutput(prev_sample=out)
         kind, noise = self.step_kind(k)
         if use_rust:
             from ddm.sampling import _native  # on demand: only this branch needs the compiled core
@@ -316,7 +375,12 @@ class Sampler:
             xc = x.detach().to("cpu").contiguous()
             ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
             level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
-            out = _native.reverse_step(kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            if self.proposal.neutral_for(self.graph.dim):
+                out = _native.reverse_step(kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
+            else:
+                out = _native.proposal_step(
+                    kind, self.graph, xc, ls, level, seed, k, self.proposal, seq_offset=seq_offset
+                )
             return SamplerOutput(prev_sample=out.to(x.device))
         probs = self.step_probs(log_score.detach(), k, x)  # (B, L, dim) float64
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset

@@ -1,0 +1,99 @@
+"""The absorbing-graph samplers that unmask positions rather than step on a grid (issue 14).
+
+- `"first_hitting"`: `ddm.sampling.first_hitting` (exact, docs/math.md section 8).
+- `"confidence"`: `ddm.sampling.confidence` (MaskGIT / LLaDA / Fast-dLLM / EB-sampler, section 9).
+
+Remasking (`remask=`, ReMDM, section 10) is a grid step: `Sampler(remask=...)`, `ddm.sampling.remask`.
+
+`ddm.sampling.sample` dispatches here; this module checks their options and counts network calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["UNMASKING_PREDICTORS", "check_unmasking", "run_unmasking"]
+
+UNMASKING_PREDICTORS = ("first_hitting", "confidence")
+
+
+def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
+    """ValueError for an unmasking predictor on the uniform graph, or a bad option."""
+    what = "remask" if options.get("remask") is not None else f"predictor={predictor!r}"
+    if not graph.absorbing:
+        raise ValueError(f"{what} needs the absorbing graph: the uniform graph has no MASK to unmask")
+    if options.get("remask") is not None:
+        from ddm.sampling.remask import check_remask
+
+        if predictor in UNMASKING_PREDICTORS:
+            raise ValueError(
+                f"remask is an option of the grid predictors (analytic, euler), not {predictor!r}"
+            )
+        check_remask(options["remask"], options.get("remask_schedule", "cap"))
+    if not isinstance(options.get("group_by_step", False), bool):
+        raise TypeError(f"group_by_step must be a bool, got {type(options['group_by_step']).__name__}")
+    if predictor == "confidence":
+        from ddm.sampling.confidence import check_confidence_options
+
+        check_confidence_options(
+            options["order"], options["tokens_per_step"], options["threshold"], options["entropy_bound"]
+        )
+    else:
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if options.get(name) is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+
+
+def run_unmasking(
+    predictor: str,
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sampler: Any,
+    batch_size: int,
+    seq_len: int,
+    fixed: Any,
+    *,
+    seed: int,
+    steps: int,
+    use_rust: bool,
+    device: torch.device,
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, int, int]:
+    """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`."""
+    graph = sampler.graph
+    x = torch.full((batch_size, seq_len), graph.dim - 1, dtype=torch.int64, device=device)  # (B, L)
+    free = torch.ones(seq_len, dtype=torch.bool)
+    if fixed is not None:
+        x = fixed.apply(x)
+        free = x[0].cpu() == graph.dim - 1
+    counts = [0, 0]
+
+    def on_call(rows: int) -> None:
+        counts[0] += 1
+        counts[1] += rows
+
+    with torch.no_grad():
+        if predictor == "first_hitting":
+            from ddm.sampling.first_hitting import first_hitting
+
+            x = first_hitting(
+                call, graph, sampler.schedule, x, free, seed=seed, steps=steps, eps=sampler.eps,
+                group_by_step=options.get("group_by_step", False), proposal=sampler.proposal,
+                use_rust=use_rust, on_call=on_call,
+            )  # fmt: skip
+        elif predictor == "confidence":
+            from ddm.sampling.confidence import confidence_decode
+
+            x = confidence_decode(
+                call, graph, sampler.schedule, x, seed=seed, steps=steps, eps=sampler.eps,
+                proposal=sampler.proposal, use_rust=use_rust, order=options["order"],
+                tokens_per_step=options["tokens_per_step"], threshold=options["threshold"],
+                entropy_bound=options["entropy_bound"], on_call=on_call,
+            )  # fmt: skip
+        else:  # pragma: no cover - guarded by UNMASKING_PREDICTORS
+            raise ValueError(f"unknown unmasking predictor {predictor!r}")
+        if fixed is not None:
+            x = fixed.apply(x)
+    return x, counts[0], counts[1]
