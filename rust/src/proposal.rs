@@ -24,7 +24,7 @@ use crate::categorical::{draw_blocks, max_check, BLOCK};
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
 use crate::rng::{Domain, Rng, RngKey};
-use crate::steps::StepKind;
+use crate::steps::{law, Law, StepKind};
 
 // ---- exp in f64 (moved here from categorical.rs, which now keeps only the f32 path) ----
 
@@ -376,53 +376,6 @@ struct Scratch {
     bs: Vec<f64>,
 }
 
-/// The law of one sequence's positions (the constants of `steps.rs`).
-#[derive(Debug, Clone, Copy)]
-enum Law {
-    Stay,
-    Jump { c: f64, ln_c: f64 },
-    Tweedie { q: f64, e_neg: f64, n: f64 },
-}
-
-fn ln_expm1(d: f64) -> f64 {
-    if d > 30.0 {
-        d + (-(-d).exp()).ln_1p()
-    } else {
-        d.exp_m1().ln()
-    }
-}
-
-fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
-    let n = graph.vocab_size as f64;
-    match (graph.absorbing, kind) {
-        (true, StepKind::Denoise) => Law::Jump {
-            c: f64::INFINITY,
-            ln_c: f64::INFINITY,
-        },
-        _ if level == 0.0 => Law::Stay,
-        (true, StepKind::Euler) => Law::Jump {
-            c: level,
-            ln_c: level.ln(),
-        },
-        (true, StepKind::Analytic) => Law::Jump {
-            c: level.exp_m1(),
-            ln_c: ln_expm1(level),
-        },
-        (false, StepKind::Euler) => Law::Jump {
-            c: level / n,
-            ln_c: level.ln() - n.ln(),
-        },
-        (false, StepKind::Analytic | StepKind::Denoise) => Law::Tweedie {
-            q: -(-level).exp_m1(),
-            e_neg: (-level).exp(),
-            n,
-        },
-    }
-}
-
-/// The largest log-score outside `cur` (-inf when there is none), after the checks of [`check_row`]:
-/// one vectorised pass (`categorical::max_check`), and the slow scan only for a row holding a
-/// non-finite entry.
 fn row_max(row: &[f32], cur: Option<usize>, at: (usize, usize)) -> Result<f64, KernelError> {
     let (m, chk) = match cur {
         None => max_check(row),

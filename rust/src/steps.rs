@@ -89,7 +89,7 @@ const PRECISE_RATIO: f64 = 8.0;
 
 /// The law of one sequence's positions, fixed by the graph, the step and its noise level.
 #[derive(Debug, Clone, Copy)]
-enum Law {
+pub(crate) enum Law {
     /// Every position keeps its token (zero noise step).
     Stay,
     /// Stay with probability max(0, 1 - c S), else move proportionally to s_y. `ln_c = ln c`.
@@ -107,7 +107,8 @@ fn ln_expm1(d: f64) -> f64 {
     }
 }
 
-fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
+/// The constants of the law of `kind` at noise level `level` (also used by `proposal.rs`).
+pub(crate) fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
     let n = graph.vocab_size as f64;
     match (graph.absorbing, kind) {
         (true, StepKind::Denoise) => Law::Jump {
