@@ -32,6 +32,7 @@ def dwdse(
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
+    scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; docs/math.md section 4).
 
@@ -53,11 +54,13 @@ def dwdse(
             when None.
         x_t: optional corrupted tokens `[B, L]` the caller drew itself at `sigma_bar(t)` (the keyed Rust
             corruption of the training loop, bit-identical to `Graph.corrupt` at the same uniforms).
+        scored: optional bool `[B, L]`: only these positions are noised and counted; the others stay
+            clean (a context the loss is conditioned on, `ddm.eval.conditional_bound`).
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
     """
-    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t, scored)
     log_score = log_score_fn(x_t, sigma_bar)  # (B, L, dim)
     if not isinstance(log_score, torch.Tensor) or tuple(log_score.shape) != (*x0.shape, graph.dim):
         got = tuple(log_score.shape) if isinstance(log_score, torch.Tensor) else type(log_score).__name__
@@ -65,6 +68,8 @@ def dwdse(
             f"log_score_fn must return a [B, L, dim] = {(*x0.shape, graph.dim)} tensor, got {got}"
         )
     dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (B, L)
+    if scored is not None:
+        dse = torch.where(scored, dse, torch.zeros_like(dse))
     return sigma.to(dse.dtype) * dse.sum(dim=-1)
 
 
@@ -77,6 +82,7 @@ def _noised(
     generator: torch.Generator | None,
     u: torch.Tensor | None,
     x_t: torch.Tensor | None = None,
+    scored: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked clean tokens, noise levels and corrupted tokens of a loss:
     `(x0, sigma_bar(t), sigma(t), x_t)`, `[B, L]`, `[B]`, `[B]`, `[B, L]` (the shared first half of
@@ -114,6 +120,10 @@ def _noised(
         x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)  # (B, L)
     else:
         x_t = graph.corrupt(x0, sigma_bar[:, None], u)  # (B, L)
+    if scored is not None:
+        if scored.dtype != torch.bool or scored.shape != x0.shape:
+            raise ValueError(f"scored must be a bool tensor of shape {tuple(x0.shape)}")
+        x_t = torch.where(scored, x_t, x0)  # the context stays clean
     return x0, sigma_bar, sigma, x_t
 
 
@@ -128,6 +138,7 @@ def masked_nelbo(
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
+    scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence masked-diffusion NELBO in nats (MDLM, Sahoo et al. 2024; MD4; docs/math.md section 7).
 
@@ -143,14 +154,14 @@ def masked_nelbo(
         graph: the absorbing graph.
         schedule: the noise schedule.
         x0: int64 clean tokens `[B, L]`, real ids.
-        t, eps_t, generator, u, x_t: as in `dwdse`.
+        t, eps_t, generator, u, x_t, scored: as in `dwdse`.
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
     """
     if getattr(graph, "mask_id", None) is None:
         raise ValueError(f"masked_nelbo needs an absorbing graph, got {graph!r}")
-    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t)
+    x0, sigma_bar, sigma, x_t = _noised(graph, schedule, x0, t, eps_t, generator, u, x_t, scored)
     logp = log_prob_fn(x_t, sigma_bar)  # (B, L, N)
     if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (*x0.shape, graph.vocab_size):
         got = tuple(logp.shape) if isinstance(logp, torch.Tensor) else type(logp).__name__
@@ -158,6 +169,8 @@ def masked_nelbo(
             f"log_prob_fn must return a [B, L, N] = {(*x0.shape, graph.vocab_size)} tensor, got {got}"
         )
     masked = x_t == graph.mask_id  # (B, L)
+    if scored is not None:
+        masked = masked & scored
     nll = -logp.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
     nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions: 0 (and never -inf * 0)
     weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B,)

@@ -179,7 +179,12 @@ class _eval_mode:
 
 @torch.no_grad()
 def reconstruction_nll(
-    model: Any, graph: Any, sigma_0: float, x0: torch.Tensor, x: torch.Tensor
+    model: Any,
+    graph: Any,
+    sigma_0: float,
+    x0: torch.Tensor,
+    x: torch.Tensor,
+    scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`-log D(x0 | x)` per sequence, `[B]` float64: the reconstruction term of the bound at one `x`.
 
@@ -194,10 +199,82 @@ def reconstruction_nll(
         sigma_0: the total noise at t = 0, > 0.
         x0: int64 clean tokens `[B, L]`.
         x: int64 tokens at noise level `sigma_0`, `[B, L]`.
+        scored: optional bool `[B, L]`: only these positions count (the context is clean in `x`).
     """
     sigma = torch.full((x.shape[0],), float(sigma_0), dtype=torch.float64, device=x.device)  # (B,)
     probs = denoise_step_probs(graph, x, model(x, sigma), sigma)  # (B, L, dim) float64
-    return -torch.log(probs.gather(-1, x0[..., None]).squeeze(-1)).sum(-1)  # (B,)
+    nll = -torch.log(probs.gather(-1, x0[..., None]).squeeze(-1))  # (B, L)
+    if scored is not None:
+        nll = torch.where(scored, nll, torch.zeros_like(nll))
+    return nll.sum(-1)  # (B,)
+
+
+def _bound_terms(
+    model: Any,
+    graph: Any,
+    schedule: Any,
+    x: torch.Tensor,
+    scored: torch.Tensor | None,
+    num_t: int,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms of the bound per sequence, shared by `likelihood_bound` and `conditional_bound`.
+
+    Returns `(diffusion [M], prior [M], reconstruction [M], integrand [M, K])`, float64 nats: the
+    stratified-time DWDSE (or masked NELBO) integral, the prior term and the reconstruction term over the
+    `scored` positions (all of them when None), with the draws of the module docstring.
+    """
+    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    M, L = x.shape
+    K = num_t
+    subs = bool(getattr(getattr(model, "config", None), "subs", False))
+    cpu = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
+    t = (torch.arange(K, dtype=torch.float64) + 1.0 - u) / K  # (M, K), t_k in (k/K, (k+1)/K]
+    rows = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
+    t_rows = t.reshape(-1)  # (M K,)
+    values = torch.zeros(M * K, dtype=torch.float64)  # (M K,) integrand per (sequence, time)
+    bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True) if progress else None
+    try:
+        with _eval_mode(model):
+            for start in range(0, M * K, batch_size):
+                r = rows[start : start + batch_size]
+                x0 = x[r].to(device)  # (b, L)
+                sc = None if scored is None else scored[r].to(device)  # (b, L)
+                tt = t_rows[start : start + batch_size].to(device)  # (b,)
+                if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
+                    vals = masked_nelbo(model.log_probs, graph, schedule, x0, t=tt, generator=gen, scored=sc)
+                else:
+                    vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen, scored=sc)  # (b,)
+                values[start : start + len(r)] = vals.double().cpu()
+                if bar is not None:
+                    bar.update(len(r))
+    finally:
+        if bar is not None:
+            bar.close()
+    diffusion = torch.zeros(M, dtype=torch.float64).index_add_(0, rows, values) / K  # (M,)
+    sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
+    prior_kl = graph.prior_kl(x, sigma_1).double()  # (M, L)
+    prior = (prior_kl if scored is None else prior_kl * scored.to(torch.float64)).sum(-1)  # (M,)
+    recon = torch.zeros(M, dtype=torch.float64)  # (M,) 0 when sigma_bar(0) = 0
+    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
+    if sigma_0 > 0.0:
+        # one draw of x ~ p_{sigma_bar(0)|0}(. | x0) per sequence, from its own stream (so the diffusion
+        # part keeps its draws)
+        gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
+        with _eval_mode(model):
+            for start in range(0, M, batch_size):
+                x0 = x[start : start + batch_size].to(device)  # (b, L)
+                y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
+                sc = None if scored is None else scored[start : start + batch_size].to(device)
+                if sc is not None:
+                    y = torch.where(sc, y, x0)  # the context stays clean
+                recon[start : start + len(x0)] = reconstruction_nll(model, graph, sigma_0, x0, y, sc).cpu()
+    return diffusion, prior, recon, values.reshape(M, K)
 
 
 @torch.no_grad()
@@ -262,55 +339,9 @@ def likelihood_bound(
     if lo < 0 or hi >= vocab:
         raise ValueError(f"data holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab})")
 
-    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
-        model.eval()
     M, L = x.shape
     K = num_t
-    subs = bool(getattr(getattr(model, "config", None), "subs", False))
-    cpu = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
-    t = (torch.arange(K, dtype=torch.float64) + 1.0 - u) / K  # (M, K), t_k in (k/K, (k+1)/K]
-    rows = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
-    t_rows = t.reshape(-1)  # (M K,)
-    diffusion = torch.zeros(M, dtype=torch.float64)  # (M,) sum over k of dwdse
-    bar = None
-    if progress:
-        bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True)
-    try:
-        for start in range(0, M * K, batch_size):
-            r = rows[start : start + batch_size]
-            x0 = x[r].to(device)  # (b, L)
-            tt = t_rows[start : start + batch_size].to(device)  # (b,)
-            if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
-                vals = masked_nelbo(model.log_probs, graph, schedule, x0, t=tt, generator=gen)  # (b,)
-            else:
-                vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen)  # (b,)
-            diffusion.index_add_(0, r, vals.double().cpu())
-            if bar is not None:
-                bar.update(len(r))
-    finally:
-        if bar is not None:
-            bar.close()
-        if was_training:
-            model.train()
-    diffusion /= K  # (M,) integral estimate per sequence, nats
-    sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
-    prior = graph.prior_kl(x, sigma_1).double().sum(-1)  # (M,)
-    recon = torch.zeros(M, dtype=torch.float64)  # (M,) 0 when sigma_bar(0) = 0
-    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
-    if sigma_0 > 0.0:
-        # one draw of x ~ p_{sigma_bar(0)|0}(. | x0) per sequence, from its own stream (so the diffusion
-        # part keeps its draws)
-        gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
-        with _eval_mode(model):
-            for start in range(0, M, batch_size):
-                x0 = x[start : start + batch_size].to(device)  # (b, L)
-                y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
-                recon[start : start + len(x0)] = reconstruction_nll(model, graph, sigma_0, x0, y).cpu()
+    diffusion, prior, recon, _ = _bound_terms(model, graph, schedule, x, None, K, batch_size, seed, progress)
     per_seq = (diffusion + prior + recon) / L  # (M,) nats per token
     nats = float(per_seq.mean())
     stderr = float(per_seq.std(unbiased=True) / math.sqrt(M)) if M > 1 else math.nan
@@ -427,60 +458,8 @@ def conditional_bound(
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise ValueError(f"x holds token ids outside the model's vocabulary [0, {vocab})")
 
-    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
-    M, L = x.shape
-    K = num_t
-    subs = bool(getattr(getattr(model, "config", None), "subs", False))
-    # The same draws as likelihood_bound: times from a CPU stream, corruption from a device stream.
-    cpu = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
-    t = (torch.arange(K, dtype=torch.float64) + 1.0 - u) / K  # (M, K), t_k in (k/K, (k+1)/K]
-    rows = torch.arange(M).repeat_interleave(K)  # (M K,)
-    t_rows = t.reshape(-1)  # (M K,)
-    values = torch.zeros(M * K, dtype=torch.float64)  # (M K,) integrand per (sequence, time)
-    diffusion = torch.zeros(M, dtype=torch.float64)  # (M,)
-    with _eval_mode(model):
-        for start in range(0, M * K, batch_size):
-            r = rows[start : start + batch_size]
-            x0 = x[r].to(device)  # (b, L)
-            keep = ~scored[r].to(device)  # (b, L) the clean context
-            tt = t_rows[start : start + batch_size].to(device)  # (b,)
-            sigma_bar, sigma = schedule(tt)  # (b,), (b,)
-            x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=gen)  # (b, L)
-            x_t = torch.where(keep, x0, x_t)
-            if subs:  # a masked-diffusion model: its NELBO terms, as in likelihood_bound (masked_nelbo)
-                logp = model.log_probs(x_t, sigma_bar)  # (b, L, N)
-                nll = -logp.gather(-1, x0[..., None]).squeeze(-1)  # (b, L)
-                nll = torch.where((x_t == graph.mask_id) & ~keep, nll, torch.zeros_like(nll))
-                weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (b,)
-                vals = (weight.to(nll.dtype) * nll.sum(-1)).double().cpu()
-            else:
-                dse = graph.score_entropy(model(x_t, sigma_bar), sigma_bar[:, None], x_t, x0)  # (b, L)
-                dse = torch.where(keep, torch.zeros_like(dse), dse)
-                vals = (sigma.to(dse.dtype) * dse.sum(-1)).double().cpu()
-            values[start : start + len(r)] = vals
-            diffusion.index_add_(0, r, vals)
-    diffusion /= K  # (M,)
-    mask = scored.to(torch.float64)  # (M, L)
-    sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
-    prior = (graph.prior_kl(x, sigma_1).double() * mask).sum(-1)  # (M,)
-    recon = torch.zeros(M, dtype=torch.float64)  # (M,)
-    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
-    if sigma_0 > 0.0:
-        gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
-        with _eval_mode(model):
-            for start in range(0, M, batch_size):
-                x0 = x[start : start + batch_size].to(device)  # (b, L)
-                keep = ~scored[start : start + batch_size].to(device)
-                y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
-                y = torch.where(keep, x0, y)
-                s0 = torch.full((len(x0),), sigma_0, dtype=torch.float64, device=device)  # (b,)
-                probs = denoise_step_probs(graph, y, model(y, s0), s0)  # (b, L, dim)
-                nll = -torch.log(probs.gather(-1, x0[..., None]).squeeze(-1))  # (b, L)
-                recon[start : start + len(x0)] = torch.where(keep, torch.zeros_like(nll), nll).sum(-1).cpu()
-    per_t = values.reshape(M, K)
+    M, K = x.shape[0], num_t
+    diffusion, prior, recon, per_t = _bound_terms(model, graph, schedule, x, scored, K, batch_size, seed)
     mc = per_t.std(dim=1, unbiased=True) / math.sqrt(K) if K > 1 else torch.full((M,), math.nan)
     return SequenceBounds(
         nats=diffusion + prior + recon,
