@@ -40,6 +40,8 @@ def _import():
 
     path = Path(ddm.__file__).resolve()
     assert path.parents[1].name == "site-packages", f"ddm imported from {path}, not from an installed wheel"
+    prefix = Path(sys.prefix).resolve()
+    assert prefix in path.parents, f"ddm imported from {path}, not from this environment ({prefix})"
     print(f"  ddm {ddm.__version__} from {path.parent}")
 
 
