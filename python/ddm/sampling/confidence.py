@@ -37,7 +37,14 @@ from ddm._categorical import inverse_cdf
 from ddm.sampling.first_hitting import STREAM_TOKEN
 from ddm.sampling.proposal import Proposal, apply_to_step
 
-__all__ = ["ORDERS", "check_confidence_options", "confidence_decode", "propose"]
+__all__ = [
+    "ORDERS",
+    "check_confidence_options",
+    "confidence_commit",
+    "confidence_decode",
+    "confidence_level",
+    "propose",
+]
 
 ORDERS = ("confidence", "margin", "entropy", "random")
 STREAM_ORDER = 0x5EED0016
@@ -148,6 +155,55 @@ def _commit_counts(
     return torch.minimum(k.clamp_min(1), remaining)
 
 
+def confidence_level(
+    schedule: Any, eps: float, remaining: torch.Tensor, n_free: torch.Tensor
+) -> torch.Tensor:
+    """The noise input of a call, `[B]` float64: the masking probability is the masked fraction
+    `remaining / n_free`, relative to `t = 1`, clamped at `sigma_bar(eps)`."""
+    sb_one, sb_eps = (float(v) for v in schedule.total_noise(torch.tensor([1.0, float(eps)])))
+    q_one = -torch.expm1(torch.tensor(-sb_one, dtype=torch.float64))
+    frac = remaining.to(torch.float64) / n_free.clamp_min(1).to(torch.float64)  # (B,)
+    return (-torch.log1p(-frac * q_one.to(remaining.device))).clamp_min(sb_eps)
+
+
+def confidence_commit(
+    graph: Any,
+    log_score: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    proposal: Proposal,
+    use_rust: bool,
+    order: str,
+    opts: dict,
+    calls_left: int,
+) -> torch.Tensor:
+    """One call of the confidence sampler: propose at every MASK, commit the best by `order` and the rule
+    of `opts` (`tokens_per_step`, `threshold`, `entropy_bound`, else `ceil(masked / calls_left)`).
+
+    Returns int64 `[B, L]`: `x` with the committed proposals written in (rows without MASK unchanged).
+    """
+    length = x.shape[1]
+    masked = x == graph.dim - 1  # (B, L)
+    remaining = masked.sum(-1)  # (B,)
+    tokens, stats = propose(graph, log_score, x, seed=seed, step=step, rows=rows, proposal=proposal,
+                            use_rust=use_rust)  # fmt: skip
+    if order == "random":
+        score = _rng.uniforms(seed, STREAM_ORDER, step, rows, length).to(x.device)
+    elif order == "entropy":
+        score = torch.exp(-stats[..., 2])
+    else:
+        score = stats[..., 0 if order == "confidence" else 1]
+    score = torch.where(masked, score, -torch.inf)  # (B, L)
+    ranked, rank_idx = torch.sort(score, dim=-1, descending=True, stable=True)  # (B, L)
+    k = _commit_counts(ranked, stats[..., 2].gather(1, rank_idx), remaining, calls_left, opts)  # (B,)
+    commit_sorted = torch.arange(length, device=x.device)[None, :] < k[:, None]  # (B, L)
+    commit = torch.zeros_like(masked).scatter_(1, rank_idx, commit_sorted) & masked
+    return torch.where(commit, tokens, x)
+
+
 def confidence_decode(
     call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
@@ -170,40 +226,23 @@ def confidence_decode(
     Returns:
         int64 `[B, L]` without MASK.
     """
-    batch, length = x.shape
-    device = x.device
+    batch = x.shape[0]
     mask_id = graph.dim - 1
-    rows = torch.arange(batch, dtype=torch.int64, device=device)
-    sb_one, sb_eps = (float(v) for v in schedule.total_noise(torch.tensor([1.0, float(eps)])))
-    q_one = -torch.expm1(torch.tensor(-sb_one, dtype=torch.float64))
-    n_free = (x == mask_id).sum(-1).clamp_min(1).to(torch.float64)  # (B,)
+    rows = torch.arange(batch, dtype=torch.int64, device=x.device)
+    n_free = (x == mask_id).sum(-1)  # (B,)
     opts = dict(tokens_per_step=tokens_per_step, threshold=threshold, entropy_bound=entropy_bound)
     j = 0
     while True:
-        masked = x == mask_id  # (B, L)
-        remaining = masked.sum(-1)  # (B,)
+        remaining = (x == mask_id).sum(-1)  # (B,)
         active = remaining > 0
         if not bool(active.any()):
             return x
         idx = active.nonzero().squeeze(1)
-        frac = remaining.to(torch.float64) / n_free  # (B,)
-        sigma = (-torch.log1p(-frac * q_one.to(device))).clamp_min(sb_eps)  # (B,)
+        sigma = confidence_level(schedule, eps, remaining, n_free)  # (B,)
         out = call(x[idx], sigma[idx])  # (b, L, dim)
         if on_call is not None:
             on_call(idx.numel())
         log_score = out.new_zeros((batch, *out.shape[1:])).index_copy_(0, idx, out)  # (B, L, dim)
-        tokens, stats = propose(graph, log_score, x, seed=seed, step=j, rows=rows, proposal=proposal,
-                                use_rust=use_rust)  # fmt: skip
-        if order == "random":
-            score = _rng.uniforms(seed, STREAM_ORDER, j, rows, length).to(device)
-        elif order == "entropy":
-            score = torch.exp(-stats[..., 2])
-        else:
-            score = stats[..., 0 if order == "confidence" else 1]
-        score = torch.where(masked, score, -torch.inf)  # (B, L)
-        ranked, rank_idx = torch.sort(score, dim=-1, descending=True, stable=True)  # (B, L)
-        k = _commit_counts(ranked, stats[..., 2].gather(1, rank_idx), remaining, steps - j, opts)  # (B,)
-        commit_sorted = torch.arange(length, device=device)[None, :] < k[:, None]  # (B, L)
-        commit = torch.zeros_like(masked).scatter_(1, rank_idx, commit_sorted) & masked
-        x = torch.where(commit, tokens, x)
+        x = confidence_commit(graph, log_score, x, seed=seed, step=j, rows=rows, proposal=proposal,
+                              use_rust=use_rust, order=order, opts=opts, calls_left=steps - j)  # fmt: skip
         j += 1

@@ -28,7 +28,7 @@ from ddm import _rng
 from ddm._categorical import inverse_cdf
 from ddm.sampling.proposal import Proposal, apply_to_step
 
-__all__ = ["first_hitting", "draw_masked", "masking_order_keys"]
+__all__ = ["draw_masked", "event_cells", "event_levels", "first_hitting", "masking_order_keys", "next_event"]
 
 # stream tags of the first-hitting and confidence samplers (torch); the Rust draws use the step domain
 STREAM_TIME = 0x5EED0014
@@ -103,6 +103,43 @@ def draw_masked(
     return out
 
 
+def event_levels(
+    schedule: Any, seed: int, rows: torch.Tensor, length: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys `u_i` and `sigma_bar(tau_i)` of every position's unmasking time, `[B, L]` float64 each.
+
+    `sigma_bar(tau_i) = -log1p(expm1(-sigma_bar(1)) u_i)` with the keyed `u_i` of `masking_order_keys`,
+    not below `sigma_bar(eps)` (a model input > 0). The order of the events is that of `u` (the clamp
+    makes levels equal, never keys).
+    """
+    t = torch.tensor([1.0, float(eps)], dtype=torch.float64)
+    sb_one, sb_eps = (float(v) for v in schedule.total_noise(t))
+    u = masking_order_keys(seed, rows, length).to(rows.device)  # (B, L)
+    levels = -torch.log1p(torch.expm1(torch.tensor(-sb_one, dtype=torch.float64)) * u)
+    return u, levels.clamp_min(sb_eps)
+
+
+def next_event(x: torch.Tensor, keys: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next position to unmask in each row: the MASK with the latest time (the largest key `u`).
+
+    Returns `(pos, has)`: int64 `[B]` (0 where the row has no MASK left) and bool `[B]`. Ties go to the
+    lower position, as a stable descending sort orders them.
+    """
+    masked = x == mask_id  # (B, L)
+    key = torch.where(masked, keys, -1.0)  # (B, L): keys lie in [0, 1)
+    return key.argmax(dim=-1), masked.any(dim=-1)
+
+
+def event_cells(levels: torch.Tensor, sb_grid: torch.Tensor) -> torch.Tensor:
+    """The grid step `k` whose cell `(sb_grid[k + 1], sb_grid[k]]` holds each level, `[B, L]` int64.
+
+    `sb_grid` is `sigma_bar` on `linspace(1, eps, steps + 1)`, decreasing; levels below the grid go to
+    the last cell.
+    """
+    steps = sb_grid.numel() - 1
+    return (steps - torch.searchsorted(sb_grid.flip(0).contiguous(), levels, right=False)).clamp(0, steps - 1)
+
+
 def first_hitting(
     call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
@@ -139,20 +176,14 @@ def first_hitting(
     """
     batch, length = x.shape
     device = x.device
+    mask_id = graph.dim - 1
     rows = torch.arange(batch, dtype=torch.int64, device=device)
-    t = torch.tensor([1.0, float(eps)], dtype=torch.float64)
-    sb_one, sb_eps = (float(v) for v in schedule.total_noise(t))
-    u = masking_order_keys(seed, rows, length).to(device)  # (B, L)
-    # sigma_bar(tau_i) = -log1p(expm1(-sigma_bar(1)) u_i), not below sigma_bar(eps) (a model input > 0)
-    sig = (-torch.log1p(torch.expm1(torch.tensor(-sb_one, dtype=torch.float64)) * u)).clamp_min(sb_eps)
+    u, sig = event_levels(schedule, seed, rows, length, eps)  # (B, L) each
     free_b = free.to(device)[None, :].expand(batch, length)  # (B, L)
 
     if not group_by_step:
-        key = torch.where(free_b, u, -1.0)  # (B, L): fixed positions last
-        order = torch.argsort(key, dim=-1, descending=True, stable=True)  # (B, L)
-        n_free = int(free.sum())
-        for e in range(n_free):
-            pos = order[:, e]  # (B,)
+        for e in range(int(free.sum())):  # every row has the same free positions: one event each per call
+            pos, _ = next_event(x, u, mask_id)  # (B,)
             sigma = sig.gather(1, pos[:, None])[:, 0]  # (B,)
             log_score = call(x, sigma)
             if on_call is not None:
@@ -164,8 +195,7 @@ def first_hitting(
 
     grid = torch.linspace(1.0, float(eps), steps + 1, dtype=torch.float64)
     sb_grid = schedule.total_noise(grid).to(torch.float64).to(device)  # (steps + 1,) decreasing
-    # cell k holds sigma in (sb_grid[k + 1], sb_grid[k]]; times below eps go to the last cell
-    cell = (steps - torch.searchsorted(sb_grid.flip(0).contiguous(), sig, right=False)).clamp(0, steps - 1)
+    cell = event_cells(sig, sb_grid)  # (B, L)
     for k in range(steps):
         where = free_b & (cell == k)  # (B, L)
         active = where.any(-1)  # (B,)

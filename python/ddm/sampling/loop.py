@@ -12,7 +12,7 @@ import torch
 from ddm.graphs import log_expm1
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, random_seed, resolve_backend
-from ddm.sampling.unmasking import UNMASKING_PREDICTORS, check_unmasking, run_unmasking
+from ddm.sampling.unmasking import UNMASKING_PREDICTORS, run_unmasking
 
 __all__ = ["sample", "SampleStats"]
 
@@ -191,7 +191,7 @@ def sample(
     """
     unmasking_options = dict(
         group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
-        entropy_bound=entropy_bound, remask=remask, remask_schedule=remask_schedule,
+        entropy_bound=entropy_bound,
     )  # fmt: skip
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
@@ -219,20 +219,12 @@ def sample(
     if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
     unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
+    # the Sampler checks every option against the predictor and the graph
     sampler = Sampler(
-        graph, schedule, predictor="analytic" if unmasking else predictor, eps=eps, denoise=denoise,
-        temperature=temperature, top_k=top_k, top_p=top_p, remask=None if unmasking else remask,
-        remask_schedule=remask_schedule,
+        graph, schedule, predictor=predictor, eps=eps, denoise=denoise, temperature=temperature,
+        top_k=top_k, top_p=top_p, remask=remask, remask_schedule=remask_schedule, **unmasking_options,
     )  # fmt: skip
     graph = sampler.graph
-    if unmasking:
-        check_unmasking(predictor, graph, **unmasking_options)
-    else:  # an option of another sampler is an error, not silently ignored
-        for name in ("tokens_per_step", "threshold", "entropy_bound"):
-            if unmasking_options[name] is not None:
-                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
-        if group_by_step:
-            raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
     sampler.set_timesteps(steps)
 
     model_device, sigma_dtype = _model_device_dtype(model)
@@ -268,7 +260,7 @@ def sample(
     if unmasking:
         x, calls, rows = run_unmasking(
             predictor, call, sampler, batch_size, seq_len, fixed, seed=seed, steps=steps,
-            use_rust=use_rust, device=device, options=unmasking_options,
+            use_rust=use_rust, device=device, options=sampler.unmasking_options, progress=progress,
         )  # fmt: skip
         stats = SampleStats(calls, rows, calls, cache, step_backend, seed)
         return (x, stats) if return_stats else x

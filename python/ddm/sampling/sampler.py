@@ -11,7 +11,17 @@ for k in range(len(sampler.timesteps)):
     x = sampler.step(log_score, k, x, seed=0).prev_sample
 ```
 
-`ddm.sampling.sample` is this loop, plus conditioning, caching and argument checks.
+`ddm.sampling.sample` is this loop, plus conditioning, caching and argument checks. The same loop runs
+the unmasking predictors (`"first_hitting"`, `"confidence"`), whose number of calls and noise levels depend
+on the tokens:
+
+```python
+k = 0
+while not sampler.finished(x, k):
+    log_score = model(x, sampler.noise_level(k, batch_size, x=x, seed=0))
+    x = sampler.step(log_score, k, x, seed=0).prev_sample
+    k += 1
+```
 
 Time grid: `t_k = linspace(1, eps, steps + 1)`. Step `k < steps` moves from `t_k` to `t_{k+1}` with the
 predictor; with `denoise=True` a last step `k = steps` evaluates the network at `t_steps = eps` and removes
@@ -40,6 +50,7 @@ from ddm import schedules as _schedules
 from ddm._categorical import inverse_cdf
 from ddm.sampling import torch_steps
 from ddm.sampling.proposal import apply_to_step, make_proposal
+from ddm.sampling.unmasking import UNMASKING_PREDICTORS, check_unmasking
 
 __all__ = [
     "BACKENDS",
@@ -118,7 +129,11 @@ class Sampler:
         graph: the forward graph (`ddm.graphs.Uniform` / `Absorbing`) or its config dict.
         schedule: the noise schedule (`ddm.schedules.LogLinear` / `Geometric`) or its config dict.
         predictor: `"analytic"` (Tweedie tau-leaping, SEDD eq. 19) or `"euler"` (tau-leaping with the
-            reverse rates, SEDD eq. 17).
+            reverse rates, SEDD eq. 17); for the absorbing graph also `"first_hitting"` (exact, one
+            position per call: `ddm.sampling.first_hitting`) or `"confidence"` (parallel decoding:
+            `ddm.sampling.confidence`). Those two unmask positions instead of stepping on the grid: the
+            tokens decide when they are done (`finished(x, k)`) and the noise level of each call
+            (`noise_level(k, B, x=x, seed=seed)`); with the same seed the loop gives `ddm.sample`'s tokens.
         eps: the last time of the grid, in `(0, 1)`.
         denoise: end with a denoising step at `t = eps` that removes all remaining noise (absorbing: no
             MASK is left).
@@ -129,6 +144,9 @@ class Sampler:
         remask: absorbing graph: replace every step by the ReMDM step with remasking strength `eta` in
             `[0, 1]` (`ddm.sampling.remask`, docs/math.md section 10); None: the predictor's step.
         remask_schedule: `"cap"` or `"rescale"` (how `eta` sets the remasking probability per step).
+        group_by_step: first hitting: the events of one grid step share one call at its top.
+        tokens_per_step, threshold, order, entropy_bound: confidence: the commit rule and the score
+            (see `ddm.sample`).
     """
 
     def __init__(
@@ -143,6 +161,11 @@ class Sampler:
         top_p: float | None = None,
         remask: float | None = None,
         remask_schedule: str = "cap",
+        group_by_step: bool = False,
+        tokens_per_step: int | None = None,
+        threshold: float | None = None,
+        order: str = "confidence",
+        entropy_bound: float | None = None,
     ) -> None:
         self.proposal = make_proposal(temperature, top_k, top_p)
         self.graph = _as_graph(graph)
@@ -155,13 +178,26 @@ class Sampler:
         self.remask = remask
         self.remask_schedule = remask_schedule
         self.schedule = _as_schedule(schedule)
-        if predictor in ("first_hitting", "confidence"):
+        if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
             raise ValueError(
-                f"predictor={predictor!r} unmasks positions instead of stepping on a grid: use "
-                f"ddm.sample(..., predictor={predictor!r}) (ddm.sampling.unmasking)"
+                f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}"
             )
-        if predictor not in PREDICTORS:
-            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+        self.unmasking_options = dict(
+            group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
+            entropy_bound=entropy_bound,
+        )  # fmt: skip
+        if predictor in UNMASKING_PREDICTORS:
+            check_unmasking(predictor, self.graph, remask=remask, **self.unmasking_options)
+        else:  # an option of another sampler is an error, not silently ignored
+            for name in ("tokens_per_step", "threshold", "entropy_bound"):
+                if self.unmasking_options[name] is not None:
+                    raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+            if group_by_step:
+                raise ValueError(
+                    f"group_by_step is an option of predictor='first_hitting', not {predictor!r}"
+                )
+            if order != "confidence":
+                raise ValueError(f"order is an option of predictor='confidence', not {predictor!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise TypeError(f"eps must be a float, got {type(eps).__name__}")
         if not 0.0 < float(eps) < 1.0:
@@ -176,6 +212,13 @@ class Sampler:
         self.timesteps = torch.empty(0, dtype=torch.float64)
         self.sigmas = torch.empty(0, dtype=torch.float64)
         self._rates = torch.empty(0, dtype=torch.float64)
+        self._n_free: torch.Tensor | None = None  # confidence: the MASK count of each row at t_index 0
+
+    @property
+    def unmasking(self) -> bool:
+        """Whether the predictor unmasks positions (first hitting, confidence) instead of stepping on the
+        grid: its number of calls is set by the tokens (`finished`), and `noise_level` needs them."""
+        return self.predictor in UNMASKING_PREDICTORS
 
     # ---- config -----------------------------------------------------------------------------------------
     @property
@@ -190,6 +233,7 @@ class Sampler:
             **self.proposal.to_config(),
             "remask": self.remask,
             "remask_schedule": self.remask_schedule,
+            **self.unmasking_options,
         }
 
     def to_config(self) -> dict[str, Any]:
@@ -212,6 +256,11 @@ class Sampler:
             "top_p",
             "remask",
             "remask_schedule",
+            "group_by_step",
+            "tokens_per_step",
+            "threshold",
+            "order",
+            "entropy_bound",
         }
         if extra:
             raise ValueError(f"unknown sampler config keys {sorted(extra)}")
@@ -228,6 +277,11 @@ class Sampler:
                 ""
                 if self.remask is None
                 else f", remask={self.remask}, remask_schedule={self.remask_schedule!r}"
+            )
+            + "".join(
+                f", {k}={v!r}"
+                for k, v in self.unmasking_options.items()
+                if self.unmasking and v not in (None, False)
             )
             + ")"
         )
@@ -264,15 +318,86 @@ class Sampler:
             t_index = int(t_index.item())
         if isinstance(t_index, bool) or not isinstance(t_index, int):
             raise TypeError(f"t_index must be an int index into timesteps, got {type(t_index).__name__}")
-        n = len(self.timesteps)
+        if self.unmasking and not self.unmasking_options["group_by_step"]:
+            if t_index < 0:  # one call per event: as many as the tokens need (`finished`)
+                raise ValueError(f"t_index must be >= 0, got {t_index}")
+            return t_index
+        n = len(self.timesteps) if not self.unmasking else self.num_inference_steps
         if not 0 <= t_index < n:
             raise ValueError(f"t_index must lie in [0, {n - 1}] for {n} timesteps, got {t_index}")
         return t_index
 
-    def noise_level(self, t_index: int, batch_size: int, *, device: Any = None, dtype: Any = None):
-        """The network's noise input at `timesteps[t_index]`: `sigma_bar(t)` as a `[batch_size]` tensor."""
+    def finished(self, x: torch.Tensor, t_index: int) -> bool:
+        """Whether the process is over before the call at `t_index`, given the tokens `x` there.
+
+        Grid predictors: `t_index == len(timesteps)`. First hitting and confidence: no MASK is left in `x`
+        (and, grouped by step, also at the end of the grid). The loop over every predictor is then
+        `k = 0; while not sampler.finished(x, k): ...; k += 1`.
+        """
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(steps) before finished()")
+        if not self.unmasking:
+            return t_index >= len(self.timesteps)
+        if self.unmasking_options["group_by_step"] and t_index >= self.num_inference_steps:
+            return True
+        return not bool((x == self.graph.dim - 1).any())
+
+    def noise_level(
+        self,
+        t_index: int,
+        batch_size: int,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        x: torch.Tensor | None = None,
+        seed: int | None = None,
+        seq_offset: int = 0,
+    ):
+        """The network's noise input for the call at `t_index`, a `[batch_size]` tensor.
+
+        Grid predictors: `sigma_bar(timesteps[t_index])` (`x` and `seed` are not needed). First hitting:
+        the level of each row's next unmasking time, keyed by `(seed, seq_offset + b)`
+        (`ddm.sampling.first_hitting`; grouped by step, the top of grid step `t_index`). Confidence: the
+        level whose masking probability is each row's masked fraction (`ddm.sampling.confidence`). Those
+        two need the current tokens `x` and the `seed` of `step`.
+        """
         k = self._check_index(t_index)
-        return self.sigmas[k].to(dtype=dtype or torch.float64).expand(batch_size).to(device)
+        dtype = dtype or torch.float64
+        if not self.unmasking:
+            return self.sigmas[k].to(dtype=dtype).expand(batch_size).to(device)
+        if self.predictor == "first_hitting" and self.unmasking_options["group_by_step"]:
+            return self._sigma_bar[k].to(dtype=dtype).expand(batch_size).to(device)
+        if x is None or seed is None:
+            raise ValueError(
+                f"predictor={self.predictor!r}: noise_level(t_index, batch_size, x=x, seed=seed) needs the "
+                "current tokens and the seed (the level depends on which positions are still masked)"
+            )
+        return self._unmasking_level(k, x, check_seed(seed), seq_offset).to(dtype=dtype, device=device)
+
+    def _unmasking_level(self, k: int, x: torch.Tensor, seed: int, seq_offset: int) -> torch.Tensor:
+        """`[B]` float64 on the device of `x`: the level of the call at `k` (first hitting or confidence)."""
+        mask_id = self.graph.dim - 1
+        rows = torch.arange(x.shape[0], dtype=torch.int64, device=x.device) + seq_offset
+        if self.predictor == "first_hitting":
+            from ddm.sampling.first_hitting import event_levels, next_event
+
+            u, levels = event_levels(self.schedule, seed, rows, x.shape[1], self.eps)  # (B, L) each
+            pos, _ = next_event(x, u, mask_id)  # (B,)
+            return levels.gather(1, pos[:, None])[:, 0]
+        from ddm.sampling.confidence import confidence_level
+
+        return confidence_level(self.schedule, self.eps, (x == mask_id).sum(-1), self._free_count(k, x))
+
+    def _free_count(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Confidence: each row's MASK count at the first call (kept from `t_index` 0), `[B]`."""
+        if k == 0:
+            self._n_free = (x == self.graph.dim - 1).sum(-1)
+        if self._n_free is None or self._n_free.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                "predictor='confidence': the loop must start at t_index 0 with this batch (the level is the "
+                "masked fraction of what was masked at the first call)"
+            )
+        return self._n_free.to(x.device)
 
     def step_kind(self, t_index: int) -> tuple[str, float]:
         """The step taken at `t_index`: `(kind, noise)` with `kind` in `{"euler", "analytic", "denoise"}`.
@@ -316,6 +441,11 @@ class Sampler:
             x: int64 tokens at `timesteps[t_index]`, `[B, L]`.
         """
         log_score, x = self._check_step_inputs(log_score, x)
+        if self.unmasking:
+            raise ValueError(
+                f"step_probs is the law of a grid step; predictor={self.predictor!r} unmasks positions "
+                "one event at a time (its law is tested through sample, tests/test_first_hitting.py)"
+            )
         if self.remask is not None:
             from ddm.sampling.remask import remdm_step_probs
 
@@ -361,6 +491,10 @@ class Sampler:
         if isinstance(seq_offset, bool) or not isinstance(seq_offset, int) or seq_offset < 0:
             raise ValueError(f"seq_offset must be an int >= 0, got {seq_offset!r}")
         use_rust = resolve_backend(backend, x.device)
+        if self.unmasking:
+            return SamplerOutput(
+                prev_sample=self._unmasking_step(log_score.detach(), k, x, seed, seq_offset, use_rust)
+            )
         if self.remask is not None:
             from ddm.sampling.remask import remdm_step
 
@@ -386,6 +520,39 @@ class Sampler:
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset
         u = _rng.uniforms(seed, _rng.STREAM_STEP, k, rows, x.shape[1])  # (B, L)
         return SamplerOutput(prev_sample=inverse_cdf(probs, u))
+
+    def _unmasking_step(
+        self, log_score: torch.Tensor, k: int, x: torch.Tensor, seed: int, seq_offset: int, use_rust: bool
+    ) -> torch.Tensor:
+        """One call of first hitting or confidence: the same functions `ddm.sample` runs, so that this loop
+        and `sample` give the same tokens for the same seed."""
+        mask_id = self.graph.dim - 1
+        rows = torch.arange(x.shape[0], dtype=torch.int64, device=x.device) + seq_offset
+        opts = self.unmasking_options
+        if self.predictor == "confidence":
+            from ddm.sampling.confidence import confidence_commit
+
+            self._free_count(k, x)  # keeps the count of the first call for the next levels
+            steps = self.num_inference_steps
+            assert steps is not None
+            return confidence_commit(
+                self.graph, log_score, x, seed=seed, step=k, rows=rows, proposal=self.proposal,
+                use_rust=use_rust, order=opts["order"], opts={n: opts[n] for n in
+                ("tokens_per_step", "threshold", "entropy_bound")}, calls_left=steps - k,
+            )  # fmt: skip
+        from ddm.sampling.first_hitting import draw_masked, event_cells, event_levels, next_event
+
+        u, levels = event_levels(self.schedule, seed, rows, x.shape[1], self.eps)  # (B, L) each
+        masked = x == mask_id  # (B, L)
+        if opts["group_by_step"]:
+            where = masked & (event_cells(levels, self._sigma_bar.to(x.device)) == k)  # (B, L)
+            sigma = self._sigma_bar[k].to(x.device).expand(x.shape[0])  # (B,)
+        else:
+            pos, has = next_event(x, u, mask_id)  # (B,)
+            where = torch.zeros_like(masked).scatter_(1, pos[:, None], has[:, None])  # (B, L)
+            sigma = levels.gather(1, pos[:, None])[:, 0]  # (B,)
+        return draw_masked(self.graph, log_score, x, where, sigma, seed=seed, step=k, rows=rows,
+                           proposal=self.proposal, use_rust=use_rust)  # fmt: skip
 
     # ---- the two ends of the process --------------------------------------------------------------------
     def init_noise(

@@ -10,6 +10,7 @@ Remasking (`remask=`, ReMDM, section 10) is a grid step: `Sampler(remask=...)`, 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,12 @@ def run_unmasking(
     use_rust: bool,
     device: torch.device,
     options: dict[str, Any],
+    progress: bool = False,
 ) -> tuple[torch.Tensor, int, int]:
-    """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`."""
+    """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`.
+
+    With `progress`, a tqdm bar on stderr counts the network calls (of a known total for first hitting).
+    """
     graph = sampler.graph
     x = torch.full((batch_size, seq_len), graph.dim - 1, dtype=torch.int64, device=device)  # (B, L)
     free = torch.ones(seq_len, dtype=torch.bool)
@@ -69,11 +74,44 @@ def run_unmasking(
         x = fixed.apply(x)
         free = x[0].cpu() == graph.dim - 1
     counts = [0, 0]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
+
+        total = None
+        if predictor == "first_hitting":
+            total = steps if options.get("group_by_step", False) else int(free.sum())
+        bar = tqdm(total=total, desc=predictor, unit="call", file=sys.stderr, leave=False)
 
     def on_call(rows: int) -> None:
         counts[0] += 1
         counts[1] += rows
+        if bar is not None:
+            bar.update(1)
 
+    try:
+        x = _run(predictor, call, sampler, x, free, seed, steps, use_rust, options, on_call)
+    finally:
+        if bar is not None:
+            bar.close()
+    if fixed is not None:
+        x = fixed.apply(x)
+    return x, counts[0], counts[1]
+
+
+def _run(
+    predictor: str,
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sampler: Any,
+    x: torch.Tensor,
+    free: torch.Tensor,
+    seed: int,
+    steps: int,
+    use_rust: bool,
+    options: dict[str, Any],
+    on_call: Callable[[int], None],
+) -> torch.Tensor:
+    graph = sampler.graph
     with torch.no_grad():
         if predictor == "first_hitting":
             from ddm.sampling.first_hitting import first_hitting
@@ -94,6 +132,4 @@ def run_unmasking(
             )  # fmt: skip
         else:  # pragma: no cover - guarded by UNMASKING_PREDICTORS
             raise ValueError(f"unknown unmasking predictor {predictor!r}")
-        if fixed is not None:
-            x = fixed.apply(x)
-    return x, counts[0], counts[1]
+    return x
