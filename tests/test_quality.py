@@ -14,6 +14,7 @@ from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, unigram_entropy
 from ddm.eval.report import report
 from ddm.io import checkpoint
 from ddm.model import ARModel, ModelConfig
+from ddm.sampling import sample
 from ddm.training import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,6 +136,33 @@ def test_report_covers_the_unmasking_samplers(runs, tmp_path):
     for s in absorbing["samples"]:
         assert 1 <= s["network_calls"] <= s["steps"] and s["gen_perplexity"] >= 1.0
     assert uniform["samples"] == []  # no MASK to unmask
+
+
+def test_report_takes_sampler_options_per_predictor(runs, tmp_path):
+    """`name:key=value:...` rows: the options reach ddm.sample, and a row that does not use the step count
+    (an entropy bound, first hitting ungrouped) runs once; the table and the plot are by network calls."""
+    specs = ("first_hitting:group_by_step=false", "confidence:entropy_bound=0.5", "analytic:temperature=0.9")
+    r = report([runs["absorbing"]], runs["ar"], steps=[2, 4], num_samples=2, out=tmp_path,
+               predictors=specs, num_t=2, max_sequences=2)  # fmt: skip
+    rows = [(s["predictor"], s["steps"]) for s in r["models"][0]["samples"]]
+    assert rows == [(specs[0], 4), (specs[1], 4), (specs[2], 2), (specs[2], 4)]
+    calls = {(s["predictor"], s["steps"]): s["network_calls"] for s in r["models"][0]["samples"]}
+    assert calls[(specs[0], 4)] == 16  # ungrouped: one call per position (L = 16), whatever the steps
+    model = checkpoint.load(runs["absorbing"])
+    want = sample(model, 4, predictor="confidence", entropy_bound=0.5, batch_size=2, seed=0)
+    got = r["models"][0]["samples"][1]
+    assert got["example"] == model.tokenizer.decode(want[0].tolist())[:200]
+    md = (tmp_path / "report.md").read_text()
+    assert "| network calls |" in md and f"| {specs[1]} | 4 | {calls[(specs[1], 4)]} |" in md
+    assert (tmp_path / "gen_perplexity.png").read_bytes()[:8] == PNG_MAGIC
+    bad_specs = [
+        ("confidence:bogus=1", "unknown option 'bogus'"),
+        ("confidence:threshold", "key=value"),
+        ("analytic:top_k=0", "top_k must be >= 1"),
+    ]
+    for bad, match in bad_specs:
+        with pytest.raises(ValueError, match=match):
+            report([runs["absorbing"]], runs["ar"], steps=[2], predictors=(bad,), out=tmp_path, plot=False)
 
 
 def test_report_rejects_a_diffusion_judge_and_bad_steps(runs, tmp_path):

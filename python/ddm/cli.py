@@ -367,7 +367,8 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         "--predictors",
         default=",".join(PREDICTORS),
         metavar="P,P",
-        help="any of analytic, euler, first_hitting, confidence (default: analytic,euler)",
+        help="any of analytic, euler, first_hitting, confidence, each optionally with sample options as "
+        "name:key=value:... (e.g. confidence:entropy_bound=0.5) (default: analytic,euler)",
     )
     p.add_argument("--num-samples", type=int, default=32, metavar="K", help="samples per row (default 32)")
     p.add_argument("--out", default="report", metavar="DIR", help="output directory (default ./report)")

@@ -20,10 +20,10 @@ from ddm.eval.metrics import exact_nll, gen_perplexity, unigram_entropy
 from ddm.io import checkpoint
 from ddm.io import load as load_model
 from ddm.sampling import sample
-from ddm.sampling.sampler import PREDICTORS
+from ddm.sampling.sampler import PREDICTORS, Sampler
 from ddm.sampling.unmasking import UNMASKING_PREDICTORS
 
-__all__ = ["DEFAULT_STEPS", "report"]
+__all__ = ["DEFAULT_STEPS", "parse_predictor", "report"]
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -78,6 +78,57 @@ def _read_state(path: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+# the options of ddm.sample a report row may set, by their type
+_ROW_OPTIONS = {
+    "group_by_step": bool, "tokens_per_step": int, "threshold": float, "order": str,
+    "entropy_bound": float, "temperature": float, "top_k": int, "top_p": float, "remask": float,
+    "remask_schedule": str,
+}  # fmt: skip
+
+
+def parse_predictor(spec: str) -> tuple[str, dict[str, Any]]:
+    """`"name"` or `"name:key=value:key=value"` -> `(name, options of ddm.sample)`.
+
+    For example `"confidence:entropy_bound=0.5"` or `"first_hitting:group_by_step=false"`. Values are
+    read by the option's type (`true` / `false` for booleans).
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a predictor must be a non-empty string, got {spec!r}")
+    name, *parts = spec.split(":")
+    if name not in PREDICTORS + UNMASKING_PREDICTORS:
+        raise ValueError(f"predictors must be among {PREDICTORS + UNMASKING_PREDICTORS}, got {name!r}")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key or not value:
+            raise ValueError(f"predictor {spec!r}: options are written key=value, got {part!r}")
+        if key not in _ROW_OPTIONS:
+            raise ValueError(f"predictor {spec!r}: unknown option {key!r} (known: {sorted(_ROW_OPTIONS)})")
+        kind = _ROW_OPTIONS[key]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                options[key] = value.lower() == "true"
+            else:
+                options[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"predictor {spec!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+    if name == "first_hitting":
+        # one call per grid step by default, so that the step count bounds the network calls
+        options.setdefault("group_by_step", True)
+    return name, options
+
+
+def _uses_steps(name: str, options: dict[str, Any]) -> bool:
+    """Whether the row's sampler depends on the step count (a threshold or entropy rule does not)."""
+    if name == "first_hitting":
+        return bool(options.get("group_by_step"))
+    if name == "confidence":
+        return options.get("threshold") is None and options.get("entropy_bound") is None
+    return True
+
+
 def _parse_steps(steps: Any) -> list[int]:
     if isinstance(steps, str):
         try:
@@ -126,7 +177,11 @@ def report(
         steps: numbers of sampling steps, a list or a comma-separated string.
         predictors: any of `"analytic"`, `"euler"`, and for absorbing models `"first_hitting"` (with
             `group_by_step`, so at most `steps` calls) and `"confidence"` (`ceil(masked / calls left)`
-            tokens per call); each row records its `network_calls`.
+            tokens per call), each optionally with options of `ddm.sample` as `name:key=value:...`
+            (`"confidence:entropy_bound=0.5"`, `"first_hitting:group_by_step=false"`,
+            `"analytic:top_p=0.9"`). A row whose commit rule ignores the step count (a threshold or an
+            entropy bound, first hitting ungrouped) runs once, at the largest `steps`. Each row records
+            its `network_calls`, and the table and plot read against them.
         num_samples: samples per (predictor, steps).
         out: output directory (created).
         num_t: stratified times per block for the bound.
@@ -144,9 +199,7 @@ def report(
         raise ValueError("report needs at least one diffusion checkpoint")
     steps = _parse_steps(steps)
     predictors = tuple(predictors)
-    for p in predictors:
-        if p not in PREDICTORS + UNMASKING_PREDICTORS:
-            raise ValueError(f"predictors must be among {PREDICTORS + UNMASKING_PREDICTORS}, got {p!r}")
+    parsed = [parse_predictor(p) for p in predictors]
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     say = log if log is not None else (lambda _msg: None)
@@ -215,20 +268,20 @@ def report(
             "curve": _eval_curve(path),
             "samples": [],
         }
-        for predictor in predictors:
+        for spec, (predictor, options) in zip(predictors, parsed, strict=True):
             if predictor in UNMASKING_PREDICTORS and not model.graph.absorbing:
                 continue  # first-hitting and confidence decoding need a MASK
-            # first-hitting with one call per grid step, so that `n` bounds the network calls
-            extra = {"group_by_step": True} if predictor == "first_hitting" else {}
-            for n in steps:
+            # every option checked before the first sample (a ValueError naming it)
+            Sampler(model.graph, model.schedule, predictor=predictor, **options)
+            for n in steps if _uses_steps(predictor, options) else steps[-1:]:
                 t0 = time.perf_counter()
                 x, stats = sample(
                     model, n, predictor=predictor, batch_size=num_samples, seed=seed, return_stats=True,
-                    **extra,
+                    **options,
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 row = {
-                    "predictor": predictor,
+                    "predictor": spec,
                     "steps": n,
                     "network_calls": stats.network_calls,
                     "gen_perplexity": gen_perplexity(x, judge_model, batch_size=batch_size),
@@ -239,8 +292,8 @@ def report(
                     row["example"] = model.tokenizer.decode(x[0].tolist())[:200]
                 entry["samples"].append(row)
                 say(
-                    f"  {predictor:8s} {n:5d} steps: gen ppl {row['gen_perplexity']:.3f}, "
-                    f"entropy {row['entropy']:.3f} ({seconds:.1f} s)"
+                    f"  {spec:8s} {n:5d} steps, {stats.network_calls:5d} calls: gen ppl "
+                    f"{row['gen_perplexity']:.3f}, entropy {row['entropy']:.3f} ({seconds:.1f} s)"
                 )
         result["models"].append(entry)
 
@@ -286,7 +339,7 @@ def _markdown(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Generative perplexity and entropy against sampling steps",
+        "## Generative perplexity and entropy against network calls",
         "",
         f"{s['num_samples']} samples per row (seed {s['seed']}); generative perplexity = "
         "exp(mean judge NLL per token); entropy = per-sample unigram entropy in nats, averaged. "
@@ -298,14 +351,14 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
             f"### {_graph_name(m)} `{m['checkpoint']}`",
             "",
-            "| predictor | steps | gen. perplexity | entropy (nats) | sampling s |",
-            "|---|---:|---:|---:|---:|",
-            f"| held-out data | - | {d['gen_perplexity']:.3f} | {d['entropy']:.3f} | - |",
+            "| predictor | steps | network calls | gen. perplexity | entropy (nats) | sampling s |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| held-out data | - | - | {d['gen_perplexity']:.3f} | {d['entropy']:.3f} | - |",
         ]
         for row in m["samples"]:
             lines.append(
-                f"| {row['predictor']} | {row['steps']} | {row['gen_perplexity']:.3f} | "
-                f"{row['entropy']:.3f} | {row['sample_seconds']:.1f} |"
+                f"| {row['predictor']} | {row['steps']} | {row['network_calls']} | "
+                f"{row['gen_perplexity']:.3f} | {row['entropy']:.3f} | {row['sample_seconds']:.1f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -361,7 +414,7 @@ def _plots(r: dict[str, Any], out: Path) -> None:
             if not rows:
                 continue
             label = f"{_graph_name(m)}, {predictor}"
-            xs = [row["steps"] for row in rows]
+            xs = [row["network_calls"] for row in rows]
             a1.plot(xs, [row["gen_perplexity"] for row in rows], "o-", label=label)
             a2.plot(xs, [row["entropy"] for row in rows], "o-", label=label)
     for i, m in enumerate(r["models"]):
@@ -370,7 +423,7 @@ def _plots(r: dict[str, Any], out: Path) -> None:
         a2.axhline(m["data"]["entropy"], label="held-out data" if i == 0 else None, **kw)
     for a, name in ((a1, "generative perplexity (AR judge)"), (a2, "unigram entropy (nats, per sample)")):
         a.set_xscale("log", base=2)
-        a.set_xlabel("sampling steps")
+        a.set_xlabel("network calls")
         a.set_ylabel(name)
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
