@@ -153,7 +153,13 @@ def test_report_takes_sampler_options_per_predictor(runs, tmp_path):
     got = r["models"][0]["samples"][1]
     assert got["example"] == model.tokenizer.decode(want[0].tolist())[:200]
     md = (tmp_path / "report.md").read_text()
-    assert "| network calls |" in md and f"| {specs[1]} | 4 | {calls[(specs[1], 4)]} |" in md
+    assert (
+        "| network calls | calls per sequence |" in md
+        and f"| {specs[1]} | 4 | {calls[(specs[1], 4)]} |" in md
+    )
+    for row in r["models"][0]["samples"]:  # a call evaluates at most every sample
+        assert 0 < row["calls_per_sequence"] <= row["network_calls"]
+    assert r["models"][0]["samples"][0]["calls_per_sequence"] == 16  # ungrouped: every row, every call
     assert (tmp_path / "gen_perplexity.png").read_bytes()[:8] == PNG_MAGIC
     bad_specs = [
         ("confidence:bogus=1", "unknown option 'bogus'"),

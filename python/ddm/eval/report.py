@@ -181,7 +181,8 @@ def report(
             (`"confidence:entropy_bound=0.5"`, `"first_hitting:group_by_step=false"`,
             `"analytic:top_p=0.9"`). A row whose commit rule ignores the step count (a threshold or an
             entropy bound, first hitting ungrouped) runs once, at the largest `steps`. Each row records
-            its `network_calls`, and the table and plot read against them.
+            its `network_calls` and `calls_per_sequence` (the rows evaluated over the samples: a call on
+            a subset of the rows costs less), and the plot reads against the latter.
         num_samples: samples per (predictor, steps).
         out: output directory (created).
         num_t: stratified times per block for the bound.
@@ -284,6 +285,9 @@ def report(
                     "predictor": spec,
                     "steps": n,
                     "network_calls": stats.network_calls,
+                    # the cost per sequence: a call on a subset of the rows (first hitting grouped by
+                    # step, confidence, caching) evaluates fewer sequences
+                    "calls_per_sequence": stats.rows_evaluated / num_samples,
                     "gen_perplexity": gen_perplexity(x, judge_model, batch_size=batch_size),
                     "entropy": unigram_entropy(x),
                     "sample_seconds": seconds,
@@ -292,7 +296,8 @@ def report(
                     row["example"] = model.tokenizer.decode(x[0].tolist())[:200]
                 entry["samples"].append(row)
                 say(
-                    f"  {spec:8s} {n:5d} steps, {stats.network_calls:5d} calls: gen ppl "
+                    f"  {spec:8s} {n:5d} steps, {stats.network_calls:5d} calls "
+                    f"({row['calls_per_sequence']:.1f} per sequence): gen ppl "
                     f"{row['gen_perplexity']:.3f}, entropy {row['entropy']:.3f} ({seconds:.1f} s)"
                 )
         result["models"].append(entry)
@@ -351,14 +356,16 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
             f"### {_graph_name(m)} `{m['checkpoint']}`",
             "",
-            "| predictor | steps | network calls | gen. perplexity | entropy (nats) | sampling s |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| held-out data | - | - | {d['gen_perplexity']:.3f} | {d['entropy']:.3f} | - |",
+            "| predictor | steps | network calls | calls per sequence | gen. perplexity | entropy (nats) | "
+            "sampling s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| held-out data | - | - | - | {d['gen_perplexity']:.3f} | {d['entropy']:.3f} | - |",
         ]
         for row in m["samples"]:
             lines.append(
                 f"| {row['predictor']} | {row['steps']} | {row['network_calls']} | "
-                f"{row['gen_perplexity']:.3f} | {row['entropy']:.3f} | {row['sample_seconds']:.1f} |"
+                f"{row['calls_per_sequence']:.1f} | {row['gen_perplexity']:.3f} | {row['entropy']:.3f} | "
+                f"{row['sample_seconds']:.1f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -414,7 +421,7 @@ def _plots(r: dict[str, Any], out: Path) -> None:
             if not rows:
                 continue
             label = f"{_graph_name(m)}, {predictor}"
-            xs = [row["network_calls"] for row in rows]
+            xs = [row["calls_per_sequence"] for row in rows]
             a1.plot(xs, [row["gen_perplexity"] for row in rows], "o-", label=label)
             a2.plot(xs, [row["entropy"] for row in rows], "o-", label=label)
     for i, m in enumerate(r["models"]):
@@ -423,7 +430,7 @@ def _plots(r: dict[str, Any], out: Path) -> None:
         a2.axhline(m["data"]["entropy"], label="held-out data" if i == 0 else None, **kw)
     for a, name in ((a1, "generative perplexity (AR judge)"), (a2, "unigram entropy (nats, per sample)")):
         a.set_xscale("log", base=2)
-        a.set_xlabel("network calls")
+        a.set_xlabel("network calls per sequence")
         a.set_ylabel(name)
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
