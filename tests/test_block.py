@@ -1,0 +1,182 @@
+"""Block diffusion (BD3-LM, issue 15): the block-causal model, the block objective, the bound, the cache.
+
+The equivalence tests compare a block model with `block_size = seq_len` against the same weights without
+blocks; the cache tests compare the key / value cache against recomputing the whole context.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ddm.eval.bound import conditional_bound, likelihood_bound
+from ddm.graphs import Absorbing
+from ddm.losses import block_loss, dwdse, masked_nelbo
+from ddm.model import ScoreModel
+from ddm.model.blocks import block_mask, training_mask
+from ddm.model.transformer import ModelConfig
+from ddm.schedules import LogLinear
+from ddm.training import distributed as ddist
+
+N, L = 7, 16
+GRAPH, SCHEDULE = Absorbing(N), LogLinear()
+
+
+def _config(subs: bool, block_size: int = 0, seq_len: int = L) -> ModelConfig:
+    return ModelConfig(
+        hidden=32, heads=2, blocks=2, cond_dim=16, seq_len=seq_len, dropout=0.0, time_conditioning=False,
+        subs=subs, block_size=block_size,
+    )  # fmt: skip
+
+
+def _random_model(subs: bool, block_size: int = 0, seed: int = 0, seq_len: int = L) -> ScoreModel:
+    """A model with every weight random (the zero-initialised output and gates too), so that every
+    output depends on the context and the noise level."""
+    torch.manual_seed(seed)
+    model = ScoreModel(_config(subs, block_size, seq_len), GRAPH, SCHEDULE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def _pair(subs: bool) -> tuple[ScoreModel, ScoreModel]:
+    plain = _random_model(subs)
+    block = ScoreModel(_config(subs, block_size=L), GRAPH, SCHEDULE).eval()
+    block.load_state_dict(plain.state_dict())
+    return plain, block
+
+
+# ---- the mask -----------------------------------------------------------------------------------------
+
+
+def test_training_mask_is_bd3lm_mask() -> None:
+    """The `[x_t, x_0]` mask, entry by entry from BD3-LM section 3.2 (block size 2, L = 4)."""
+    m = training_mask(4, 2).int()
+    # queries: noisy 0..3, clean 0..3; keys likewise. Noisy sees its own noisy block and clean past blocks;
+    # clean sees clean blocks up to its own.
+    expect = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+        ]
+    )
+    assert torch.equal(m, expect)
+
+
+def test_window_bands_the_mask() -> None:
+    pos = torch.arange(8)
+    noisy = torch.zeros(8, dtype=torch.bool)
+    m = block_mask(pos, noisy, pos, noisy, 2, window=2)
+    assert m[6].tolist() == [False] * 4 + [True] * 4  # block 3 sees (all of) blocks 2 and 3 only
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="block_size"):
+        _config(True, block_size=5).validate()
+    with pytest.raises(ValueError, match="time_conditioning=False"):
+        ScoreModel(ModelConfig(**{**_config(True, 4).to_dict(), "time_conditioning": True}), GRAPH, SCHEDULE)
+    model = _random_model(True, block_size=4)
+    with pytest.raises(ValueError, match="x0"):
+        model(torch.full((1, L), N), torch.ones(1))
+
+
+# ---- block_size = seq_len is the ordinary model ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("subs", [True, False])
+def test_one_block_loss_is_the_ordinary_loss(subs: bool) -> None:
+    plain, block = _pair(subs)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, N, (4, L), generator=gen)
+    t = torch.rand(4, generator=gen)
+    u = torch.rand(4, L, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        if subs:
+            want = masked_nelbo(plain.log_probs, GRAPH, SCHEDULE, x0, t=t, u=u)
+            got = block_loss(lambda x, s, c: block(x, s, log_probs=True, x0=c), GRAPH, SCHEDULE, x0, L,
+                             t=t[:, None], u=u)  # fmt: skip
+        else:
+            want = dwdse(plain, GRAPH, SCHEDULE, x0, t=t, u=u)
+            got = block_loss(lambda x, s, c: block(x, s, x0=c), GRAPH, SCHEDULE, x0, L, loss="diffusion",
+                             t=t[:, None], u=u)  # fmt: skip
+    assert want.abs().min() > 1.0
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("subs", [True, False])
+def test_one_block_keyed_training_loss_is_the_ordinary_one(subs: bool) -> None:
+    """The training loop's keyed loss: block 0 gets the row's time and the same corruption."""
+    plain, block = _pair(subs)
+    x0 = torch.randint(0, N, (3, L), generator=torch.Generator().manual_seed(2))
+    rows = torch.arange(5, 8)
+    kw = dict(seed=3, step=11, rows=rows, eps_t=1e-3)
+    with torch.no_grad():
+        want = ddist.keyed_loss(
+            (lambda x, s: plain(x, s, log_probs=True)) if subs else plain, GRAPH, SCHEDULE, x0,
+            objective="masked" if subs else "diffusion", **kw,
+        )  # fmt: skip
+        got = ddist.keyed_loss(
+            lambda x, s, c: block(x, s, log_probs=subs, x0=c), GRAPH, SCHEDULE, x0, objective="block",
+            block_size=L, block_loss="masked" if subs else "diffusion", **kw,
+        )  # fmt: skip
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("subs", [True, False])
+def test_one_block_bound_is_the_ordinary_bound(subs: bool) -> None:
+    plain, block = _pair(subs)
+    x = torch.randint(0, N, (5, L), generator=torch.Generator().manual_seed(4))
+    a = likelihood_bound(plain, x, num_t=4, batch_size=8, seed=5)
+    b = likelihood_bound(block, x, num_t=4, batch_size=8, seed=5)
+    assert a.nats_per_token == pytest.approx(b.nats_per_token, rel=1e-6)
+    assert a.stderr == pytest.approx(b.stderr, rel=1e-5)
+    scored = torch.arange(L) >= 5
+    ca = conditional_bound(plain, x, scored, num_t=3, seed=6)
+    cb = conditional_bound(block, x, scored, num_t=3, seed=6)
+    torch.testing.assert_close(ca.nats, cb.nats)
+
+
+# ---- the block structure -------------------------------------------------------------------------------
+
+
+def test_block_sees_only_the_clean_past() -> None:
+    """Block b's output depends on x_t of block b and x0 of blocks < b, and on nothing else."""
+    model = _random_model(True, block_size=4)
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, N, (1, L), generator=gen)
+    x_t = torch.where(torch.rand(1, L, generator=gen) < 0.5, N, x0)
+    sigma = torch.rand(1, L, generator=gen) + 0.1
+    base = model(x_t, sigma, log_probs=True, x0=x0)
+    for b in range(4):
+        lo, hi = 4 * b, 4 * b + 4
+        x0b = x0.clone()
+        x0b[:, lo:hi] = (x0b[:, lo:hi] + 1) % N  # change clean block b
+        out = model(x_t, sigma, log_probs=True, x0=x0b)
+        torch.testing.assert_close(out[:, :hi], base[:, :hi])  # blocks <= b do not see clean block b
+        if hi < L:
+            assert not torch.allclose(out[:, hi:], base[:, hi:])  # blocks > b do
+        x_tb = x_t.clone()
+        x_tb[:, lo:hi] = N  # change noisy block b
+        out = model(x_tb, sigma, log_probs=True, x0=x0)
+        torch.testing.assert_close(out[:, :lo], base[:, :lo])
+        torch.testing.assert_close(out[:, hi:], base[:, hi:])
+
+
+def test_block_noise_levels_are_per_block() -> None:
+    """The DWDSE block model's scale is per position: block b's log-scores move with block b's sigma."""
+    model = _random_model(False, block_size=4)
+    x0 = torch.randint(0, N, (1, L), generator=torch.Generator().manual_seed(8))
+    x_t = torch.full_like(x0, N)
+    s1 = torch.full((1, L), 0.5)
+    s2 = s1.clone()
+    s2[:, 4:8] = 2.0
+    a, b = model(x_t, s1, x0=x0), model(x_t, s2, x0=x0)
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    torch.testing.assert_close(a[:, 8:], b[:, 8:])
+    assert not torch.allclose(a[:, 4:8], b[:, 4:8])
