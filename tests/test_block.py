@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ddm import sample as ddm_sample
 from ddm.eval.bound import conditional_bound, likelihood_bound
 from ddm.graphs import Absorbing
 from ddm.losses import block_loss, dwdse, masked_nelbo
@@ -180,3 +181,101 @@ def test_block_noise_levels_are_per_block() -> None:
     torch.testing.assert_close(a[:, :4], b[:, :4])
     torch.testing.assert_close(a[:, 8:], b[:, 8:])
     assert not torch.allclose(a[:, 4:8], b[:, 4:8])
+
+
+# ---- the key / value cache -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subs", [True, False])
+def test_cache_gives_the_recomputed_scores(subs: bool) -> None:
+    """Block by block over 6 blocks of 4 (past seq_len = 16: the context slides), the cached scores of a
+    noisy block equal one pass over the whole clean context, for the batch and for a subset of its rows."""
+    model = _random_model(subs, block_size=4)
+    gen = torch.Generator().manual_seed(9)
+    B, bs = 3, 4
+    clean = torch.randint(0, N, (B, 6 * bs), generator=gen)
+    kv = model.empty_cache(B)
+    idx = torch.tensor([2, 0])
+    with torch.no_grad():
+        for n in range(6):
+            lo = n * bs
+            x = torch.where(torch.rand(B, bs, generator=gen) < 0.6, N, clean[:, lo : lo + bs])
+            sigma = torch.rand(B, generator=gen) + 0.05
+            want = model.block_scores_recompute(clean[:, :lo], x, sigma)
+            got = model.block_scores(x, sigma, kv)
+            assert got.shape == (B, bs, GRAPH.dim)
+            torch.testing.assert_close(got, want)
+            sub = model.block_scores(x[idx], sigma[idx], kv.select(idx))
+            torch.testing.assert_close(sub, want[idx])
+            kv = model.commit_block(kv, clean[:, lo : lo + bs])
+            assert kv.length == min(lo + bs, 12) and kv.end == lo + bs  # at most 3 blocks of context
+    # inside seq_len the uncached pass is the training forward: a fully masked last block given x0
+    x_t = clean[:, :L].clone()
+    x_t[:, 12:] = N
+    sigma = torch.full((B,), 0.7)
+    with torch.no_grad():
+        train_out = model(x_t, sigma, x0=clean[:, :L])[:, 12:]
+        torch.testing.assert_close(model.block_scores_recompute(clean[:, :12], x_t[:, 12:], sigma), train_out)
+
+
+def _record(model: ScoreModel, name: str, log: list[torch.Tensor]) -> None:
+    fn = getattr(model, name)
+
+    def wrapped(*args: object, **kwargs: object) -> torch.Tensor:
+        out = fn(*args, **kwargs)
+        log.append(out.clone())
+        return out
+
+    setattr(model, name, wrapped)
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_cached_sampling_equals_recomputing(predictor: str) -> None:
+    """ddm.sample with and without the cache: the same log-scores at every call (float32 rounding) and
+    the same tokens, on a batch whose rows stop at their end-of-sequence token at different lengths,
+    with a prefix of one and a half blocks and max_len past seq_len."""
+    eos = 5  # a token of the random model that stops rows at 13, 15, 21 and 40 (max_len)
+    runs = []
+    for kv in (True, False):
+        model = _random_model(True, block_size=4)
+        log: list[torch.Tensor] = []
+        _record(model, "block_scores" if kv else "block_scores_recompute", log)
+        x, stats = ddm_sample(
+            model, 8, batch_size=6, max_len=40, seed=3, kv_cache=kv, predictor=predictor, stop_at_eos=True,
+            eos_id=eos, prefix=[1, 2, 3, 1, 2, 3], return_stats=True,
+        )  # fmt: skip
+        runs.append((x, stats, log))
+    (xa, sa, la), (xb, sb, lb) = runs
+    assert torch.equal(xa, xb)
+    assert torch.equal(sa.lengths, sb.lengths)
+    assert len(set(sa.lengths.tolist())) > 2 and int(sa.lengths.max()) > L  # different lengths, past L
+    assert len(la) == len(lb) > 10
+    for a, b in zip(la, lb, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(xa[:, :6], torch.tensor([1, 2, 3, 1, 2, 3]).expand(6, 6))
+    for row, n in zip(xa, sa.lengths.tolist(), strict=True):
+        assert n > 6 and not (row[6 : n - 1] == eos).any()  # stops at its first EOS
+        assert row[n - 1] == eos or n == 40
+        assert (row[n:] == eos).all()  # padded with EOS
+
+
+def test_block_sampling_rows_do_not_depend_on_the_batch() -> None:
+    model = _random_model(False, block_size=4)
+    a = ddm_sample(model, 6, batch_size=3, max_len=20, seed=11)
+    b = ddm_sample(model, 6, batch_size=1, max_len=20, seed=11)
+    assert a.shape == (3, 20) and torch.equal(a[:1], b)
+    assert not (a == N).any()
+    c = ddm_sample(model, 6, batch_size=3, max_len=20, seed=12)
+    assert not torch.equal(a, c)
+
+
+def test_block_sampling_checks() -> None:
+    model = _random_model(True, block_size=4)
+    with pytest.raises(ValueError, match="grid predictor"):
+        ddm_sample(model, 4, predictor="first_hitting", max_len=8)
+    with pytest.raises(ValueError, match="eos_id"):
+        ddm_sample(model, 4, max_len=8, stop_at_eos=True)
+    with pytest.raises(ValueError, match="suffix"):
+        ddm_sample(model, 4, max_len=8, suffix=[1])
+    with pytest.raises(ValueError, match="max_len"):
+        ddm_sample(_random_model(True), 4, max_len=8)
