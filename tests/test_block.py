@@ -6,6 +6,8 @@ blocks; the cache tests compare the key / value cache against recomputing the wh
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from ddm import sample as ddm_sample
@@ -279,3 +281,39 @@ def test_block_sampling_checks() -> None:
         ddm_sample(model, 4, max_len=8, suffix=[1])
     with pytest.raises(ValueError, match="max_len"):
         ddm_sample(_random_model(True), 4, max_len=8)
+
+
+# ---- training and the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_loss_kind", ["masked", "diffusion"])
+def test_train_eval_sample_on_the_command_line(tmp_path, capsys, block_loss_kind: str) -> None:
+    from ddm.cli import main
+    from ddm.io import load
+
+    run = tmp_path / "run"
+    argv = ["train", "--run-dir", str(run), "--objective", "block", "--block-size", "4", "--block-loss",
+            block_loss_kind, "--hidden", "32", "--heads", "2", "--blocks", "1", "--cond-dim", "16",
+            "--seq-len", "16", "--batch-size", "4", "--steps", "3", "--warmup-steps", "1", "--eval-every",
+            "0", "--eval-sequences", "2", "--eval-num-t", "2", "--save-every", "3", "--no-progress",
+            "--no-plot"]  # fmt: skip
+    assert main(argv) == 0
+    model = load(run)
+    assert model.block_size == 4 and model.config.subs == (block_loss_kind == "masked")
+    assert model.time_independent
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--json", "--num-t", "2", "--max-sequences", "3"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["seq_len"] == 16 and 0 < rec["nats_per_token"] < 10 and "bits_per_char" in rec
+    out = tmp_path / "s.txt"
+    assert main(["sample", "--checkpoint", str(run), "--steps", "4", "--num", "2", "--max-len", "37",
+                 "--prefix", "the ", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    texts = out.read_text(encoding="utf-8").split("\n" + "=" * 80 + "\n")
+    assert len(texts) == 2 and all(t.startswith("the ") for t in texts)
+    assert len(texts[0]) == 37
+    eos = model.tokenizer.encode("e")[0]  # a frequent character as the end of sequence
+    assert main(["sample", "--checkpoint", str(run), "--steps", "4", "--num", "3", "--max-len", "64",
+                 "--stop-at-eos", "--eos-id", str(eos), "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    for t in out.read_text(encoding="utf-8").rstrip("\n").split("\n" + "=" * 80 + "\n"):
+        assert t.count("e") <= 1 and (t.endswith("e") or len(t) == 64)
+    assert main(["sample", "--checkpoint", str(run), "--stop-at-eos"]) == 2  # the char tokenizer has no EOS
