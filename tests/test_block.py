@@ -317,3 +317,53 @@ def test_train_eval_sample_on_the_command_line(tmp_path, capsys, block_loss_kind
     for t in out.read_text(encoding="utf-8").rstrip("\n").split("\n" + "=" * 80 + "\n"):
         assert t.count("e") <= 1 and (t.endswith("e") or len(t) == 64)
     assert main(["sample", "--checkpoint", str(run), "--stop-at-eos"]) == 2  # the char tokenizer has no EOS
+
+
+# ---- documents and end-of-sequence ids -----------------------------------------------------------------
+
+
+def test_eos_ids_of_the_tokenizers() -> None:
+    from ddm.data.registry import EOS_CHAR, REGISTRY, _documents
+    from ddm.tokenizers import CharTokenizer, ProteinTokenizer, from_config
+
+    tok = CharTokenizer("ab\x03", eos="\x03")
+    assert tok.eos_id == 0 and from_config(tok.to_config()) == tok and tok != CharTokenizer("ab\x03")
+    assert (
+        CharTokenizer("ab").to_config() == {"type": "char", "chars": "ab"}
+        and CharTokenizer("ab").eos_id is None
+    )
+    with pytest.raises(ValueError, match="eos"):
+        CharTokenizer("ab", eos="c")
+    assert ProteinTokenizer().eos_id == ProteinTokenizer().encode("\n")[0]
+    assert REGISTRY["shakespeare"].tokenizer["eos"] == EOS_CHAR
+    split = _documents({"b": "two\n", "a": "one", "c": "three"}, ("b",), ("c",))
+    assert split == {"train": "one\n\x03", "valid": "two\n\x03", "test": "three\n\x03"}
+    with pytest.raises(ValueError, match="end-of-document"):
+        _documents({"a": "x\x03"}, (), ())
+
+
+def test_padding_after_eos_does_not_count() -> None:
+    """With `scored = until_eos(x0)` the loss of rows padded after their EOS counts the EOS and nothing
+    after it: the times of the blocks that hold only padding do not matter, and padding stays clean."""
+    from ddm.losses import until_eos
+
+    model = _random_model(True, block_size=4)
+    x0 = torch.tensor([[1, 2, 3, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0] * 4])  # EOS = 0
+    scored = until_eos(x0, 0)
+    assert scored.sum(1).tolist() == [6, 2]
+    u = torch.rand(2, L, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+
+    def fn(x: torch.Tensor, s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return model(x, s, log_probs=True, x0=c)
+
+    t1 = torch.tensor([[0.3, 0.6, 0.2, 0.9], [0.5, 0.4, 0.7, 0.8]])
+    t2 = t1.clone()
+    t2[0, 2:] = 0.99  # blocks of padding only
+    t2[1, 1:] = 0.99
+    with torch.no_grad():
+        a = block_loss(fn, GRAPH, SCHEDULE, x0, 4, t=t1, u=u, scored=scored)
+        b = block_loss(fn, GRAPH, SCHEDULE, x0, 4, t=t2, u=u, scored=scored)
+    torch.testing.assert_close(a, b)
+    assert torch.equal(seen[0][~scored], x0[~scored])  # the padding is never masked

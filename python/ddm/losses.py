@@ -16,7 +16,7 @@ import torch
 from ddm.graphs import Graph, _as_noise, _check_tokens
 from ddm.schedules import Schedule
 
-__all__ = ["block_loss", "block_times", "dwdse", "masked_nelbo", "score_entropy_bruteforce"]
+__all__ = ["block_loss", "block_times", "until_eos", "dwdse", "masked_nelbo", "score_entropy_bruteforce"]
 
 LogScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -183,6 +183,15 @@ BlockFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def block_times(t: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     """Per-block times `[B, nb]` (`nb = ceil(L / B')`) spread to the positions, `[B, L]`."""
     return t.repeat_interleave(block_size, dim=1)[:, :length]
+
+
+def until_eos(x0: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Bool `[B, L]`: the positions up to and including each row's first `eos_id` (all of a row without
+    one), the `scored` mask of rows padded after their end of sequence: the padding does not count in a
+    loss (dLLM#81), the EOS token does (the model must learn to stop)."""
+    is_eos = (x0 == eos_id).to(torch.int64)  # (B, L)
+    before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before each position
+    return before == 0
 
 
 def block_loss(
