@@ -112,6 +112,17 @@ def test_one_block_loss_is_the_ordinary_loss(subs: bool) -> None:
     torch.testing.assert_close(got, want)
 
 
+def test_one_block_vectorised_pass_is_the_ordinary_network() -> None:
+    """With one block the model skips the clean copy; the `[x_t, x0]` pass with the mask gives the same."""
+    _, block = _pair(True)
+    gen = torch.Generator().manual_seed(14)
+    x0 = torch.randint(0, N, (3, L), generator=gen)
+    x_t = torch.where(torch.rand(3, L, generator=gen) < 0.5, N, x0)
+    with torch.no_grad():
+        c = block._cond(torch.zeros(3))
+        torch.testing.assert_close(block._vectorised(x_t, x0, c), block._raw(x_t, 1.0, x0))
+
+
 @pytest.mark.parametrize("subs", [True, False])
 def test_one_block_keyed_training_loss_is_the_ordinary_one(subs: bool) -> None:
     """The training loop's keyed loss: block 0 gets the row's time and the same corruption."""

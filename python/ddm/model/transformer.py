@@ -408,8 +408,15 @@ class ScoreModel(nn.Module):
         self._check_x(x0, "x0")
         if x0.shape != x.shape:
             raise ValueError(f"x0 must have the shape of x {tuple(x.shape)}, got {tuple(x0.shape)}")
-        # BD3-LM's vectorised input: [x_t, x_0], both at positions 0 .. L-1, with the block mask
         c = self._cond(torch.zeros(B, device=x.device))  # time-independent (checked in __init__)
+        if L <= self.block_size:  # one block: no clean past, the ordinary network (and half the work)
+            return self._trunk(x, c)[0]
+        return self._vectorised(x, x0, c)
+
+    def _vectorised(self, x: torch.Tensor, x0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """BD3-LM's vectorised input `[x_t, x_0]`, both at positions 0 .. L-1, with the block mask:
+        the raw output at the noisy copy, `[B, L, dim]`."""
+        L = x.shape[1]
         cos, sin = self.rotary(L)
         mask = training_mask(L, self.block_size, device=x.device)  # (2L, 2L)
         inp = torch.cat([x, x0], dim=1)  # (B, 2L)
