@@ -208,7 +208,7 @@ def block_loss(
     u: torch.Tensor | None = None,
     scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sequence block-diffusion loss in nats: the sum over blocks of each block's loss (BD3-LM eq. 8).
+    """Per-sequence block-diffusion loss in nats: the sum over blocks of each block's loss (BD3-LM's L_BD).
 
     Block b of `x0` (positions `b B' .. (b + 1) B' - 1`) gets its own time `t_b ~ U[eps_t, 1]` and is
     corrupted at `sigma_bar(t_b)`; the model scores every block given the clean blocks before it in one

@@ -31,7 +31,7 @@ distribution over blocks of `seq_len` tokens.
 
 A block-diffusion model (`model.block_size = B' > 0`, BD3-LM) factorises a sequence into blocks of `B'`
 tokens, `-log p(x0) = -sum_b log p(x0^b | x0^{<b})`, and each term has the bound above for the block
-given the clean blocks before it (BD3-LM eq. 8; docs/math.md section 11). Every block gets its own K
+given the clean blocks before it (BD3-LM's bound L_BD; docs/math.md section 11). Every block gets its own K
 stratified times and corruption, all blocks of a sequence are scored in one call (`ddm.losses.
 block_loss`), and the sum over blocks is reported in the same keys: per token, a bound on the NLL of the
 whole sequence. With `B' = seq_len` this is the figure of the same network without blocks, draw for draw.

@@ -1,10 +1,10 @@
 """Block diffusion (BD3-LM, Arriola et al., ICLR 2025, arXiv 2503.09573): the attention mask and the cache.
 
 A block model with block size `B'` factorises a sequence into blocks of `B'` tokens,
-`log p(x) = sum_b log p(x^b | x^{<b})` (BD3-LM eq. 1), and models each conditional with an absorbing
-diffusion over the block that sees the clean previous blocks (docs/math.md section 11).
+`log p(x) = sum_b log p(x^b | x^{<b})` (BD3-LM's block likelihood), and models each conditional with an
+absorbing diffusion over the block that sees the clean previous blocks (docs/math.md section 11).
 
-*Training* (BD3-LM section 3.2, "vectorised training"): the network reads the noisy sequence `x_t` and
+*Training* (BD3-LM's vectorised training): the network reads the noisy sequence `x_t` and
 the clean `x_0` side by side, `[x_t, x_0]` of length `2L`, both copies at the positions `0 .. L-1`, with
 the mask of `block_mask`:
 
@@ -59,7 +59,7 @@ def block_mask(
 
 
 def training_mask(length: int, block_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """The mask of the vectorised training input `[x_t, x_0]`, bool `[2L, 2L]` (BD3-LM section 3.2)."""
+    """The mask of BD3-LM's vectorised training input `[x_t, x_0]`, bool `[2L, 2L]`."""
     pos = torch.arange(length, device=device).repeat(2)  # (2L,) both copies at 0 .. L-1
     noisy = torch.arange(2 * length, device=device) < length  # (2L,)
     window = -(-length // block_size) + 1  # never binds within the sequence
