@@ -242,33 +242,43 @@ def _record(model: ScoreModel, name: str, log: list[torch.Tensor]) -> None:
     setattr(model, name, wrapped)
 
 
-@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def _eos_for(x: torch.Tensor, prefix: int) -> int:
+    """The token whose first occurrences after the prefix stop the rows at the most different lengths,
+    some past seq_len (so the test crosses the sliding context)."""
+
+    def lengths(tok: int) -> list[int]:
+        hit = x[:, prefix:] == tok
+        return [int(h.int().argmax()) + prefix + 1 if h.any() else x.shape[1] for h in hit]
+
+    return max(range(N), key=lambda tok: (len(set(lengths(tok))) + (max(lengths(tok)) > L), -tok))
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "euler", "first_hitting", "confidence"])
 def test_cached_sampling_equals_recomputing(predictor: str) -> None:
     """ddm.sample with and without the cache: the same log-scores at every call (float32 rounding) and
     the same tokens, on a batch whose rows stop at their end-of-sequence token at different lengths,
     with a prefix of one and a half blocks and max_len past seq_len."""
-    eos = 5  # a token of the random model that stops rows at 13, 15, 21 and 40 (max_len)
+    prefix, max_len = [1, 2, 3, 1, 2, 3], 32
+    kw = dict(batch_size=5, max_len=max_len, seed=3, predictor=predictor, prefix=prefix, return_stats=True)
+    eos = _eos_for(ddm_sample(_random_model(True, block_size=4), 4, **kw)[0], len(prefix))
     runs = []
     for kv in (True, False):
         model = _random_model(True, block_size=4)
         log: list[torch.Tensor] = []
         _record(model, "block_scores" if kv else "block_scores_recompute", log)
-        x, stats = ddm_sample(
-            model, 8, batch_size=6, max_len=40, seed=3, kv_cache=kv, predictor=predictor, stop_at_eos=True,
-            eos_id=eos, prefix=[1, 2, 3, 1, 2, 3], return_stats=True,
-        )  # fmt: skip
+        x, stats = ddm_sample(model, 4, kv_cache=kv, stop_at_eos=True, eos_id=eos, **kw)
         runs.append((x, stats, log))
     (xa, sa, la), (xb, sb, lb) = runs
     assert torch.equal(xa, xb)
     assert torch.equal(sa.lengths, sb.lengths)
-    assert len(set(sa.lengths.tolist())) > 2 and int(sa.lengths.max()) > L  # different lengths, past L
-    assert len(la) == len(lb) > 10
+    assert len(set(sa.lengths.tolist())) > 1 and int(sa.lengths.max()) > L  # different lengths, past L
+    assert len(la) == len(lb) > 5
     for a, b in zip(la, lb, strict=True):
         torch.testing.assert_close(a, b)
-    assert torch.equal(xa[:, :6], torch.tensor([1, 2, 3, 1, 2, 3]).expand(6, 6))
+    assert torch.equal(xa[:, :6], torch.tensor(prefix).expand(5, 6))
     for row, n in zip(xa, sa.lengths.tolist(), strict=True):
         assert n > 6 and not (row[6 : n - 1] == eos).any()  # stops at its first EOS
-        assert row[n - 1] == eos or n == 40
+        assert row[n - 1] == eos or n == max_len
         assert (row[n:] == eos).all()  # padded with EOS
 
 
@@ -284,8 +294,10 @@ def test_block_sampling_rows_do_not_depend_on_the_batch() -> None:
 
 def test_block_sampling_checks() -> None:
     model = _random_model(True, block_size=4)
-    with pytest.raises(ValueError, match="grid predictor"):
-        ddm_sample(model, 4, predictor="first_hitting", max_len=8)
+    with pytest.raises(ValueError, match="predictor must be"):
+        ddm_sample(model, 4, predictor="ancestral", max_len=8)
+    with pytest.raises(ValueError, match="remask"):
+        ddm_sample(model, 4, predictor="confidence", remask=0.1, max_len=8)
     with pytest.raises(ValueError, match="eos_id"):
         ddm_sample(model, 4, max_len=8, stop_at_eos=True)
     with pytest.raises(ValueError, match="suffix"):

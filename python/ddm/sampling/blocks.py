@@ -2,7 +2,8 @@
 
 `ddm.sample` dispatches here for a model with `block_size > 0`. Blocks of `B'` tokens are generated left
 to right: block n starts all MASK and runs the grid sampler of `ddm.sampling.Sampler` (analytic, Euler,
-with temperature / top-k / top-p and ReMDM remasking) on its `B'` positions, every network call scoring
+with temperature / top-k / top-p and ReMDM remasking) or an unmasking sampler (first-hitting,
+confidence; `ddm.sampling.unmasking`) on its `B'` positions, every network call scoring
 the block given the clean blocks before it. When the block is done its keys and values are computed once
 and cached (`ScoreModel.commit_block`), so a call costs `O(B' x context)`; `kv_cache=False` recomputes the
 whole context at every call instead (`ScoreModel.block_scores_recompute`), which gives the same
@@ -31,6 +32,7 @@ import torch
 
 from ddm.graphs import log_expm1
 from ddm.sampling.conditioning import Fixed
+from ddm.sampling.unmasking import run_unmasking
 
 __all__ = ["BlockRun", "block_seed", "sample_blocks"]
 
@@ -70,6 +72,7 @@ def sample_blocks(
     stop_at_eos: bool = False,
     eos_id: int | None = None,
     progress: bool = False,
+    unmasking: tuple[str, int, dict[str, Any]] | None = None,
 ) -> BlockRun:
     """Generate `max_len` tokens block by block (see the module docstring).
 
@@ -87,6 +90,8 @@ def sample_blocks(
         stop_at_eos: stop a row at its first `eos_id` after the prefix.
         eos_id: the end-of-sequence id (needed with `stop_at_eos`).
         progress: a progress bar over the blocks.
+        unmasking: `(predictor, steps, options)` to run an unmasking sampler (`"first_hitting"`,
+            `"confidence"`; `ddm.sampling.unmasking`) in each block instead of the grid sampler.
     """
     bs = model.block_size
     n_blocks = -(-max_len // bs)
@@ -126,10 +131,21 @@ def sample_blocks(
                     if P > lo:
                         m = torch.arange(bs, device=device) < P - lo
                         fixed = Fixed(m, torch.where(m, out[0, lo:hi], 0))
-                    out[:, lo:hi] = _denoise_block(
-                        sampler, scores, lo, fixed, batch_size, bs, n_eval, block_seed(seed, n), device,
-                        step_backend, cache, all_rows,
-                    )  # fmt: skip
+                    if unmasking is None:
+                        out[:, lo:hi] = _denoise_block(
+                            sampler, scores, lo, fixed, batch_size, bs, n_eval, block_seed(seed, n), device,
+                            step_backend, cache, all_rows,
+                        )  # fmt: skip
+                    else:
+                        predictor, steps, options = unmasking
+
+                        def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor, lo: int = lo):
+                            return scores(x, sigma, rows, lo)
+
+                        out[:, lo:hi] = run_unmasking(
+                            predictor, call, sampler, batch_size, bs, fixed, seed=block_seed(seed, n),
+                            steps=steps, use_rust=step_backend == "rust", device=device, options=options,
+                        )[0]  # fmt: skip
                 n_done = n + 1
                 if bar is not None:
                     bar.update(1)

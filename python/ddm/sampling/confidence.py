@@ -149,7 +149,7 @@ def _commit_counts(
 
 
 def confidence_decode(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
     schedule: Any,
     x: torch.Tensor,
@@ -188,7 +188,7 @@ def confidence_decode(
         idx = active.nonzero().squeeze(1)
         frac = remaining.to(torch.float64) / n_free  # (B,)
         sigma = (-torch.log1p(-frac * q_one.to(device))).clamp_min(sb_eps)  # (B,)
-        out = call(x[idx], sigma[idx])  # (b, L, dim)
+        out = call(x[idx], sigma[idx], idx)  # (b, L, dim)
         if on_call is not None:
             on_call(idx.numel())
         log_score = out.new_zeros((batch, *out.shape[1:])).index_copy_(0, idx, out)  # (B, L, dim)

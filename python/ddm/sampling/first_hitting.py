@@ -104,7 +104,7 @@ def draw_masked(
 
 
 def first_hitting(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
     schedule: Any,
     x: torch.Tensor,
@@ -121,7 +121,8 @@ def first_hitting(
     """Run the first-hitting sampler from `x` (MASK at every free position).
 
     Args:
-        call: `call(x_rows, sigma_rows) -> log_score` on a subset of the rows (counted by the caller).
+        call: `call(x_rows, sigma_rows, rows) -> log_score` on the subset `rows` (int64) of the rows
+            (counted by the caller).
         graph: the absorbing graph.
         schedule: the noise schedule.
         x: int64 `[B, L]`, MASK at the free positions, the fixed tokens elsewhere.
@@ -154,7 +155,7 @@ def first_hitting(
         for e in range(n_free):
             pos = order[:, e]  # (B,)
             sigma = sig.gather(1, pos[:, None])[:, 0]  # (B,)
-            log_score = call(x, sigma)
+            log_score = call(x, sigma, rows)
             if on_call is not None:
                 on_call(batch)
             where = torch.zeros_like(free_b).scatter_(1, pos[:, None], True)  # (B, L)
@@ -173,7 +174,7 @@ def first_hitting(
             continue
         idx = active.nonzero().squeeze(1)
         sigma = sb_grid[k].expand(batch).clone()  # (B,)
-        out = call(x[idx], sigma[idx])  # (b, L, dim), only the rows with an event in this step
+        out = call(x[idx], sigma[idx], idx)  # (b, L, dim), only the rows with an event in this step
         if on_call is not None:
             on_call(idx.numel())
         # the other rows' scores are never read (no position of theirs is drawn)

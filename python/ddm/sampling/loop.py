@@ -175,8 +175,8 @@ def sample(
         max_len: a block-diffusion model (`model.block_size > 0`, BD3-LM; `ddm.sampling.blocks`): the
             tokens to generate, the prefix included, any number (past the model's `seq_len` the context
             slides); default `seq_len`, else the model's. Blocks are generated left to right, each with
-            the grid sampler (`predictor` `"analytic"` or `"euler"`, the proposal options and `remask`)
-            given the clean blocks before it. Other models refuse it.
+            `predictor` (any of them, with its options) given the clean blocks before it. Other models
+            refuse it.
         stop_at_eos: block models: stop each row at its first `eos_id` (the batch stops when every row
             has); the tokens after it are `eos_id` and `stats.lengths` gives the lengths.
         eos_id: the end-of-sequence id (default `model.tokenizer.eos_id`).
@@ -290,8 +290,8 @@ def sample(
 
     want = (batch_size, seq_len, graph.dim)
 
-    def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = model(x, sigma.to(device=device, dtype=sigma_dtype))
+    def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        out = model(x, sigma.to(device=device, dtype=sigma_dtype))  # (the rows do not matter here)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise TypeError("the model must return a floating tensor of log-scores [B, L, dim]")
         if tuple(out.shape) != (x.shape[0], *want[1:]):
@@ -401,16 +401,17 @@ def _sample_blocks(
     kv_cache: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """`sample` for a block-diffusion model: checks, then `ddm.sampling.blocks.sample_blocks`."""
-    if predictor not in PREDICTORS:
-        raise ValueError(
-            f"a block model samples each block with a grid predictor {PREDICTORS}, "
-            f"got predictor={predictor!r}"
-        )
-    for name in ("tokens_per_step", "threshold", "entropy_bound"):
-        if unmasking_options[name] is not None:
-            raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
-    if unmasking_options["group_by_step"]:
-        raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
+    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
+    unmasking = predictor in UNMASKING_PREDICTORS
+    if unmasking:
+        check_unmasking(predictor, graph, **unmasking_options)
+    else:
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if unmasking_options[name] is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+        if unmasking_options["group_by_step"]:
+            raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
     if suffix is not None or infill is not None:
         raise ValueError("a block model generates left to right: it takes a prefix, not a suffix or infill")
     max_len = _positive_int(model.seq_len if max_len is None else max_len, "max_len")
@@ -424,7 +425,10 @@ def _sample_blocks(
                 raise ValueError("stop_at_eos=True needs eos_id (the model's tokenizer has no eos_id)")
         if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < graph.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {graph.vocab_size}), got {eos_id!r}")
-    sampler = Sampler(graph, schedule, predictor=predictor, eps=eps, denoise=denoise, **step_options)
+    if unmasking:
+        step_options = {**step_options, "remask": None}  # checked by check_unmasking
+    grid = "analytic" if unmasking else predictor
+    sampler = Sampler(graph, schedule, predictor=grid, eps=eps, denoise=denoise, **step_options)
     sampler.set_timesteps(steps)
     model_device, _ = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
@@ -443,6 +447,7 @@ def _sample_blocks(
         model, sampler, batch_size=batch_size, max_len=max_len, prefix=ids, seed=seed, device=device,
         step_backend="rust" if use_rust else "torch", kv_cache=kv_cache, cache=cache,
         stop_at_eos=stop_at_eos, eos_id=eos_id, progress=progress,
+        unmasking=(predictor, steps, unmasking_options) if unmasking else None,
     )  # fmt: skip
     if return_stats:
         stats = SampleStats(

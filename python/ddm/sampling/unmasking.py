@@ -49,7 +49,7 @@ def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
 
 def run_unmasking(
     predictor: str,
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     sampler: Any,
     batch_size: int,
     seq_len: int,
@@ -61,7 +61,11 @@ def run_unmasking(
     device: torch.device,
     options: dict[str, Any],
 ) -> tuple[torch.Tensor, int, int]:
-    """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`."""
+    """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`.
+
+    `call(x_rows, sigma_rows, rows)` scores the rows `rows` (int64 indices into the batch) of the batch;
+    a block model's sampler (`ddm.sampling.blocks`) selects their cached keys and values with them.
+    """
     graph = sampler.graph
     x = torch.full((batch_size, seq_len), graph.dim - 1, dtype=torch.int64, device=device)  # (B, L)
     free = torch.ones(seq_len, dtype=torch.bool)
