@@ -3,7 +3,8 @@
 Trains, one after the other with the same seed and the demo's recipe (`ddm.demo.DEMO_CONFIG`: tiny,
 seq_len 128, batch 32, lr 1e-3, EMA 0.99), block models with the masked loss at block sizes 4, 16 and 128
 (= seq_len: the masked-diffusion model) and the autoregressive baseline, each for the same training wall
-clock (`--budget` seconds of optimizer steps, in chunks of `--chunk` steps that resume exactly). Then for
+clock (`--budget` seconds of optimizer steps, in chunks of at most `--chunk` steps that resume exactly,
+the last one sized to end at the budget). Then for
 each: the held-out bound (the AR model: its exact NLL) on `--eval-blocks` blocks with 8 t each; sampling
 tokens/s with and without the key/value cache at `max_len = 4 x block` and at 256 (the context slides
 past 128; not for block 128, whose window is its own block), after a warm-up, with a check that both
@@ -46,11 +47,13 @@ def _train(run: Path, over: dict, budget: float, chunk: int) -> tuple[Path, int,
     cfg = {**DEMO_CONFIG, "run_dir": str(run), "steps": 1_000_000, "save_every": chunk, "keep_checkpoints": 1,
            "progress": False, "plot": False, "log_every": chunk, **over}  # fmt: skip
     config = TrainConfig.from_dict(cfg)
-    step, elapsed, path = 0, 0.0, None
+    step, elapsed, path, n = 0, 0.0, None, chunk
     while elapsed < budget:
-        path = train(config, resume=step > 0, until_step=step + chunk)
+        path = train(config, resume=step > 0, until_step=step + n)
         state = json.loads((path / "state.json").read_text())
         step, elapsed = state["step"], state["elapsed_s"]
+        # the next chunk ends near the budget: steps at the mean rate so far, at most `chunk`
+        n = max(1, min(chunk, round((budget - elapsed) / (elapsed / step))))
     assert path is not None
     return path, step, elapsed
 
