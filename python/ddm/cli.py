@@ -298,6 +298,15 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = p.add_argument_group("block-diffusion models (objective 'block')")
+    g.add_argument(
+        "--max-len", type=int, metavar="T", help="tokens to generate, the prefix included (any number)"
+    )
+    g.add_argument("--stop-at-eos", action="store_true", help="stop each sample at its end-of-sequence token")
+    g.add_argument("--eos-id", type=int, metavar="ID", help="end-of-sequence id (default: the tokenizer's)")
+    g.add_argument(
+        "--no-kv-cache", action="store_true", help="recompute the context at every call (the same samples)"
+    )
     add_sampler_options(p)
 
 
@@ -309,6 +318,11 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise ValueError("this checkpoint has no tokenizer, so --prefix/--suffix text cannot be encoded")
     prefix = tok.encode(args.prefix) if args.prefix else None
     suffix = tok.encode(args.suffix) if args.suffix else None
+    block_kw: dict = {}
+    if args.max_len is not None or args.stop_at_eos or args.eos_id is not None or args.no_kv_cache:
+        block_kw = dict(max_len=args.max_len, stop_at_eos=args.stop_at_eos, kv_cache=not args.no_kv_cache)
+        if args.eos_id is not None:
+            block_kw["eos_id"] = args.eos_id
     x, stats = sample(
         model,
         args.steps,
@@ -322,8 +336,11 @@ def _run_sample(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         return_stats=True,
         **sampler_kwargs(args),
+        **block_kw,
     )
     rows = x.tolist()
+    if stats.lengths is not None:  # a block model: each row up to its length (its EOS included)
+        rows = [r[:n] for r, n in zip(rows, stats.lengths.tolist(), strict=True)]
     texts = [tok.decode(r) if tok is not None else " ".join(map(str, r)) for r in rows]
     sep = "\n" + "=" * 80 + "\n"
     body = sep.join(texts) + "\n"
@@ -332,9 +349,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         print(f"wrote {len(texts)} samples to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(body)
+    lengths = "" if stats.lengths is None else f" (lengths {stats.lengths.tolist()}, {stats.blocks} blocks)"
     print(
-        f"{args.num} x {x.shape[1]} tokens, {args.steps} steps, {stats.network_calls} network calls, "
-        f"{stats.backend} steps, seed {stats.seed}",
+        f"{args.num} x {x.shape[1]} tokens{lengths}, {args.steps} steps, {stats.network_calls} network "
+        f"calls, {stats.backend} steps, seed {stats.seed}",
         file=sys.stderr,
     )
     return 0

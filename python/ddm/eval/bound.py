@@ -28,10 +28,18 @@ noise of the estimate), and the seed fixes every draw.
 
 Blocks are scored without context from neighbouring blocks, so this is the bound of the model as a
 distribution over blocks of `seq_len` tokens.
+
+A block-diffusion model (`model.block_size = B' > 0`, BD3-LM) factorises a sequence into blocks of `B'`
+tokens, `-log p(x0) = -sum_b log p(x0^b | x0^{<b})`, and each term has the bound above for the block
+given the clean blocks before it (BD3-LM's bound L_BD; docs/math.md section 11). Every block gets its own K
+stratified times and corruption, all blocks of a sequence are scored in one call (`ddm.losses.
+block_loss`), and the sum over blocks is reported in the same keys: per token, a bound on the NLL of the
+whole sequence. With `B' = seq_len` this is the figure of the same network without blocks, draw for draw.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -45,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.io.checkpoint import read_config
-from ddm.losses import dwdse, masked_nelbo
+from ddm.losses import block_loss, dwdse, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
 __all__ = [
@@ -209,6 +217,13 @@ def reconstruction_nll(
     return nll.sum(-1)  # (B,)
 
 
+def _block_fn(model: Any, subs: bool) -> Any:
+    def fn(x_t: torch.Tensor, sigma_bar: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return model(x_t, sigma_bar, log_probs=subs, x0=x0)
+
+    return fn
+
+
 def _bound_terms(
     model: Any,
     graph: Any,
@@ -231,12 +246,15 @@ def _bound_terms(
     M, L = x.shape
     K = num_t
     subs = bool(getattr(getattr(model, "config", None), "subs", False))
+    block_size = int(getattr(model, "block_size", 0) or 0)
+    nb = -(-L // block_size) if block_size else 1  # blocks per sequence (1: no blocks)
     cpu = torch.Generator().manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
-    u = torch.rand(M, K, generator=cpu, dtype=torch.float64)  # (M, K)
-    t = (torch.arange(K, dtype=torch.float64) + 1.0 - u) / K  # (M, K), t_k in (k/K, (k+1)/K]
+    # (M, K, nb): every block its own stratified times (the same draws as without blocks when nb = 1)
+    u = torch.rand(M, K, nb, generator=cpu, dtype=torch.float64)
+    t = (torch.arange(K, dtype=torch.float64)[:, None] + 1.0 - u) / K  # t_k in (k/K, (k+1)/K]
     rows = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
-    t_rows = t.reshape(-1)  # (M K,)
+    t_rows = t.reshape(M * K, nb)  # (M K, nb)
     values = torch.zeros(M * K, dtype=torch.float64)  # (M K,) integrand per (sequence, time)
     bar = tqdm(total=M * K, desc="eval", unit="row", dynamic_ncols=True) if progress else None
     try:
@@ -245,11 +263,18 @@ def _bound_terms(
                 r = rows[start : start + batch_size]
                 x0 = x[r].to(device)  # (b, L)
                 sc = None if scored is None else scored[r].to(device)  # (b, L)
-                tt = t_rows[start : start + batch_size].to(device)  # (b,)
-                if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
-                    vals = masked_nelbo(model.log_probs, graph, schedule, x0, t=tt, generator=gen, scored=sc)
+                tt = t_rows[start : start + batch_size].to(device)  # (b, nb)
+                if block_size:  # the bound of each block given the clean ones before it, summed
+                    loss = "masked" if subs else "diffusion"
+                    fn = _block_fn(model, subs)
+                    vals = block_loss(fn, graph, schedule, x0, block_size, loss=loss, t=tt, generator=gen,
+                                      scored=sc)  # fmt: skip
+                elif subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
+                    vals = masked_nelbo(
+                        model.log_probs, graph, schedule, x0, t=tt[:, 0], generator=gen, scored=sc
+                    )
                 else:
-                    vals = dwdse(model, graph, schedule, x0, t=tt, generator=gen, scored=sc)  # (b,)
+                    vals = dwdse(model, graph, schedule, x0, t=tt[:, 0], generator=gen, scored=sc)  # (b,)
                 values[start : start + len(r)] = vals.double().cpu()
                 if bar is not None:
                     bar.update(len(r))
@@ -273,7 +298,10 @@ def _bound_terms(
                 sc = None if scored is None else scored[start : start + batch_size].to(device)
                 if sc is not None:
                     y = torch.where(sc, y, x0)  # the context stays clean
-                recon[start : start + len(x0)] = reconstruction_nll(model, graph, sigma_0, x0, y, sc).cpu()
+                net = (
+                    model if not block_size else functools.partial(model, x0=x0)
+                )  # blocks see the clean past
+                recon[start : start + len(x0)] = reconstruction_nll(net, graph, sigma_0, x0, y, sc).cpu()
     return diffusion, prior, recon, values.reshape(M, K)
 
 

@@ -65,12 +65,23 @@ class Rotary(nn.Module):
         pos = torch.arange(max_len, dtype=torch.float32)
         angles = torch.outer(pos, inv_freq)  # (max_len, head_dim / 2)
         # Buffers are derived from the config, so they are not saved with the weights.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("cos", torch.cos(angles), persistent=False)
         self.register_buffer("sin", torch.sin(angles), persistent=False)
 
-    def forward(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for the first `length` positions, each `[length, head_dim / 2]`."""
-        return self.cos[:length], self.sin[:length]
+    def forward(self, length: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for the positions `start .. start + length - 1`, each `[length, head_dim / 2]`.
+
+        Positions past the table (a block model sampling beyond its `seq_len` with a sliding context,
+        `ddm.model.blocks`) extend it with the same formula; rotary attention scores depend only on the
+        difference of two positions, so a window of at most `seq_len` positions stays in distribution.
+        """
+        end = start + length
+        if end > self.cos.shape[0]:
+            pos = torch.arange(end, dtype=torch.float32, device=self.inv_freq.device)
+            angles = torch.outer(pos, self.inv_freq)  # (end, head_dim / 2), the __init__ formula
+            self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+        return self.cos[start:end], self.sin[start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddm.graphs import Absorbing, log_expm1
+from ddm.model.blocks import KVCache, block_mask, training_mask
 from ddm.model.embeddings import NoiseEmbedding, Rotary, apply_rotary
 
 __all__ = ["SIZES", "DiTBlock", "ModelConfig", "ScoreModel", "is_absorbing"]
@@ -46,6 +47,7 @@ class ModelConfig:
     time_conditioning: bool = True  # False: absorbing only, sigma is ignored (docs/math.md section 4)
     scale_by_sigma: bool = True  # absorbing "scale by sigma" output parametrisation
     subs: bool = False  # absorbing: MDLM's SUBS output, log p(x0 | x_t) over the N tokens (math.md 7)
+    block_size: int = 0  # > 0: a block-diffusion model (BD3-LM, ddm.model.blocks); divides seq_len
     bf16: bool = True  # bf16 autocast on CUDA (CPU always runs float32)
 
     @classmethod
@@ -82,6 +84,11 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        b = self.block_size
+        if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+            raise ValueError(f"model.block_size must be an integer >= 0, got {b!r}")
+        if b and self.seq_len % b:
+            raise ValueError(f"model.block_size ({b}) must divide model.seq_len ({self.seq_len})")
 
 
 def is_absorbing(graph: Any) -> bool:
@@ -122,6 +129,30 @@ class DiTBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """`h` `[B, L, hidden]`, `c` `[B, cond_dim]` -> `[B, L, hidden]`."""
+        return self.forward_kv(h, c, cos, sin)[0]
+
+    def forward_kv(
+        self,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block with an attention mask and cached keys / values (block diffusion, `ddm.model.blocks`).
+
+        Args:
+            h: `[B, L, hidden]`; `c`: `[B, cond_dim]`; `cos`, `sin`: the rotary tables of the L positions.
+            mask: optional bool `[L, T + L]` (or `[L, L]` without `past`): True where query i may attend
+                key j; None is full attention (causal for a `CausalBlock`).
+            past: optional `(keys, values)`, each `[B, heads, T, head_dim]`, rotated at their own
+                positions: the L queries attend to them before their own keys.
+
+        Returns:
+            `(h [B, L, hidden], keys, values)`: the keys and values of the L new positions only,
+            `[B, heads, L, head_dim]`.
+        """
         B, L, D = h.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(
             6, dim=-1
@@ -133,12 +164,15 @@ class DiTBlock(nn.Module):
             self.qkv(a).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, L, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)  # (B, H, L, hd)
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        o = F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask, dropout_p=p, is_causal=self.causal and mask is None
+        )  # (B, H, L, hd)
         o = o.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
         h = h + gate1 * F.dropout(self.attn_out(o), p, self.training)
 
         m = self.mlp(_modulate(self.norm2(h), shift2, scale2))  # (B, L, D)
-        return h + gate2 * F.dropout(m, p, self.training)
+        return h + gate2 * F.dropout(m, p, self.training), k, v
 
 
 class _FinalLayer(nn.Module):
@@ -196,6 +230,12 @@ class ScoreModel(nn.Module):
                 "(only the absorbing score factorises into a time-independent part and a closed-form scale)"
             )
         self.time_independent = not config.time_conditioning
+        self.block_size = config.block_size
+        if self.block_size and not (self.absorbing and self.time_independent):
+            raise ValueError(
+                "model.block_size > 0 (block diffusion) needs an absorbing graph and time_conditioning=False "
+                "(each block has its own noise level, which enters only through the closed-form scale)"
+            )
 
         self.embed = nn.Embedding(self.dim, config.hidden)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -242,7 +282,13 @@ class ScoreModel(nn.Module):
 
         return push_to_hub(self, repo_id, **kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, log_probs: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        log_probs: bool = False,
+        x0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Log-score of the concrete score (docs/math.md section 1); `log_probs=True`: `log_probs(x, sigma)`.
 
         With `config.subs` (the masked-diffusion model, docs/math.md section 7) the score is the closed form
@@ -251,31 +297,40 @@ class ScoreModel(nn.Module):
 
         Args:
             x: tokens, int64 `[B, L]` with values in `[0, dim)` and `L <= seq_len`.
-            sigma: total noise `sigma_bar`, `[B]`, `[B, 1]`, 0-d or a float.
+            sigma: total noise `sigma_bar`, `[B]`, `[B, 1]`, 0-d or a float; for a block model also
+                `[B, L]`, one level per position (each block its own).
+            x0: a block model (`config.block_size > 0`) only, and required there: the clean sequence
+                `[B, L]`; block b of `x` is scored given the clean blocks before it (BD3-LM's vectorised
+                input `[x, x0]`, `ddm.model.blocks`).
 
         Returns:
             float32 `[B, L, dim]` log-scores, exactly 0 at the current token.
         """
         if log_probs:
-            return self.log_probs(x, sigma)
+            return self.log_probs(x, sigma, x0=x0)
+        sig = self._levels(x, sigma)  # (B, 1) or (B, L)
         if self.config.subs:
-            sigma = self._sigma(x, sigma)
-            logp = self.log_probs(x, sigma)  # (B, L, N)
-            l = logp - log_expm1(sigma)[:, None, None]
+            logp = self.log_probs(x, sigma, x0=x0)  # (B, L, N)
+            l = logp - log_expm1(sig)[..., None]
             l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)  # (B, L, dim): MASK entry 0 (current)
             return torch.where((x == self.dim - 1)[..., None], l, torch.zeros_like(l))
-        return self._output(x, sigma)
+        return self._head(self._raw(x, sigma, x0), x, sig)
 
-    def log_probs(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def log_probs(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`log p(x0 | x_t)` of a SUBS model (`config.subs`), float32 `[B, L, N]` (docs/math.md section 7).
 
         The network's outputs over the N real tokens, log-softmax normalised (zero probability on MASK);
-        at an unmasked position the token is carried over: `log p = 0` at it and `-inf` elsewhere.
+        at an unmasked position the token is carried over: `log p = 0` at it and `-inf` elsewhere. `x0`:
+        as in `forward` (block models).
         """
         if not self.config.subs:
             raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
-        raw = self._output(x, sigma)[..., : self.dim - 1]  # (B, L, N)
-        logp = torch.log_softmax(raw, dim=-1)
+        return self._subs(self._raw(x, sigma, x0), x)
+
+    def _subs(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(raw[..., : self.dim - 1], dim=-1)  # (B, L, N)
         unmasked = x != self.dim - 1  # (B, L)
         carried = torch.full_like(logp, -torch.inf).scatter(-1, x.clamp(max=self.dim - 2)[..., None], 0.0)
         return torch.where(unmasked[..., None], carried, logp)
@@ -289,30 +344,160 @@ class ScoreModel(nn.Module):
             raise ValueError(f"sigma must have B={B} entries (or one), got shape {tuple(sigma.shape)}")
         return sigma
 
-    def _output(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """The network's output `[B, L, dim]`: SEDD's log-score (scaled for the absorbing graph), or, for a
-        SUBS model, the raw outputs before its normalisation."""
+    def _levels(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The noise level per sequence `[B, 1]`, or per position `[B, L]` (block models)."""
+        if self.block_size and torch.is_tensor(sigma) and sigma.dim() == 2 and sigma.shape[1] > 1:
+            if tuple(sigma.shape) != tuple(x.shape):
+                raise ValueError(f"sigma must be [B] or [B, L] = {tuple(x.shape)}, got {tuple(sigma.shape)}")
+            return sigma.to(device=x.device, dtype=torch.float32)
+        return self._sigma(x, sigma)[:, None]
+
+    def _head(self, raw: torch.Tensor, x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """SEDD's log-score from the raw output (scaled for the absorbing graph), 0 at the current token."""
+        if self.absorbing and self.config.scale_by_sigma:
+            raw = raw - log_expm1(sig)[..., None] - math.log(self.dim - 1)  # sig (B, 1) or (B, L)
+        return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token
+
+    def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
         if x.dim() != 2:
-            raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
+            raise ValueError(f"{name} must have shape [B, L], got {tuple(x.shape)}")
+
+    def _trunk(
+        self,
+        tokens: torch.Tensor,
+        c: torch.Tensor,
+        start: int = 0,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The blocks on `tokens` `[B, T]` at positions `start ..` (or the rotary tables `positions`):
+        `(raw output [B, T, dim] float32, keys, values)` with the new keys / values of every layer."""
+        use_bf16 = self.config.bf16 and tokens.device.type == "cuda"
+        keys, values = [], []
+        with torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            h = self.embed(tokens)  # (B, T, hidden)
+            cos, sin = self.rotary(tokens.shape[1], start) if positions is None else positions
+            for i, block in enumerate(self.blocks):
+                past = cache.past(i) if cache is not None else None
+                h, k, v = block.forward_kv(h, c, cos, sin, mask, past)
+                keys.append(k)
+                values.append(v)
+            raw = self.final(h, c)  # (B, T, dim)
+        return raw.float(), keys, values
+
+    def _cond(self, sigma: torch.Tensor) -> torch.Tensor:
+        cond = sigma if self.config.time_conditioning else torch.zeros_like(sigma)
+        return F.silu(self.noise_embed(cond))  # (B, cond_dim)
+
+    def _raw(self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None) -> torch.Tensor:
+        """The network's output `[B, L, dim]` before the parametrisation (`_head` or `_subs`)."""
+        self._check_x(x)
         B, L = x.shape
         if L > self.seq_len:
             raise ValueError(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
-        sigma = self._sigma(x, sigma)
+        if not self.block_size:
+            if x0 is not None:
+                raise ValueError("x0 is an input of block models only (model.block_size > 0)")
+            return self._trunk(x, self._cond(self._sigma(x, sigma)))[0]
+        if x0 is None:
+            raise ValueError(
+                f"a block model (block_size={self.block_size}) scores x given the clean sequence: pass x0 "
+                "(forward(x_t, sigma, x0=x0)); ddm.sample and ddm.eval.likelihood_bound know its blocks"
+            )
+        self._check_x(x0, "x0")
+        if x0.shape != x.shape:
+            raise ValueError(f"x0 must have the shape of x {tuple(x.shape)}, got {tuple(x0.shape)}")
+        c = self._cond(torch.zeros(B, device=x.device))  # time-independent (checked in __init__)
+        if L <= self.block_size:  # one block: no clean past, the ordinary network (and half the work)
+            return self._trunk(x, c)[0]
+        return self._vectorised(x, x0, c)
 
-        cond = sigma if self.config.time_conditioning else torch.zeros_like(sigma)
-        use_bf16 = self.config.bf16 and x.device.type == "cuda"
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            c = F.silu(self.noise_embed(cond))  # (B, cond_dim)
-            h = self.embed(x)  # (B, L, hidden)
-            cos, sin = self.rotary(L)
-            for block in self.blocks:
-                h = block(h, c, cos, sin)
-            raw = self.final(h, c)  # (B, L, dim)
-        raw = raw.float()
+    def _vectorised(self, x: torch.Tensor, x0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """BD3-LM's vectorised input `[x_t, x_0]`, both at positions 0 .. L-1, with the block mask:
+        the raw output at the noisy copy, `[B, L, dim]`."""
+        L = x.shape[1]
+        cos, sin = self.rotary(L)
+        mask = training_mask(L, self.block_size, device=x.device)  # (2L, 2L)
+        inp = torch.cat([x, x0], dim=1)  # (B, 2L)
+        raw, _, _ = self._trunk(inp, c, mask=mask, positions=(cos.repeat(2, 1), sin.repeat(2, 1)))
+        return raw[:, :L]  # the noisy copy
+
+    # ---- block diffusion: sampling with a key / value cache (ddm.model.blocks) ---------------------------
+    @property
+    def window_blocks(self) -> int:
+        """Blocks a block model's attention spans, its own included: `seq_len / block_size`."""
+        if not self.block_size:
+            raise ValueError("window_blocks is defined for block models only (model.block_size > 0)")
+        return self.seq_len // self.block_size
+
+    def empty_cache(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
+        """A `KVCache` with nothing committed, for `batch_size` sequences."""
+        d = self.config.hidden // self.config.heads
+        dev = self.device if device is None else torch.device(device)
+        empty = [torch.zeros(batch_size, self.config.heads, 0, d, device=dev) for _ in self.blocks]
+        return KVCache(empty, [e.clone() for e in empty], 0)
+
+    def _block_c(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cond(torch.zeros(x.shape[0], device=x.device))
+
+    def block_scores(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, cache: KVCache, log_probs: bool = False
+    ) -> torch.Tensor:
+        """Log-scores (or, `log_probs=True`, SUBS log-probabilities) of the noisy block `x` `[B, n]` at the
+        positions `cache.end ..`, given the cached clean blocks: `[B, n, dim]` (`[B, n, N]`)."""
+        if not self.block_size:
+            raise ValueError("block_scores needs a block model (model.block_size > 0)")
+        self._check_x(x)
+        if x.shape[0] != cache.batch_size:
+            raise ValueError(f"x has {x.shape[0]} rows, the cache {cache.batch_size}")
+        raw, _, _ = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
+        return self._parametrise(raw, x, sigma, log_probs)
+
+    def _parametrise(
+        self, raw: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor | float, log_probs: bool
+    ) -> torch.Tensor:
         if self.config.subs:
-            return raw
+            logp = self._subs(raw, x)
+            if log_probs:
+                return logp
+            l = logp - log_expm1(self._sigma(x, sigma))[:, None, None]
+            l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)
+            return torch.where((x == self.dim - 1)[..., None], l, torch.zeros_like(l))
+        if log_probs:
+            raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
+        return self._head(raw, x, self._sigma(x, sigma)[:, None])
 
-        if self.absorbing and self.config.scale_by_sigma:
-            log_esigm1 = log_expm1(sigma)  # (B,)
-            raw = raw - log_esigm1[:, None, None] - math.log(self.dim - 1)
-        return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token
+    def commit_block(self, cache: KVCache, x: torch.Tensor) -> KVCache:
+        """The cache with the clean block `x` `[B, n]` appended at `cache.end`; it keeps the last
+        `window_blocks - 1` blocks (the sliding context)."""
+        if not self.block_size:
+            raise ValueError("commit_block needs a block model (model.block_size > 0)")
+        self._check_x(x)
+        _, keys, values = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
+        keep = (self.window_blocks - 1) * self.block_size
+        if cache.length:
+            keys = [torch.cat([old, new], 2) for old, new in zip(cache.keys, keys, strict=True)]
+            values = [torch.cat([old, new], 2) for old, new in zip(cache.values, values, strict=True)]
+        keys = [k[:, :, max(0, k.shape[2] - keep) :] for k in keys]
+        values = [v[:, :, max(0, v.shape[2] - keep) :] for v in values]
+        return KVCache(keys, values, cache.end + x.shape[1])
+
+    def block_scores_recompute(
+        self, context: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor | float, log_probs: bool = False
+    ) -> torch.Tensor:
+        """`block_scores` without a cache: one pass over the clean `context` `[B, T]` (whole blocks from
+        position 0) and the noisy block `x` `[B, n]`, with the block mask of `ddm.model.blocks` (banded
+        to the window past `seq_len`). The oracle of the cache, and the uncached sampler."""
+        if not self.block_size:
+            raise ValueError("block_scores_recompute needs a block model (model.block_size > 0)")
+        self._check_x(context, "context")
+        self._check_x(x)
+        T, n = context.shape[1], x.shape[1]
+        if T % self.block_size:
+            raise ValueError(f"context must hold whole blocks of {self.block_size}, got {T} tokens")
+        pos = torch.arange(T + n, device=x.device)
+        noisy = pos >= T
+        mask = block_mask(pos, noisy, pos, noisy, self.block_size, self.window_blocks)
+        raw, _, _ = self._trunk(torch.cat([context, x], 1), self._block_c(x), mask=mask)
+        return self._parametrise(raw[:, T:], x, sigma, log_probs)

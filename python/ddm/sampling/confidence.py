@@ -205,7 +205,7 @@ def confidence_commit(
 
 
 def confidence_decode(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
     schedule: Any,
     x: torch.Tensor,
@@ -239,7 +239,7 @@ def confidence_decode(
             return x
         idx = active.nonzero().squeeze(1)
         sigma = confidence_level(schedule, eps, remaining, n_free)  # (B,)
-        out = call(x[idx], sigma[idx])  # (b, L, dim)
+        out = call(x[idx], sigma[idx], idx)  # (b, L, dim)
         if on_call is not None:
             on_call(idx.numel())
         log_score = out.new_zeros((batch, *out.shape[1:])).index_copy_(0, idx, out)  # (B, L, dim)

@@ -141,7 +141,7 @@ def event_cells(levels: torch.Tensor, sb_grid: torch.Tensor) -> torch.Tensor:
 
 
 def first_hitting(
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     graph: Any,
     schedule: Any,
     x: torch.Tensor,
@@ -158,7 +158,8 @@ def first_hitting(
     """Run the first-hitting sampler from `x` (MASK at every free position).
 
     Args:
-        call: `call(x_rows, sigma_rows) -> log_score` on a subset of the rows (counted by the caller).
+        call: `call(x_rows, sigma_rows, rows) -> log_score` on the subset `rows` (int64) of the rows
+            (counted by the caller).
         graph: the absorbing graph.
         schedule: the noise schedule.
         x: int64 `[B, L]`, MASK at the free positions, the fixed tokens elsewhere.
@@ -185,7 +186,7 @@ def first_hitting(
         for e in range(int(free.sum())):  # every row has the same free positions: one event each per call
             pos, _ = next_event(x, u, mask_id)  # (B,)
             sigma = sig.gather(1, pos[:, None])[:, 0]  # (B,)
-            log_score = call(x, sigma)
+            log_score = call(x, sigma, rows)
             if on_call is not None:
                 on_call(batch)
             where = torch.zeros_like(free_b).scatter_(1, pos[:, None], True)  # (B, L)
@@ -203,7 +204,7 @@ def first_hitting(
             continue
         idx = active.nonzero().squeeze(1)
         sigma = sb_grid[k].expand(batch).clone()  # (B,)
-        out = call(x[idx], sigma[idx])  # (b, L, dim), only the rows with an event in this step
+        out = call(x[idx], sigma[idx], idx)  # (b, L, dim), only the rows with an event in this step
         if on_call is not None:
             on_call(idx.numel())
         # the other rows' scores are never read (no position of theirs is drawn)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ddm.graphs import log_expm1
+from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, random_seed, resolve_backend
 from ddm.sampling.unmasking import UNMASKING_PREDICTORS, run_unmasking
@@ -30,6 +31,9 @@ class SampleStats:
         cache: whether network outputs were reused.
         backend: `"rust"` or `"torch"`, where the steps ran.
         seed: the seed used (drawn when `seed=None` was given).
+        lengths: block models: int64 `[B]`, the tokens of each row (its end-of-sequence token
+            included); None otherwise.
+        blocks: block models: the blocks generated; None otherwise.
     """
 
     network_calls: int
@@ -38,6 +42,8 @@ class SampleStats:
     cache: bool
     backend: str
     seed: int
+    lengths: torch.Tensor | None = None
+    blocks: int | None = None
 
 
 def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
@@ -87,6 +93,10 @@ def sample(
     entropy_bound: float | None = None,
     remask: float | None = None,
     remask_schedule: str = "cap",
+    max_len: int | None = None,
+    stop_at_eos: bool = False,
+    eos_id: int | None = None,
+    kv_cache: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (SEDD section 4; docs/math.md section 5).
 
@@ -162,8 +172,21 @@ def sample(
             states are renormalised and drawn by float64 inverse CDF. At (1, None, None) the sample is
             the plain sampler's, bit for bit.
 
+        max_len: a block-diffusion model (`model.block_size > 0`, BD3-LM; `ddm.sampling.blocks`): the
+            tokens to generate, the prefix included, any number (past the model's `seq_len` the context
+            slides); default `seq_len`, else the model's. Blocks are generated left to right, each with
+            `predictor` (any of them, with its options) given the clean blocks before it. Other models
+            refuse it.
+        stop_at_eos: block models: stop each row at its first `eos_id` (the batch stops when every row
+            has); the tokens after it are `eos_id` and `stats.lengths` gives the lengths.
+        eos_id: the end-of-sequence id (default `model.tokenizer.eos_id`).
+        kv_cache: block models: cache the keys and values of finished blocks (default); False
+            recomputes the whole context at every call, with the same log-scores to float32 rounding.
+
     Returns:
         int64 `[batch_size, seq_len]` tokens on `device`, or `(tokens, stats)` with `return_stats=True`.
+        A block model gives `[batch_size, max_len]`, or with `stop_at_eos` `[batch_size, T]` with `T` the
+        longest row.
 
     Conditioning is by projection: the fixed positions are written into the sequence before every step and
     at the end, and never change. For the absorbing graph this samples the exact conditional
@@ -209,6 +232,19 @@ def sample(
         if schedule is None:
             raise ValueError("schedule is required: the model does not carry one (model.schedule)")
     model_len = getattr(model, "seq_len", None)
+    block_size = int(getattr(model, "block_size", 0) or 0)
+    if block_size:
+        return _sample_blocks(
+            model, steps, graph, schedule, batch_size, max_len if max_len is not None else seq_len,
+            predictor, denoise, eps, prefix, suffix, infill, seed, device, backend, cache, progress,
+            return_stats, dict(temperature=temperature, top_k=top_k, top_p=top_p, remask=remask,
+            remask_schedule=remask_schedule), unmasking_options, stop_at_eos, eos_id, kv_cache,
+        )  # fmt: skip
+    if max_len is not None or stop_at_eos or not kv_cache:
+        raise ValueError(
+            "max_len, stop_at_eos and kv_cache are options of block-diffusion models (model.block_size > 0); "
+            "this model generates seq_len tokens at once"
+        )
     if seq_len is None:
         if model_len is None:
             raise ValueError("seq_len is required: the model does not carry one (model.seq_len)")
@@ -246,8 +282,8 @@ def sample(
 
     want = (batch_size, seq_len, graph.dim)
 
-    def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = model(x, sigma.to(device=device, dtype=sigma_dtype))
+    def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        out = model(x, sigma.to(device=device, dtype=sigma_dtype))  # (the rows do not matter here)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise TypeError("the model must return a floating tensor of log-scores [B, L, dim]")
         if tuple(out.shape) != (x.shape[0], *want[1:]):
@@ -329,3 +365,79 @@ def sample(
         )
         return x, stats
     return x
+
+
+def _sample_blocks(
+    model: Any,
+    steps: int,
+    graph: Any,
+    schedule: Any,
+    batch_size: int,
+    max_len: int | None,
+    predictor: str,
+    denoise: bool,
+    eps: float,
+    prefix: Any,
+    suffix: Any,
+    infill: Any,
+    seed: int | None,
+    device: Any,
+    backend: str,
+    cache: bool | None,
+    progress: bool,
+    return_stats: bool,
+    step_options: dict[str, Any],
+    unmasking_options: dict[str, Any],
+    stop_at_eos: bool,
+    eos_id: int | None,
+    kv_cache: bool,
+) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
+    """`sample` for a block-diffusion model: checks, then `ddm.sampling.blocks.sample_blocks`."""
+    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
+    unmasking = predictor in UNMASKING_PREDICTORS
+    # the Sampler checks every option against the predictor and the graph, as in sample()
+    sampler = Sampler(
+        graph, schedule, predictor=predictor, eps=eps, denoise=denoise, **step_options, **unmasking_options
+    )
+    sampler.set_timesteps(steps)
+    if suffix is not None or infill is not None:
+        raise ValueError("a block model generates left to right: it takes a prefix, not a suffix or infill")
+    max_len = _positive_int(model.seq_len if max_len is None else max_len, "max_len")
+    for name, v in (("stop_at_eos", stop_at_eos), ("kv_cache", kv_cache)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    if stop_at_eos:
+        if eos_id is None:
+            eos_id = getattr(getattr(model, "tokenizer", None), "eos_id", None)
+            if eos_id is None:
+                raise ValueError("stop_at_eos=True needs eos_id (the model's tokenizer has no eos_id)")
+        if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < graph.vocab_size:
+            raise ValueError(f"eos_id must be a token id in [0, {graph.vocab_size}), got {eos_id!r}")
+    model_device, _ = _model_device_dtype(model)
+    device = model_device if device is None else torch.device(device)
+    use_rust = resolve_backend(backend, device)
+    seed = random_seed() if seed is None else check_seed(seed)
+    if cache is None:
+        cache = True  # a block model is time-independent (checked by ScoreModel)
+    elif not isinstance(cache, bool):
+        raise TypeError(f"cache must be a bool or None, got {type(cache).__name__}")
+    ids = None
+    if prefix is not None:
+        fixed = build_fixed(prefix, None, None, max_len, graph.vocab_size)  # checks ids and the length
+        assert fixed is not None
+        ids = fixed.tokens[: fixed.num_fixed].to(device)
+    run = sample_blocks(
+        model, sampler, batch_size=batch_size, max_len=max_len, prefix=ids, seed=seed, device=device,
+        step_backend="rust" if use_rust else "torch", kv_cache=kv_cache, cache=cache,
+        stop_at_eos=stop_at_eos, eos_id=eos_id, progress=progress,
+        unmasking=(predictor, steps, sampler.unmasking_options) if unmasking else None,
+    )  # fmt: skip
+    if return_stats:
+        stats = SampleStats(
+            network_calls=run.network_calls, rows_evaluated=run.rows_evaluated,
+            evaluations=len(sampler.timesteps) * run.blocks, cache=cache,
+            backend="rust" if use_rust else "torch", seed=seed, lengths=run.lengths, blocks=run.blocks,
+        )  # fmt: skip
+        return run.tokens, stats
+    return run.tokens

@@ -50,7 +50,7 @@ def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
 
 def run_unmasking(
     predictor: str,
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     sampler: Any,
     batch_size: int,
     seq_len: int,
@@ -65,7 +65,9 @@ def run_unmasking(
 ) -> tuple[torch.Tensor, int, int]:
     """Run an unmasking sampler; returns `(x, network_calls, rows_evaluated)`.
 
-    With `progress`, a tqdm bar on stderr counts the network calls (of a known total for first hitting).
+    `call(x_rows, sigma_rows, rows)` scores the rows `rows` (int64 indices into the batch) of the batch;
+    a block model's sampler (`ddm.sampling.blocks`) selects their cached keys and values with them. With
+    `progress`, a tqdm bar on stderr counts the network calls (of a known total for first hitting).
     """
     graph = sampler.graph
     x = torch.full((batch_size, seq_len), graph.dim - 1, dtype=torch.int64, device=device)  # (B, L)
@@ -101,7 +103,7 @@ def run_unmasking(
 
 def _run(
     predictor: str,
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     sampler: Any,
     x: torch.Tensor,
     free: torch.Tensor,

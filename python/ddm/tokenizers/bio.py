@@ -145,6 +145,8 @@ class ProteinTokenizer(_TableTokenizer):
         else:
             super().__init__(symbols, {c: "X" for c in PROTEIN_RARE})
         self.separator_id = len(AMINO_ACIDS) + 1  # 21
+        # a protein is a document: the separator after each one is its end-of-sequence token
+        self.eos_id = self.separator_id
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "protein", "rare": self.rare}

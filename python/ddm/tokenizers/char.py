@@ -26,11 +26,13 @@ class CharTokenizer:
 
     Args:
         chars: the vocabulary: distinct characters (sorted on construction).
+        eos: a character of `chars` that ends a document (a corpus of several documents has it after
+            each), or None; its id is `eos_id` (block diffusion stops a sample there, `ddm.sample`).
     """
 
     unit = "char"
 
-    def __init__(self, chars: str | Iterable[str]) -> None:
+    def __init__(self, chars: str | Iterable[str], eos: str | None = None) -> None:
         chars = sorted(set(chars))
         if not chars:
             raise ValueError("CharTokenizer needs at least one character")
@@ -40,6 +42,10 @@ class CharTokenizer:
         self.chars = "".join(chars)
         self.vocab_size = len(self.chars)
         self._index = {c: i for i, c in enumerate(self.chars)}
+        if eos is not None and eos not in self._index:
+            raise ValueError(f"CharTokenizer eos {eos!r} must be one of its characters")
+        self.eos = eos
+        self.eos_id: int | None = None if eos is None else self._index[eos]
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -72,10 +78,12 @@ class CharTokenizer:
         return "".join(out)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "char", "chars": self.chars}
+        if self.eos is None:  # the config of a tokenizer without documents stays what it always was
+            return {"type": "char", "chars": self.chars}
+        return {"type": "char", "chars": self.chars, "eos": self.eos}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other.chars == self.chars
+        return isinstance(other, CharTokenizer) and other.chars == self.chars and other.eos == self.eos
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"

@@ -64,7 +64,16 @@ class TrainConfig:
         "diffusion",
         "'diffusion' (a score model, DWDSE), 'masked' (absorbing only: the masked-diffusion NELBO of "
         "MDLM / MD4 with the SUBS output, docs/math.md section 7) or 'autoregressive' (the causal "
-        "baseline of ddm.model.autoregressive, next-token cross-entropy; graph and schedule unused)",
+        "baseline of ddm.model.autoregressive, next-token cross-entropy; graph and schedule unused) or "
+        "'block' (absorbing only: block diffusion, BD3-LM, each block of block_size tokens noised with "
+        "its own t given the clean blocks before it, with the block_loss of each block; the network "
+        "is time-independent, time_conditioning is not used)",
+    )
+    block_size: int = _f(16, "objective 'block': tokens per block B' (BD3-LM: 4 to 16); divides seq_len")
+    block_loss: str = _f(
+        "masked",
+        "objective 'block': the loss of each block, 'masked' (the MDLM NELBO with the SUBS output) or "
+        "'diffusion' (DWDSE with the scaled score)",
     )
     t_sampling: str = _f(
         "uniform",
@@ -160,8 +169,9 @@ class TrainConfig:
             **sized,
             seq_len=self.seq_len,
             dropout=self.dropout,
-            time_conditioning=self.time_conditioning,
-            subs=self.objective == "masked",
+            time_conditioning=self.time_conditioning and self.objective != "block",
+            subs=self.objective == "masked" or (self.objective == "block" and self.block_loss == "masked"),
+            block_size=self.block_size if self.objective == "block" else 0,
             bf16=self.bf16,
         )
 
@@ -185,14 +195,21 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model not in SIZES:
             raise ValueError(f"model must be one of {sorted(SIZES)}, got {self.model!r}")
-        if self.objective not in ("diffusion", "masked", "autoregressive"):
+        if self.objective not in ("diffusion", "masked", "autoregressive", "block"):
             raise ValueError(
-                f"objective must be 'diffusion', 'masked' or 'autoregressive', got {self.objective!r}"
+                "objective must be 'diffusion', 'masked', 'autoregressive' or 'block', "
+                f"got {self.objective!r}"
             )
-        if self.objective == "masked" and self.graph != "absorbing":
+        if self.objective in ("masked", "block") and self.graph != "absorbing":
             raise ValueError(
-                f"objective 'masked' needs graph 'absorbing' (it has a MASK), got {self.graph!r}"
+                f"objective {self.objective!r} needs graph 'absorbing' (it has a MASK), got {self.graph!r}"
             )
+        if self.block_loss not in ("masked", "diffusion"):
+            raise ValueError(f"block_loss must be 'masked' or 'diffusion', got {self.block_loss!r}")
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if self.objective == "block" and self.seq_len % self.block_size:
+            raise ValueError(f"block_size ({self.block_size}) must divide seq_len ({self.seq_len})")
         if self.t_sampling not in ("uniform", "stratified"):
             raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {self.t_sampling!r}")
         if self.graph not in ("absorbing", "uniform"):

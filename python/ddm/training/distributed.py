@@ -40,6 +40,7 @@ from ddm import _rng
 from ddm._device import resolve_device
 from ddm._faults import maybe_fail
 from ddm.data.corpus import keyed_offsets
+from ddm.losses import block_loss as block_loss_fn
 from ddm.losses import dwdse, masked_nelbo
 from ddm.sampling.sampler import native_available
 
@@ -50,6 +51,7 @@ __all__ = [
     "dropout_seed",
     "free_port",
     "init",
+    "keyed_block_times",
     "keyed_loss",
     "keyed_times",
     "keyed_offsets",
@@ -236,6 +238,34 @@ def keyed_times(
     return eps_t + (1.0 - eps_t) * u_t
 
 
+def keyed_block_times(
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    eps_t: float,
+    blocks: int,
+    *,
+    t_sampling: str = "uniform",
+    batch_size: int = 0,
+) -> torch.Tensor:
+    """The times of the blocks of the rows `rows`, `[b, blocks]` float64: block k of row j is keyed by
+    `(seed, step, j, k)`, and `"stratified"` spreads the `batch_size * blocks` times of a step over as many
+    strata. Block 0 gets the time `keyed_times` gives the row (so one block is the ordinary objective)."""
+    seed &= _U64
+    if t_sampling == "uniform":
+        u_t = _rng.uniforms(seed, STREAM_TRAIN_TIME, step, rows, blocks)  # (b, blocks)
+    elif t_sampling == "stratified":
+        if batch_size <= 0:
+            raise ValueError("stratified times need the global batch_size")
+        zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
+        u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0]
+        k = torch.arange(blocks, device=rows.device, dtype=torch.float64)
+        u_t = torch.frac(u0 + (rows.to(torch.float64)[:, None] * blocks + k) / (batch_size * blocks))
+    else:
+        raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {t_sampling!r}")
+    return eps_t + (1.0 - eps_t) * u_t
+
+
 def keyed_loss(
     log_fn: Any,
     graph: Any,
@@ -249,6 +279,8 @@ def keyed_loss(
     objective: str = "diffusion",
     t_sampling: str = "uniform",
     batch_size: int = 0,
+    block_size: int = 0,
+    block_loss: str = "masked",
 ) -> torch.Tensor:
     """Per-sequence training loss with keyed noise: `ddm.losses.dwdse` (objective `"diffusion"`, SEDD
     eq. 10) or `ddm.losses.masked_nelbo` (`"masked"`, `log_fn` then gives `log p(x0 | x_t)`).
@@ -270,12 +302,24 @@ def keyed_loss(
         objective: `"diffusion"` or `"masked"`.
         t_sampling: `"uniform"` or `"stratified"` (`keyed_times`).
         batch_size: the global batch size (for stratified times).
+        block_size: objective `"block"`: `B'`; `log_fn(x_t, sigma_bar [b, L], x0)` then scores every
+            block given the clean ones before it, and each block has its own keyed time
+            (`keyed_block_times`; `ddm.losses.block_loss`).
+        block_loss: objective `"block"`: `"masked"` or `"diffusion"`, the loss of each block.
 
     Returns:
         `[b]` loss per sequence.
     """
     length = x0.shape[1]
     rows = rows.to(device=x0.device, dtype=torch.int64)
+    if objective == "block":
+        nb = -(-length // block_size)
+        t = keyed_block_times(seed, step, rows, eps_t, nb, t_sampling=t_sampling, batch_size=batch_size)
+        u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
+        return block_loss_fn(
+            log_fn, graph, schedule, x0, block_size, loss=block_loss, t=t.to(torch.get_default_dtype()),
+            eps_t=eps_t, u=u,
+        )  # fmt: skip
     t = keyed_times(seed, step, rows, eps_t, t_sampling=t_sampling, batch_size=batch_size)
     t = t.to(torch.get_default_dtype())  # (b,)
     loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]

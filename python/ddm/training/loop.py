@@ -69,6 +69,8 @@ RESUME_FIELDS = (
     "sigma_max",
     "batch_size",
     "eps_t",
+    "block_size",
+    "block_loss",
 )
 
 
@@ -198,7 +200,8 @@ def _train(
             raise ValueError(f"resume: run directory {str(run_dir)!r} has no checkpoint")
         saved = ckpt.read_config(found)["train"]
         for name in RESUME_FIELDS:
-            if saved.get(name) != getattr(cfg, name):
+            # a field added after the checkpoint was written (block_size, block_loss) had its default
+            if saved.get(name, getattr(TrainConfig, name)) != getattr(cfg, name):
                 raise ValueError(
                     f"resume: {name} = {getattr(cfg, name)!r} differs from the checkpoint's "
                     f"{saved.get(name)!r}"
@@ -313,10 +316,16 @@ def _train(
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     masked = cfg.objective == "masked"
+    block = cfg.objective == "block"
+    block_masked = block and cfg.block_loss == "masked"
 
     def log_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         # the masked objective trains log p(x0 | x_t) (through DDP's forward, so gradients are reduced)
         return net(x, s, log_probs=True) if masked else net(x, s)
+
+    def block_fn(x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        # block diffusion: every block given the clean blocks before it, in one call ([x_t, x0], BD3-LM)
+        return net(x, s, log_probs=block_masked, x0=x0)
 
     window_loss, window_steps, window_time = 0.0, 0, 0.0
     tok_per_s = 0.0
@@ -339,9 +348,10 @@ def _train(
                     per_seq = sequence_nll(net, x0)  # (b,) exact -log p(x0), nats
                 else:
                     per_seq = ddist.keyed_loss(
-                        log_fn, graph, schedule, x0, seed=cfg.seed, step=step, rows=rows, eps_t=cfg.eps_t,
-                        objective=cfg.objective, t_sampling=cfg.t_sampling, batch_size=cfg.batch_size,
-                    )  # (b,): DWDSE, or the masked NELBO  # fmt: skip
+                        block_fn if block else log_fn, graph, schedule, x0, seed=cfg.seed, step=step,
+                        rows=rows, eps_t=cfg.eps_t, objective=cfg.objective, t_sampling=cfg.t_sampling,
+                        batch_size=cfg.batch_size, block_size=cfg.block_size, block_loss=cfg.block_loss,
+                    )  # (b,): DWDSE, the masked NELBO, or the block loss  # fmt: skip
                 # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
                 (per_seq.sum() * (env.world_size / cfg.batch_size)).backward()
             loss_sum += float(per_seq.detach().sum())
