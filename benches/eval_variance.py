@@ -23,7 +23,7 @@ import ddm
 import torch
 from ddm.eval.bound import _bound_terms, heldout_blocks
 
-DEMO = "/work/main/runs/demo/checkpoints/step_00000320"
+DEMO = str(Path(__file__).resolve().parents[1] / "runs" / "demo")  # `make demo` writes it
 
 
 def block_sd(model, x: torch.Tensor, design: str, num_t: int, reps: int, seed: int) -> dict:
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = ddm.load(args.checkpoint)
-    x = heldout_blocks(args.checkpoint, model.seq_len)
+    x = heldout_blocks(model.checkpoint_path, model.seq_len)
     x = x[torch.linspace(0, len(x) - 1, args.blocks).round().long()]
     load0 = Path("/proc/loadavg").read_text().split()[:3]
     cases = [("strata", 128, args.reps), ("strata", 32, 2 * args.reps), ("masks", 32, 4 * args.reps)]
