@@ -523,8 +523,8 @@ class SequenceBounds:
 
     Attributes:
         nats: `[M]` float64, the bound on `-log p(scored tokens | context tokens)` of each sequence.
-        mc_stderr: `[M]` float64, the Monte-Carlo standard error of each (over its `num_t` time draws;
-            NaN for `num_t = 1`).
+        mc_stderr: `[M]` float64, the Monte-Carlo standard error of each (from its `num_t` rows, see
+            `conditional_bound`; NaN for `num_t = 1`).
         tokens: `[M]` int64, scored positions per sequence.
         num_t: stratified times per sequence.
         seed: the seed of the draws.
@@ -563,12 +563,14 @@ def conditional_bound(
     `seed`, `num_t` and `batch_size` on the same blocks give the same figures (`nats / L` is its
     per-sequence value, before the mean over sequences).
 
-    The Monte-Carlo standard error of a sequence is the standard deviation of its `num_t` stratified
-    integrand values over `sqrt(num_t)`, as if the times were independent uniforms. Its root mean square
-    over many draws matches the true spread of the estimate (checked with exact scores in the tests), but
-    the integrand is heavy-tailed (rare large values in the first stratum), so one sequence's figure is
-    often too small: sum the variances over many sequences, as the lm_eval adapter does. It leaves out
-    the single draw of the reconstruction term (zero for the absorbing graph with `LogLinear`).
+    The Monte-Carlo standard error of a sequence: with the `"masks"` design, from its two independent
+    halves A and B (`|A - B| sqrt(k1 k2) / K`, an unbiased variance with one degree of freedom); with
+    `"strata"`, the standard deviation of its `num_t` integrand values over `sqrt(num_t)`, as if the times
+    were independent uniforms (the strata's integrand is heavy-tailed: rare large values in the first
+    stratum). Either is right in root mean square over many draws (checked with exact scores in the
+    tests) but noisy for one sequence: sum the variances over many sequences, as the lm_eval adapter does.
+    It leaves out the single draw of the reconstruction term (zero for the absorbing graph with
+    `LogLinear`).
 
     Args:
         model: the score model, `model(x, sigma_bar) -> [B, L, dim]` log-scores.
