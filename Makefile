@@ -98,8 +98,16 @@ sdist-test: wheel
 	print(f'same {len(names(a))} files in the wheel built from the sdist')" \
 	  "$$(ls dist/ddm-*.whl)" "$$(ls target/sdist-wheel/ddm-*.whl)"
 
+# compare.py: the kernels against torch and the floor; eval_variance.py and user_wait.py (issue 17): the
+# bound's Monte-Carlo error by design, and before/after of the network call and the sampling loop, on the
+# demo model (trained first when runs/demo is missing).
 bench: build
 	$(PY) benches/compare.py --out benches/results/latest.json
+	test -d runs/demo || $(MAKE) demo
+	cat /proc/loadavg
+	$(PY) benches/eval_variance.py runs/demo --out benches/results/eval_variance.json
+	$(PY) benches/user_wait.py --checkpoint runs/demo --out benches/results/user_wait.json
+	cat /proc/loadavg
 
 clean:
 	cargo clean

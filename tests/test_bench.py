@@ -134,3 +134,20 @@ def test_asv_suite_runs_once(one_torch_thread):
                     getattr(bench, name)(*combo)
                     ran += 1
     assert ran == 2 * 4 + 2 + 1
+
+
+def test_eval_variance_runs_once() -> None:
+    """`benches/eval_variance.py` (issue 17): both designs on a tiny model, once (figures not checked)."""
+    spec = importlib.util.spec_from_file_location("ddm_bench_eval", ROOT / "benches" / "eval_variance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from ddm.graphs import Absorbing
+    from ddm.model import ScoreModel
+    from ddm.schedules import LogLinear
+
+    cfg = {"hidden": 16, "heads": 2, "blocks": 1, "cond_dim": 8, "seq_len": 8, "dropout": 0.0}
+    model = ScoreModel(cfg, Absorbing(5), LogLinear()).eval()
+    x = torch.randint(0, 5, (2, 8), generator=torch.Generator().manual_seed(0))
+    for design in ("masks", "strata"):
+        r = module.block_sd(model, x, design, num_t=4, reps=2, seed=0)
+        assert r["design"] == design and r["calls_per_block"] <= 4 and math.isfinite(r["mc_sd"])

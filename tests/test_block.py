@@ -146,12 +146,16 @@ def test_one_block_keyed_training_loss_is_the_ordinary_one(subs: bool) -> None:
 def test_one_block_bound_is_the_ordinary_bound(subs: bool) -> None:
     plain, block = _pair(subs)
     x = torch.randint(0, N, (5, L), generator=torch.Generator().manual_seed(4))
-    a = likelihood_bound(plain, x, num_t=4, batch_size=8, seed=5)
+    # the same estimator for both: a block model has only the "strata" design (one time per block)
+    a = likelihood_bound(plain, x, num_t=4, batch_size=8, seed=5, design="strata")
     b = likelihood_bound(block, x, num_t=4, batch_size=8, seed=5)
+    assert b.design == "strata"
     assert a.nats_per_token == pytest.approx(b.nats_per_token, rel=1e-6)
     assert a.stderr == pytest.approx(b.stderr, rel=1e-5)
+    with pytest.raises(ValueError, match="not defined for block models"):
+        likelihood_bound(block, x, num_t=4, design="masks")
     scored = torch.arange(L) >= 5
-    ca = conditional_bound(plain, x, scored, num_t=3, seed=6)
+    ca = conditional_bound(plain, x, scored, num_t=3, seed=6, design="strata")
     cb = conditional_bound(block, x, scored, num_t=3, seed=6)
     torch.testing.assert_close(ca.nats, cb.nats)
 

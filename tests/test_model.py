@@ -124,3 +124,87 @@ def test_cuda_bf16_autocast_matches_cpu_float32():
     out = model.cuda()(x.cuda(), sigma.cuda())
     assert out.dtype == torch.float32  # bf16 inside, float32 log-scores out
     torch.testing.assert_close(out.cpu(), ref, rtol=5e-2, atol=5e-2)
+
+
+# ---- the CPU forward of issue 17: the same function with fewer passes ----------------------------------
+
+
+def _reference_forward(model: ScoreModel, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The forward as written before issue 17 (LN, then modulate; rotary by stacked halves; gates as
+    multiply-add; the noise embedding per row), float64 throughout: the oracle of the fused forward."""
+    import torch.nn.functional as F
+    from ddm.graphs import log_expm1
+
+    d = torch.float64
+    B, L = x.shape
+    sig = sigma.to(d)
+
+    def lin(layer, a):
+        return F.linear(a, layer.weight.to(d), None if layer.bias is None else layer.bias.to(d))
+
+    def ln(norm, a):
+        return F.layer_norm(a, norm.normalized_shape, norm.weight.to(d), None, norm.eps)
+
+    def rot(a, cos, sin):
+        a1, a2 = a.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack([a1 * cos - a2 * sin, a1 * sin + a2 * cos], dim=-1).flatten(-2)
+
+    ne = model.noise_embed
+    from ddm.model.embeddings import sinusoidal_features
+
+    c = F.silu(lin(ne.mlp[2], F.silu(lin(ne.mlp[0], sinusoidal_features(sig, ne.frequency_dim).to(d)))))
+    h = model.embed.weight.to(d)[x]
+    cos, sin = (t.to(d) for t in model.rotary(L))
+    for blk in model.blocks:
+        D = h.shape[-1]
+        s1, c1, g1, s2, c2, g2 = lin(blk.modulation, c)[:, None].chunk(6, dim=-1)
+        a = ln(blk.norm1, h) * (1 + c1) + s1
+        q, k, v = lin(blk.qkv, a).view(B, L, 3, blk.heads, D // blk.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(rot(q, cos, sin), rot(k, cos, sin), v)
+        h = h + g1 * lin(blk.attn_out, o.transpose(1, 2).reshape(B, L, D))
+        m = lin(blk.mlp[2], F.gelu(lin(blk.mlp[0], ln(blk.norm2, h) * (1 + c2) + s2), approximate="tanh"))
+        h = h + g2 * m
+    shift, scale = lin(model.final.modulation, c)[:, None].chunk(2, dim=-1)
+    raw = lin(model.final.linear, ln(model.final.norm, h) * (1 + scale) + shift)
+    raw = raw - log_expm1(sig)[:, None, None] - math.log(model.dim - 1)
+    return raw.scatter(-1, x[..., None], 0.0)
+
+
+@pytest.mark.parametrize("same_sigma", [True, False], ids=["one-sigma", "per-row-sigma"])
+def test_fused_forward_is_the_reference_forward(same_sigma: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=48, heads=4, blocks=2, cond_dim=16, seq_len=24, dropout=0.0)
+    model = ScoreModel(cfg, Absorbing(9), LogLinear()).eval()
+    for p in model.parameters():  # away from the zero init: every branch matters
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randint(0, 10, (5, 24), generator=torch.Generator().manual_seed(1))
+    sigma = torch.full((5,), 0.8) if same_sigma else torch.rand(5) * 3 + 0.1
+    want = _reference_forward(model, x, sigma)
+    with torch.no_grad():
+        got = model(x, sigma)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # with gradients on (training) the per-row noise path is taken: the same function
+    torch.testing.assert_close(model(x, sigma).detach().double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_bf16_is_an_opt_in_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ddm.model.transformer as tr
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0)
+    model = ScoreModel(cfg, Absorbing(5), LogLinear()).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randint(0, 6, (3, 16), generator=torch.Generator().manual_seed(2))
+    sigma = torch.full((3,), 0.5)
+    with torch.no_grad():
+        fp32 = model(x, sigma)
+        assert model.cpu_bf16 is False
+        model.cpu_bf16 = True
+        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)  # no native bf16: float32 as before
+        assert torch.equal(model(x, sigma), fp32)
+        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+        bf16 = model(x, sigma)  # bf16 autocast: close, not equal
+        assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+        torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.1)

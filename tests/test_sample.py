@@ -56,6 +56,40 @@ def test_rows_do_not_depend_on_batch_size(kind: str, backend: str) -> None:
     assert torch.equal(small, sample(model, 16, batch_size=4, seed=42, backend=backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", sorted(GRAPHS))
+def test_sample_is_the_sampler_stepped_by_hand(kind: str, backend: str) -> None:
+    """`sample` writes the Rust steps into two buffers in turn and hands the model the grid's noise
+    levels built once (issue 17): the tokens are those of `Sampler.step` called step by step."""
+    from ddm.sampling import Sampler
+
+    model = _model(kind)
+    graph, schedule = GRAPHS[kind]
+    got = sample(model, 12, batch_size=5, seed=9, backend=backend)
+    s = Sampler(graph, schedule)
+    s.set_timesteps(12)
+    x = s.init_noise(5, L, seed=9)
+    with torch.no_grad():
+        for k in range(len(s.timesteps)):
+            x = s.step(model(x, s.noise_level(k, 5)), k, x, seed=9, backend=backend).prev_sample
+    assert torch.equal(got, x)
+
+
+@needs_rust
+def test_step_refuses_an_out_buffer_that_is_x() -> None:
+    from ddm.sampling import Sampler
+
+    graph, schedule = GRAPHS["absorbing"]
+    s = Sampler(graph, schedule)
+    s.set_timesteps(4)
+    x = s.init_noise(2, L)
+    ls = torch.zeros(2, L, graph.dim)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        s.step(ls, 0, x, seed=1, backend="rust", out=x)
+    out = torch.empty_like(x)
+    assert s.step(ls, 0, x, seed=1, backend="rust", out=out).prev_sample.data_ptr() == out.data_ptr()
+
+
 def test_seed_none_is_drawn_and_reported() -> None:
     model = _model("uniform")
     torch.manual_seed(0)

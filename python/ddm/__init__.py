@@ -14,15 +14,26 @@ The public API:
 
 from __future__ import annotations
 
-from ddm import graphs, losses, schedules
-from ddm.eval import likelihood_bound
-from ddm.graphs import Absorbing, Uniform
-from ddm.io import load, load_sedd
-from ddm.losses import dwdse
-from ddm.model import ScoreModel
-from ddm.sampling import Sampler, sample
-from ddm.schedules import Geometric, LogLinear
-from ddm.training import train
+import os as _os
+import sys as _sys
+
+# OpenMP workers that spin after each torch op hold the cores that the next op, or the Rust core's rayon
+# workers between network calls, need: on a shared 2-core machine at load 8 the demo model's forward took
+# 1.3 s with 2 threads instead of 75 ms with passive waiting (BENCHMARKS.md, issue 17). The policy is read
+# when torch loads its OpenMP runtime, so it is set only if torch is not imported yet, and never over a
+# value the user chose.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ddm import graphs, losses, schedules  # noqa: E402
+from ddm.eval import likelihood_bound  # noqa: E402
+from ddm.graphs import Absorbing, Uniform  # noqa: E402
+from ddm.io import load, load_sedd  # noqa: E402
+from ddm.losses import dwdse  # noqa: E402
+from ddm.model import ScoreModel  # noqa: E402
+from ddm.sampling import Sampler, sample  # noqa: E402
+from ddm.schedules import Geometric, LogLinear  # noqa: E402
+from ddm.training import train  # noqa: E402
 
 __version__ = "0.1.0"
 

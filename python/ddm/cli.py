@@ -145,9 +145,10 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 
 
-# Times per block of `ddm eval`: the bound's cost is blocks x num_t block evaluations. 32 strata keep the
-# Monte-Carlo part of the standard error small next to the spread over blocks, and score 100k characters
-# (about 400 blocks of 256) in 13k evaluations; training's periodic evaluation uses `eval_num_t`.
+# Rows per block of `ddm eval`: the bound's cost is blocks x num_t block evaluations. For the absorbing
+# graph 32 rows of the "masks" design have the Monte-Carlo error of 128 uniform strata on the demo model
+# (BENCHMARKS.md, issue 17), and score 100k characters (about 400 blocks of 256) in 13k evaluations;
+# training's periodic evaluation uses `eval_num_t`.
 EVAL_NUM_T = 32
 
 

@@ -63,6 +63,14 @@ class Schedule(abc.ABC):
     def to_config(self) -> dict[str, Any]:
         """A JSON-serialisable description, inverted by `ddm.schedules.from_config`."""
 
+    def time_of(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        """The time `t` with `total_noise(t) = sigma_bar`, for `sigma_bar` in `[sigma_bar(0), sigma_bar(1)]`.
+
+        The likelihood bound draws noise levels first and needs their times (`ddm.eval.bound`); a schedule
+        without a closed-form inverse raises NotImplementedError, and the bound then draws times directly.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no inverse of its total noise")
+
     def __call__(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `(sigma_bar(t), sigma(t))` for `t` in `[0, 1]` (float or tensor of any shape)."""
         return self.total_noise(t), self.rate_noise(t)
@@ -109,6 +117,10 @@ class LogLinear(Schedule):
         t = _as_time(t)
         return (1.0 - self.eps) / self._one_minus(t)
 
+    def time_of(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        # 1 - (1 - eps) t = exp(-sigma_bar): t = -expm1(-sigma_bar) / (1 - eps)
+        return (-torch.expm1(-sigma_bar) / (1.0 - self.eps)).clamp(0.0, 1.0)
+
     def to_config(self) -> dict[str, Any]:
         return {"type": "loglinear", "eps": self.eps}
 
@@ -140,6 +152,10 @@ class Geometric(Schedule):
 
     def rate_noise(self, t: Any) -> torch.Tensor:
         return self.total_noise(t) * math.log(self.sigma_max / self.sigma_min)
+
+    def time_of(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        t = (torch.log(sigma_bar) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(0.0, 1.0)
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "geometric", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}

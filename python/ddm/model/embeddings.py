@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["NoiseEmbedding", "Rotary", "apply_rotary", "sinusoidal_features"]
+__all__ = ["NoiseEmbedding", "Rotary", "apply_rotary", "rotate_pairs", "sinusoidal_features"]
 
 
 def sinusoidal_features(sigma: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -98,3 +98,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, H, L, head_dim / 2)
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, L, head_dim / 2, 2)
     return out.flatten(-2).to(x.dtype)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` as one complex multiplication: pair `(x[..., 2j], x[..., 2j+1])` is the complex number
+    `x_2j + i x_2j+1`, turned by `cos + i sin` (one pass over `x` instead of six).
+
+    Args:
+        x: float32 `[..., L, *rest, head_dim]` with the position axis where `cos` broadcasts: `cos` and
+            `sin` are `[L, 1, ..., 1, head_dim / 2]`-broadcastable (e.g. `[L, 1, 1, hd / 2]` for
+            `[B, L, 2, H, hd]`). The last axis must be contiguous.
+        cos: the rotary cosines.
+        sin: the rotary sines.
+
+    Returns:
+        A new contiguous float32 tensor of the shape of `x`.
+    """
+    turn = torch.complex(cos, sin)  # (..., head_dim / 2) complex64
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)

@@ -283,7 +283,8 @@ def sample(
     want = (batch_size, seq_len, graph.dim)
 
     def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        out = model(x, sigma.to(device=device, dtype=sigma_dtype))  # (the rows do not matter here)
+        # (the rows do not matter here); the .to is a no-op for the grid's sigma_in
+        out = model(x, sigma.to(device=device, dtype=sigma_dtype))
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise TypeError("the model must return a floating tensor of log-scores [B, L, dim]")
         if tuple(out.shape) != (x.shape[0], *want[1:]):
@@ -306,6 +307,15 @@ def sample(
     base_out: torch.Tensor | None = None  # (B, L, dim) the last network output of every row
     base_x: torch.Tensor | None = None  # (B, L) the tokens it was computed at
     base_l = torch.zeros(batch_size, dtype=torch.float64, device=device)  # (B,) log expm1(sigma) there
+    # Once per call, not per step: the noise levels of the whole grid (float64 for the cache, the model's
+    # dtype for its input; row k is step k's) and, for the Rust step, two output buffers used in turn
+    # (a step reads one and writes the other).
+    sigma_64 = sampler.sigmas.to(device)[:, None].expand(-1, batch_size).contiguous()  # (n_eval, B)
+    sigma_in = sigma_64.to(sigma_dtype)  # (n_eval, B)
+    l_grid = log_expm1(sigma_64) if cache else None  # (n_eval, B)
+    buffers = None
+    if use_rust and sampler.remask is None and device.type == "cpu":
+        buffers = [torch.empty(batch_size, seq_len, dtype=torch.int64) for _ in range(2)]  # 2 x (B, L)
 
     bar = None
     if progress:
@@ -318,12 +328,13 @@ def sample(
             for k in range(n_eval):
                 if fixed is not None:
                     x = fixed.apply(x)
-                sigma = sampler.noise_level(k, batch_size, device=device)  # (B,) float64
+                sigma = sigma_in[k]  # (B,) sigma_bar(t_k) in the model's dtype
                 if not cache:
                     log_score = call(x, sigma)
                     calls, rows = calls + 1, rows + batch_size
                 else:
-                    l_now = log_expm1(sigma)  # (B,)
+                    assert l_grid is not None
+                    l_now = l_grid[k]  # (B,)
                     changed = (
                         torch.ones(batch_size, dtype=torch.bool, device=device)
                         if base_out is None
@@ -346,7 +357,10 @@ def sample(
                     # sigma of the call to this one shifts every entry but the current token's (kept 0)
                     shift = (base_l - l_now).to(base_out.dtype)[:, None, None]  # (B, 1, 1)
                     log_score = (base_out + shift).scatter_(-1, x[..., None], 0.0)  # (B, L, dim)
-                x = sampler.step(log_score, k, x, seed=seed, backend=step_backend).prev_sample
+                out = None if buffers is None else buffers[k % 2]
+                if out is not None and out.data_ptr() == x.data_ptr():  # a fixed-token copy is never one
+                    out = buffers[(k + 1) % 2]
+                x = sampler.step(log_score, k, x, seed=seed, backend=step_backend, out=out).prev_sample
                 if bar is not None:
                     bar.update(1)
             if fixed is not None:

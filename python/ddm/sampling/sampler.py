@@ -212,6 +212,8 @@ class Sampler:
         self.timesteps = torch.empty(0, dtype=torch.float64)
         self.sigmas = torch.empty(0, dtype=torch.float64)
         self._rates = torch.empty(0, dtype=torch.float64)
+        self._kinds: list[tuple[str, float]] = []
+        self._levels: dict[int, torch.Tensor] = {}  # batch size -> [n_eval, B] step levels (the Rust input)
         self._n_free: torch.Tensor | None = None  # confidence: the MASK count of each row at t_index 0
 
     @property
@@ -310,6 +312,8 @@ class Sampler:
         n_eval = steps + 1 if self.denoise else steps
         self.timesteps = t[:n_eval]
         self.sigmas = self._sigma_bar[:n_eval]
+        self._kinds = [self._step_kind(k) for k in range(n_eval)]  # what step_kind returns, once per grid
+        self._levels = {}
 
     def _check_index(self, t_index: Any) -> int:
         if self.num_inference_steps is None:
@@ -405,7 +409,9 @@ class Sampler:
         `noise` is `rate_dt = sigma(t_k) (t_k - t_{k+1})` for Euler, `dsigma = sigma_bar(t_k) -
         sigma_bar(t_{k+1})` for the analytic step and `sigma_bar(eps)` for denoising (docs/math.md section 5).
         """
-        k = self._check_index(t_index)
+        return self._kinds[self._check_index(t_index)]
+
+    def _step_kind(self, k: int) -> tuple[str, float]:
         steps = self.num_inference_steps
         assert steps is not None
         if k == steps:  # only reachable with denoise=True
@@ -414,6 +420,16 @@ class Sampler:
             dt = float(self.times[k] - self.times[k + 1])
             return "euler", float(self._rates[k]) * dt
         return "analytic", float(self._sigma_bar[k] - self._sigma_bar[k + 1])
+
+    def _step_levels(self, batch_size: int) -> torch.Tensor:
+        """The `noise` of `step_kind` at every index, `[n_eval, batch_size]` float64 on the CPU, contiguous:
+        built once per grid and batch size, so a step hands Rust a row of it instead of a new tensor."""
+        levels = self._levels.get(batch_size)
+        if levels is None:
+            noise = torch.tensor([level for _, level in self._kinds], dtype=torch.float64)  # (n_eval,)
+            levels = noise[:, None].expand(-1, batch_size).contiguous()  # (n_eval, B)
+            self._levels = {batch_size: levels}
+        return levels
 
     # ---- one reverse step -------------------------------------------------------------------------------
     def _check_step_inputs(self, log_score: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -464,6 +480,7 @@ class Sampler:
         generator: torch.Generator | None = None,
         seq_offset: int = 0,
         backend: str = "auto",
+        out: torch.Tensor | None = None,
     ) -> SamplerOutput:
         """Take the reverse step at `timesteps[t_index]`.
 
@@ -479,9 +496,12 @@ class Sampler:
             seq_offset: added to the row index in the key (to split one batch into several calls).
             backend: `"auto"` (Rust for CPU tensors when the core is built, else torch), `"rust"` or
                 `"torch"`.
+            out: optional int64 `[B, L]` CPU tensor that the Rust step writes into (it must not share
+                memory with `x` or `log_score`); `sample` passes two buffers in turn. Ignored by the torch
+                step and by ReMDM.
 
         Returns:
-            `SamplerOutput` with `prev_sample`, int64 `[B, L]` on the device of `x`.
+            `SamplerOutput` with `prev_sample`, int64 `[B, L]` on the device of `x` (`out` when used).
         """
         log_score, x = self._check_step_inputs(log_score, x)
         k = self._check_index(t_index)
@@ -508,14 +528,18 @@ class Sampler:
 
             xc = x.detach().to("cpu").contiguous()
             ls = log_score.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, L, dim)
-            level = torch.full((x.shape[0],), noise, dtype=torch.float64)  # (B,)
+            level = self._step_levels(x.shape[0])[k]  # (B,) a row of the grid's levels, no new tensor
+            if out is not None and out.data_ptr() == xc.data_ptr():
+                raise ValueError("out must not share memory with x")
             if self.proposal.neutral_for(self.graph.dim):
-                out = _native.reverse_step(kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset)
-            else:
-                out = _native.proposal_step(
-                    kind, self.graph, xc, ls, level, seed, k, self.proposal, seq_offset=seq_offset
+                new = _native.reverse_step(
+                    kind, self.graph, xc, ls, level, seed, k, seq_offset=seq_offset, out=out
                 )
-            return SamplerOutput(prev_sample=out.to(x.device))
+            else:
+                new = _native.proposal_step(
+                    kind, self.graph, xc, ls, level, seed, k, self.proposal, seq_offset=seq_offset, out=out
+                )
+            return SamplerOutput(prev_sample=new.to(x.device))
         probs = self.step_probs(log_score.detach(), k, x)  # (B, L, dim) float64
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seq_offset
         u = _rng.uniforms(seed, _rng.STREAM_STEP, k, rows, x.shape[1])  # (B, L)
