@@ -420,7 +420,7 @@ def _plots(r: dict[str, Any], out: Path) -> None:
             rows = [row for row in m["samples"] if row["predictor"] == predictor]
             if not rows:
                 continue
-            label = f"{_graph_name(m)}, {predictor}"
+            label = f"{_graph_name(m)} {Path(m['checkpoint']).parent.parent.name}, {predictor}"
             xs = [row["calls_per_sequence"] for row in rows]
             a1.plot(xs, [row["gen_perplexity"] for row in rows], "o-", label=label)
             a2.plot(xs, [row["entropy"] for row in rows], "o-", label=label)
