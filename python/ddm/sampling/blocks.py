@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ddm.graphs import log_expm1
 from ddm.sampling.conditioning import Fixed
+from ddm.sampling.grid import run_grid
 from ddm.sampling.unmasking import run_unmasking
 
 __all__ = ["BlockRun", "block_seed", "sample_blocks"]
@@ -103,9 +103,7 @@ def sample_blocks(
     kv = model.empty_cache(batch_size, device) if kv_cache else None
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.full((batch_size,), max_len, dtype=torch.int64, device=device)
-    n_eval = len(sampler.timesteps)
     counts = [0, 0]
-    all_rows = torch.arange(batch_size, device=device)
 
     def scores(x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor, lo: int) -> torch.Tensor:
         counts[0] += 1
@@ -133,8 +131,8 @@ def sample_blocks(
                         fixed = Fixed(m, torch.where(m, out[0, lo:hi], 0))
                     if unmasking is None:
                         out[:, lo:hi] = _denoise_block(
-                            sampler, scores, lo, fixed, batch_size, bs, n_eval, block_seed(seed, n), device,
-                            step_backend, cache, all_rows,
+                            sampler, scores, lo, fixed, batch_size, bs, block_seed(seed, n), device,
+                            step_backend, cache,
                         )  # fmt: skip
                     else:
                         predictor, steps, options = unmasking
@@ -182,42 +180,18 @@ def _denoise_block(
     fixed: Fixed | None,
     batch_size: int,
     bs: int,
-    n_eval: int,
     seed: int,
     device: torch.device,
     step_backend: str,
     cache: bool,
-    all_rows: torch.Tensor,
 ) -> torch.Tensor:
-    """One block from all MASK to clean with the grid sampler (the loop of `ddm.sample` on `B'` positions)."""
+    """One block from all MASK to clean with the grid sampler: the loop of `ddm.sample`
+    (`ddm.sampling.grid.run_grid`) on `B'` positions."""
     x = sampler.init_noise(batch_size, bs, seed=seed, device=device)  # (B, B') all MASK
-    base_out: torch.Tensor | None = None  # (B, B', dim) the last output of every row
-    base_x: torch.Tensor | None = None
-    base_l = torch.zeros(batch_size, dtype=torch.float64, device=device)
-    for k in range(n_eval):
-        if fixed is not None:
-            x = fixed.apply(x)
-        sigma = sampler.noise_level(k, batch_size, device=device)  # (B,) float64
-        if not cache:
-            log_score = scores(x, sigma, all_rows, lo)
-        else:
-            l_now = log_expm1(sigma)  # (B,)
-            changed = all_rows >= 0 if base_out is None else (x != base_x).any(dim=-1)  # (B,)
-            n_changed = int(changed.sum())
-            if n_changed == batch_size:
-                base_out = scores(x, sigma, all_rows, lo)
-                base_l = l_now.clone()
-            elif n_changed:
-                idx = changed.nonzero().squeeze(1)
-                assert base_out is not None
-                base_out = base_out.index_copy(0, idx, scores(x[idx], sigma[idx], idx, lo))
-                base_l = base_l.index_copy(0, idx, l_now[idx])
-            base_x = x
-            assert base_out is not None
-            # docs/math.md section 4.7: the output moves with log expm1(sigma) off the current token
-            shift = (base_l - l_now).to(base_out.dtype)[:, None, None]  # (B, 1, 1)
-            log_score = (base_out + shift).scatter_(-1, x[..., None], 0.0)  # (B, B', dim)
-        x = sampler.step(log_score, k, x, seed=seed, backend=step_backend).prev_sample
-    if fixed is not None:
-        x = fixed.apply(x)
-    return x
+
+    def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return scores(x, sigma, rows, lo)
+
+    return run_grid(
+        call, sampler, x, fixed, seed=seed, step_backend=step_backend, cache=cache, sigma_dtype=torch.float64
+    )

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from ddm.graphs import log_expm1
 from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
-from ddm.sampling.sampler import PREDICTORS, Sampler, check_seed, random_seed, resolve_backend
-from ddm.sampling.unmasking import UNMASKING_PREDICTORS, run_unmasking
+from ddm.sampling.grid import run_grid
+from ddm.sampling.sampler import Sampler, check_seed, random_seed, resolve_backend
+from ddm.sampling.unmasking import run_unmasking
 
 __all__ = ["sample", "SampleStats"]
 
@@ -252,15 +252,13 @@ def sample(
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
         raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
-    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
-        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
-    unmasking = predictor in UNMASKING_PREDICTORS  # issue 14: samplers that are not grid steps
-    # the Sampler checks every option against the predictor and the graph
+    # the Sampler checks the predictor and every option against it and the graph
     sampler = Sampler(
         graph, schedule, predictor=predictor, eps=eps, denoise=denoise, temperature=temperature,
         top_k=top_k, top_p=top_p, remask=remask, remask_schedule=remask_schedule, **unmasking_options,
     )  # fmt: skip
     graph = sampler.graph
+    unmasking = sampler.unmasking  # issue 14: samplers that are not grid steps
     sampler.set_timesteps(steps)
 
     model_device, sigma_dtype = _model_device_dtype(model)
@@ -303,19 +301,11 @@ def sample(
         return (x, stats) if return_stats else x
 
     n_eval = len(sampler.timesteps)
-    calls = rows = 0
-    base_out: torch.Tensor | None = None  # (B, L, dim) the last network output of every row
-    base_x: torch.Tensor | None = None  # (B, L) the tokens it was computed at
-    base_l = torch.zeros(batch_size, dtype=torch.float64, device=device)  # (B,) log expm1(sigma) there
-    # Once per call, not per step: the noise levels of the whole grid (float64 for the cache, the model's
-    # dtype for its input; row k is step k's) and, for the Rust step, two output buffers used in turn
-    # (a step reads one and writes the other).
-    sigma_64 = sampler.sigmas.to(device)[:, None].expand(-1, batch_size).contiguous()  # (n_eval, B)
-    sigma_in = sigma_64.to(sigma_dtype)  # (n_eval, B)
-    l_grid = log_expm1(sigma_64) if cache else None  # (n_eval, B)
-    buffers = None
-    if use_rust and sampler.remask is None and device.type == "cpu":
-        buffers = [torch.empty(batch_size, seq_len, dtype=torch.int64) for _ in range(2)]  # 2 x (B, L)
+    counts = [0, 0]  # network calls, rows evaluated
+
+    def on_call(n_rows: int) -> None:
+        counts[0] += 1
+        counts[1] += n_rows
 
     bar = None
     if progress:
@@ -325,49 +315,14 @@ def sample(
     try:
         with torch.no_grad():
             x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
-            for k in range(n_eval):
-                if fixed is not None:
-                    x = fixed.apply(x)
-                sigma = sigma_in[k]  # (B,) sigma_bar(t_k) in the model's dtype
-                if not cache:
-                    log_score = call(x, sigma)
-                    calls, rows = calls + 1, rows + batch_size
-                else:
-                    assert l_grid is not None
-                    l_now = l_grid[k]  # (B,)
-                    changed = (
-                        torch.ones(batch_size, dtype=torch.bool, device=device)
-                        if base_out is None
-                        else (x != base_x).any(dim=-1)
-                    )  # (B,)
-                    n_changed = int(changed.sum())
-                    if n_changed == batch_size:
-                        base_out = call(x, sigma)
-                        base_l = l_now.clone()
-                    elif n_changed:
-                        idx = changed.nonzero().squeeze(1)
-                        assert base_out is not None
-                        base_out = base_out.index_copy(0, idx, call(x[idx], sigma[idx]))
-                        base_l = base_l.index_copy(0, idx, l_now[idx])
-                    if n_changed:
-                        calls, rows = calls + 1, rows + n_changed
-                    base_x = x
-                    assert base_out is not None
-                    # docs/math.md section 4: l = raw - log expm1(sigma) - log(dim - 1), so moving from the
-                    # sigma of the call to this one shifts every entry but the current token's (kept 0)
-                    shift = (base_l - l_now).to(base_out.dtype)[:, None, None]  # (B, 1, 1)
-                    log_score = (base_out + shift).scatter_(-1, x[..., None], 0.0)  # (B, L, dim)
-                out = None if buffers is None else buffers[k % 2]
-                if out is not None and out.data_ptr() == x.data_ptr():  # a fixed-token copy is never one
-                    out = buffers[(k + 1) % 2]
-                x = sampler.step(log_score, k, x, seed=seed, backend=step_backend, out=out).prev_sample
-                if bar is not None:
-                    bar.update(1)
-            if fixed is not None:
-                x = fixed.apply(x)
+            x = run_grid(
+                call, sampler, x, fixed, seed=seed, step_backend=step_backend, cache=cache,
+                sigma_dtype=sigma_dtype, on_call=on_call, on_step=None if bar is None else bar.update,
+            )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
+    calls, rows = counts
     if return_stats:
         stats = SampleStats(
             network_calls=calls,
@@ -407,14 +362,12 @@ def _sample_blocks(
     kv_cache: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """`sample` for a block-diffusion model: checks, then `ddm.sampling.blocks.sample_blocks`."""
-    if predictor not in PREDICTORS + UNMASKING_PREDICTORS:
-        raise ValueError(f"predictor must be one of {PREDICTORS + UNMASKING_PREDICTORS}, got {predictor!r}")
-    unmasking = predictor in UNMASKING_PREDICTORS
-    # the Sampler checks every option against the predictor and the graph, as in sample()
+    # the Sampler checks the predictor and every option against it and the graph, as in sample()
     sampler = Sampler(
         graph, schedule, predictor=predictor, eps=eps, denoise=denoise, **step_options, **unmasking_options
     )
     sampler.set_timesteps(steps)
+    unmasking = sampler.unmasking
     if suffix is not None or infill is not None:
         raise ValueError("a block model generates left to right: it takes a prefix, not a suffix or infill")
     max_len = _positive_int(model.seq_len if max_len is None else max_len, "max_len")

@@ -188,16 +188,8 @@ class Sampler:
         )  # fmt: skip
         if predictor in UNMASKING_PREDICTORS:
             check_unmasking(predictor, self.graph, remask=remask, **self.unmasking_options)
-        else:  # an option of another sampler is an error, not silently ignored
-            for name in ("tokens_per_step", "threshold", "entropy_bound"):
-                if self.unmasking_options[name] is not None:
-                    raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
-            if group_by_step:
-                raise ValueError(
-                    f"group_by_step is an option of predictor='first_hitting', not {predictor!r}"
-                )
-            if order != "confidence":
-                raise ValueError(f"order is an option of predictor='confidence', not {predictor!r}")
+        else:  # remask is checked above, for the grid predictors
+            check_unmasking(predictor, self.graph, **self.unmasking_options)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise TypeError(f"eps must be a float, got {type(eps).__name__}")
         if not 0.0 < float(eps) < 1.0:
@@ -215,6 +207,7 @@ class Sampler:
         self._kinds: list[tuple[str, float]] = []
         self._levels: dict[int, torch.Tensor] = {}  # batch size -> [n_eval, B] step levels (the Rust input)
         self._n_free: torch.Tensor | None = None  # confidence: the MASK count of each row at t_index 0
+        self._events: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # first hitting
 
     @property
     def unmasking(self) -> bool:
@@ -383,14 +376,24 @@ class Sampler:
         mask_id = self.graph.dim - 1
         rows = torch.arange(x.shape[0], dtype=torch.int64, device=x.device) + seq_offset
         if self.predictor == "first_hitting":
-            from ddm.sampling.first_hitting import event_levels, next_event
+            from ddm.sampling.first_hitting import next_event
 
-            u, levels = event_levels(self.schedule, seed, rows, x.shape[1], self.eps)  # (B, L) each
+            u, levels = self._event_levels(seed, rows, x.shape[1])  # (B, L) each
             pos, _ = next_event(x, u, mask_id)  # (B,)
             return levels.gather(1, pos[:, None])[:, 0]
         from ddm.sampling.confidence import confidence_level
 
         return confidence_level(self.schedule, self.eps, (x == mask_id).sum(-1), self._free_count(k, x))
+
+    def _event_levels(self, seed: int, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First hitting: `first_hitting.event_levels` of these rows, kept for the run (they depend only on
+        the seed, the rows and the length, and `noise_level` and `step` of every call need them)."""
+        from ddm.sampling.first_hitting import event_levels
+
+        key = (seed, int(rows[0]) if rows.numel() else 0, rows.numel(), length, rows.device)
+        if self._events is None or self._events[0] != key:
+            self._events = (key, event_levels(self.schedule, seed, rows, length, self.eps))
+        return self._events[1]
 
     def _free_count(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Confidence: each row's MASK count at the first call (kept from `t_index` 0), `[B]`."""
@@ -564,9 +567,9 @@ class Sampler:
                 use_rust=use_rust, order=opts["order"], opts={n: opts[n] for n in
                 ("tokens_per_step", "threshold", "entropy_bound")}, calls_left=steps - k,
             )  # fmt: skip
-        from ddm.sampling.first_hitting import draw_masked, event_cells, event_levels, next_event
+        from ddm.sampling.first_hitting import draw_masked, event_cells, next_event
 
-        u, levels = event_levels(self.schedule, seed, rows, x.shape[1], self.eps)  # (B, L) each
+        u, levels = self._event_levels(seed, rows, x.shape[1])  # (B, L) each
         masked = x == mask_id  # (B, L)
         if opts["group_by_step"]:
             where = masked & (event_cells(levels, self._sigma_bar.to(x.device)) == k)  # (B, L)

@@ -22,7 +22,17 @@ UNMASKING_PREDICTORS = ("first_hitting", "confidence")
 
 
 def check_unmasking(predictor: str, graph: Any, **options: Any) -> None:
-    """ValueError for an unmasking predictor on the uniform graph, or a bad option."""
+    """ValueError for an unmasking predictor on the uniform graph, or a bad option; for a grid predictor
+    (analytic, euler), an option of the unmasking samplers is an error, not silently ignored."""
+    if predictor not in UNMASKING_PREDICTORS:
+        for name in ("tokens_per_step", "threshold", "entropy_bound"):
+            if options.get(name) is not None:
+                raise ValueError(f"{name} is an option of predictor='confidence', not {predictor!r}")
+        if options.get("group_by_step", False):
+            raise ValueError(f"group_by_step is an option of predictor='first_hitting', not {predictor!r}")
+        if options.get("order", "confidence") != "confidence":
+            raise ValueError(f"order is an option of predictor='confidence', not {predictor!r}")
+        return
     what = "remask" if options.get("remask") is not None else f"predictor={predictor!r}"
     if not graph.absorbing:
         raise ValueError(f"{what} needs the absorbing graph: the uniform graph has no MASK to unmask")
