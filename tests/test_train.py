@@ -14,6 +14,7 @@ from ddm.model import ModelConfig, ScoreModel
 from ddm.schedules import Geometric, LogLinear
 from ddm.training import train
 from ddm.training.config import TrainConfig, load_config
+from ddm.training.loop import lr_at
 from safetensors.torch import load_file
 
 SMALL = dict(TINY_MODEL, dropout=0.0)
@@ -136,6 +137,28 @@ def test_grad_accum_and_time_independent_and_uniform_runs(tmp_path):
     assert any("eval_bits_per_token" in r for r in recs)
 
 
+@pytest.mark.parametrize("decay", ["constant", "cosine", "linear"])
+def test_lr_schedule_warms_up_then_decays_to_lr_final(decay):
+    cfg = TrainConfig(lr=2e-3, warmup_steps=10, steps=110, lr_decay=decay, lr_final=0.1)
+    lrs = [lr_at(cfg, s) for s in range(cfg.steps)]
+    # warm-up: (step + 1) / warmup_steps of lr, reaching lr at the last warm-up update (step 9)
+    assert lrs[:10] == pytest.approx([2e-3 * (s + 1) / 10 for s in range(10)], rel=1e-12)
+    if decay == "constant":
+        assert lrs[10:] == [2e-3] * 100
+        return
+    # from lr at step 9 to lr * lr_final at the last update (step 109), monotone
+    assert lrs[-1] == pytest.approx(2e-4, rel=1e-12)
+    assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))
+    p = 0.5  # half-way, step 59
+    half = 0.5 * (1 + math.cos(math.pi * p)) if decay == "cosine" else 1 - p
+    assert lrs[59] == pytest.approx(2e-3 * (0.1 + 0.9 * half), rel=1e-12)
+    # past the last step (a resumed run with more steps would recompute the curve) it stays at the end
+    assert lr_at(cfg, 500) == pytest.approx(2e-4, rel=1e-12)
+    # no warm-up: the decay starts at the first update
+    cold = TrainConfig(lr=1e-3, warmup_steps=0, steps=11, lr_decay=decay, lr_final=0.0)
+    assert lr_at(cold, 0) == pytest.approx(1e-3) and lr_at(cold, 10) == pytest.approx(0.0, abs=1e-15)
+
+
 def test_bad_configs_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({"stepz": 3})
@@ -151,6 +174,10 @@ def test_bad_configs_are_named(tmp_path):
         TrainConfig.from_dict({"hidden": 30, "heads": 4})
     with pytest.raises(ValueError, match="lr must be"):
         TrainConfig.from_dict({"lr": 0})
+    with pytest.raises(ValueError, match="lr_decay must be"):
+        TrainConfig.from_dict({"lr_decay": "step"})
+    with pytest.raises(ValueError, match="lr_final must be in"):
+        TrainConfig.from_dict({"lr_final": 1.5})
     bad = tmp_path / "bad.toml"
     bad.write_text("steps = [")
     with pytest.raises(ValueError, match="not valid TOML"):

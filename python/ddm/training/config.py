@@ -94,7 +94,13 @@ class TrainConfig:
     beta2: float = _f(0.999, "AdamW beta2 (SEDD: 0.999)")
     adam_eps: float = _f(1e-8, "AdamW epsilon (SEDD: 1e-8)")
     weight_decay: float = _f(0.0, "AdamW weight decay (SEDD: 0)")
-    warmup_steps: int = _f(500, "linear learning-rate warm-up steps, then constant (SEDD: 2500)")
+    warmup_steps: int = _f(500, "linear learning-rate warm-up steps, then lr_decay (SEDD: 2500)")
+    lr_decay: str = _f(
+        "constant",
+        "learning rate after the warm-up: 'constant' (SEDD), 'cosine' or 'linear' (from lr at the end "
+        "of the warm-up to lr * lr_final at the last step)",
+    )
+    lr_final: float = _f(0.1, "lr_decay 'cosine' or 'linear': the last step's learning rate over lr")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off) (SEDD: 1.0)")
     ema_decay: float = _f(
         0.999, "EMA decay, warmed up as min(decay, (1+n)/(10+n)) (SEDD: 0.9999, for runs of 1M steps)"
@@ -210,6 +216,10 @@ class TrainConfig:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         if self.objective == "block" and self.seq_len % self.block_size:
             raise ValueError(f"block_size ({self.block_size}) must divide seq_len ({self.seq_len})")
+        if self.lr_decay not in ("constant", "cosine", "linear"):
+            raise ValueError(f"lr_decay must be 'constant', 'cosine' or 'linear', got {self.lr_decay!r}")
+        if not 0.0 <= self.lr_final <= 1.0:
+            raise ValueError(f"lr_final must be in [0, 1], got {self.lr_final!r}")
         if self.t_sampling not in ("uniform", "stratified"):
             raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {self.t_sampling!r}")
         if self.graph not in ("absorbing", "uniform"):

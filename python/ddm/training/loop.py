@@ -75,10 +75,19 @@ RESUME_FIELDS = (
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
-    """Learning rate of the update from `step` to `step + 1`: linear warm-up, then constant (SEDD)."""
-    if config.warmup_steps == 0:
+    """Learning rate of the update from `step` to `step + 1`: a linear warm-up over `warmup_steps`, then
+    constant (SEDD), or a cosine or linear decay that reaches `lr * lr_final` at the last update (step
+    `steps - 1`). A function of the step and the config alone, so a resumed run follows the same curve."""
+    if step + 1 < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "constant":
         return config.lr
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+    # progress in [0, 1] from the last warm-up update (step warmup_steps - 1) to the last update
+    first = max(config.warmup_steps - 1, 0)
+    span = config.steps - 1 - first
+    p = min(max((step - first) / span, 0.0), 1.0) if span > 0 else 1.0
+    shape = 0.5 * (1.0 + math.cos(math.pi * p)) if config.lr_decay == "cosine" else 1.0 - p
+    return config.lr * (config.lr_final + (1.0 - config.lr_final) * shape)
 
 
 def _as_config(config: TrainConfig | dict | str | os.PathLike) -> TrainConfig:
