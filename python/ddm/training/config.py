@@ -106,7 +106,12 @@ class TrainConfig:
         0.999, "EMA decay, warmed up as min(decay, (1+n)/(10+n)) (SEDD: 0.9999, for runs of 1M steps)"
     )
     eps_t: float = _f(1e-3, "training times t ~ U[eps_t, 1] (SEDD: 1e-3)")
-    bf16: bool = _f(True, "bf16 autocast on CUDA (CPU always trains in float32)")
+    bf16: bool = _f(True, "bf16 autocast on CUDA")
+    cpu_bf16: bool = _f(
+        False,
+        "bf16 autocast on the CPU too, where it computes in bf16 natively (AVX512-BF16 or AMX, detected at "
+        "run time; elsewhere float32): 1.8x the tokens/s of the demo model on such a CPU",
+    )
     # logging, evaluation, checkpoints
     log_every: int = _f(10, "steps between lines of the log (log.jsonl)")
     eval_every: int = _f(500, "steps between held-out bound estimates (0: only at the end)")

@@ -3,9 +3,9 @@
 One optimizer step draws `batch_size` blocks of `seq_len` tokens at random offsets of the training split
 (in `grad_accum` micro-batches), draws `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` per sequence, and
 minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (docs/math.md section 4; SEDD eq. 10), with
-AdamW,
-linear warm-up, gradient clipping and an EMA of the weights. On CUDA the network runs under bf16
-autocast; the score entropy is computed in float32 or wider.
+AdamW, a linear warm-up then a constant or decaying learning rate (`lr_at`), gradient clipping and an EMA
+of the weights. On CUDA the network runs under bf16 autocast, and on a CPU with native bf16 too when
+`cpu_bf16` is set; the weights, the optimizer and the score entropy stay in float32 or wider.
 
 Randomness: the initial weights come from torch's global RNG seeded with `config.seed`; the block
 offsets, `t` and `x_t` of row j of the global batch of step s are counter-based draws keyed by
@@ -239,6 +239,7 @@ def _train(
         model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer).to(device)
     else:
         model = ScoreModel(cfg.model_config(), graph, schedule, tokenizer=tokenizer).to(device)
+    model.cpu_bf16 = cfg.cpu_bf16  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
     ema = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(
         model.parameters(),

@@ -1,0 +1,158 @@
+"""Recipes at equal training wall clock on Shakespeare: SEDD's recipe, ddm's, and the AR baseline (issue 18).
+
+The setup of issue 18: the 3.6M-parameter DiT (hidden 256, 4 heads, 4 blocks, cond 64), L = 256 characters,
+batch 32, dropout 0, on the registry's `shakespeare` dataset (38 plays train; Troilus and Cressida and
+Twelfth Night are the held-out validation split; The Two Gentlemen of Verona and The Winter's Tale, the
+test split, are the second text).
+
+Equal wall clock on a shared machine: a probe first times each recipe's optimizer step side by side
+(`--probe-steps` steps each after a warm-up, in alternating rounds, medians), then each recipe trains for
+`budget / (seconds per step)` steps, one after the other. So the step counts are those of an equal budget
+on this machine even if the load changes later, and a run's bound does not depend on the load during it.
+
+Scores: `likelihood_bound` (the AR model: its exact NLL) on `--windows` evenly spread 256-character windows
+of each text, `--num-t` times per window. One JSON line per recipe, and the probe, to `--out`.
+
+Usage: `python benches/budget_compare.py --budget 600 --out budget.jsonl [--recipes sedd,ddm,ar]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import ddm
+import torch
+from ddm.data import load_corpus
+from ddm.data.registry import tokens
+from ddm.eval import likelihood_bound
+from ddm.eval.metrics import exact_nll
+from ddm.training import TrainConfig, train
+
+SETUP = dict(
+    data="shakespeare",
+    model="tiny",
+    hidden=256,
+    heads=4,
+    blocks=4,
+    cond_dim=64,
+    seq_len=256,
+    batch_size=32,
+    dropout=0.0,
+    eval_every=0,
+    log_every=10,
+    progress=False,
+    plot=False,
+)
+RECIPES = {
+    # SEDD's: the score-entropy loss on a time-conditioned network, constant lr after warm-up, float32
+    # (the issue's reference recipe: AdamW 1e-3, warm-up 200, EMA 0.999)
+    "sedd": dict(objective="diffusion", lr=1e-3, warmup_steps=200, ema_decay=0.999),
+    # ddm's: the masked NELBO on a time-independent network, a cosine decay, bf16 where the CPU has it
+    "ddm": dict(
+        objective="masked",
+        time_conditioning=False,
+        lr=2e-3,
+        warmup_steps=100,
+        lr_decay="cosine",
+        lr_final=0.1,
+        ema_decay=0.99,
+        cpu_bf16=True,
+    ),  # fmt: skip
+    # the autoregressive baseline, same network size and budget, with ddm's optimiser settings
+    "ar": dict(
+        objective="autoregressive",
+        lr=2e-3,
+        warmup_steps=100,
+        lr_decay="cosine",
+        lr_final=0.1,
+        ema_decay=0.99,
+        cpu_bf16=True,
+    ),  # fmt: skip
+}
+
+
+def probe(names: list[str], out_dir: Path, steps: int, rounds: int) -> dict[str, float]:
+    """Seconds per optimizer step of each recipe, timed side by side in alternating rounds (medians)."""
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names:
+            run = out_dir / f"probe-{name}-{r}"
+            shutil.rmtree(run, ignore_errors=True)
+            cfg = TrainConfig.from_dict(
+                {**SETUP, **RECIPES[name], "run_dir": str(run), "steps": steps + 2, "save_every": 10**9,
+                 "log_every": 1}
+            )  # fmt: skip
+            train(cfg)
+            # the optimizer steps alone (the log's elapsed_s), after two warm-up steps
+            log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            at = {r["step"]: r["elapsed_s"] for r in log if "elapsed_s" in r}
+            times[name].append((at[steps + 2] - at[2]) / steps)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def windows(stream: torch.Tensor, count: int, length: int) -> torch.Tensor:
+    """`count` windows of `length` tokens evenly spread over a 1-D token stream, `[count, length]`."""
+    starts = torch.linspace(0, len(stream) - length, count).long()
+    return torch.stack([stream[s : s + length] for s in starts.tolist()])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", type=float, default=600.0, help="training seconds per recipe")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"among {', '.join(RECIPES)}")
+    ap.add_argument("--out-dir", default="/tmp/budget")
+    ap.add_argument("--out", default="", help="append JSON lines here")
+    ap.add_argument("--probe-steps", type=int, default=6)
+    ap.add_argument("--probe-rounds", type=int, default=2)
+    ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--num-t", type=int, default=128)
+    args = ap.parse_args()
+    names = [n for n in args.recipes.split(",") if n]
+    out_dir = Path(args.out_dir)
+
+    def emit(rec: dict) -> None:
+        print(json.dumps(rec), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    load0 = os.getloadavg()
+    s_per_step = probe(names, out_dir, args.probe_steps, args.probe_rounds)
+    emit(dict(probe_s_per_step=s_per_step, load_start=load0, load_end=os.getloadavg()))
+    corpus = load_corpus("shakespeare", out_dir / "data")
+    texts = {
+        "heldout": torch.as_tensor(corpus.val_tokens.astype("int64")),
+        "second": torch.as_tensor(tokens("shakespeare", "test").astype("int64")),
+    }
+    for name in names:
+        steps = max(1, round(args.budget / s_per_step[name]))
+        run = out_dir / name
+        shutil.rmtree(run, ignore_errors=True)
+        cfg = TrainConfig.from_dict(
+            {**SETUP, **RECIPES[name], "run_dir": str(run), "steps": steps, "save_every": steps}
+        )
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        ckpt = train(cfg)
+        wall = time.perf_counter() - t0
+        model = ddm.load(ckpt)
+        rec: dict = dict(recipe=name, overrides=RECIPES[name], steps=steps, train_s=round(wall, 1))
+        for text, stream in texts.items():
+            blocks = windows(stream, args.windows, cfg.seq_len)
+            if name == "ar":
+                b = exact_nll(model, blocks, batch_size=64)
+            else:
+                b = likelihood_bound(model, blocks, num_t=args.num_t, seed=0, batch_size=128)
+            rec[text] = dict(bits=round(b.bits_per_token, 4), stderr=round(b.stderr_bits, 4))
+        rec.update(load_start=load0, load_end=os.getloadavg(), threads=torch.get_num_threads())
+        emit(rec)
+
+
+if __name__ == "__main__":
+    main()
