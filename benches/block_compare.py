@@ -3,8 +3,8 @@
 Trains, one after the other with the same seed and the demo's recipe (`ddm.demo.DEMO_CONFIG`: tiny,
 seq_len 128, batch 32, lr 1e-3, EMA 0.99), block models with the masked loss at block sizes 4, 16 and 128
 (= seq_len: the masked-diffusion model) and the autoregressive baseline, each for the same training wall
-clock (`--budget` seconds of optimizer steps, in chunks of at most `--chunk` steps that resume exactly,
-the last one sized to end at the budget). Then for
+clock: `--budget` seconds at the seconds per step of a side-by-side probe (`_budget.py`), so that the
+steps do not depend on the load while a run trains. Then for
 each: the held-out bound (the AR model: its exact NLL) on `--eval-blocks` blocks with 8 t each; sampling
 tokens/s with and without the key/value cache at `max_len = 4 x block` and at 256 (the context slides
 past 128; not for block 128, whose window is its own block), after a warm-up, with a check that both
@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import ddm
 import torch
+from _budget import seconds_per_step, steps_for
 from ddm.data import load_corpus
 from ddm.demo import DEMO_CONFIG
 from ddm.eval import likelihood_bound
@@ -43,19 +45,11 @@ def _load() -> float:
     return float(open("/proc/loadavg").read().split()[0])
 
 
-def _train(run: Path, over: dict, budget: float, chunk: int) -> tuple[Path, int, float]:
-    cfg = {**DEMO_CONFIG, "run_dir": str(run), "steps": 1_000_000, "save_every": chunk, "keep_checkpoints": 1,
-           "progress": False, "plot": False, "log_every": chunk, **over}  # fmt: skip
-    config = TrainConfig.from_dict(cfg)
-    step, elapsed, path, n = 0, 0.0, None, chunk
-    while elapsed < budget:
-        path = train(config, resume=step > 0, until_step=step + n)
-        state = json.loads((path / "state.json").read_text())
-        step, elapsed = state["step"], state["elapsed_s"]
-        # the next chunk ends near the budget: steps at the mean rate so far, at most `chunk`
-        n = max(1, min(chunk, round((budget - elapsed) / (elapsed / step))))
-    assert path is not None
-    return path, step, elapsed
+def _train(run: Path, over: dict, steps: int) -> Path:
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = {**DEMO_CONFIG, "run_dir": str(run), "steps": steps, "save_every": steps, "progress": False,
+           "plot": False, **over}  # fmt: skip
+    return train(TrainConfig.from_dict(cfg))
 
 
 def _timed_sample(model, **kw) -> tuple[torch.Tensor, float]:
@@ -67,7 +61,6 @@ def _timed_sample(model, **kw) -> tuple[torch.Tensor, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=float, default=150.0, help="training seconds per model")
-    ap.add_argument("--chunk", type=int, default=20, help="steps between the budget checks")
     ap.add_argument("--out-dir", default="/tmp/blockcmp")
     ap.add_argument("--eval-blocks", type=int, default=32)
     ap.add_argument("--steps", type=int, default=16, help="sampling steps per block (gen-PPL samples)")
@@ -76,11 +69,17 @@ def main() -> None:
     torch.set_num_threads(2)
     out = Path(args.out_dir)
     ckpts = {}
+    load0 = _load()
+    s_per_step = seconds_per_step({n: {**DEMO_CONFIG, **o} for n, o in RUNS.items()}, out)
+    print(json.dumps({"probe_s_per_step": s_per_step, "load_start": load0, "load": _load()}), flush=True)
     for name, over in RUNS.items():
-        path, step, elapsed = _train(out / name, over, args.budget, args.chunk)
-        ckpts[name] = path
-        print(json.dumps({"run": name, "train_steps": step, "train_s": round(elapsed, 1), "load": _load()}),
-              flush=True)  # fmt: skip
+        step = steps_for(args.budget, s_per_step[name])
+        t0 = time.perf_counter()
+        ckpts[name] = _train(out / name, over, step)
+        state = json.loads((ckpts[name] / "state.json").read_text())
+        rec = {"run": name, "train_steps": step, "train_s": round(state["elapsed_s"], 1),
+               "wall_s": round(time.perf_counter() - t0, 1), "load": _load()}  # fmt: skip
+        print(json.dumps(rec), flush=True)
     val = load_corpus("hamlet", out / "data", tokenizer="char", val_fraction=0.1).val_blocks(128)
     val = val[: args.eval_blocks]
     judge = ddm.load(ckpts["ar"])

@@ -5,10 +5,11 @@ batch 32, dropout 0, on the registry's `shakespeare` dataset (38 plays train; Tr
 Twelfth Night are the held-out validation split; The Two Gentlemen of Verona and The Winter's Tale, the
 test split, are the second text).
 
-Equal wall clock on a shared machine: a probe first times each recipe's optimizer step side by side
-(`--probe-steps` steps each after a warm-up, in alternating rounds, medians), then each recipe trains for
-`budget / (seconds per step)` steps, one after the other. So the step counts are those of an equal budget
-on this machine even if the load changes later, and a run's bound does not depend on the load during it.
+Equal wall clock on a shared machine (`_budget.py`): a probe first times each recipe's optimizer step side
+by side (`--probe-steps` steps each after a warm-up, in alternating rounds, medians), then each recipe
+trains for `budget / (seconds per step)` steps, one after the other. So the step counts are those of an
+equal budget on this machine even if the load changes later, and a run's bound does not depend on the load
+during it.
 
 Scores: `likelihood_bound` (the AR model: its exact NLL) on `--windows` evenly spread 256-character windows
 of each text, `--num-t` times per window. One JSON line per recipe, and the probe, to `--out`.
@@ -22,12 +23,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import ddm
 import torch
+from _budget import seconds_per_step, steps_for
 from ddm.data import load_corpus
 from ddm.data.registry import tokens
 from ddm.eval import likelihood_bound
@@ -77,25 +78,6 @@ RECIPES = {
 }
 
 
-def probe(names: list[str], out_dir: Path, steps: int, rounds: int) -> dict[str, float]:
-    """Seconds per optimizer step of each recipe, timed side by side in alternating rounds (medians)."""
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names:
-            run = out_dir / f"probe-{name}-{r}"
-            shutil.rmtree(run, ignore_errors=True)
-            cfg = TrainConfig.from_dict(
-                {**SETUP, **RECIPES[name], "run_dir": str(run), "steps": steps + 2, "save_every": 10**9,
-                 "log_every": 1}
-            )  # fmt: skip
-            train(cfg)
-            # the optimizer steps alone (the log's elapsed_s), after two warm-up steps
-            log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-            at = {r["step"]: r["elapsed_s"] for r in log if "elapsed_s" in r}
-            times[name].append((at[steps + 2] - at[2]) / steps)
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 def windows(stream: torch.Tensor, count: int, length: int) -> torch.Tensor:
     """`count` windows of `length` tokens evenly spread over a 1-D token stream, `[count, length]`."""
     starts = torch.linspace(0, len(stream) - length, count).long()
@@ -123,7 +105,8 @@ def main() -> None:
                 f.write(json.dumps(rec) + "\n")
 
     load0 = os.getloadavg()
-    s_per_step = probe(names, out_dir, args.probe_steps, args.probe_rounds)
+    configs = {n: {**SETUP, **RECIPES[n]} for n in names}
+    s_per_step = seconds_per_step(configs, out_dir, args.probe_steps, args.probe_rounds)
     emit(dict(probe_s_per_step=s_per_step, load_start=load0, load_end=os.getloadavg()))
     corpus = load_corpus("shakespeare", out_dir / "data")
     texts = {
@@ -131,7 +114,7 @@ def main() -> None:
         "second": torch.as_tensor(tokens("shakespeare", "test").astype("int64")),
     }
     for name in names:
-        steps = max(1, round(args.budget / s_per_step[name]))
+        steps = steps_for(args.budget, s_per_step[name])
         run = out_dir / name
         shutil.rmtree(run, ignore_errors=True)
         cfg = TrainConfig.from_dict(
