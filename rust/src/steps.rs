@@ -177,7 +177,7 @@ const SHIFT_SLACK: f32 = 64.0;
 
 /// Reads `row` into the cache as c_y = exp(l_y - m) in f32 with the current token's entry set to 0 (it
 /// is not a move); returns (S' = sum of the cache in f64, the shift m), or an error for a NaN or +inf
-/// log-score outside `cur` (-inf is a weight of exactly 0: a row holding one takes the slow path).
+/// log-score outside `cur` (-inf is a weight of exactly 0, read in the one pass like any other).
 ///
 /// One pass: the shift is guessed as max(`floor`, the largest log-score in the first block outside
 /// `cur`), and the pass returns the true maximum; in the rare row whose maximum lies more than

@@ -8,9 +8,11 @@
 //! (Zheng et al. 2024, arXiv 2409.02908; docs/math.md section 5).
 //!
 //! Three files, one concern each:
-//! - `simd_exp.rs`: [`exp_f32`], and its AVX2 + FMA twin on eight lanes (bit-identical);
+//! - `simd_exp.rs`: [`exp_f32`], its AVX2 + FMA twin on eight lanes and its AVX-512F twin on sixteen
+//!   (bit-identical);
 //! - `rows.rs`: the passes over one row, [`max_check`], [`exp_blocks_f32`], [`clipped_blocks`] and
-//!   [`refresh_block`], each dispatching at run time to an AVX2 build of the same loop when the CPU has it;
+//!   [`refresh_block`], each dispatching at run time to an AVX2 build of the same loop when the CPU has it
+//!   (and, for the exp pass, to an AVX-512F one first);
 //! - `draw.rs`: the inverse-CDF draw from the block sums, [`draw_blocks`].
 
 mod draw;
