@@ -58,12 +58,12 @@ pub fn max_check(src: &[f32]) -> (f32, f32) {
     max_check_impl(src)
 }
 
-/// How far ahead of the entry being read the x86 exp passes prefetch the row, in f32 entries (4 KiB).
+/// How far ahead of the entry being read the x86 exp passes prefetch the row, in f32 entries (8 KiB).
 /// The hardware prefetcher alone left most of the DRAM latency exposed: the passes took the time of the
-/// exp plus that of the read, where they now take about the larger of the two (benches/steps.rs, and
-/// BENCHMARKS.md, part 4).
+/// exp plus that of the read, where they now take about the larger of the two (BENCHMARKS.md, part 4;
+/// on that AMD EPYC 2 KiB ahead was slower, 4 KiB about 8% slower, 16 and 32 KiB no better).
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_AHEAD: usize = 1024;
+const PREFETCH_AHEAD: usize = 2048;
 
 /// Prefetches, into all cache levels, the `BLOCK` entries (four 64-byte lines) [`PREFETCH_AHEAD`] past
 /// the start of `block`.
@@ -172,11 +172,7 @@ fn exp_blocks_f32_avx2(
             tail += *cv as f64;
             max = if v > max { v } else { max };
         }
-        let mut acc = [0f64; LANES];
-        // SAFETY: `acc` holds eight f64 (lanes 0..4, then 4..8).
-        unsafe { _mm256_storeu_pd(acc.as_mut_ptr(), acc_lo) };
-        unsafe { _mm256_storeu_pd(acc.as_mut_ptr().add(4), acc_hi) };
-        *bs = lanes_sum(&acc, tail);
+        *bs = pairs_sum_avx2(_mm256_add_pd(acc_lo, acc_hi)) + tail;
     }
     let mut lanes = [0f32; LANES];
     // SAFETY: `lanes` holds eight f32.
@@ -185,6 +181,22 @@ fn exp_blocks_f32_avx2(
         max = if v > max { v } else { max };
     }
     (max, block_sums_check(block_sums))
+}
+
+/// [`lanes_sum`] of eight f64 lanes without the tail, given `p = [a0 + a4, a1 + a5, a2 + a6, a3 + a7]`:
+/// the same additions in the same order, `(p0 + p1) + (p2 + p3)`, in two vector steps (a scalar
+/// reduction through memory cost 8% of the AVX-512 pass).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn pairs_sum_avx2(p: std::arch::x86_64::__m256d) -> f64 {
+    use std::arch::x86_64::*;
+    // h = [p0 + p1, p0 + p1, p2 + p3, p2 + p3]
+    let h = _mm256_hadd_pd(p, p);
+    _mm_cvtsd_f64(_mm_add_sd(
+        _mm256_castpd256_pd128(h),
+        _mm256_extractf128_pd::<1>(h),
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -240,10 +252,11 @@ fn exp_blocks_f32_avx512(
             tail += *cv as f64;
             max = if v > max { v } else { max };
         }
-        let mut lanes = [0f64; LANES];
-        // SAFETY: `lanes` holds eight f64.
-        unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), acc) };
-        *bs = lanes_sum(&lanes, tail);
+        let p = _mm256_add_pd(
+            _mm512_castpd512_pd256(acc),
+            _mm512_extractf64x4_pd::<1>(acc),
+        );
+        *bs = pairs_sum_avx2(p) + tail;
     }
     let mut lanes = [0f32; 2 * LANES];
     // SAFETY: `lanes` holds sixteen f32.
@@ -265,7 +278,7 @@ fn exp_blocks_f32_avx512(
 /// `src.len().div_ceil(BLOCK)`.
 ///
 /// Three builds of the same loop, chosen at run time: AVX-512F (sixteen lanes), AVX2 + FMA (eight
-/// lanes), and the portable loop; the x86 ones also prefetch the row 4 KiB ahead.
+/// lanes), and the portable loop; the x86 ones also prefetch the row 8 KiB ahead.
 pub fn exp_blocks_f32(
     src: &[f32],
     shift: f32,
