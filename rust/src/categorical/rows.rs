@@ -211,31 +211,60 @@ fn exp_blocks_f32_avx512(
     let vshift = _mm512_set1_ps(shift);
     let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut max = f32::NEG_INFINITY;
-    for ((s, c), bs) in src
-        .chunks(BLOCK)
-        .zip(cache.chunks_mut(BLOCK))
+    // The eight f64 lanes of the portable loop live in one register: of sixteen entries, the low eight
+    // are one chunk of the portable loop and the high eight the next, added in that order.
+    let sum16 = |acc: __m512d, e: __m512| {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+        _mm512_add_pd(
+            _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e))),
+            _mm512_cvtps_pd(hi),
+        )
+    };
+    let lanes_sum = |acc: __m512d| {
+        pairs_sum_avx2(_mm256_add_pd(
+            _mm512_castpd512_pd256(acc),
+            _mm512_extractf64x4_pd::<1>(acc),
+        ))
+    };
+    let full = src.len() / BLOCK * BLOCK;
+    let (src_full, src_last) = src.split_at(full);
+    let (cache_full, cache_last) = cache.split_at_mut(full);
+    // Full blocks: four vectors of sixteen, no remainder to handle (the tail of the portable loop is
+    // +0.0 there, and a block sum, of entries >= +0.0 or NaN, is never -0.0: adding it changes no bit).
+    for ((s, c), bs) in src_full
+        .chunks_exact(BLOCK)
+        .zip(cache_full.chunks_exact_mut(BLOCK))
         .zip(block_sums.iter_mut())
     {
         prefetch_ahead(s);
-        // The eight f64 lanes of the portable loop in one register: of sixteen entries, the low eight
-        // are one chunk of the portable loop and the high eight the next, added in that order.
         let mut acc = _mm512_setzero_pd();
-        let mut s16 = s.chunks_exact(2 * LANES);
-        let mut c16 = c.chunks_exact_mut(2 * LANES);
+        for q in 0..BLOCK / (2 * LANES) {
+            // SAFETY: a block holds BLOCK = 64 f32, so entries 16q..16q + 16 are in `s` and `c`
+            // (unaligned loads and stores).
+            let v = unsafe { _mm512_loadu_ps(s.as_ptr().add(2 * LANES * q)) };
+            let e = exp16_avx512(_mm512_sub_ps(v, vshift));
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr().add(2 * LANES * q), e) };
+            vmax = _mm512_max_ps(v, vmax); // NaN in v: keeps vmax (the second operand)
+            acc = sum16(acc, e);
+        }
+        *bs = lanes_sum(acc);
+    }
+    // The last, partial block (if any): chunks of sixteen, at most one of eight, then scalars.
+    if !src_last.is_empty() {
+        let mut acc = _mm512_setzero_pd();
+        let mut s16 = src_last.chunks_exact(2 * LANES);
+        let mut c16 = cache_last.chunks_exact_mut(2 * LANES);
         for (sv, cv) in (&mut s16).zip(&mut c16) {
             // SAFETY: `sv` and `cv` hold exactly sixteen f32 each (unaligned loads and stores).
             let v = unsafe { _mm512_loadu_ps(sv.as_ptr()) };
             let e = exp16_avx512(_mm512_sub_ps(v, vshift));
             unsafe { _mm512_storeu_ps(cv.as_mut_ptr(), e) };
-            vmax = _mm512_max_ps(v, vmax); // NaN in v: keeps vmax (the second operand)
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(hi));
+            vmax = _mm512_max_ps(v, vmax);
+            acc = sum16(acc, e);
         }
         let (s_rest, c_rest) = (s16.remainder(), c16.into_remainder());
         let mut done = 0;
         if s_rest.len() >= LANES {
-            // One more chunk of eight (only in a row's last block): the same exp on 256 bits.
             // SAFETY: `s_rest` and `c_rest` hold at least eight f32 each.
             let v = unsafe { _mm256_loadu_ps(s_rest.as_ptr()) };
             let e = exp8_avx2(_mm256_sub_ps(v, _mm256_set1_ps(shift)));
@@ -252,11 +281,7 @@ fn exp_blocks_f32_avx512(
             tail += *cv as f64;
             max = if v > max { v } else { max };
         }
-        let p = _mm256_add_pd(
-            _mm512_castpd512_pd256(acc),
-            _mm512_extractf64x4_pd::<1>(acc),
-        );
-        *bs = pairs_sum_avx2(p) + tail;
+        block_sums[full / BLOCK] = lanes_sum(acc) + tail;
     }
     let mut lanes = [0f32; 2 * LANES];
     // SAFETY: `lanes` holds sixteen f32.
