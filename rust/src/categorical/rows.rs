@@ -369,6 +369,60 @@ pub fn clipped_blocks<T: Copy + Into<f64>>(cache: &[T], clip: f64, block_sums: &
     clipped_blocks_impl(cache, clip, block_sums)
 }
 
+/// The sum of `v` in f64 over eight lanes (entry y into lane y mod 8, the lanes added pairwise as in
+/// the block sums, then the tail): an order LLVM vectorises, the same on every CPU.
+pub fn sum_lanes_f64(v: &[f64]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut c8 = v.chunks_exact(LANES);
+    for cv in &mut c8 {
+        for j in 0..LANES {
+            acc[j] += cv[j];
+        }
+    }
+    lanes_sum(&acc, c8.remainder().iter().sum())
+}
+
+#[inline(always)]
+fn affine_clipped_blocks_impl(w: &mut [f64], add: f64, scale: f64, block_sums: &mut [f64]) {
+    for (c, bs) in w.chunks_mut(BLOCK).zip(block_sums.iter_mut()) {
+        let mut acc = [0f64; LANES];
+        let mut c8 = c.chunks_exact_mut(LANES);
+        for cv in &mut c8 {
+            for j in 0..LANES {
+                cv[j] = clipped(cv[j], -add) * scale;
+                acc[j] += cv[j];
+            }
+        }
+        let mut tail = 0f64;
+        for v in c8.into_remainder() {
+            *v = clipped(*v, -add) * scale;
+            tail += *v;
+        }
+        *bs = lanes_sum(&acc, tail);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn affine_clipped_blocks_avx2(w: &mut [f64], add: f64, scale: f64, block_sums: &mut [f64]) {
+    affine_clipped_blocks_impl(w, add, scale, block_sums)
+}
+
+/// Rewrites `w[y] = max(0, w[y] + add) * scale` and writes `block_sums[k] = sum of w over block k`
+/// (eight lanes, the order of the exp pass; bit-identical on every CPU).
+pub fn affine_clipped_blocks(w: &mut [f64], add: f64, scale: f64, block_sums: &mut [f64]) {
+    debug_assert_eq!(block_sums.len(), w.len().div_ceil(BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above); no other precondition.
+            unsafe { affine_clipped_blocks_avx2(w, add, scale, block_sums) };
+            return;
+        }
+    }
+    affine_clipped_blocks_impl(w, add, scale, block_sums)
+}
+
 /// Recomputes the sum of the block holding state `y` (after `cache[y]` was changed).
 pub fn refresh_block<T: Copy + Into<f64>>(cache: &[T], y: usize, block_sums: &mut [f64]) {
     let k = y / BLOCK;
