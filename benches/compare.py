@@ -28,6 +28,8 @@ more (shapes, repeats, tokens/s, memory, the machine).
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
@@ -255,19 +257,70 @@ STEPS = {
 }
 
 
+def load_baseline(path: str) -> Any:
+    """An extension module built from another commit (its `lib_core.so` or `_core*.so`), imported as
+    `baseline._core` beside `ddm._core`, to time the old kernels against the new in one process."""
+    loader = importlib.machinery.ExtensionFileLoader("baseline._core", path)
+    spec = importlib.util.spec_from_file_location("baseline._core", path, loader=loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def interleaved_times(fns: list[Callable[[], Any]], repeats: int) -> list[Timing]:
+    """Median times of each of `fns`, called in turn `repeats` times after one warm-up round: on a
+    shared machine each sees the same load."""
+    for fn in fns:
+        fn()
+    walls: list[list[float]] = [[] for _ in fns]
+    cpus: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, w, c in zip(fns, walls, cpus, strict=True):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            w.append(time.perf_counter() - t0)
+            c.append(time.process_time() - c0)
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus, strict=True)]
+
+
 def bench_step(
-    step: str, absorbing: bool, shape: tuple[int, int, int], repeats: int, torch_repeats: int, ddm_torch: bool
+    step: str,
+    absorbing: bool,
+    shape: tuple[int, int, int],
+    repeats: int,
+    torch_repeats: int,
+    ddm_torch: bool,
+    baseline: Any = None,
 ) -> dict[str, Any]:
-    """Times one reverse step three (or four) ways on the same inputs."""
+    """Times one reverse step three (or four) ways on the same inputs, and the `baseline` core's step
+    (interleaved with the current one) when given."""
     batch, length, dim = shape
     ref_fn, pkg_fn, level = STEPS[step]
     graph = make_graph(absorbing, dim)
     x, log_score = make_inputs(absorbing, batch, length, dim)
     lv = torch.full((batch,), level, dtype=torch.float64)
     counter = iter(range(1 << 62))
-    rust_s = median_time(
-        lambda: _native.reverse_step(step, graph, x, log_score, lv, seed=1, step=next(counter)), repeats
-    )
+
+    def rust_fn(k: int | None = None) -> torch.Tensor:
+        return _native.reverse_step(
+            step, graph, x, log_score, lv, seed=1, step=next(counter) if k is None else k
+        )
+
+    baseline_s = None
+    same_tokens = None
+    if baseline is None:
+        rust_s = median_time(rust_fn, repeats)
+    else:
+        xv, lsv, lvv = x.numpy(), log_score.numpy(), lv.numpy()
+        base_counter = iter(range(1 << 62))
+
+        def base_fn(k: int | None = None) -> np.ndarray:
+            k = next(base_counter) if k is None else k
+            return baseline.reverse_step(step, xv, lsv, lvv, absorbing, graph.vocab_size, 1, k, 0, None)
+
+        rust_s, baseline_s = interleaved_times([rust_fn, base_fn], repeats)
+        same_tokens = bool((rust_fn(7).numpy() == base_fn(7)).all())
     torch_s = median_time(lambda: ref_fn(absorbing, x, log_score, lv), torch_repeats)
     floor_s, floor_method = floor_time(log_score, repeats)
     rec: dict[str, Any] = {
@@ -281,6 +334,8 @@ def bench_step(
         "floor_s": floor_s,
         "floor_method": floor_method,
         "torch_ddm_s": None,
+        "rust_baseline_s": baseline_s,
+        "same_tokens_as_baseline": same_tokens,
         "repeats": {"rust": repeats, "torch": torch_repeats, "floor": repeats},
         "log_score_bytes": log_score.numel() * log_score.element_size(),
     }
@@ -483,6 +538,13 @@ def print_table(records: list[dict[str, Any]]) -> None:
         extra = []
         if r.get("torch_ddm_s") is not None:
             extra.append(f"ddm torch step {_fmt(r['torch_ddm_s'], 's')}")
+        if r.get("rust_baseline_s") is not None:
+            extra.append(
+                f"baseline rust {_fmt(r['rust_baseline_s'], 's')} "
+                f"({_fmt(r.get('rust_baseline_over_floor'))} floor; "
+                f"cpu: current / baseline {_fmt(r.get('rust_over_baseline_cpu'))}; "
+                f"same tokens: {'yes' if r.get('same_tokens_as_baseline') else 'NO'})"
+            )
         if r.get("floor_method"):
             extra.append(f"floor by {r['floor_method']}")
         if r.get("rust_peak_extra_bytes") is not None:
@@ -556,6 +618,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=None,
         help="threads for torch (set_num_threads) and the Rust core (DDM_NUM_THREADS); default: their own",
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="an older build of the core (lib_core.so or ddm/_core*.so of another commit): its steps are "
+        "timed interleaved with the current ones, in the same process",
+    )
     p.add_argument("--table-from", type=Path, help="print the Markdown table of a saved --out file and exit")
     args = p.parse_args(argv)
     if args.table_from is not None:
@@ -584,6 +652,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"load average {', '.join(f'{v:.2f}' for v in info['loadavg_start'])}"
     )
 
+    baseline = load_baseline(args.baseline) if args.baseline else None
     records: list[dict[str, Any]] = []
 
     def wanted(case: str) -> bool:
@@ -593,7 +662,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for absorbing in (True, False):
             if not wanted(f"{step}/{'absorb' if absorbing else 'uniform'}/{big[2]}"):
                 continue
-            rec = bench_step(step, absorbing, big, repeats, torch_repeats, not args.no_ddm_torch)
+            rec = bench_step(step, absorbing, big, repeats, torch_repeats, not args.no_ddm_torch, baseline)
             if not args.no_memory and (not args.quick or (step, absorbing) == ("analytic", True)):
                 rust_mem = peak_extra_memory(step, absorbing, big, "rust")
                 rec["rust_peak_extra_bytes"] = rust_mem.get("peak_extra_bytes")
@@ -625,7 +694,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     info["loadavg_end"] = list(os.getloadavg())
     for r in records:
-        for key in ("rust", "torch", "floor", "torch_ddm"):
+        for key in ("rust", "torch", "floor", "torch_ddm", "rust_baseline"):
             t = r.get(f"{key}_s")
             r[f"{key}_cpu_s"] = t.cpu if isinstance(t, Timing) else None
             r[f"{key}_s"] = None if t is None else float(t)
@@ -633,6 +702,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         r["rust_over_floor"] = _ratio(r["rust_s"], r["floor_s"])
         r["torch_over_rust_cpu"] = _ratio(r["torch_cpu_s"], r["rust_cpu_s"])
         r["rust_over_floor_cpu"] = _ratio(r["rust_cpu_s"], r["floor_cpu_s"])
+        if r.get("rust_baseline_s") is not None:
+            r["rust_baseline_over_floor"] = _ratio(r["rust_baseline_s"], r["floor_s"])
+            r["rust_over_baseline_cpu"] = _ratio(r["rust_cpu_s"], r["rust_baseline_cpu_s"])
         r["quick"] = args.quick
         r["machine"] = info
     print()

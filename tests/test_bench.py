@@ -95,6 +95,21 @@ def test_quick_mode_writes_records(tmp_path, one_torch_thread, monkeypatch):
             assert r["rust_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
 
 
+def test_baseline_core_is_timed_beside_the_current_one(tmp_path, one_torch_thread, monkeypatch):
+    # The current core passed as its own baseline: timed interleaved, and the same tokens.
+    import ddm._core
+
+    monkeypatch.setenv("DDM_NUM_THREADS", "1")
+    out = tmp_path / "baseline.json"
+    argv = ["--quick", "--threads", "1", "--no-memory", "--no-sample", "--only", "analytic/"]
+    compare.main([*argv, "--baseline", ddm._core.__file__, "--out", str(out)])
+    records = json.loads(out.read_text())
+    assert {r["case"] for r in records} == {"analytic/absorb/64", "analytic/uniform/64"}
+    for r in records:
+        assert r["rust_baseline_s"] > 0 and r["same_tokens_as_baseline"] is True
+        assert r["rust_baseline_over_floor"] == pytest.approx(r["rust_baseline_s"] / r["floor_s"])
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread: on a loaded 2-core machine two spinning OpenMP threads run a tiny model ~30x

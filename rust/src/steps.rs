@@ -28,7 +28,8 @@
 use rayon::prelude::*;
 
 use crate::categorical::{
-    clipped_blocks, draw_blocks, exp_blocks_f32, max_check, refresh_block, BLOCK,
+    affine_clipped_blocks, clipped_blocks, draw_blocks, exp_blocks_f32, expm1_row, max_check,
+    refresh_block, sum_lanes_f64, BLOCK,
 };
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
@@ -177,7 +178,7 @@ const SHIFT_SLACK: f32 = 64.0;
 
 /// Reads `row` into the cache as c_y = exp(l_y - m) in f32 with the current token's entry set to 0 (it
 /// is not a move); returns (S' = sum of the cache in f64, the shift m), or an error for a NaN or +inf
-/// log-score outside `cur` (-inf is a weight of exactly 0: a row holding one takes the slow path).
+/// log-score outside `cur` (-inf is a weight of exactly 0, read in the one pass like any other).
 ///
 /// One pass: the shift is guessed as max(`floor`, the largest log-score in the first block outside
 /// `cur`), and the pass returns the true maximum; in the rare row whose maximum lies more than
@@ -346,7 +347,9 @@ fn step_position(
 /// relative accuracy from the f32 log-scores, so a weight of order e^{-d} keeps its digits however close
 /// every score is to 1. Weights: max(0, expm1(l_y) + a) q / N for y != x, max(0, a) (e^{-d} + q / N) for
 /// x. Where a log-score could overflow f64 (shift > 600), the shifted form exp(l_y - m) - T e^{-m} in f64
-/// is used instead (relative accuracy 1e-16, ample there). Two passes over the row, std expm1.
+/// is used instead (relative accuracy 1e-16, ample there). Three passes over the row in f64: the
+/// vectorised `expm1_row` (within 2 ulp of std's expm1), the sum E in eight lanes, and the weights with
+/// their block sums; then the block draw of the f32 path (`draw_blocks`), exact in f64.
 #[allow(clippy::too_many_arguments)]
 fn tweedie_precise(
     row: &[f32],
@@ -362,13 +365,13 @@ fn tweedie_precise(
         scratch.precise.resize(row.len(), 0.0);
     }
     let w = &mut scratch.precise[..row.len()];
+    // The f32 path's block sums are not needed any more: they now hold those of the f64 weights.
+    let bs = &mut scratch.block_sums[..row.len().div_ceil(BLOCK)];
     // (add, stay): a move weight is max(0, v_y + add) q / N, the stay weight max(0, stay) (e^{-d} + q / N).
     let (add, stay) = if shift <= 600.0 {
-        let mut e = 0.0;
-        for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
-            *wy = if y == x { 0.0 } else { (l as f64).exp_m1() };
-            e += *wy;
-        }
+        expm1_row(row, w);
+        w[x] = 0.0; // the current token's entry is ignored (it may be NaN)
+        let e = sum_lanes_f64(w);
         let a = e_neg - q * e / n; // 1 - T
         (a, a)
     } else {
@@ -382,31 +385,10 @@ fn tweedie_precise(
         let t = q * (one + sum) / n; // T e^{-m}
         (-t, one - t)
     };
-    let mut total = 0.0;
-    for (y, wy) in w.iter_mut().enumerate() {
-        *wy = if y == x {
-            stay.max(0.0) * (e_neg + q / n)
-        } else {
-            (*wy + add).max(0.0) * (q / n)
-        };
-        total += *wy;
-    }
-    if !(total > 0.0 && total.is_finite()) {
-        return x as i64;
-    }
-    let target = rng.uniform() * total;
-    let mut acc = 0.0;
-    let mut last = x;
-    for (y, &wy) in w.iter().enumerate() {
-        if wy > 0.0 {
-            acc += wy;
-            last = y;
-            if target < acc {
-                return y as i64;
-            }
-        }
-    }
-    last as i64
+    affine_clipped_blocks(w, add, q / n, bs);
+    w[x] = stay.max(0.0) * (e_neg + q / n);
+    refresh_block(w, x, bs);
+    draw_blocks(w, bs, 0.0, rng.uniform()).map_or(x as i64, |y| y as i64)
 }
 
 /// One reverse step over a batch, written into `out`.
