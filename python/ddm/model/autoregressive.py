@@ -29,7 +29,7 @@ from torch import nn
 
 from ddm._categorical import inverse_cdf
 from ddm.model.embeddings import Rotary
-from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, cpu_has_native_bf16
+from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on
 
 __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 
@@ -110,10 +110,7 @@ class ARModel(nn.Module):
         bos = torch.full((B, 1), self.bos_id, dtype=x.dtype, device=x.device)
         inp = torch.cat([bos, x[:, :-1]], dim=1)  # (B, L): BOS, x_1 .. x_{L-1}
         c = torch.zeros(B, self.config.cond_dim, device=x.device)  # (B, cond_dim) constant conditioning
-        dev = x.device.type
-        use_bf16 = self.config.bf16 and (
-            dev == "cuda" or (dev == "cpu" and self.cpu_bf16 and cpu_has_native_bf16())
-        )
+        use_bf16 = bf16_autocast_on(x.device.type, self.config.bf16, self.cpu_bf16)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = self.embed(inp)  # (B, L, hidden)
             cos, sin = self.rotary(L)

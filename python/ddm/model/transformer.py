@@ -107,6 +107,12 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def bf16_autocast_on(device_type: str, bf16: bool, cpu_bf16: bool) -> bool:
+    """Whether a forward on `device_type` runs under bf16 autocast: on CUDA when `bf16`, on the CPU when
+    `bf16` and `cpu_bf16` and the CPU has native bf16 (`cpu_has_native_bf16`); float32 otherwise."""
+    return bf16 and (device_type == "cuda" or (device_type == "cpu" and cpu_bf16 and cpu_has_native_bf16()))
+
+
 def is_absorbing(graph: Any) -> bool:
     """True for an absorbing graph (it has a MASK state)."""
     return isinstance(graph, Absorbing)
@@ -411,10 +417,7 @@ class ScoreModel(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The blocks on `tokens` `[B, T]` at positions `start ..` (or the rotary tables `positions`):
         `(raw output [B, T, dim] float32, keys, values)` with the new keys / values of every layer."""
-        dev = tokens.device.type
-        use_bf16 = self.config.bf16 and (
-            dev == "cuda" or (dev == "cpu" and self.cpu_bf16 and cpu_has_native_bf16())
-        )
+        use_bf16 = bf16_autocast_on(tokens.device.type, self.config.bf16, self.cpu_bf16)
         keys, values = [], []
         with torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = self.embed(tokens)  # (B, T, hidden)
