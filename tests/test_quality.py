@@ -10,7 +10,7 @@ import torch
 from _tiny import tiny_run
 from ddm.cli import main
 from ddm.eval import Bound, heldout_blocks
-from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, unigram_entropy
+from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, real_word_fraction, unigram_entropy, words
 from ddm.eval.report import report
 from ddm.io import checkpoint
 from ddm.model import ARModel, ModelConfig
@@ -180,3 +180,30 @@ def test_report_rejects_a_diffusion_judge_and_bad_steps(runs, tmp_path):
         report([runs["absorbing"]], runs["ar"], steps="8,x", out=tmp_path)
     with pytest.raises(ValueError, match="predictors"):
         report([runs["absorbing"]], runs["ar"], steps=[2], predictors=("ancestral",), out=tmp_path)
+
+
+def test_words_are_case_folded_letter_runs_with_inner_apostrophes():
+    assert words("O'er the HILL, 'tis 2nd_time-o") == ["o'er", "the", "hill", "tis", "nd", "time", "o"]
+    assert words("  \n ;; 42 ") == []
+
+
+def test_real_word_fraction_counts_known_words_and_drops_cut_edges():
+    vocab = "To be, or not to be: that is the question."
+    # edges dropped: "ot" (cut at the start) and "quest" (cut at the end) do not count
+    assert real_word_fraction(["ot to be or xq the quest"], vocab) == pytest.approx(4 / 5)
+    assert real_word_fraction(["ot to be or xq the quest"], vocab, drop_edges=False) == pytest.approx(4 / 7)
+    # pooled over samples, not averaged per sample; a word ending in the last character is an edge word
+    assert real_word_fraction([" be zz ", " qq qq qq qq "], vocab) == pytest.approx(1 / 6)
+    assert real_word_fraction([" a b c x"], ["A", "b"]) == pytest.approx(2 / 3)  # a word list, case-folded
+    assert real_word_fraction([" To be "], vocab) == 1.0
+
+
+def test_real_word_fraction_rejects_what_it_cannot_count():
+    with pytest.raises(ValueError, match="no word to count"):
+        real_word_fraction(["word", " 12 "], "word")
+    with pytest.raises(ValueError, match="vocabulary"):
+        real_word_fraction([" a b "], "123")
+    with pytest.raises(ValueError, match="no samples"):
+        real_word_fraction([], "a")
+    with pytest.raises(TypeError, match="single str"):
+        real_word_fraction(" a b ", "a")

@@ -1,8 +1,8 @@
 """Evaluation: the likelihood bound on held-out blocks and the bound on a continuation given its context
-(`ddm.eval.bound`), the exact NLL of the
-autoregressive baseline, generative perplexity and unigram entropy (`ddm.eval.metrics`), and the
-`ddm report` tables and plots (`ddm.eval.report`). `ddm.eval.harness`, the lm-evaluation-harness
-model, needs lm_eval and is not imported here.
+(`ddm.eval.bound`), the exact NLL of the autoregressive baseline, generative perplexity, unigram entropy
+and the real-word fraction (`ddm.eval.metrics`), and the `ddm report` tables and plots
+(`ddm.eval.report`). `ddm.eval.harness`, the lm-evaluation-harness model, needs lm_eval and is not
+imported here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ddm.eval.bound import (
     reconstruction_nll,
     text_blocks,
 )
-from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, unigram_entropy
+from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, real_word_fraction, unigram_entropy
 
 __all__ = [
     "NLL",
@@ -27,6 +27,7 @@ __all__ = [
     "gen_perplexity",
     "heldout_blocks",
     "likelihood_bound",
+    "real_word_fraction",
     "reconstruction_nll",
     "text_blocks",
     "unigram_entropy",

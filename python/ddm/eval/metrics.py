@@ -1,4 +1,5 @@
-"""Model quality: the exact NLL of the autoregressive baseline, generative perplexity, unigram entropy.
+"""Model quality: the exact NLL of the autoregressive baseline, generative perplexity, unigram entropy, and
+the fraction of real words in text samples.
 
 Three numbers put a diffusion model in context (SEDD, Lou, Meng, Ermon 2024, sections 5.1-5.2):
 
@@ -9,6 +10,9 @@ Three numbers put a diffusion model in context (SEDD, Lou, Meng, Ermon 2024, sec
   (`gen_perplexity`). Low is not always good: a sampler that collapses onto frequent tokens gets a low
   perplexity, so it is reported with the **unigram entropy** of the samples (`unigram_entropy`) and with
   both numbers for held-out data of the same length, the reference a sampler should approach.
+- For text, the **real-word fraction** (`real_word_fraction`): how many of the words of the samples are
+  words of the training text. It is what a reader sees first ("letter soup" or words), and like the
+  perplexity it has a reference: the same number for held-out windows of the same length.
 - Both at several numbers of sampling steps, for both predictors (`ddm.eval.report`, `ddm report`).
 
 Categoricals in ddm's samplers are drawn exactly in float64; the reference code's float32 Gumbel-max
@@ -18,6 +22,8 @@ draws truncate the tails and lower both numbers (Zheng et al. 2024, arXiv 2409.0
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +35,10 @@ from ddm.data import blocks
 from ddm.eval.bound import text_blocks
 from ddm.model.autoregressive import ARModel, _check_tokens, sequence_nll
 
-__all__ = ["NLL", "exact_nll", "gen_perplexity", "unigram_entropy"]
+__all__ = ["NLL", "exact_nll", "gen_perplexity", "real_word_fraction", "unigram_entropy", "words"]
+
+# a word: letters, with inner apostrophes ("o'er", "'tis" is "tis"); case-folded by `words`
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
 @dataclass
@@ -217,3 +226,55 @@ def unigram_entropy(samples: torch.Tensor, *, pooled: bool = False) -> float:
     counts = torch.zeros(rows.shape[0], V, dtype=torch.float64)  # (R, V)
     counts.scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
     return float(plugin_entropy(counts).mean())  # mean over rows of (R,)
+
+
+def words(text: str) -> list[str]:
+    """The words of `text`, case-folded, in order: maximal runs of letters with inner apostrophes
+    (`"O'er the hill, 'tis"` gives `["o'er", "the", "hill", "tis"]`). Digits, underscores and all other
+    characters separate words."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return [w.casefold() for w in _WORD.findall(text)]
+
+
+def real_word_fraction(
+    samples: Sequence[str], vocabulary: str | Iterable[str], *, drop_edges: bool = True
+) -> float:
+    """The fraction of the words of text samples that are words of `vocabulary`, pooled over all samples.
+
+    A sample is a window of a longer text (a model trained on random crops starts and ends its samples
+    mid-word), so with `drop_edges=True` the first and the last word of each sample are not counted when
+    they touch its ends. Score held-out windows of the same length the same way for the reference: a
+    sample of real text scores about that, letter soup near 0.
+
+    Args:
+        samples: decoded sample texts.
+        vocabulary: a text (its `words` are the vocabulary) or an iterable of words (case-folded here).
+        drop_edges: skip a word that touches the start or the end of its sample.
+
+    Returns:
+        The fraction in `[0, 1]`.
+
+    Raises:
+        ValueError: no sample, or no word to count in any of them, or an empty vocabulary.
+    """
+    if isinstance(samples, str):
+        raise TypeError("samples must be a sequence of str (one per sample), got a single str")
+    known = set(words(vocabulary)) if isinstance(vocabulary, str) else {str(w).casefold() for w in vocabulary}
+    if not known:
+        raise ValueError("the vocabulary holds no word")
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no samples")
+    hits = total = 0
+    for text in samples:
+        if not isinstance(text, str):
+            raise TypeError(f"samples must hold str, got {type(text).__name__}")
+        found = [(m.start(), m.end(), m.group().casefold()) for m in _WORD.finditer(text)]
+        if drop_edges:
+            found = [f for f in found if f[0] > 0 and f[1] < len(text)]
+        hits += sum(w in known for _, _, w in found)
+        total += len(found)
+    if total == 0:
+        raise ValueError("the samples hold no word to count")
+    return hits / total
