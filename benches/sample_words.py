@@ -53,35 +53,36 @@ def main() -> None:
     L = model.seq_len
     val = corpus.val_blocks(L)[: args.samples]
     held = [tok.decode(r) for r in val.tolist()]
-    lines = [
+
+    def emit(line: dict) -> None:
+        line.update(checkpoint=str(path), seed=args.seed, load=[round(v, 2) for v in os.getloadavg()])
+        print(json.dumps(line), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    emit(
         dict(
             sampler="held-out text", real_words=real_word_fraction(held, vocabulary),
             entropy=unigram_entropy(val), rows=len(held), seq_len=L,
         )
-    ]  # fmt: skip
+    )  # fmt: skip
     for spec in args.specs:
         parts = spec.split(":")
         steps = next((int(p[6:]) for p in parts if p.startswith("steps=")), L)
         name, options = parse_predictor(":".join(p for p in parts if not p.startswith("steps=")))
-        t0 = time.perf_counter()
         kw = dict(predictor=name, batch_size=args.samples, seed=args.seed, return_stats=True)
+        t0 = time.perf_counter()
         x, stats = sample(model, steps, **kw, **options)
         seconds = time.perf_counter() - t0
         texts = [tok.decode(r) for r in x.tolist()]
-        lines.append(
+        emit(
             dict(
                 sampler=spec, real_words=real_word_fraction(texts, vocabulary), entropy=unigram_entropy(x),
                 calls=stats.network_calls, seconds=round(seconds, 2), rows=len(texts), seq_len=L,
                 example=texts[0],
             )
         )  # fmt: skip
-    load = os.getloadavg()
-    for line in lines:
-        line.update(checkpoint=str(path), seed=args.seed, load=[round(v, 2) for v in load])
-        print(json.dumps(line), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":
