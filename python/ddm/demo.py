@@ -54,7 +54,7 @@ DEMO_CONFIG = dict(
 # How the demo samples (docs/quality_results/objectives.md, "Samples with real words"): one token per call,
 # the position with the largest top-1 minus top-2 margin first, drawn from the nucleus of mass 0.8. On the
 # demo model 59% of the words are real (the model's own law, the exact first-hitting sampler: 40%; held-out
-# lines: 89%) at a unigram entropy of 2.79 nats per line (held-out: 3.00), where the plain confidence order
+# lines: 89%) at a unigram entropy of 2.79 nats per line (held-out: 3.00), where the probability order
 # repeats frequent words (96% real, entropy 2.41).
 DEMO_SAMPLER = dict(predictor="confidence", order="margin", top_p=0.8)
 
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples > 0:
         x = sample(model, args.sample_steps, batch_size=args.samples, seed=0, **DEMO_SAMPLER)
         texts = [model.tokenizer.decode(row) for row in x.tolist()]
-        print(f"\nsamples ({args.sample_steps} calls, margin order, nucleus 0.8, the Rust core):")
+        how = f"{DEMO_SAMPLER['order']} order, nucleus {DEMO_SAMPLER['top_p']}"
+        print(f"\nsamples ({args.sample_steps} calls, {how}, the Rust core):")
         for text in texts:
             print(f"  {text.replace(chr(10), ' / ')}")
         vocabulary = model.tokenizer.decode(corpus.train_tokens.tolist())
