@@ -29,7 +29,7 @@ from ddm.training import TrainConfig, train
 
 __all__ = ["DEMO_CONFIG", "DEMO_SAMPLER", "main", "unigram_entropy_bits"]
 
-# About 3-4 minutes on 2 idle CPU cores with native bf16 (the tiny model: 192 wide, 3 blocks, 1.6M
+# About 4 to 8 minutes on 2 idle CPU cores with native bf16, by CPU (the tiny model: 192 wide, 3 blocks, 1.6M
 # parameters). The recipe was chosen by measurement (docs/quality_results/objectives.md, "The demo recipe").
 DEMO_CONFIG = dict(
     run_dir="runs/demo",
