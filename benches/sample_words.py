@@ -43,15 +43,14 @@ def main() -> None:
     path = checkpoint.resolve(args.checkpoint)
     cfg = checkpoint.read_config(path)
     model = checkpoint.load(path)
-    with tempfile.TemporaryDirectory() as tmp:
+    tok, L = model.tokenizer, model.seq_len
+    with tempfile.TemporaryDirectory() as tmp:  # the corpus's tokens are memory-mapped: read them in here
         train = cfg["train"]
         corpus = load_corpus(
             train["data"], Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"]
         )
-    tok = model.tokenizer
-    vocabulary = tok.decode(corpus.train_tokens.tolist())
-    L = model.seq_len
-    val = corpus.val_blocks(L)[: args.samples]
+        vocabulary = tok.decode(corpus.train_tokens.tolist())
+        val = corpus.val_blocks(L)[: args.samples].clone()
     held = [tok.decode(r) for r in val.tolist()]
 
     def emit(line: dict) -> None:

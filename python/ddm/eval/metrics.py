@@ -228,13 +228,18 @@ def unigram_entropy(samples: torch.Tensor, *, pooled: bool = False) -> float:
     return float(plugin_entropy(counts).mean())  # mean over rows of (R,)
 
 
+def _word_spans(text: str) -> list[tuple[int, int, str]]:
+    """`(start, end, case-folded word)` of each word of `text` (see `words`)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return [(m.start(), m.end(), m.group().casefold()) for m in _WORD.finditer(text)]
+
+
 def words(text: str) -> list[str]:
     """The words of `text`, case-folded, in order: maximal runs of letters with inner apostrophes
     (`"O'er the hill, 'tis"` gives `["o'er", "the", "hill", "tis"]`). Digits, underscores and all other
     characters separate words."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return [w.casefold() for w in _WORD.findall(text)]
+    return [w for _, _, w in _word_spans(text)]
 
 
 def real_word_fraction(
@@ -270,7 +275,7 @@ def real_word_fraction(
     for text in samples:
         if not isinstance(text, str):
             raise TypeError(f"samples must hold str, got {type(text).__name__}")
-        found = [(m.start(), m.end(), m.group().casefold()) for m in _WORD.finditer(text)]
+        found = _word_spans(text)
         if drop_edges:
             found = [f for f in found if f[0] > 0 and f[1] < len(text)]
         hits += sum(w in known for _, _, w in found)
