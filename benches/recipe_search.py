@@ -11,6 +11,14 @@ Usage:
         'masked-ti:objective=masked,time_conditioning=false,lr=2e-3,steps=700'
 
 A spec is `NAME[:key=value,...]` with any `TrainConfig` field (values parsed as JSON, else as strings).
+
+Equal wall clock instead of equal steps: `--budget-from SPEC` times the optimizer step of SPEC and of every
+run side by side first (`_budget.seconds_per_step`, on a quiet machine), takes SPEC's `steps` times its
+step time as the budget, and gives each run the steps that fill it (SPEC itself is not trained). E.g. the
+old demo's training time (issue 18's "no more wall time than today"):
+
+    python benches/recipe_search.py --budget-from \
+        'old-demo:objective=diffusion,time_conditioning=true,lr=1e-3,cpu_bf16=false,steps=320' 'demo' ...
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from pathlib import Path
 
 import ddm
+from _budget import seconds_per_step, steps_for
 from ddm.data import load_corpus
 from ddm.demo import DEMO_CONFIG
 from ddm.eval import likelihood_bound
@@ -49,9 +58,19 @@ def main() -> None:
     ap.add_argument("--out-dir", default="/tmp/recipe", help="run directories go here")
     ap.add_argument("--out", default="", help="append one JSON line per run to this file")
     ap.add_argument("--num-t", type=int, default=16, help="times per held-out block")
+    ap.add_argument("--budget-from", default="", help="SPEC whose steps x step time is every run's budget")
     args = ap.parse_args()
-    for spec in args.specs:
-        name, over = parse_spec(spec)
+    specs = [parse_spec(spec) for spec in args.specs]
+    probe: dict = {}
+    if args.budget_from:
+        ref_name, ref_over = parse_spec(args.budget_from)
+        configs = {n: {**DEMO_CONFIG, **o} for n, o in [(ref_name, ref_over), *specs]}
+        load = os.getloadavg()
+        probe = seconds_per_step(configs, Path(args.out_dir))
+        budget = probe[ref_name] * configs[ref_name]["steps"]
+        print(json.dumps({"probe_s_per_step": probe, "budget_s": round(budget, 1), "load": load}), flush=True)
+        specs = [(n, {**o, "steps": steps_for(budget, probe[n])}) for n, o in specs]
+    for name, over in specs:
         run = Path(args.out_dir) / name
         cfg = TrainConfig.from_dict(
             {
@@ -76,6 +95,7 @@ def main() -> None:
         rec = dict(
             name=name,
             overrides=over,
+            probe_s_per_step=round(probe[name], 4) if probe else None,
             steps=cfg.steps,
             bits=round(b.bits_per_token, 4),
             stderr=round(b.stderr_bits, 4),

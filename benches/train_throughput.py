@@ -49,7 +49,7 @@ def main() -> None:
     )
     graph, schedule = make_graph(cfg, args.vocab), make_schedule(cfg)
     model = ScoreModel(cfg.model_config(), graph, schedule)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as the training loop
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, args.vocab, (cfg.batch_size, cfg.seq_len), generator=g)
     rows = torch.arange(cfg.batch_size)

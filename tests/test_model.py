@@ -208,3 +208,63 @@ def test_cpu_bf16_is_an_opt_in_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPa
         bf16 = model(x, sigma)  # bf16 autocast: close, not equal
         assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
         torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.1)
+
+
+# ---- the CPU attention path (issue 18): explicit float32 softmax(q k^T) v at short lengths -------------
+
+
+@pytest.mark.parametrize("kind", ["full", "mask", "causal", "cached"])
+def test_cpu_explicit_attention_is_sdpa_in_float32(kind: str) -> None:
+    """bf16 inputs on the CPU at `Lq x Lk <= CPU_EXPLICIT_ATTENTION_MAX` take the explicit path; its
+    output and gradients are SDPA's in float32 on the same inputs, up to the final bf16 rounding."""
+    import torch.nn.functional as F
+    from ddm.model.blocks import block_mask
+    from ddm.model.transformer import CPU_EXPLICIT_ATTENTION_MAX, attention
+
+    g = torch.Generator().manual_seed(3)
+    Lq, Lk = (8, 24) if kind == "cached" else (24, 24)
+    assert Lq * Lk <= CPU_EXPLICIT_ATTENTION_MAX
+    q = (2 * torch.randn(3, 2, Lq, 16, generator=g)).to(torch.bfloat16).requires_grad_()
+    k, v = (
+        (2 * torch.randn(3, 2, Lk, 16, generator=g)).to(torch.bfloat16).requires_grad_() for _ in range(2)
+    )
+    mask, causal = None, kind == "causal"
+    if kind in ("mask", "cached"):  # a block-diffusion mask: own noisy block, clean past (rows never empty)
+        qp, kp = torch.arange(Lk - Lq, Lk), torch.arange(Lk)
+        mask = block_mask(qp, torch.ones(Lq, dtype=torch.bool), kp, kp >= Lk - Lq, 8, 2)
+    up = torch.randn(3, 2, Lq, 16, generator=g)
+    out = attention(q, k, v, mask, 0.0, causal)
+    assert out.dtype == torch.bfloat16
+    (out.float() * up).sum().backward()
+    got = [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
+
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask, is_causal=causal)
+    (ref * up).sum().backward()
+    want = [ref.detach()] + [t.grad for t in (q32, k32, v32)]
+    # one bf16 rounding of each result (2^-9 relative) and nothing more
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=2**-8, atol=2**-8 * float(b.abs().max()))
+    # and it is not the no-mask function: the mask and the causal flag are applied
+    if kind != "full":
+        free = F.scaled_dot_product_attention(q32, k32, v32)
+        assert (free - got[0]).abs().max() > 0.1
+
+
+def test_cpu_attention_takes_sdpa_past_the_threshold_and_with_dropout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ddm.model.transformer as tr
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(1, 1, 16, 8).to(torch.bfloat16)
+    tr.attention(x, x, x)
+    assert calls == []  # short, bf16, no dropout: explicit
+    tr.attention(x, x, x, dropout_p=0.5)
+    tr.attention(x.float(), x.float(), x.float())  # float32: the fused kernel is as fast there
+    monkeypatch.setattr(tr, "CPU_EXPLICIT_ATTENTION_MAX", 15 * 16)
+    tr.attention(x, x, x)
+    assert len(calls) == 3
