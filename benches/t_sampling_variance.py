@@ -1,9 +1,11 @@
-"""The variance of the training loss with uniform and with stratified times, side by side (issue 18, part 2).
+"""The variance of the training loss under uniform, stratified and masks times, side by side (issue 18).
 
 For a checkpoint trained on the bundled Hamlet text, evaluates the keyed training loss of the global batch
-(the same data rows and corruption keys as `ddm train`) at `--batches` steps with `t_sampling="uniform"`
-and `"stratified"`, and prints the mean and the standard deviation of the batch-mean loss. Stratified
-times keep the mean (each t is uniform) and cut the variance.
+(the same data rows and corruption keys as `ddm train`) at `--batches` steps with `t_sampling="uniform"`,
+`"stratified"` and `"masks"`, and prints the mean and the standard deviation of the batch-mean loss, and the
+variance ratios to uniform times. Stratified times keep the mean (each t is uniform) and cut the variance;
+the masks design (absorbing graph) draws the masked count first and weights the loss, with the same mean
+up to the `[0, eps_t]` end that uniform times leave out.
 
 Usage: `python benches/t_sampling_variance.py CHECKPOINT [--batches 40] [--batch-size 32]`
 """
@@ -35,7 +37,7 @@ def main() -> None:
     fn, objective = (model.log_probs, "masked") if subs else (model, "diffusion")
     std = {}
     with torch.no_grad():
-        for ts in ("uniform", "stratified"):
+        for ts in ("uniform", "stratified", "masks"):
             means = []
             for step in range(args.batches):
                 rows = torch.arange(b)
@@ -50,7 +52,8 @@ def main() -> None:
                 f"{objective}, t_sampling={ts}: batch-mean loss {statistics.mean(means):.4f} nats/token, "
                 f"std over {args.batches} batches {std[ts]:.4f}"
             )
-    print(f"variance ratio uniform / stratified: {(std['uniform'] / std['stratified']) ** 2:.2f}")
+    for ts in ("stratified", "masks"):
+        print(f"variance ratio uniform / {ts}: {(std['uniform'] / std[ts]) ** 2:.2f}")
 
 
 if __name__ == "__main__":

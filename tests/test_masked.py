@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from ddm.eval import likelihood_bound
@@ -161,3 +162,118 @@ def test_keyed_masked_loss_is_split_invariant() -> None:
              for i, j in ((0, 2), (2, 6))]
         )  # fmt: skip
     torch.testing.assert_close(whole, parts, rtol=0, atol=0)
+
+
+# --- t_sampling = "masks": masked counts first, the time given the count, importance-weighted --------------
+
+
+def _toy_log_fn(n: int):
+    """A fixed `log p(x0 | x_t)` of a time-conditioned model on a short sequence: it reads the tokens of
+    x_t (so the masked set matters) and the noise level (so t matters); time-independent when `c_t = 0`."""
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(n + 1, n, generator=gen, dtype=torch.float64)  # a token's own logits, MASK included
+    V = torch.randn(n, generator=gen, dtype=torch.float64)
+
+    def log_fn(x_t: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        left = torch.roll(x_t, 1, dims=1)  # each position also sees its left neighbour
+        logits = W[x_t] + 0.5 * W[left] + torch.tanh(sigma_bar.to(torch.float64))[:, None, None] * V
+        return torch.log_softmax(logits, dim=-1).to(torch.get_default_dtype())
+
+    return log_fn
+
+
+def _exact_integral(log_fn, schedule, x0: torch.Tensor, objective: str) -> float:
+    """`int_0^1 E[f(t, x_t)] dt` of the masked NELBO's integrand for one sequence, by enumerating the
+    masked sets and Gauss-Legendre in `m = 1 - exp(-sigma_bar)`: `f dt = sum_{i in S} NLL_i / m dm` times
+    the probability `m^|S| (1 - m)^(L - |S|)` of the set S (docs/math.md section 7)."""
+    assert objective == "masked"
+    L = x0.shape[1]
+    one = torch.ones((), dtype=torch.float64)
+    m0, m1 = (float(-torch.expm1(-schedule.total_noise(s * one))) for s in (0.0, 1.0))
+    xg, wg = np.polynomial.legendre.leggauss(64)
+    m = torch.tensor(m0 + (m1 - m0) * (xg + 1) / 2, dtype=torch.float64)  # (Q,)
+    w = torch.tensor(wg * (m1 - m0) / 2, dtype=torch.float64)
+    sb = -torch.log1p(-m)
+    total = torch.zeros((), dtype=torch.float64)
+    mask_id = int(x0.max()) + 1  # the toy's vocabulary is 0..n-1, MASK = n
+    for bits in range(1, 2**L):
+        S = torch.tensor([(bits >> i) & 1 for i in range(L)], dtype=torch.bool)
+        k = int(S.sum())
+        x_t = torch.where(S, torch.full_like(x0[0], mask_id), x0[0]).expand(len(m), L)
+        nll = -log_fn(x_t, sb).to(torch.float64).gather(-1, x0.expand(len(m), L)[..., None])[..., 0]  # (Q, L)
+        value = nll[:, S].sum(-1) * m ** (k - 1) * (1 - m) ** (L - k)  # (Q,)
+        total = total + (w * value).sum()
+    return float(total)
+
+
+@pytest.mark.parametrize("schedule", [LogLinear(), Geometric(1e-3, 8.0)], ids=["loglinear", "geometric"])
+def test_masks_training_design_is_unbiased_for_the_exact_integral(schedule) -> None:
+    n, L, B, steps = 3, 4, 64, 150
+    graph = Absorbing(n)
+    assert graph.mask_id == n
+    log_fn = _toy_log_fn(n)
+    x0 = torch.tensor([[0, 2, 1, 2]])
+    want = _exact_integral(log_fn, schedule, x0, "masked")
+    per_step = []
+    for step in range(steps):
+        loss = keyed_loss(
+            log_fn, graph, schedule, x0.expand(B, L), seed=11, step=step, rows=torch.arange(B), eps_t=1e-3,
+            objective="masked", t_sampling="masks", batch_size=B,
+        )  # fmt: skip
+        per_step.append(loss.to(torch.float64).mean())
+    per_step = torch.stack(per_step)  # iid across steps (the rows of a step are stratified together)
+    got, se = float(per_step.mean()), float(per_step.std() / math.sqrt(steps))
+    assert abs(got - want) < 4 * se, (got, want, se)
+    assert se < 0.02 * want  # the check has teeth: a weight off by a factor c^(1/2) is far outside
+
+
+def test_masks_design_has_a_lighter_tail_than_uniform_times() -> None:
+    n, L, B = 3, 4, 4096
+    graph, schedule = Absorbing(n), LogLinear()
+    log_fn = _toy_log_fn(n)
+    x0 = torch.tensor([[0, 2, 1, 2]]).expand(B, L)
+    kw = dict(seed=2, step=0, rows=torch.arange(B), eps_t=1e-3, objective="masked", batch_size=B)
+    masks = keyed_loss(log_fn, graph, schedule, x0, t_sampling="masks", **kw).to(torch.float64)
+    uniform = keyed_loss(log_fn, graph, schedule, x0, t_sampling="uniform", **kw).to(torch.float64)
+    # uniform t: a mask at small t carries the weight ~ 1 / t, a value with variance ~ log(1 / eps_t); the
+    # masks design's values are bounded by S(L) c^(1/2) max NLL
+    assert float(masks.var()) * 3 < float(uniform.var())
+    assert float(masks.max()) < float(uniform.max())
+
+
+def test_masks_draws_mask_exactly_the_count_and_are_split_invariant() -> None:
+    from ddm.losses import mask_count_cdf
+    from ddm.training.distributed import keyed_mask_draws
+
+    B, L = 48, 16
+    rows = torch.arange(B)
+    t, masked, weight = keyed_mask_draws(4, 3, rows, L, LogLinear(), batch_size=B)
+    counts = masked.sum(-1)
+    assert int(counts.min()) >= 1 and int(counts.max()) <= L
+    # the counts follow q's stratified inverse CDF: one row in each of the B strata of q's CDF
+    cum = mask_count_cdf(L)
+    lo = torch.cat([torch.zeros(1, dtype=torch.float64), cum])[counts - 1] / cum[-1]
+    hi = cum[counts - 1] / cum[-1]
+    strata = torch.arange(B, dtype=torch.float64)
+    v_lo, v_hi = strata / B, (strata + 1) / B
+    assert all(
+        any((lo[r] < v_hi[s]) and (hi[r] > v_lo[s]) for r in range(B)) for s in range(B)
+    )  # every stratum is hit by some row's count interval
+    assert bool((weight > 0).all()) and bool(((t >= 0) & (t <= 1)).all())
+    parts = [keyed_mask_draws(4, 3, r, L, LogLinear(), batch_size=B) for r in (rows[:20], rows[20:])]
+    for whole, *halves in zip((t, masked, weight), *parts, strict=True):
+        assert torch.equal(whole, torch.cat(halves))
+    assert not torch.equal(masked, keyed_mask_draws(4, 4, rows, L, LogLinear(), batch_size=B)[1])
+
+
+def test_masks_t_sampling_refuses_what_it_cannot_draw() -> None:
+    with pytest.raises(ValueError, match="masks"):
+        TrainConfig.from_dict({"graph": "uniform", "t_sampling": "masks"})
+    with pytest.raises(ValueError, match="masks"):
+        TrainConfig.from_dict({"objective": "block", "t_sampling": "masks"})
+    with pytest.raises(ValueError, match="masks"):
+        keyed_loss(
+            _toy_log_fn(3), Uniform(3), LogLinear(), torch.zeros(2, 4, dtype=torch.long), seed=0, step=0,
+            rows=torch.arange(2), eps_t=1e-3, objective="diffusion", t_sampling="masks", batch_size=2,
+        )  # fmt: skip
+    TrainConfig.from_dict({"objective": "masked", "t_sampling": "masks"}).validate()  # accepted

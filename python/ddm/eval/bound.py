@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.io.checkpoint import read_config
-from ddm.losses import block_loss, dwdse, masked_nelbo
+from ddm.losses import block_loss, dwdse, mask_count_cdf, mask_count_times, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
 __all__ = [
@@ -280,12 +280,6 @@ def _resolve_design(design: str, graph: Any, schedule: Any, model: Any = None) -
     return design
 
 
-# The law of the masked count: q(c) proportional to c^-1/2. On the demo model the spread of a row's value
-# falls roughly like c^-1/2 (few masked positions: few predictions, each weighted by n / c), so this is
-# close to Neyman's allocation; it gave 1.6x less variance than q uniform (0), and 0.75 gave 1.4x.
-_COUNT_POWER = 0.5
-
-
 def _mask_layout(
     schedule: Any, n: torch.Tensor, K: int, L: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,7 +292,7 @@ def _mask_layout(
     M = n.shape[0]
     # q(c) = c^-a / S(n) on 1..n, S(c) = sum_{j <= c} j^-a: more rows where few positions are masked (the
     # rows with the largest spread), drawn by stratified inverse CDF
-    cum = torch.cumsum(torch.arange(1, L + 1, dtype=torch.float64) ** -_COUNT_POWER, 0)  # (L,) S(c)
+    cum = mask_count_cdf(L)  # (L,) S(c)
     s_n = cum[(n - 1).clamp(min=0)][:, None]  # (M, 1) S(n)
     group, local, size = _groups(K)  # (K,) each: two independent half designs (the error estimate)
     v = (local + torch.rand(M, K, generator=gen, dtype=torch.float64)) / size  # (M, K) stratified per group
@@ -311,16 +305,7 @@ def _mask_layout(
         u = torch.where(torch.arange(L) < n[start : start + 16, None, None], u, torch.full_like(u, 2.0))
         c = count[start : start + 16]
         m[start : start + 16] = u.sort(dim=-1).values.gather(-1, (c - 1).clamp(min=0)[..., None])[..., 0]
-    sb = -torch.log1p(-m)  # (M, K) the noise level whose masked fraction is m
-    one = torch.ones((), dtype=torch.float64)
-    sb0, sb1 = float(schedule.total_noise(0 * one)), float(schedule.total_noise(one))
-    active = (count > 0) & (m > 0) & (sb >= sb0) & (sb <= sb1)
-    t = schedule.time_of(torch.where(active, sb, torch.full_like(sb, sb1)))  # (M, K)
-    sigma_bar, sigma = schedule(t)
-    # pi(t, c) / q(t, c) = m(t) / (q(c) c m'(t)) with m'(t) = sigma e^{-sigma_bar}
-    c = count.clamp(min=1).to(torch.float64)
-    weight = s_n * torch.expm1(sigma_bar) / (c ** (1.0 - _COUNT_POWER) * sigma)
-    weight = torch.where(active, weight, torch.zeros_like(weight))
+    t, weight = mask_count_times(schedule, m, count, s_n, count > 0)  # (M, K) each
     # the windows of a group follow each other around its order of the positions
     offset = torch.zeros_like(count)
     for g in range(int(group.max()) + 1):

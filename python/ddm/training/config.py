@@ -77,8 +77,10 @@ class TrainConfig:
     )
     t_sampling: str = _f(
         "uniform",
-        "training times: 'uniform' (t ~ U[eps_t, 1] per sequence) or 'stratified' (one t in each of the "
-        "batch_size strata of [eps_t, 1] per step, from one keyed offset: lower loss variance)",
+        "training times: 'uniform' (t ~ U[eps_t, 1] per sequence), 'stratified' (one t in each of the "
+        "batch_size strata of [eps_t, 1] per step, from one keyed offset: lower loss variance) or 'masks' "
+        "(the absorbing graph: a masked count per sequence from q(c) ~ c^-1/2, stratified over the batch, "
+        "its time drawn given the count and the loss importance-weighted; no 1/t tail, the bound's design)",
     )
     graph: str = _f("absorbing", "forward process: 'absorbing' or 'uniform'")
     schedule: str = _f("loglinear", "noise schedule: 'loglinear' or 'geometric'")
@@ -225,8 +227,16 @@ class TrainConfig:
             raise ValueError(f"lr_decay must be 'constant', 'cosine' or 'linear', got {self.lr_decay!r}")
         if not 0.0 <= self.lr_final <= 1.0:
             raise ValueError(f"lr_final must be in [0, 1], got {self.lr_final!r}")
-        if self.t_sampling not in ("uniform", "stratified"):
-            raise ValueError(f"t_sampling must be 'uniform' or 'stratified', got {self.t_sampling!r}")
+        if self.t_sampling not in ("uniform", "stratified", "masks"):
+            raise ValueError(
+                f"t_sampling must be 'uniform', 'stratified' or 'masks', got {self.t_sampling!r}"
+            )
+        if self.t_sampling == "masks" and (self.graph != "absorbing" or self.objective == "block"):
+            raise ValueError(
+                "t_sampling='masks' draws masked counts of the absorbing graph for one noise level per "
+                f"sequence: it needs graph='absorbing' and objective 'diffusion' or 'masked' (got graph="
+                f"{self.graph!r}, objective={self.objective!r})"
+            )
         if self.graph not in ("absorbing", "uniform"):
             raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
         if self.schedule not in ("loglinear", "geometric"):

@@ -41,8 +41,9 @@ from ddm._device import resolve_device
 from ddm._faults import maybe_fail
 from ddm.data.corpus import keyed_offsets
 from ddm.losses import block_loss as block_loss_fn
-from ddm.losses import dwdse, masked_nelbo
+from ddm.losses import dwdse, mask_count_cdf, mask_count_times, masked_nelbo
 from ddm.sampling.sampler import native_available
+from ddm.schedules import Schedule
 
 __all__ = [
     "DistEnv",
@@ -266,6 +267,40 @@ def keyed_block_times(
     return eps_t + (1.0 - eps_t) * u_t
 
 
+def keyed_mask_draws(
+    seed: int, step: int, rows: torch.Tensor, length: int, schedule: Any, *, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masks design's training draws for the rows `rows` of a step's global batch (`t_sampling =
+    "masks"`, the absorbing graph; docs/math.md section 7): `(t [b], masked [b, L], weight [b])`, float64,
+    bool, float64.
+
+    Row j's masked count is `c ~ q` (`ddm.losses.mask_count_cdf`) by inverse CDF at `frac(u0 + j /
+    batch_size)`, one offset `u0` keyed by `(seed, step)`, so a step's batch spreads its counts over the
+    strata of q whatever the process split. Its positions get the corruption uniforms keyed by `(seed,
+    step, j)`; the c smallest are masked, and the c-th smallest is `m ~ Beta(c, L - c + 1)`, independent of
+    which positions they are. `t = m^{-1}(m)` and the weight `pi / q` come from
+    `ddm.losses.mask_count_times`: `weight * f(t, x_t)` is an unbiased estimate of the integral of the
+    loss over `t in [0, 1]`, with no heavy tail (the `1 / t` of a rare mask at small t cancels).
+    """
+    if batch_size <= 0:
+        raise ValueError("t_sampling='masks' needs the global batch_size")
+    if not hasattr(schedule, "time_of") or type(schedule).time_of is Schedule.time_of:
+        raise ValueError("t_sampling='masks' needs a schedule with time_of (LogLinear, Geometric)")
+    seed &= _U64
+    rows = rows.to(torch.int64)
+    zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
+    u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0].cpu()
+    v = torch.frac(u0 + rows.cpu().to(torch.float64) / batch_size)  # (b,)
+    cum = mask_count_cdf(length)  # (L,)
+    s_n = cum[-1]
+    count = torch.searchsorted(cum, v * s_n).clamp(max=length - 1) + 1  # (b,) in 1..L
+    u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length).cpu()  # (b, L) float64
+    m = u.sort(dim=-1).values.gather(-1, (count - 1)[:, None])[:, 0]  # (b,) the c-th smallest
+    masked = u <= m[:, None]  # (b, L): exactly c positions
+    t, weight = mask_count_times(schedule, m, count, s_n, torch.ones_like(count, dtype=torch.bool))
+    return t, masked, weight
+
+
 def keyed_loss(
     log_fn: Any,
     graph: Any,
@@ -300,8 +335,9 @@ def keyed_loss(
         rows: int64 `[b]` global row indices of the sequences in the step's batch.
         eps_t: lower end of the time range, in `[0, 1)`.
         objective: `"diffusion"` or `"masked"`.
-        t_sampling: `"uniform"` or `"stratified"` (`keyed_times`).
-        batch_size: the global batch size (for stratified times).
+        t_sampling: `"uniform"` or `"stratified"` (`keyed_times`), or `"masks"` (the absorbing graph:
+            masked counts and times from `keyed_mask_draws`, each row's loss times its importance weight).
+        batch_size: the global batch size (for stratified times and masks).
         block_size: objective `"block"`: `B'`; `log_fn(x_t, sigma_bar [b, L], x0)` then scores every
             block given the clean ones before it, and each block has its own keyed time
             (`keyed_block_times`; `ddm.losses.block_loss`).
@@ -320,9 +356,18 @@ def keyed_loss(
             log_fn, graph, schedule, x0, block_size, loss=block_loss, t=t.to(torch.get_default_dtype()),
             eps_t=eps_t, u=u,
         )  # fmt: skip
+    loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
+    if t_sampling == "masks":
+        t, masked, weight = keyed_mask_draws(seed, step, rows, length, schedule, batch_size=batch_size)
+        mask_id = getattr(graph, "mask_id", None)
+        if mask_id is None:
+            raise ValueError(f"t_sampling='masks' needs the absorbing graph, got {graph!r}")
+        x_t = torch.where(masked.to(x0.device), torch.full_like(x0, mask_id), x0)
+        t = t.to(device=x0.device, dtype=torch.get_default_dtype())
+        f = loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, x_t=x_t)  # (b,) the integrand at (t, x_t)
+        return weight.to(device=f.device, dtype=f.dtype) * f
     t = keyed_times(seed, step, rows, eps_t, t_sampling=t_sampling, batch_size=batch_size)
     t = t.to(torch.get_default_dtype())  # (b,)
-    loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
     first = int(rows[0]) if len(rows) else 0
     contiguous = bool(torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)))
     if x0.device.type == "cpu" and contiguous and len(rows) and native_available():
