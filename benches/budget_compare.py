@@ -16,6 +16,8 @@ of each text, `--num-t` times per window. One JSON line per recipe, and the prob
 
 Usage: `python benches/budget_compare.py --budget 600 --out budget.jsonl [--recipes sedd,ddm,ar]`; with
 `--recipes sedd,ddm,ddm-b16 --train ddm-b16` all three are probed side by side and one is trained.
+Recipes: `sedd`, `ddm`, `ar`, their half-batch variants `ddm-b16` and `ar-b16`, and `ddm-masks` and
+`ddm-b16-masks` (ddm's with `t_sampling="masks"`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ RECIPES = {
 }
 # ddm's and AR's with half the batch: twice the steps in the same time, while the loss still falls fast
 RECIPES.update({f"{n}-b16": {**RECIPES[n], "batch_size": 16} for n in ("ddm", "ar")})
+# ddm's with the masks design's training times (`t_sampling="masks"`: no 1/t tail in the loss)
+RECIPES.update({f"{n}-masks": {**RECIPES[n], "t_sampling": "masks"} for n in ("ddm", "ddm-b16")})
 
 
 def windows(stream: torch.Tensor, count: int, length: int) -> torch.Tensor:

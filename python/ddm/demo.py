@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples > 0:
         x = sample(model, args.sample_steps, batch_size=args.samples, seed=0, **DEMO_SAMPLER)
         texts = [model.tokenizer.decode(row) for row in x.tolist()]
-        how = f"{DEMO_SAMPLER['order']} order, nucleus {DEMO_SAMPLER['top_p']}"
+        how = ", ".join(f"{k} {v}" for k, v in DEMO_SAMPLER.items()) or "the default sampler"
         print(f"\nsamples ({args.sample_steps} calls, {how}, the Rust core):")
         for text in texts:
             print(f"  {text.replace(chr(10), ' / ')}")
