@@ -42,7 +42,11 @@ RUNS = {
     "masked+time-independent": {"objective": "masked", "time_conditioning": False},
     # the masks design of the training times (masked count first, its time given the count, weighted)
     "masked+masks": {"objective": "masked", "t_sampling": "masks"},
-    "masked+time-independent+masks": {"objective": "masked", "time_conditioning": False, "t_sampling": "masks"},
+    "masked+time-independent+masks": {
+        "objective": "masked",
+        "time_conditioning": False,
+        "t_sampling": "masks",
+    },
 }
 
 
