@@ -11,6 +11,8 @@ Usage:
         'masked-ti:objective=masked,time_conditioning=false,lr=2e-3,steps=700'
 
 A spec is `NAME[:key=value,...]` with any `TrainConfig` field (values parsed as JSON, else as strings).
+The base moves with the demo: the rows of docs/quality_results/objectives.md measured before 2026-12-03
+had the 192-wide model with uniform times, so their specs need `hidden=0,t_sampling=uniform` added now.
 
 Equal wall clock instead of equal steps: `--budget-from SPEC` times the optimizer step of SPEC and of every
 run side by side first (`_budget.seconds_per_step`, on a quiet machine), takes SPEC's `steps` times its
