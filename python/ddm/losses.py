@@ -204,7 +204,7 @@ def mask_count_cdf(length: int) -> torch.Tensor:
 def mask_count_times(
     schedule: Schedule, m: torch.Tensor, count: torch.Tensor, s_n: torch.Tensor, active: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The time and importance weight of draws `(c, m)` of the masks design (docs/math.md section 7).
+    """The time and importance weight of draws `(c, m)` of the masks design (docs/math.md section 4.6).
 
     Under the absorbing forward process a sequence of n scored positions has `c ~ Binomial(n, m(t))` of
     them masked, `m(t) = 1 - e^{-sigma_bar(t)}`, as a uniformly random c-subset. A draw `c ~ q`, then

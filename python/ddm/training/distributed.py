@@ -271,7 +271,7 @@ def keyed_mask_draws(
     seed: int, step: int, rows: torch.Tensor, length: int, schedule: Any, *, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masks design's training draws for the rows `rows` of a step's global batch (`t_sampling =
-    "masks"`, the absorbing graph; docs/math.md section 7): `(t [b], masked [b, L], weight [b])`, float64,
+    "masks"`, the absorbing graph; docs/math.md section 4.6): `(t [b], masked [b, L], weight [b])`, float64,
     bool, float64.
 
     Row j's masked count is `c ~ q` (`ddm.losses.mask_count_cdf`) by inverse CDF at `frac(u0 + j /
