@@ -277,3 +277,16 @@ def test_masks_t_sampling_refuses_what_it_cannot_draw() -> None:
             rows=torch.arange(2), eps_t=1e-3, objective="diffusion", t_sampling="masks", batch_size=2,
         )  # fmt: skip
     TrainConfig.from_dict({"objective": "masked", "t_sampling": "masks"}).validate()  # accepted
+
+
+def test_masks_times_give_the_dwdse_of_the_subs_score_the_nelbo_value() -> None:
+    # the same draws under both objectives: for a SUBS model the DWDSE of its closed-form score and the
+    # NELBO are the same integrand (docs/math.md section 7.4), so the weighted rows agree
+    model = _subs_model()
+    x0 = torch.randint(0, 7, (8, 16), generator=torch.Generator().manual_seed(3))
+    kw = dict(seed=5, step=2, rows=torch.arange(8), eps_t=1e-3, t_sampling="masks", batch_size=8)
+    with torch.no_grad():
+        nelbo = keyed_loss(model.log_probs, model.graph, model.schedule, x0, objective="masked", **kw)
+        dwdse_ = keyed_loss(model, model.graph, model.schedule, x0, objective="diffusion", **kw)
+    assert bool((nelbo > 0).all())
+    torch.testing.assert_close(dwdse_.double(), nelbo.double(), rtol=2e-5, atol=1e-5)  # float32 outputs
