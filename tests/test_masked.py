@@ -182,11 +182,10 @@ def _toy_log_fn(n: int):
     return log_fn
 
 
-def _exact_integral(log_fn, schedule, x0: torch.Tensor, objective: str) -> float:
+def _exact_integral(log_fn, schedule, x0: torch.Tensor, mask_id: int) -> float:
     """`int_0^1 E[f(t, x_t)] dt` of the masked NELBO's integrand for one sequence, by enumerating the
     masked sets and Gauss-Legendre in `m = 1 - exp(-sigma_bar)`: `f dt = sum_{i in S} NLL_i / m dm` times
-    the probability `m^|S| (1 - m)^(L - |S|)` of the set S (docs/math.md section 7)."""
-    assert objective == "masked"
+    the probability `m^|S| (1 - m)^(L - |S|)` of the set S (docs/math.md section 4.6)."""
     L = x0.shape[1]
     one = torch.ones((), dtype=torch.float64)
     m0, m1 = (float(-torch.expm1(-schedule.total_noise(s * one))) for s in (0.0, 1.0))
@@ -195,7 +194,6 @@ def _exact_integral(log_fn, schedule, x0: torch.Tensor, objective: str) -> float
     w = torch.tensor(wg * (m1 - m0) / 2, dtype=torch.float64)
     sb = -torch.log1p(-m)
     total = torch.zeros((), dtype=torch.float64)
-    mask_id = int(x0.max()) + 1  # the toy's vocabulary is 0..n-1, MASK = n
     for bits in range(1, 2**L):
         S = torch.tensor([(bits >> i) & 1 for i in range(L)], dtype=torch.bool)
         k = int(S.sum())
@@ -213,7 +211,7 @@ def test_masks_training_design_is_unbiased_for_the_exact_integral(schedule) -> N
     assert graph.mask_id == n
     log_fn = _toy_log_fn(n)
     x0 = torch.tensor([[0, 2, 1, 2]])
-    want = _exact_integral(log_fn, schedule, x0, "masked")
+    want = _exact_integral(log_fn, schedule, x0, graph.mask_id)
     per_step = []
     for step in range(steps):
         loss = keyed_loss(

@@ -23,6 +23,7 @@ __all__ = [
     "dwdse",
     "mask_count_cdf",
     "mask_count_times",
+    "mask_counts",
     "masked_nelbo",
     "score_entropy_bruteforce",
     "until_eos",
@@ -201,8 +202,20 @@ def mask_count_cdf(length: int) -> torch.Tensor:
     return torch.cumsum(torch.arange(1, length + 1, dtype=torch.float64) ** -MASK_COUNT_POWER, 0)
 
 
+def mask_counts(v: torch.Tensor, n: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`c ~ q` on `1..n` by inverse CDF at the uniforms `v` (0 where `n = 0`), and `S(n)`.
+
+    `n` (int64, at most `length`) broadcasts with `v` (float64). Returns `(count, s_n)`: int64 the shape of
+    `v`, and float64 the shape of `n`.
+    """
+    cum = mask_count_cdf(length)
+    s_n = cum[(n - 1).clamp(min=0)]
+    count = torch.searchsorted(cum, v * s_n).clamp(max=(n - 1).clamp(min=0)) + 1
+    return torch.where(n > 0, count, torch.zeros_like(count)), s_n
+
+
 def mask_count_times(
-    schedule: Schedule, m: torch.Tensor, count: torch.Tensor, s_n: torch.Tensor, active: torch.Tensor
+    schedule: Schedule, m: torch.Tensor, count: torch.Tensor, s_n: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The time and importance weight of draws `(c, m)` of the masks design (docs/math.md section 4.6).
 
@@ -216,18 +229,17 @@ def mask_count_times(
     Args:
         schedule: a schedule with `time_of` (LogLinear, Geometric).
         m: float64 masked fractions, any shape.
-        count: int64 masked counts `c >= 1` where active, the shape of `m`.
+        count: int64 masked counts, the shape of `m` (0: no draw, weight 0).
         s_n: float64 `S(n)`, broadcasting with `m`.
-        active: bool, the shape of `m`: draws to weight (others get weight 0).
 
     Returns:
-        `(t, weight)`, float64, the shape of `m`: weight 0 where inactive or where `m` lies outside
+        `(t, weight)`, float64, the shape of `m`: weight 0 where `count = 0` or where `m` lies outside
         `[m(0), m(1)]` (`pi = 0` there; `t` is then 1).
     """
     sb = -torch.log1p(-m)  # the noise level whose masked fraction is m
     one = torch.ones((), dtype=torch.float64)
     sb0, sb1 = float(schedule.total_noise(0 * one)), float(schedule.total_noise(one))
-    active = active & (count > 0) & (m > 0) & (sb >= sb0) & (sb <= sb1)
+    active = (count > 0) & (m > 0) & (sb >= sb0) & (sb <= sb1)
     t = schedule.time_of(torch.where(active, sb, torch.full_like(sb, sb1)))
     sigma_bar, sigma = schedule(t)
     c = count.clamp(min=1).to(torch.float64)

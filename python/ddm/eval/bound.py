@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.io.checkpoint import read_config
-from ddm.losses import block_loss, dwdse, mask_count_cdf, mask_count_times, masked_nelbo
+from ddm.losses import block_loss, dwdse, mask_count_times, mask_counts, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
 __all__ = [
@@ -292,12 +292,9 @@ def _mask_layout(
     M = n.shape[0]
     # q(c) = c^-a / S(n) on 1..n, S(c) = sum_{j <= c} j^-a: more rows where few positions are masked (the
     # rows with the largest spread), drawn by stratified inverse CDF
-    cum = mask_count_cdf(L)  # (L,) S(c)
-    s_n = cum[(n - 1).clamp(min=0)][:, None]  # (M, 1) S(n)
     group, local, size = _groups(K)  # (K,) each: two independent half designs (the error estimate)
     v = (local + torch.rand(M, K, generator=gen, dtype=torch.float64)) / size  # (M, K) stratified per group
-    count = torch.searchsorted(cum, v * s_n).clamp(max=(n[:, None] - 1).clamp(min=0)) + 1  # (M, K)
-    count = torch.where(n[:, None] > 0, count, torch.zeros_like(count))
+    count, s_n = mask_counts(v, n[:, None], L)  # (M, K), (M, 1) S(n)
     # m ~ Beta(c, n - c + 1): the c-th smallest of n uniforms (entries past n sort last)
     m = torch.empty(M, K, dtype=torch.float64)
     for start in range(0, M, 16):
@@ -305,7 +302,7 @@ def _mask_layout(
         u = torch.where(torch.arange(L) < n[start : start + 16, None, None], u, torch.full_like(u, 2.0))
         c = count[start : start + 16]
         m[start : start + 16] = u.sort(dim=-1).values.gather(-1, (c - 1).clamp(min=0)[..., None])[..., 0]
-    t, weight = mask_count_times(schedule, m, count, s_n, count > 0)  # (M, K) each
+    t, weight = mask_count_times(schedule, m, count, s_n)  # (M, K) each
     # the windows of a group follow each other around its order of the positions
     offset = torch.zeros_like(count)
     for g in range(int(group.max()) + 1):

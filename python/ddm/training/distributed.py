@@ -41,7 +41,7 @@ from ddm._device import resolve_device
 from ddm._faults import maybe_fail
 from ddm.data.corpus import keyed_offsets
 from ddm.losses import block_loss as block_loss_fn
-from ddm.losses import dwdse, mask_count_cdf, mask_count_times, masked_nelbo
+from ddm.losses import dwdse, mask_count_times, mask_counts, masked_nelbo
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Schedule
 
@@ -274,7 +274,7 @@ def keyed_mask_draws(
     "masks"`, the absorbing graph; docs/math.md section 4.6): `(t [b], masked [b, L], weight [b])`, float64,
     bool, float64.
 
-    Row j's masked count is `c ~ q` (`ddm.losses.mask_count_cdf`) by inverse CDF at `frac(u0 + j /
+    Row j's masked count is `c ~ q` (`ddm.losses.mask_counts`) by inverse CDF at `frac(u0 + j /
     batch_size)`, one offset `u0` keyed by `(seed, step)`, so a step's batch spreads its counts over the
     strata of q whatever the process split. Its positions get the corruption uniforms keyed by `(seed,
     step, j)`; the c smallest are masked, and the c-th smallest is `m ~ Beta(c, L - c + 1)`, independent of
@@ -284,20 +284,18 @@ def keyed_mask_draws(
     """
     if batch_size <= 0:
         raise ValueError("t_sampling='masks' needs the global batch_size")
-    if not hasattr(schedule, "time_of") or type(schedule).time_of is Schedule.time_of:
+    if type(schedule).time_of is Schedule.time_of:
         raise ValueError("t_sampling='masks' needs a schedule with time_of (LogLinear, Geometric)")
     seed &= _U64
     rows = rows.to(torch.int64)
     zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
     u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0].cpu()
     v = torch.frac(u0 + rows.cpu().to(torch.float64) / batch_size)  # (b,)
-    cum = mask_count_cdf(length)  # (L,)
-    s_n = cum[-1]
-    count = torch.searchsorted(cum, v * s_n).clamp(max=length - 1) + 1  # (b,) in 1..L
+    count, s_n = mask_counts(v, torch.tensor(length), length)  # (b,) in 1..L, S(L)
     u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length).cpu()  # (b, L) float64
     m = u.sort(dim=-1).values.gather(-1, (count - 1)[:, None])[:, 0]  # (b,) the c-th smallest
     masked = u <= m[:, None]  # (b, L): exactly c positions
-    t, weight = mask_count_times(schedule, m, count, s_n, torch.ones_like(count, dtype=torch.bool))
+    t, weight = mask_count_times(schedule, m, count, s_n)
     return t, masked, weight
 
 
@@ -358,10 +356,10 @@ def keyed_loss(
         )  # fmt: skip
     loss = {"diffusion": dwdse, "masked": masked_nelbo}[objective]
     if t_sampling == "masks":
-        t, masked, weight = keyed_mask_draws(seed, step, rows, length, schedule, batch_size=batch_size)
         mask_id = getattr(graph, "mask_id", None)
         if mask_id is None:
             raise ValueError(f"t_sampling='masks' needs the absorbing graph, got {graph!r}")
+        t, masked, weight = keyed_mask_draws(seed, step, rows, length, schedule, batch_size=batch_size)
         x_t = torch.where(masked.to(x0.device), torch.full_like(x0, mask_id), x0)
         t = t.to(device=x0.device, dtype=torch.get_default_dtype())
         f = loss(log_fn, graph, schedule, x0, t=t, eps_t=eps_t, x_t=x_t)  # (b,) the integrand at (t, x_t)
