@@ -17,7 +17,8 @@ of each text, `--num-t` times per window. One JSON line per recipe, and the prob
 Usage: `python benches/budget_compare.py --budget 600 --out budget.jsonl [--recipes sedd,ddm,ar]`; with
 `--recipes sedd,ddm,ddm-b16 --train ddm-b16` all three are probed side by side and one is trained.
 Recipes: `sedd`, `ddm`, `ar`, their half-batch variants `ddm-b16` and `ar-b16`, and `ddm-masks` and
-`ddm-b16-masks` (ddm's with `t_sampling="masks"`).
+`ddm-b16-masks` (ddm's with `t_sampling="masks"`), and `-muon` variants of `ddm-masks`, `ar`, `ddm-b16-masks`
+and `ar-b16` (`optimizer="muon"`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ RECIPES = {
 RECIPES.update({f"{n}-b16": {**RECIPES[n], "batch_size": 16} for n in ("ddm", "ar")})
 # ddm's with the masks design's training times (`t_sampling="masks"`: no 1/t tail in the loss)
 RECIPES.update({f"{n}-masks": {**RECIPES[n], "t_sampling": "masks"} for n in ("ddm", "ddm-b16")})
+# with Muon on the blocks' matrices (AdamW on the rest, the same lr: ddm.training.optim)
+RECIPES.update(
+    {f"{n}-muon": {**RECIPES[n], "optimizer": "muon"} for n in ("ddm-masks", "ar", "ddm-b16-masks", "ar-b16")}
+)
 
 
 def windows(stream: torch.Tensor, count: int, length: int) -> torch.Tensor:
@@ -124,7 +129,7 @@ def main() -> None:
         rec: dict = dict(recipe=name, overrides=RECIPES[name], steps=steps, train_s=round(wall, 1))
         for text, stream in texts.items():
             blocks = windows(stream, args.windows, cfg.seq_len)
-            if name == "ar":
+            if RECIPES[name]["objective"] == "autoregressive":
                 b = exact_nll(model, blocks, batch_size=64)
             else:
                 b = likelihood_bound(model, blocks, num_t=args.num_t, seed=0, batch_size=128)

@@ -175,7 +175,7 @@ def save(
     model: torch.nn.Module,
     config: dict[str, Any],
     ema: Any = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Any = None,
     state: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
@@ -188,7 +188,8 @@ def save(
         config: the JSON-able `config.json` content (model, graph, schedule, tokenizer, train).
         ema: an `ddm.model.EMA` (its weights go to `ema.safetensors`); without one the raw weights are
             also written as the EMA weights.
-        optimizer: the optimizer whose state is saved.
+        optimizer: the optimizer whose state is saved (a `torch.optim.Optimizer`, or anything with its
+            `state_dict()` layout, such as `ddm.training.optim.MuonAdamW`).
         state: extra JSON-able training state (RNG states, data position, ...) for `state.json`.
         keep: how many checkpoints to keep (older ones are deleted after the new one is in place).
 

@@ -91,11 +91,17 @@ class TrainConfig:
     steps: int = _f(5000, "optimizer steps in total (SEDD: 1.3M at batch 512)")
     batch_size: int = _f(32, "sequences per optimizer step (SEDD: 512)")
     grad_accum: int = _f(1, "micro-batches per step; each holds batch_size / grad_accum sequences")
-    lr: float = _f(3e-4, "AdamW peak learning rate (SEDD: 3e-4)")
+    optimizer: str = _f(
+        "adamw",
+        "'adamw' (SEDD), or 'muon': Muon on the transformer blocks' attention and MLP matrices and AdamW "
+        "on the other parameters, at the same learning rate (ddm.training.optim)",
+    )
+    lr: float = _f(3e-4, "peak learning rate (SEDD: AdamW 3e-4)")
     beta1: float = _f(0.9, "AdamW beta1 (SEDD: 0.9)")
     beta2: float = _f(0.999, "AdamW beta2 (SEDD: 0.999)")
     adam_eps: float = _f(1e-8, "AdamW epsilon (SEDD: 1e-8)")
-    weight_decay: float = _f(0.0, "AdamW weight decay (SEDD: 0)")
+    weight_decay: float = _f(0.0, "AdamW weight decay, and Muon's (SEDD: 0)")
+    muon_momentum: float = _f(0.95, "optimizer 'muon': Muon's (Nesterov) momentum")
     warmup_steps: int = _f(500, "linear learning-rate warm-up steps, then lr_decay (SEDD: 2500)")
     lr_decay: str = _f(
         "constant",
@@ -255,7 +261,9 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        for name in ("beta1", "beta2", "ema_decay"):
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        for name in ("beta1", "beta2", "ema_decay", "muon_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("adam_eps", "schedule_eps", "sigma_min", "sigma_max"):

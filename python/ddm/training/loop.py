@@ -1,11 +1,12 @@
 """Training: the DWDSE loss of SEDD on a text corpus, with checkpoints that resume exactly.
 
-One optimizer step draws `batch_size` blocks of `seq_len` tokens at random offsets of the training split
-(in `grad_accum` micro-batches), draws `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` per sequence, and
-minimises the mean over sequences of `sigma(t) * sum_i DSE_i` (docs/math.md section 4; SEDD eq. 10), with
-AdamW, a linear warm-up then a constant or decaying learning rate (`lr_at`), gradient clipping and an EMA
-of the weights. On CUDA the network runs under bf16 autocast, and on a CPU with native bf16 too when
-`cpu_bf16` is set; the weights, the optimizer and the score entropy stay in float32 or wider.
+One optimizer step draws `batch_size` blocks of `seq_len` tokens at random offsets of the training split (in
+`grad_accum` micro-batches), draws `t ~ U[eps_t, 1]` and `x_t ~ p_{t|0}(. | x0)` per sequence, and minimises
+the mean over sequences of `sigma(t) * sum_i DSE_i` (docs/math.md section 4; SEDD eq. 10), with AdamW (or Muon
+on the blocks' matrices, `ddm.training.optim`), a linear warm-up then a constant or decaying learning rate
+(`lr_at`), gradient clipping and an EMA of the weights. On CUDA the network runs under bf16 autocast, and on a
+CPU with native bf16 too when `cpu_bf16` is set; the weights, the optimizer and the score entropy stay in
+float32 or wider.
 
 Randomness: the initial weights come from torch's global RNG seeded with `config.seed`; the block
 offsets, `t` and `x_t` of row j of the global batch of step s are counter-based draws keyed by
@@ -44,6 +45,7 @@ from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
 from ddm.training.config import TrainConfig, load_config, make_graph, make_schedule
+from ddm.training.optim import make_optimizer
 
 __all__ = ["RESUME_FIELDS", "lr_at", "train"]
 
@@ -71,6 +73,7 @@ RESUME_FIELDS = (
     "eps_t",
     "block_size",
     "block_loss",
+    "optimizer",
 )
 
 
@@ -241,14 +244,7 @@ def _train(
         model = ScoreModel(cfg.model_config(), graph, schedule, tokenizer=tokenizer).to(device)
     model.cpu_bf16 = cfg.cpu_bf16  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
     ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-        fused=True,  # one kernel over all the parameters: 3.6x faster than the per-tensor loop on a CPU
-    )
+    optimizer = make_optimizer(model, cfg)
     step, elapsed, tokens_seen = 0, 0.0, 0
     if state is not None:
         saved_tok = ckpt.read_config(state["path"])["tokenizer"]
