@@ -31,29 +31,11 @@ def muon_parameter(name: str, param: torch.Tensor) -> bool:
 
 
 class MuonAdamW:
-    """Muon on the parameters `muon_parameter` selects, AdamW on the others, as one optimizer."""
+    """A Muon optimizer and an AdamW optimizer over disjoint parameters, stepped as one (`make_optimizer`)."""
 
-    def __init__(
-        self,
-        named_params: list[tuple[str, torch.nn.Parameter]],
-        *,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-    ) -> None:
-        muon = [p for n, p in named_params if muon_parameter(n, p)]
-        rest = [p for n, p in named_params if not muon_parameter(n, p)]
-        if not muon:
-            raise ValueError("optimizer 'muon': the model has no transformer-block matrices for Muon")
-        self.muon = torch.optim.Muon(
-            muon, lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw"
-        )
-        self.adamw = torch.optim.AdamW(
-            rest, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True
-        )
-        self._parts = (self.muon, self.adamw)
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+        self.muon, self.adamw = muon, adamw
+        self._parts = (muon, adamw)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -64,7 +46,6 @@ class MuonAdamW:
         for opt in self._parts:
             opt.zero_grad(set_to_none=set_to_none)
 
-    @torch.no_grad()
     def step(self) -> None:
         for opt in self._parts:
             opt.step()
@@ -109,21 +90,29 @@ class MuonAdamW:
 
 def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer | MuonAdamW:
     """The optimizer a `TrainConfig` names (`cfg.optimizer`), over `model`'s parameters."""
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "muon":
-        return MuonAdamW(
-            list(model.named_parameters()),
-            lr=cfg.lr,
-            betas=betas,
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.muon_momentum,
-        )
-    return torch.optim.AdamW(
-        model.parameters(),
+    named = list(model.named_parameters())
+    muon = cfg.optimizer == "muon"
+    matrices = [p for n, p in named if muon and muon_parameter(n, p)]
+    if muon and not matrices:
+        raise ValueError("optimizer 'muon': the model has no transformer-block matrices for Muon")
+    chosen = {id(p) for p in matrices}
+    adamw = torch.optim.AdamW(
+        [p for _, p in named if id(p) not in chosen],
         lr=cfg.lr,
-        betas=betas,
+        betas=(cfg.beta1, cfg.beta2),
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
         fused=True,  # one kernel over all the parameters: 3.6x faster than the per-tensor loop on a CPU
+    )
+    if not muon:
+        return adamw
+    return MuonAdamW(
+        torch.optim.Muon(
+            matrices,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum,
+            adjust_lr_fn="match_rms_adamw",
+        ),
+        adamw,
     )
