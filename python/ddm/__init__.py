@@ -26,6 +26,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ddm import graphs, losses, schedules  # noqa: E402
+from ddm.errors import DdmError  # noqa: E402
 from ddm.eval import likelihood_bound  # noqa: E402
 from ddm.graphs import Absorbing, Uniform  # noqa: E402
 from ddm.io import load, load_sedd  # noqa: E402
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Absorbing",
+    "DdmError",
     "Geometric",
     "LogLinear",
     "Sampler",
