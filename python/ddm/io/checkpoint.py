@@ -8,11 +8,17 @@ Layout of one checkpoint (DESIGN.md, "Trained models, checkpoints, tokenizers"):
     optimizer.safetensors  the optimizer state, flattened to `"<param index>.<key>"` tensors
     state.json             step, RNG states (JSON-able), data position, EMA count, optimizer param groups
 
+    manifest.json          the size and SHA-256 of every other file, written last (`ddm.io.run`)
+
 A training run keeps its checkpoints in `<run_dir>/checkpoints/step_XXXXXXXX/` and names the newest in
-`<run_dir>/checkpoints/LATEST`. A save writes a temporary directory next to the final one, fsyncs every
-file and the directory, renames it into place and only then rewrites `LATEST` (itself by temp file and
-`os.replace`), so a process killed at any point of a save leaves the previous checkpoint and `LATEST`
-intact.
+`<run_dir>/checkpoints/LATEST`; `ddm.io.run` owns that layout. A save writes a temporary directory next to
+the final one (each file fsynced, the manifest last), renames it into place and only then rewrites
+`LATEST` (itself by temp file and `os.replace`), so a process killed at any point of a save leaves the
+previous checkpoint and `LATEST` intact; a save that fails (a full disk, a read-only directory) removes
+its temporary directory and raises an `OSError` that says what to do. Files get the user's umask.
+
+Reading verifies the files it reads against the manifest: a damaged file is a `CheckpointError` naming
+it and the previous checkpoint. Checkpoints written before manifests load with a warning.
 """
 
 from __future__ import annotations
@@ -27,27 +33,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
 
 from ddm import _fs, graphs, schedules, tokenizers
+from ddm._device import resolve_device
 from ddm._faults import maybe_fail
+from ddm.errors import CheckpointError
+from ddm.io import run
 from ddm.model import ARModel, ModelConfig, ScoreModel
 
 __all__ = [
     "FORMAT_VERSION",
+    "build_model",
     "latest",
     "load",
+    "load_weights",
     "read_config",
+    "read_json",
     "read_training_state",
     "resolve",
     "rng_state",
     "save",
     "set_rng_state",
+    "write_safetensors",
 ]
 
 FORMAT_VERSION = 1
-_LATEST = "LATEST"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,24 +69,28 @@ _LATEST = "LATEST"
 
 
 def latest(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None if it has none."""
-    ckpts = Path(run_dir) / "checkpoints"
-    pointer = ckpts / _LATEST
-    if not pointer.is_file():
-        return None
-    path = ckpts / pointer.read_text().strip()
-    return path if (path / "config.json").is_file() else None
+    """The newest intact checkpoint of a run directory, or None if it has none (`run.latest_intact`:
+    when the one `LATEST` names is missing or damaged, warns and falls back to an earlier one)."""
+    return run.latest_intact(run_dir)
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint directory from a checkpoint, its run directory or the run's `checkpoints/` folder."""
+    """A checkpoint directory from a checkpoint, its run directory or the run's `checkpoints/` folder.
+
+    A run directory gives the checkpoint its `LATEST` names (unverified: loading verifies what it reads).
+
+    Raises:
+        FileNotFoundError: `path` does not exist, or holds no checkpoint.
+        CheckpointError: `LATEST` names a checkpoint that does not exist (the message lists those that do).
+    """
     path = Path(path)
-    if (path / "config.json").is_file():
+    if run.checkpoint_kind(path) is not None or (path / "config.json").is_file():
         return path
     for run_dir in (path, path.parent):
-        found = latest(run_dir)
-        if found is not None and (path == run_dir or path.name == "checkpoints"):
-            return found
+        if path == run_dir or path.name == run.CHECKPOINTS:
+            found = run.latest(run_dir)
+            if found is not None:
+                return found
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint directory nor a run directory with one")
@@ -157,15 +174,63 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 # ---------------------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict(module: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1).encode("utf-8")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Writes `tensors` as a safetensors file at `path` (fsynced, with the user's umask).
+
+    Returns:
+        The file's manifest entry (size and SHA-256), computed from the bytes written.
+
+    Raises:
+        OSError: the write failed (a full disk, no permission); it names `path`.
+    """
+    data = safetensors.torch.save(tensors)
+    _fs.write_file(path, data)
+    return run.manifest_entry(data)
+
+
+def _write_files(tmp: Path, step: int, model: torch.nn.Module, config: dict[str, Any], extra: dict) -> None:
+    """Writes the files of one checkpoint into `tmp`, the manifest last; `extra` holds `ema`,
+    `optimizer` and `state` as `save` takes them."""
+    ema, optimizer = extra["ema"], extra["optimizer"]
+    files: dict[str, dict[str, Any]] = {}
+    weights = _state_dict(model)
+    files["model.safetensors"] = write_safetensors(tmp / "model.safetensors", weights)
+    ema_weights = _state_dict(ema) if ema else weights
+    files["ema.safetensors"] = write_safetensors(tmp / "ema.safetensors", ema_weights)
+    full_state: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        **(extra["state"] or {}),
+    }
+    full_state["ema_num_updates"] = int(ema.num_updates) if ema is not None else 0
+    if optimizer is not None:
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        files["optimizer.safetensors"] = write_safetensors(tmp / "optimizer.safetensors", tensors)
+        full_state["optimizer"] = meta
+    for name, obj in (
+        ("state.json", full_state),
+        ("config.json", {"format_version": FORMAT_VERSION, **config}),
+    ):
+        data = _json_bytes(obj)
+        _fs.write_file(tmp / name, data)
+        files[name] = run.manifest_entry(data)
+    run.write_manifest(tmp, files, format_version=FORMAT_VERSION, step=int(step))
+    _fs.fsync_dir(tmp)
+
+
+def _save_error(e: OSError, final: Path, before: Path | None) -> OSError:
+    """The `OSError` of a failed save: the checkpoint, what went wrong, what to do, what is left."""
+    kept = f"; the previous checkpoint {before} is intact" if before is not None else ""
+    err = type(e)(e.errno, f"cannot save checkpoint {final}: {_fs.describe_os_error(e)}{kept}")
+    return err
 
 
 def save(
@@ -195,45 +260,43 @@ def save(
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        OSError: a write failed (ENOSPC, EROFS, EACCES, ...): the message names the checkpoint, says what
+            to do and that the previous checkpoint is intact; the temporary directory is removed.
     """
-    ckpts = Path(run_dir) / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
-    for stale in ckpts.glob(".tmp-*"):  # left behind by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    name = f"step_{step:08d}"
-    final = ckpts / name
+    ckpts = run.checkpoints_dir(run_dir)
+    final = run.step_dir(run_dir, step)
+    name = final.name
     tmp = ckpts / f".tmp-{name}-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    try:
+        before = run.latest(run_dir)  # named in the error of a failed save
+    except CheckpointError:
+        before = None
+    try:
+        ckpts.mkdir(parents=True, exist_ok=True)
+        for stale in ckpts.glob(".tmp-*"):  # left behind by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, step, model, config, {"ema": ema, "optimizer": optimizer, "state": state})
+        maybe_fail("save", step)  # test hook: a process killed here leaves only the ignored temp directory
+        if final.exists():  # an earlier run reached this step: move it aside, then replace it
+            old = ckpts / f".tmp-old-{name}-{uuid.uuid4().hex}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fs.fsync_dir(ckpts)
+        _fs.write_text(ckpts / run.LATEST, name + "\n")
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _save_error(e, final, before) from e
+        raise
 
-    weights = _state_dict(model)
-    save_file(weights, str(tmp / "model.safetensors"))
-    ema_weights = {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()} if ema else weights
-    save_file(ema_weights, str(tmp / "ema.safetensors"))
-    full_state: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": int(step), **(state or {})}
-    full_state["ema_num_updates"] = int(ema.num_updates) if ema is not None else 0
-    if optimizer is not None:
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        full_state["optimizer"] = meta
-    for f in tmp.glob("*.safetensors"):
-        _fs.fsync_file(f)
-    _write_json(tmp / "state.json", full_state)
-    _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION, **config})
-    _fs.fsync_dir(tmp)
-    maybe_fail("save", step)  # test hook: a process killed here leaves only the ignored temp directory
-
-    if final.exists():  # an earlier run reached this step: move it aside, then replace it
-        old = ckpts / f".tmp-old-{name}-{uuid.uuid4().hex}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fs.fsync_dir(ckpts)
-    _fs.write_text(ckpts / _LATEST, name + "\n")
-
-    steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir() and p != final)
-    for old in steps[: max(0, len(steps) - (keep - 1))]:
+    old_steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir() and p != final)
+    for old in old_steps[: max(0, len(old_steps) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -243,28 +306,68 @@ def save(
 # ---------------------------------------------------------------------------------------------------
 
 
+def read_json(file: str | os.PathLike) -> Any:
+    """A JSON file of a checkpoint or model directory.
+
+    Raises:
+        CheckpointError: the file is missing, or not valid JSON (half-written or edited); the message names
+            it and the previous checkpoint of the run.
+    """
+    file = Path(file)
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise run.damaged(file.parent, file.name, "missing") from None
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise run.damaged(file.parent, file.name, f"not valid JSON, half-written or edited? ({e})") from e
+
+
+def load_weights(file: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (no pickle).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, empty or not safetensors; the message names it.
+    """
+    file = Path(file)
+    try:
+        return safetensors.torch.load_file(str(file), device=str(device))
+    except FileNotFoundError:
+        raise run.damaged(file.parent, file.name, "missing") from None
+    except SafetensorError as e:
+        raise run.damaged(file.parent, file.name, f"not a complete safetensors file ({e})") from e
+
+
+def _verify(path: Path, names: list[str] | None) -> None:
+    """Verifies the files `names` (None: all) of a checkpoint; a directory that is no checkpoint (a
+    `save_pretrained` folder) has nothing to verify."""
+    if run.checkpoint_kind(path) is not None:
+        run.verify(path, names)
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """`config.json` of a checkpoint (or of the latest checkpoint of a run directory)."""
+    """`config.json` of a checkpoint (or of the latest checkpoint of a run directory), verified."""
     path = resolve(path)
-    with open(path / "config.json") as f:
-        cfg = json.load(f)
-    version = cfg.get("format_version")
+    _verify(path, ["config.json"])
+    cfg = read_json(path / "config.json")
+    version = cfg.get("format_version") if isinstance(cfg, dict) else None
     if version != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {str(path)!r} has format version {version!r}, expected {FORMAT_VERSION}"
+        raise CheckpointError(
+            f"{path / 'config.json'} has format version {version!r}, expected {FORMAT_VERSION}"
         )
     return cfg
 
 
 def read_training_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Everything needed to resume: `state.json` plus the `model`, `ema` and `optimizer` state dicts."""
+    """Everything needed to resume: `state.json` plus the `model`, `ema` and `optimizer` state dicts,
+    every file verified against the manifest."""
     path = resolve(path)
-    with open(path / "state.json") as f:
-        state = json.load(f)
-    state["model"] = load_file(str(path / "model.safetensors"), device=str(device))
-    state["ema"] = load_file(str(path / "ema.safetensors"), device=str(device))
+    _verify(path, None)
+    state = read_json(path / "state.json")
+    state["model"] = load_weights(path / "model.safetensors", device)
+    state["ema"] = load_weights(path / "ema.safetensors", device)
     if "optimizer" in state:
-        tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))
+        tensors = load_weights(path / "optimizer.safetensors", device)
         state["optimizer"] = _unflatten_optimizer(tensors, state["optimizer"])
     state["path"] = path
     return state
@@ -290,19 +393,24 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, e
     """Loads a trained `ScoreModel` in eval mode, with its tokenizer, without the training code.
 
     Args:
-        path: a checkpoint directory, or a run directory (its latest checkpoint is used).
-        device: where the weights go (default CPU).
+        path: a checkpoint directory, or a run directory (the checkpoint its `LATEST` names is used).
+        device: where the weights go (default CPU; `"auto"`: CUDA when available).
         ema: load the EMA weights (default) or the raw optimised ones.
 
     Returns:
         The `ScoreModel` with `.tokenizer` set and `.checkpoint_path` naming the directory.
+
+    Raises:
+        CheckpointError: a file it reads is missing or damaged (the message names it and the previous
+            checkpoint of the run).
     """
     path = resolve(path)
+    weights_name = "ema.safetensors" if ema else "model.safetensors"
+    _verify(path, ["config.json", weights_name])
     cfg = read_config(path)
     model = build_model(cfg)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    weights = load_file(str(path / ("ema.safetensors" if ema else "model.safetensors")), device=str(device))
-    model.load_state_dict(weights, strict=True)
+    device = resolve_device(device) if device is not None else torch.device("cpu")
+    model.load_state_dict(load_weights(path / weights_name, device), strict=True)
     model.to(device).eval()
     model.checkpoint_path = path
     return model
