@@ -4,9 +4,13 @@ The top layer of the package: it imports every layer below and nothing imports i
 `Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry: `add_arguments(parser)`
 declares its options and `run(args) -> int` does the work. To add one, write the two functions and call
 `register(...)`. Every command that reads a model loads it with `ddm.load`, so a ddm checkpoint, a run
-directory and a published SEDD checkpoint all work. Errors a
-user can fix (ValueError, TypeError, FileNotFoundError) are printed as `ddm <cmd>: error: ...` with exit
-status 2, without a traceback.
+directory and a published SEDD checkpoint all work.
+
+`main` is the one error boundary: every error a user can fix (ddm's `DdmError` family, `ValueError`,
+`TypeError`, an `OSError` such as a full disk or a read-only directory, a damaged safetensors or JSON
+file, a diverged training run, running out of memory) becomes one `ddm <cmd>: error: ...` line that
+names the file and what to do, with exit status 2; `--traceback` (or `DDM_DEBUG=1`) also prints the
+stack. Every `--device` follows one rule (`ddm._device.resolve_device`): `auto` is CUDA when available.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ import argparse
 import json
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ddm import __version__
-from ddm._device import resolve_device
+from safetensors import SafetensorError
+
+from ddm import __version__, _fs
+from ddm._device import check_memory, estimate_bytes, resolve_device
 from ddm.data import read_text
 from ddm.data import registry as datasets
+from ddm.errors import DdmError
 from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
 from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_STEPS, report
@@ -152,6 +161,40 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 EVAL_NUM_T = 32
 
 
+DEVICE_HELP = "'auto' (CUDA when available, else CPU; the default), 'cpu', 'cuda' or 'cuda:N'"
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type`: an integer >= 1 (so `--seq-len 0` is a usage error, not a crash later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _check_eval_memory(model, batch_size: int, seq_len: int) -> None:
+    """Refuses an evaluation whose network calls cannot fit in the device's memory (before the first)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return
+    vocab = getattr(model, "dim", None) or getattr(model, "vocab_size", None) or 0
+    need = estimate_bytes(
+        batch=batch_size,
+        seq_len=seq_len,
+        hidden=cfg.hidden,
+        heads=cfg.heads,
+        blocks=cfg.blocks,
+        vocab=int(vocab),
+        mlp_ratio=cfg.mlp_ratio,
+    )
+    device = next(model.parameters()).device
+    what = f"ddm eval in batches of {batch_size} blocks of {seq_len} tokens"
+    check_memory(need, device, what, "lower --batch-size or --seq-len")
+
+
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
@@ -167,15 +210,15 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--num-t",
-        type=int,
+        type=positive_int,
         default=EVAL_NUM_T,
         help=f"stratified times per block (default {EVAL_NUM_T}); the cost is blocks x num-t evaluations",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="rows per network call (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per network call (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws (default 0)")
-    p.add_argument("--seq-len", type=int, help="block length (default: the model's)")
-    p.add_argument("--max-sequences", type=int, help="score at most this many blocks")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--seq-len", type=positive_int, help="block length (default: the model's)")
+    p.add_argument("--max-sequences", type=positive_int, help="score at most this many blocks")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
         "--progress",
@@ -192,6 +235,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     seq_len = args.seq_len if args.seq_len is not None else model.seq_len
     if seq_len > model.seq_len:
         raise ValueError(f"--seq-len {seq_len} is larger than the model's seq_len {model.seq_len}")
+    _check_eval_memory(model, args.batch_size, seq_len)
     if args.data:
         data = text_blocks(model, read_text(args.data), seq_len)
         source = args.data
@@ -313,7 +357,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     """Load the checkpoint, encode prefix/suffix, sample, decode, print or write."""
-    model = load(args.checkpoint, device=args.device)
+    model = load(args.checkpoint, device=resolve_device(args.device))
     tok = getattr(model, "tokenizer", None)
     if tok is None and (args.prefix or args.suffix):
         raise ValueError("this checkpoint has no tokenizer, so --prefix/--suffix text cannot be encoded")
@@ -441,26 +485,102 @@ def build_parser() -> argparse.ArgumentParser:
     """The `ddm` parser with one subparser per registered subcommand."""
     parser = argparse.ArgumentParser(prog="ddm", description="Score-entropy discrete diffusion (SEDD).")
     parser.add_argument("--version", action="version", version=f"ddm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in SUBCOMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
+        # also after the subcommand; SUPPRESS keeps the subparser from resetting a flag given before it
+        p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=TRACEBACK_HELP)
         p.set_defaults(_run=cmd.run)
     return parser
 
 
+TRACEBACK_HELP = "on an error, also print the full stack (or set DDM_DEBUG=1)"
+
+
+def _file_hint(e: BaseException) -> str:
+    """`" (in FILE)"` for the file a damaged-data exception was raised on, found in its traceback frames
+    (a `filename` or `path` local of the innermost frame that has one), else `""`."""
+    tb = e.__traceback__
+    found = ""
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        for key in ("filename", "file", "path"):
+            value = local.get(key)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                found = f" in {os.fspath(value)}"
+                break
+        tb = tb.tb_next
+    return found
+
+
+def error_message(e: BaseException) -> str | None:
+    """The one-line message of an error a user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(e, DdmError):
+        return str(e)
+    if isinstance(e, json.JSONDecodeError):  # before ValueError, which it is
+        return (
+            f"invalid JSON{_file_hint(e)} ({e}): the file is half-written or was edited; restore it, or "
+            "use an earlier checkpoint"
+        )
+    if isinstance(e, SafetensorError):
+        return (
+            f"damaged safetensors file{_file_hint(e)} ({e}): restore it from a copy, or use an earlier "
+            "checkpoint"
+        )
+    if isinstance(e, OSError):
+        return _fs.describe_os_error(e)
+    if isinstance(e, FloatingPointError):
+        return f"{e} (training diverged; resume from an earlier checkpoint with a lower lr)"
+    if isinstance(e, MemoryError):
+        return "out of memory: lower --batch-size or --seq-len"
+    if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        return f"out of GPU memory: lower --batch-size or --seq-len ({str(e).splitlines()[0]})"
+    if isinstance(e, (ValueError, TypeError)):
+        return str(e)
+    return None
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "traceback", False)) or os.environ.get("DDM_DEBUG", "") not in ("", "0")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Every subcommand's `--device` follows one rule: checked before any work starts."""
+    device = getattr(args, "device", None)
+    if device is not None:
+        resolve_device(device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `ddm` with `argv` (default `sys.argv[1:]`); returns the exit status."""
+    """Runs `ddm` with `argv` (default `sys.argv[1:]`); returns the exit status.
+
+    Bare `ddm` prints the help (status 0). An error a user can fix is one `ddm <cmd>: error: ...` line on
+    stderr with status 2 (the full stack too with `--traceback` or `DDM_DEBUG=1`); Ctrl-C is status 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ddm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"ddm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    if args.command is None:
+        parser.print_help()
+        return 0
+    prog = f"ddm {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *a, **k: print(f"{prog}: warning: {message}", file=sys.stderr)
+        try:
+            _check_device(args)
+            return int(args._run(args) or 0)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            message = error_message(e)
+            if message is None:
+                raise
+            if _debug(args):
+                traceback.print_exc()
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
