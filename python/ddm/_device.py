@@ -60,9 +60,9 @@ def estimate_bytes(
 ) -> int:
     """Estimated peak memory, in bytes, of one pass of a transformer on `batch` sequences of `seq_len`.
 
-    Counted: the attention scores and their softmax (`heads * seq_len^2` per sequence and layer), the
-    activations of a block (`seq_len * hidden * (8 + 2 * mlp_ratio)` per sequence), and the output logits
-    with their log-softmax (`2 * seq_len * vocab` per sequence). Without gradients only one block is live
+    Counted: the attention scores (`heads * seq_len^2` per sequence and layer), the activations of a
+    block (`seq_len * hidden * (8 + 2 * mlp_ratio)` per sequence), and the output logits (`seq_len * vocab`
+    per sequence). Without gradients only one block is live
     at a time; in training every block keeps its activations for the backward pass, and the weights, their
     gradients and two Adam moments are added (`12 * blocks * hidden^2 + 2 * vocab * hidden` weights).
     A lower estimate: a run that needs more than this does not fit.
@@ -84,9 +84,9 @@ def estimate_bytes(
     for name, value in (("batch", batch), ("seq_len", seq_len), ("hidden", hidden), ("heads", heads)):
         if value <= 0:
             raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
-    attention = 2 * heads * seq_len * seq_len  # scores and their softmax, per sequence and layer
+    attention = heads * seq_len * seq_len  # the scores, per sequence and layer
     activations = seq_len * hidden * (8 + 2 * mlp_ratio)  # per sequence and layer
-    logits = 2 * seq_len * vocab  # per sequence
+    logits = seq_len * vocab  # per sequence
     layers = blocks if training else 1
     values = batch * (layers * (attention + activations) + logits)
     if training:

@@ -124,10 +124,34 @@ def _run_train(args: argparse.Namespace) -> int:
             if distributed.launched_by_torchrun():
                 raise ValueError("--nproc: already under torchrun; give the process count to torchrun")
             return distributed.launch(args.nproc, _train_argv(args))
+    _check_train_memory(cfg)
     path = train(cfg, resume=args.resume, until_step=args.until_step)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the job
         print(f"checkpoint: {path}")
     return 0
+
+
+def _check_train_memory(cfg: TrainConfig) -> None:
+    """Refuses a run whose training step cannot fit in the device's memory (before any work): a lower
+    estimate, without the output layer, whose size the corpus decides."""
+    if distributed.launched_by_torchrun():  # each rank's GPU is chosen later; no CUDA context on GPU 0 here
+        return
+    m = cfg.model_config()
+    micro_batch = cfg.batch_size // cfg.grad_accum
+    need = estimate_bytes(
+        batch=micro_batch,
+        seq_len=cfg.seq_len,
+        hidden=m.hidden,
+        heads=m.heads,
+        blocks=m.blocks,
+        vocab=0,
+        mlp_ratio=m.mlp_ratio,
+        training=True,
+    )
+    what = f"ddm train on micro-batches of {micro_batch} sequences of {cfg.seq_len} tokens"
+    check_memory(
+        need, resolve_device(cfg.device), what, "lower --seq-len or --batch-size (or raise --grad-accum)"
+    )
 
 
 def _train_argv(args: argparse.Namespace) -> list[str]:
