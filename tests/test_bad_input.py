@@ -187,6 +187,7 @@ CLI_CASES = [
     (["train", "--run-dir", "{run}", "--resume", "--device", "cuda"], nothing,                   2,    r"ddm train: error: device 'cuda' .* CUDA is not available"),
     (["sample", "--checkpoint", "{run}", "--device", "tpu9"],     nothing,                       2,    r"ddm sample: error: device 'tpu9' is not a device name"),
     (["sample", "--checkpoint", "{run}", "--no-progress"],        flip("ema.safetensors"),       2,    rf"ddm sample: error: .*ema.safetensors: its SHA-256 .*{PREV}"),
+    (["sample", "--checkpoint", "{run}", "--no-progress"],        remove("ema.safetensors"),     2,    rf"ddm sample: error: .*ema.safetensors: missing, though .*{PREV}"),
     (["eval", "--checkpoint", "{run}"],                           legacy(truncate("config.json")), 2,  r"ddm eval: error: .*config.json: not valid JSON"),
     (["sample", "--checkpoint", "{run}", "--no-progress"],        latest_names("step_00000009"), 2,    rf"ddm sample: error: .*{PREV}, {LAST}"),
     (["train", "--run-dir", "{run}", "--resume", "--steps", "6"], failing_write(errno.ENOSPC),   2,    r"ddm train: error: cannot save .*step_00000006.*the disk is full.*step_00000004 is intact"),

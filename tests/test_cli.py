@@ -208,7 +208,8 @@ def test_memory_estimate_small_and_large():
     with pytest.raises(InvalidArgument, match="seq_len must be a positive integer"):
         estimate_bytes(batch=1, seq_len=0, hidden=32, heads=2, blocks=1, vocab=30)
     check_memory(small, torch.device("cpu"), "x", "y")  # a tiny model fits
-    with pytest.raises(InvalidArgument, match=r"x needs about [\d.]+ TB of memory, but cpu has .* available: y"):
+    pattern = r"x needs about [\d.]+ TB of memory, but cpu has .* available: y"
+    with pytest.raises(InvalidArgument, match=pattern):
         check_memory(large, torch.device("cpu"), "x", "y")
 
 

@@ -334,8 +334,8 @@ def _run_data(args: argparse.Namespace) -> int:
             print(f"{args.name} {s}: {arr.size} tokens ({tok.unit}s), vocabulary {tok.vocab_size}")
         print(f"cached in {ddir}")
     except (datasets.FetchError, datasets.ChecksumError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"ddm data: error: {e}", file=sys.stderr)
+        return 1  # a download that failed: status 1, as before (a usage error is 2)
     return 0
 
 

@@ -225,11 +225,14 @@ def damaged(path: str | os.PathLike, name: str, what: str) -> CheckpointError:
     wrong, and the previous checkpoint of the run (or that there is none)."""
     path = Path(path)
     prev = previous(path)
-    offer = (
-        f"the previous checkpoint is {prev}: load it by its path (resuming falls back to it by itself)"
-        if prev is not None
-        else "the run has no earlier checkpoint: restore the file from a copy or train again"
-    )
+    if prev is not None:
+        offer = (
+            f"the previous checkpoint is {prev}: load it by its path (resuming falls back to it by itself)"
+        )
+    elif step_of(path) is not None:
+        offer = "the run has no earlier checkpoint: restore the file from a copy, or train again"
+    else:
+        offer = "restore the file from a copy"
     return CheckpointError(f"checkpoint {str(path)!r} is damaged: {path / name}: {what}; {offer}")
 
 
