@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +117,15 @@ def failing_write(code):
     return lambda r, mp: mp.setattr(_fs, "open", fake_open, raising=False)
 
 
+def failing_mkdir(code):
+    """Creating a directory fails with `code` (a read-only run directory)."""
+
+    def mkdir(self, *a, **k):
+        raise OSError(code, os.strerror(code), str(self))
+
+    return lambda r, mp: mp.setattr(Path, "mkdir", mkdir)
+
+
 def nothing(r, mp):
     pass
 
@@ -162,6 +172,7 @@ FILE_CASES = [
     (latest_names("step_00000009"),        load,         CheckpointError, rf"names step_00000009.*{PREV}, {LAST}"),
     (failing_write(errno.ENOSPC),          save_step_6,  OSError,         r"cannot save checkpoint .*step_00000006.*the disk is full"),
     (failing_write(errno.EROFS),           save_step_6,  OSError,         r"cannot save checkpoint .*read-only.*choose a writable"),
+    (failing_mkdir(errno.EROFS),           save_step_6,  OSError,         r"cannot save checkpoint .*Read-only file system \(the file system is read-only"),
     (failing_write(errno.EACCES),          save_step_6,  OSError,         r"permission denied"),
 ]  # fmt: skip
 

@@ -173,6 +173,7 @@ def test_run_directory_functions(tmp_path):
     assert run.latest(tmp_path) == three == run.latest_intact(tmp_path) == checkpoint.latest(tmp_path)
     assert run.previous(three) == two and run.previous(one) is None
     assert run.log_path(tmp_path) == tmp_path / "log.jsonl"
+    assert run.run_dir_of(two) == tmp_path and run.run_dir_of(tmp_path) is None
     assert run.checkpoints_dir(tmp_path) == tmp_path / "checkpoints"
     assert run.checkpoint_kind(three) == "manifest" and run.checkpoint_kind(tmp_path) is None
     (three / run.MANIFEST).unlink()

@@ -229,8 +229,8 @@ def _write_files(tmp: Path, step: int, model: torch.nn.Module, config: dict[str,
 def _save_error(e: OSError, final: Path, before: Path | None) -> OSError:
     """The `OSError` of a failed save: the checkpoint, what went wrong, what to do, what is left."""
     kept = f"; the previous checkpoint {before} is intact" if before is not None else ""
-    err = type(e)(e.errno, f"cannot save checkpoint {final}: {_fs.describe_os_error(e)}{kept}")
-    return err
+    message = f"cannot save checkpoint {final}: {_fs.describe_os_error(e)}{kept}"
+    return type(e)(e.errno, message) if e.errno is not None else type(e)(message)
 
 
 def save(

@@ -41,6 +41,7 @@ __all__ = [
     "manifest_entry",
     "previous",
     "read_manifest",
+    "run_dir_of",
     "step_dir",
     "step_of",
     "steps",
@@ -76,6 +77,15 @@ def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
 def log_path(run_dir: str | os.PathLike) -> Path:
     """`<run_dir>/log.jsonl`, the training log (it may not exist)."""
     return Path(run_dir) / LOG
+
+
+def run_dir_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run directory of a `<run_dir>/checkpoints/step_XXXXXXXX` checkpoint, or None for a checkpoint
+    outside a run (a copied or downloaded one)."""
+    path = Path(checkpoint)
+    if step_of(path) is None or path.parent.name != CHECKPOINTS:
+        return None
+    return path.parent.parent
 
 
 def step_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -165,11 +175,11 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
 def previous(path: str | os.PathLike) -> Path | None:
     """The newest checkpoint directory of the same run before `path` (by step, unverified), or None."""
     path = Path(path)
-    step = step_of(path)
-    if step is None or path.parent.name != CHECKPOINTS:
+    run_dir = run_dir_of(path)
+    if run_dir is None:
         return None
-    earlier = [s for s in steps(path.parent.parent) if s < step]
-    return step_dir(path.parent.parent, earlier[-1]) if earlier else None
+    earlier = [s for s in steps(run_dir) if s < step_of(path)]
+    return step_dir(run_dir, earlier[-1]) if earlier else None
 
 
 # ---------------------------------------------------------------------------------------------------
