@@ -192,6 +192,14 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     # loading names the damaged file and offers the previous checkpoint
     with pytest.raises(CheckpointError, match=rf"model.safetensors.*previous checkpoint is {two}"):
         checkpoint.read_training_state(tmp_path)
+    # LATEST naming a step that is gone: loading says which exist, resuming takes the newest intact one
+    (tmp_path / "checkpoints" / "LATEST").write_text("step_00000009\n")
+    with pytest.raises(
+        CheckpointError, match="names step_00000009.*step_00000001, step_00000002, step_00000003"
+    ):
+        checkpoint.load(tmp_path)
+    with pytest.warns(UserWarning, match="names step_00000009.*using the newest intact checkpoint"):
+        assert checkpoint.latest(tmp_path) == two
     shutil.rmtree(two)
     (one / "ema.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no intact checkpoint to fall back to"):

@@ -202,8 +202,8 @@ def positive_int(text: str) -> int:
 def _check_eval_memory(model, batch_size: int, seq_len: int) -> None:
     """Refuses an evaluation whose network calls cannot fit in the device's memory (before the first)."""
     cfg = getattr(model, "config", None)
-    if cfg is None:
-        return
+    if not all(hasattr(cfg, k) for k in ("hidden", "heads", "blocks", "mlp_ratio")):
+        return  # a model of another architecture: nothing to estimate from
     vocab = getattr(model, "dim", None) or getattr(model, "vocab_size", None) or 0
     need = estimate_bytes(
         batch=batch_size,
