@@ -145,3 +145,17 @@ def test_get_and_from_config_round_trip(name):
     text = {"gpt2": "Hello world", "dna": "ACGTN", "protein": "MKV\nZ\n"}[name]
     assert again.decode(tok.encode(text)) == text
     assert ddm.tokenizers.from_config({"type": "protein", "rare": "x"}) == ProteinTokenizer(rare="x")
+
+
+def test_dna_separator_variant():
+    """`DNATokenizer(separator=True)`: `"\\n"` is id 5 and the end of a record (`eos_id`); the plain
+    tokenizer and its config are unchanged."""
+    sep = DNATokenizer(separator=True)
+    assert sep.vocab_size == 6 and sep.eos_id == sep.separator_id == 5
+    assert sep.encode("ACg\nNt") == [0, 1, 2, 5, 4, 3]
+    assert sep.decode(sep.encode("ACGT\nN\n")) == "ACGT\nN\n"
+    assert sep.to_config() == {"type": "dna", "separator": True}
+    assert ddm.tokenizers.from_config(sep.to_config()) == sep != DNATokenizer()
+    assert DNATokenizer().to_config() == {"type": "dna"} and not hasattr(DNATokenizer(), "eos_id")
+    with pytest.raises(ValueError, match="not allowed by the DNA tokenizer"):
+        sep.encode("AC\rGT")

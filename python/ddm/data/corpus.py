@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ddm import _rng
+from ddm.data.formats import utf8_error
+from ddm.errors import DataError
 from ddm.tokenizers import Tokenizer
 
 __all__ = ["STREAM_TRAIN_DATA", "Corpus", "blocks", "keyed_offsets", "read_text"]
@@ -26,13 +28,17 @@ _U64 = (1 << 64) - 1
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Reads a UTF-8 text file; raises ValueError if it is empty, FileNotFoundError if missing."""
+    """Reads a UTF-8 text file; raises DataError if it is empty or not UTF-8 (naming the byte offset),
+    FileNotFoundError if missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise utf8_error(path) from None
     if not text:
-        raise ValueError(f"data file {str(path)!r} is empty")
+        raise DataError(f"data file {str(path)!r} is empty")
     return text
 
 

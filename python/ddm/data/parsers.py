@@ -11,7 +11,7 @@ import gzip
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["parse_fasta", "parse_swissprot", "read_text_maybe_gz", "swissprot_crc64", "wikifil"]
@@ -25,16 +25,20 @@ def read_text_maybe_gz(source: str | os.PathLike | bytes) -> str:
     return data.decode("ascii")
 
 
-def parse_fasta(text: str) -> Iterator[tuple[str, str]]:
+def parse_fasta(text: str | Iterable[str]) -> Iterator[tuple[str, str]]:
     """Records of a FASTA text: `(header, sequence)` pairs.
 
     The header is the line after `>` without it; the sequence is the following lines joined, with
     whitespace removed and one trailing stop `*` dropped. Blank lines and `;` comment lines are skipped.
     Text before the first header is a ValueError.
+
+    Args:
+        text: the whole text, or its lines (an open text file: read one record at a time).
     """
     header: str | None = None
     parts: list[str] = []
-    for lineno, line in enumerate(io.StringIO(text), start=1):
+    lines = io.StringIO(text) if isinstance(text, str) else text
+    for lineno, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith(";"):
             continue

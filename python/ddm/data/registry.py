@@ -58,6 +58,7 @@ import numpy as np
 from ddm import _fs
 from ddm._stats import plugin_entropy
 from ddm.data.corpus import Corpus
+from ddm.data.formats import EOS_CHAR  # the end of a document (a play of shakespeare)
 from ddm.data.parsers import parse_fasta, parse_swissprot, read_text_maybe_gz, wikifil
 from ddm.data.sources import (
     EMBOSS_TEST,
@@ -133,11 +134,6 @@ def _parse_minitext8(archive: Path) -> dict[str, str]:
 
 _SHAKESPEARE_VALID = ("troilus_and_cressida", "twelfth_night")
 _SHAKESPEARE_TEST = ("two_gentlemen_of_verona", "winters_tale")
-
-
-# The end of a document in the character corpora with documents (a play of shakespeare): ASCII ETX
-# ("end of text"), which none of the texts holds. `CharTokenizer(eos=EOS_CHAR)` gives it its eos_id.
-EOS_CHAR = "\x03"
 
 
 def _parse_shakespeare(archive: Path) -> dict[str, str]:

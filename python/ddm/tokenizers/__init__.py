@@ -44,7 +44,7 @@ def from_config(d: dict[str, Any]) -> Tokenizer:
     kind = d["type"]
     params = {k: v for k, v in d.items() if k != "type"}
     if kind == "char":
-        return CharTokenizer(d["chars"], eos=d.get("eos"))
+        return CharTokenizer(d["chars"], eos=d.get("eos"), unknown=d.get("unknown", "error"))
     if kind in _KINDS:
         return _KINDS[kind](**params)
     raise ValueError(f"unknown tokenizer type {kind!r} (expected one of {list(NAMES)} or 'char')")

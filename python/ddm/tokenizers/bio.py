@@ -8,7 +8,8 @@ DNA (`DNATokenizer`, vocabulary 5): `A C G T` are ids 0-3 and `N` (any base) is 
 (soft-masked repeats) are read as uppercase. The IUPAC ambiguity codes `R Y S W K M B D H V` are mapped
 to `N` on purpose: they stand for more than one base, and a model over four bases plus "unknown" is the
 usual choice. `U` (RNA uracil) is read as `T`. Anything else (gaps `-`, digits, spaces) is a ValueError.
-Decoding gives uppercase `ACGTN`, so a round trip is exact for uppercase `ACGTN` text.
+Decoding gives uppercase `ACGTN`, so a round trip is exact for uppercase `ACGTN` text. A corpus of
+several sequences uses `DNATokenizer(separator=True)` (vocabulary 6): `"\\n"` (id 5) ends each one.
 
 Protein (`ProteinTokenizer`): the 20 standard amino acids `ACDEFGHIKLMNPQRSTVWY` are ids 0-19, `X`
 (unknown residue) is id 20, and the sequence separator `"\\n"` is id 21: a corpus of many proteins is
@@ -104,24 +105,37 @@ class _TableTokenizer:
 
 
 class DNATokenizer(_TableTokenizer):
-    """DNA bases: `A C G T N` = ids 0-4; IUPAC ambiguity codes read as N, U as T, lowercase as upper."""
+    """DNA bases: `A C G T N` = ids 0-4; IUPAC ambiguity codes read as N, U as T, lowercase as upper.
+
+    Args:
+        separator: add the record separator `"\\n"` as id 5, the end of a record (`eos_id`): the
+            tokenizer of a corpus of several sequences (a FASTA file of several records), packed into
+            one stream with the separator between records. False (default): the four bases and N only.
+    """
 
     unit = "base"
     _kind = "DNA"
 
-    def __init__(self) -> None:
+    def __init__(self, separator: bool = False) -> None:
+        if not isinstance(separator, bool):
+            raise TypeError(f"separator must be a bool, got {type(separator).__name__}")
         aliases = {c: "N" for c in DNA_AMBIGUOUS}
         aliases["U"] = "T"
-        super().__init__(DNA_ALPHABET, aliases)
+        super().__init__(DNA_ALPHABET + (SEPARATOR if separator else ""), aliases)
+        self.separator = separator
+        if separator:
+            self.separator_id = len(DNA_ALPHABET)  # 5
+            self.eos_id = self.separator_id
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "dna"}
+        # the plain tokenizer's config stays what it always was
+        return {"type": "dna", "separator": True} if self.separator else {"type": "dna"}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DNATokenizer)
+        return isinstance(other, DNATokenizer) and other.separator == self.separator
 
     def __hash__(self) -> int:
-        return hash("dna")
+        return hash(("dna", self.separator))
 
 
 class ProteinTokenizer(_TableTokenizer):
