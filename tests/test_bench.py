@@ -81,7 +81,8 @@ def test_quick_mode_writes_records(tmp_path, one_torch_thread, monkeypatch):
         for key in ("rust_s", "torch_s"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["case"], key)
         if r["kind"] == "step":
-            assert r["floor_s"] > 0 and r["floor_method"] in ("np.sum", "torch.sum")
+            assert r["floor_s"] > 0 and r["floor_threads"] == 1
+            assert r["floor_method"] in ("np.sum x 1 threads", "np.sum", "torch.sum")
             assert r["rust_over_floor"] == pytest.approx(r["rust_s"] / r["floor_s"])
         else:
             assert r["floor_s"] is None
@@ -108,6 +109,38 @@ def test_baseline_core_is_timed_beside_the_current_one(tmp_path, one_torch_threa
     for r in records:
         assert r["rust_baseline_s"] > 0 and r["same_tokens_as_baseline"] is True
         assert r["rust_baseline_over_floor"] == pytest.approx(r["rust_baseline_s"] / r["floor_s"])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_floor_reads_with_the_steps_threads(monkeypatch, threads):
+    """The floor's read pass runs on as many threads at once as the step (each sums its own contiguous
+    chunk), and together they read the whole array exactly once."""
+    import threading
+
+    barrier = threading.Barrier(threads, timeout=30)  # broken unless `threads` chunks are summed at once
+    seen: list[tuple[int, int]] = []
+    real = compare.chunk_sum
+
+    def chunk_sum(chunk):
+        seen.append((threading.get_ident(), chunk.size))
+        barrier.wait()
+        return real(chunk)
+
+    monkeypatch.setattr(compare, "chunk_sum", chunk_sum)
+    arr = torch.arange(1001, dtype=torch.float32).reshape(7, 11, 13)
+    reader = compare.StreamingRead(threads)
+    try:
+        assert reader(arr.numpy()) == float(arr.sum())
+    finally:
+        reader.close()
+    assert len(seen) == threads and len({ident for ident, _ in seen}) == threads
+    assert sum(size for _, size in seen) == arr.numel()
+    seen.clear()
+    monkeypatch.setenv("DDM_NUM_THREADS", str(threads))
+    barrier.reset()
+    rec = compare.bench_step("analytic", True, (2, 4, 8), 1, 1, False)  # the step's threads: DDM_NUM_THREADS
+    assert rec["floor_threads"] == threads and len({ident for ident, _ in seen}) == threads
+    assert len(seen) == 2 * threads  # a warm-up pass and a timed one
 
 
 @pytest.fixture
