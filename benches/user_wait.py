@@ -1,22 +1,26 @@
-"""Before and after, side by side in one run: the network call, `ddm.sample` on the demo model, and the
+"""Where a user waits, side by side in one run: the network call, `ddm.sample` on the demo model, and the
 sampling loop at a small vocabulary (issue 17, parts 2 and 3).
 
-The "before" is the package at `--baseline` (default: the commit before issue 17), exported with
-`git archive` into a temporary directory with the current build of the Rust core copied in (its interface
-is unchanged); the "after" is this tree. Each measurement runs in a fresh subprocess (`--worker`), the
-variants in turn, `--rounds` times, and the fastest round of each is reported with the load average:
+Every variant runs this tree, so the script works from a fresh clone with the checkpoint `make demo`
+writes (an old commit could not load today's checkpoints, and a clone need not hold it). Each measurement
+runs in a fresh subprocess (`--worker`), the variants in turn, `--rounds` times, and the fastest round of
+each is reported with the load average:
 
-- `before`: the baseline, with the environment's OpenMP wait policy (unset: libgomp spins);
-- `after, OMP active`: this tree with `OMP_WAIT_POLICY=ACTIVE` (the code changes alone);
-- `after`: this tree as a user gets it (`import ddm` sets `OMP_WAIT_POLICY=PASSIVE` unless set);
-- `after, cpu_bf16`: and the demo model with `ScoreModel.cpu_bf16 = True` (the opt-in bf16 autocast on a
-  CPU with native bf16; not the same law: log-scores move by ~1e-2).
+- `OMP active`: `OMP_WAIT_POLICY=ACTIVE`, libgomp's workers spinning between ops: what torch did before
+  `import ddm` chose the passive policy (the "before" of that change);
+- `default`: as a user gets it (`import ddm` sets `OMP_WAIT_POLICY=PASSIVE` unless set);
+- `cpu_bf16`: and the demo model with `ScoreModel.cpu_bf16 = True` (the opt-in bf16 autocast on a CPU
+  with native bf16; not the same law: log-scores move by ~1e-2).
 
-Figures: one forward of the demo model on `[8, 128]` (ms), `ddm.sample` of the demo model (8 x 128, Rust
-steps, tokens/s), and the dim-28 loop of `benches/compare.py` (`[4, 256]`, 32 steps): with a model that
-costs nothing (the loop and the steps alone) and with its tiny network, Rust against torch steps.
+The code changes of issue 17 themselves (fewer passes in the forward, the loop's buffers) have no switch:
+their before/after, measured against the commit before them, is in BENCHMARKS.md.
 
-Usage: `python benches/user_wait.py [--checkpoint PATH] [--steps 16] [--rounds 2] [--threads 2]`
+Figures: one forward of the model on `[8, seq_len]` (ms), `ddm.sample` of the model (8 sequences, Rust
+steps, tokens/s), and the dim-28 loop of `benches/compare.py` (`[4, 256]`, 32 steps; `--quick`:
+`[4, 32]`, 4 steps): with a model that costs nothing (the loop and the steps alone) and with its tiny
+network, Rust against torch steps.
+
+Usage: `python benches/user_wait.py [--checkpoint PATH] [--steps 16] [--rounds 2] [--threads 2] [--quick]`
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = "6734ba4"  # main before issue 17
 DEMO = str(ROOT / "runs" / "demo")  # `make demo` writes it; any checkpoint ddm.load reads
 
 
@@ -58,7 +60,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     model = ddm.load(args.checkpoint)
     if args.bf16:
-        model.cpu_bf16 = True  # issue 17's opt-in; a baseline without the attribute ignores it
+        model.cpu_bf16 = True  # the opt-in bf16 autocast (no effect without native bf16)
     x = torch.randint(0, model.dim - 1, (8, model.seq_len), generator=torch.Generator().manual_seed(0))
     x[:, ::2] = model.dim - 1  # half MASK
     sigma = torch.full((8,), 0.7)
@@ -72,93 +74,88 @@ def worker(args: argparse.Namespace) -> dict:
         return res
 
     g = Absorbing(27)
-    ls = torch.randn(4, 256, 28, generator=torch.Generator().manual_seed(0)) - 2
+    length, steps = (32, 4) if args.quick else (256, 32)
+    ls = torch.randn(4, length, 28, generator=torch.Generator().manual_seed(0)) - 2
 
     class Free:  # a model that costs nothing: the loop and the steps alone
-        graph, schedule, seq_len = g, LogLinear(), 256
+        graph, schedule, seq_len = g, LogLinear(), length
 
         def __call__(self, x, sigma):
             return ls
 
     torch.manual_seed(0)
-    config = {"hidden": 64, "heads": 2, "blocks": 2, "cond_dim": 32, "seq_len": 256, "dropout": 0.0}
+    config = {"hidden": 64, "heads": 2, "blocks": 2, "cond_dim": 32, "seq_len": length, "dropout": 0.0}
     tiny = ScoreModel(config, g, LogLinear()).eval()
-    for name, m, reps in (("loop", Free(), 30), ("tiny", tiny, 2)):
+    for name, m, reps in (("loop", Free(), 2 if args.quick else 30), ("tiny", tiny, 1 if args.quick else 2)):
         for backend in ("rust", "torch"):
-            s = best(lambda m=m, b=backend: ddm.sample(m, 32, batch_size=4, seed=3, backend=b), reps)
-            res[f"{name}28_{backend}_tokens_per_s"] = 4 * 256 / s
+            s = best(lambda m=m, b=backend: ddm.sample(m, steps, batch_size=4, seed=3, backend=b), reps)
+            res[f"{name}28_{backend}_tokens_per_s"] = 4 * length / s
     return res
 
 
-def export_baseline(rev: str, dest: Path) -> Path:
-    """`git archive rev python/ddm` into `dest`, with this build's `_core` extension copied in."""
-    archive = subprocess.run(["git", "archive", rev, "python/ddm"], cwd=ROOT, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    for so in (ROOT / "python" / "ddm").glob("_core*.so"):
-        shutil.copy2(so, dest / "python" / "ddm" / so.name)
-    return dest / "python"
-
-
-def run_variant(path: Path, omp: str | None, bf16: bool, args: argparse.Namespace) -> dict:
+def run_variant(omp: str | None, bf16: bool, args: argparse.Namespace) -> dict:
+    """One measurement of this tree in a fresh process, with `OMP_WAIT_POLICY=omp` (None: unset)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "PYTHONPATH")}
-    env["PYTHONPATH"] = str(path)
+    env["PYTHONPATH"] = str(ROOT / "python")
     if omp is not None:
         env["OMP_WAIT_POLICY"] = omp
     cmd = [sys.executable, __file__, "--worker", "--checkpoint", args.checkpoint, "--steps", str(args.steps)]
-    cmd += ["--threads", str(args.threads)] + (["--bf16"] if bf16 else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    cmd += (
+        ["--threads", str(args.threads)] + (["--bf16"] if bf16 else []) + (["--quick"] if args.quick else [])
+    )
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
+    if out.returncode != 0:
+        raise RuntimeError(f"the worker ({omp=}, {bf16=}) exited {out.returncode}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+VARIANTS = {"OMP active": ("ACTIVE", False), "default": (None, False), "cpu_bf16": (None, True)}
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=DEMO)
-    ap.add_argument("--baseline", default=BASELINE)
     ap.add_argument("--steps", type=int, default=16, help="steps of the demo model's ddm.sample")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--quick", action="store_true", help="a short dim-28 loop (a smoke test)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
-        return
+        return {}
+    if not Path(args.checkpoint).exists():
+        ap.error(f"no checkpoint at {args.checkpoint}: run `make demo` first, or pass --checkpoint")
     load0 = Path("/proc/loadavg").read_text().split()[:3]
-    with tempfile.TemporaryDirectory() as tmp:
-        base = export_baseline(args.baseline, Path(tmp))
-        here = ROOT / "python"
-        variants = {"before": (base, None, False), "after, OMP active": (here, "ACTIVE", False),
-                    "after": (here, None, False), "after, cpu_bf16": (here, None, True)}  # fmt: skip
-        results: dict[str, list[dict]] = {k: [] for k in variants}
-        for _ in range(args.rounds):
-            for name, (path, omp, bf16) in variants.items():
-                results[name].append(run_variant(path, omp, bf16, args))
+    results: dict[str, list[dict]] = {k: [] for k in VARIANTS}
+    for _ in range(args.rounds):
+        for name, (omp, bf16) in VARIANTS.items():
+            results[name].append(run_variant(omp, bf16, args))
     load1 = Path("/proc/loadavg").read_text().split()[:3]
-    keys = [k for k in results["after"][0] if k.endswith(("_ms", "_per_s"))]
-    best = {
-        name: {k: (min if k.endswith("_ms") else max)(r.get(k, float("nan")) for r in rs) for k in keys}
+    keys = [k for k in results["default"][0] if k.endswith(("_ms", "_per_s"))]
+    best = {  # the fastest round; cpu_bf16 measures the demo model only
+        name: {k: (min if k.endswith("_ms") else max)(r[k] for r in rs) for k in keys if k in rs[0]}
         for name, rs in results.items()
     }
     loads = f"{' '.join(load0)} -> {' '.join(load1)}"
-    print(f"load average (1, 5, 15 min) {loads}; torch threads {args.threads}; baseline {args.baseline}; "
-          f"best of {args.rounds} rounds")  # fmt: skip
-    print("| figure | " + " | ".join(variants) + " | after / before |")
-    print("|---|" + "--:|" * (len(variants) + 1))
+    print(f"load average (1, 5, 15 min) {loads}; torch threads {args.threads}; best of {args.rounds} rounds")
+    print("| figure | " + " | ".join(VARIANTS) + " | default / OMP active |")
+    print("|---|" + "--:|" * (len(VARIANTS) + 1))
     for k in keys:
-        b, a = best["before"][k], best["after"][k]
+        b, a = best["OMP active"][k], best["default"][k]
         ratio = b / a if k.endswith("_ms") else a / b
-        print(f"| {k} | " + " | ".join(f"{best[n][k]:.1f}" for n in variants) + f" | {ratio:.2f}x |")
-    for name in [n for n in variants if not variants[n][2]]:
+        cells = [f"{best[n][k]:.1f}" if k in best[n] else "-" for n in VARIANTS]
+        print(f"| {k} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    for name in [n for n in VARIANTS if not VARIANTS[n][1]]:
         r, t = best[name]["loop28_rust_tokens_per_s"], best[name]["loop28_torch_tokens_per_s"]
         r2, t2 = best[name]["tiny28_rust_tokens_per_s"], best[name]["tiny28_torch_tokens_per_s"]
         print(f"{name}: dim 28 Rust / torch: loop {r / t:.2f}x, with the tiny network {r2 / t2:.2f}x")
+    report = {"load": [load0, load1], "args": vars(args), "results": results, "best": best}
     if args.out:
-        args.out.write_text(
-            json.dumps(
-                {"load": [load0, load1], "args": vars(args), "results": results}, indent=1, default=str
-            )
-        )
+        args.out.write_text(json.dumps(report, indent=1, default=str))
+    return report
 
 
 if __name__ == "__main__":

@@ -199,3 +199,39 @@ def test_eval_variance_runs_once() -> None:
     for design in ("masks", "strata"):
         r = module.block_sd(model, x, design, num_t=4, reps=2, seed=0)
         assert r["design"] == design and r["calls_per_block"] <= 4 and math.isfinite(r["mc_sd"])
+
+
+@pytest.mark.slow
+def test_user_wait_runs_from_this_tree(tmp_path, one_torch_thread) -> None:
+    """`benches/user_wait.py` (what `make bench` runs after `make demo`) on a checkpoint trained here:
+    every variant runs this tree, so a fresh clone needs no old commit. Quick mode, one round."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _tiny import tiny_run
+    from ddm.training import train
+
+    train(tiny_run(tmp_path / "run", seq_len=32))
+    spec = importlib.util.spec_from_file_location("ddm_bench_wait", ROOT / "benches" / "user_wait.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "wait.json"
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--steps",
+        "2",
+        "--quick",
+    ]
+    report = module.main([*argv, "--out", str(out)])
+    assert json.loads(out.read_text())["best"] == report["best"]
+    assert set(report["results"]) == {"OMP active", "default", "cpu_bf16"}
+    for name, rows in report["results"].items():
+        assert rows[0]["ddm"].startswith(str(ROOT / "python")), name
+        assert rows[0]["forward_ms"] > 0 and rows[0]["demo_sample_tokens_per_s"] > 0
+    assert report["results"]["OMP active"][0]["omp_wait_policy"] == "ACTIVE"
+    assert report["best"]["default"]["loop28_rust_tokens_per_s"] > 0
