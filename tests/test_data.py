@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ddm import tokenizers
-from ddm.data import Corpus, TokenFile, build_token_file, bundled_text, load_corpus
+from ddm.data import Corpus, TokenFile, build_token_file, bundled_text, encode_file, load_corpus, read_text
 from ddm.errors import DataError
 from ddm.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -207,7 +207,6 @@ def test_decode_error_names_file_and_absolute_offset(tmp_path, monkeypatch):
             pytest.importorskip("tiktoken")
         with pytest.raises(DataError, match=rf"byte offset {offset}\b"):
             build_token_file(path, tmp_path / "tok.bin", tokenizer)
-    from ddm.data import read_text
 
     with pytest.raises(DataError, match=rf"mixed\.txt.*byte offset {offset}\b.*--tokenizer bytes"):
         read_text(path)
@@ -293,3 +292,31 @@ def test_tokenizer_without_end_of_document_needs_a_separator(tmp_path):
         build_token_file(path, tmp_path / "tok.bin", hamlet)
     ids, _ = _tokens(tmp_path, path, hamlet, separator="\n")
     assert hamlet.decode(ids) == "to be\nor not"
+
+
+def test_encode_file_reads_as_training_does(tmp_path):
+    """`encode_file` gives a trained tokenizer's tokens of a file, read as `build_token_file` reads it."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "ab ba"}\n{"text": "abba"}\n')
+    ids, tok = _tokens(tmp_path, path)
+    np.testing.assert_array_equal(encode_file(path, tok), ids)
+    fa = tmp_path / "g.fa"
+    fa.write_text(FASTA)
+    dna = tokenizers.DNATokenizer(separator=True)
+    assert dna.decode(encode_file(fa, dna)) == "ACGTACGTNNAC\nTTGCAAAC"
+
+
+def test_unseen_character_in_evaluation_text(tmp_path):
+    """A model whose tokenizer replaces unseen characters scores any text; the default policy raises a
+    DataError (one line at the command line) that says what to do."""
+    from types import SimpleNamespace
+
+    from ddm.eval.bound import text_blocks
+
+    text = tmp_path / "eval.txt"
+    text.write_text("abc€ab")
+    rep = CharTokenizer("abc", unknown="replace")
+    blocks = text_blocks(SimpleNamespace(tokenizer=rep, seq_len=3), read_text(text), 3)
+    assert blocks.tolist() == [[0, 1, 2], [3, 0, 1]]
+    with pytest.raises(DataError, match="'€'.*unknown='replace'"):
+        text_blocks(SimpleNamespace(tokenizer=CharTokenizer("abc"), seq_len=3), read_text(text), 3)

@@ -19,7 +19,7 @@ from typing import Any
 from ddm.assets import bundled_path, bundled_text
 from ddm.data.corpus import Corpus, blocks, read_text
 from ddm.data.registry import REGISTRY, corpus
-from ddm.data.tokens import BUNDLED, TokenFile, build_token_file
+from ddm.data.tokens import BUNDLED, TokenFile, build_token_file, encode_file
 from ddm.tokenizers import from_config
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "build_token_file",
     "bundled_path",
     "bundled_text",
+    "encode_file",
     "load_corpus",
     "read_text",
 ]

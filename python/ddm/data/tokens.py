@@ -24,7 +24,7 @@ from ddm.data.formats import BREAK, EOS_CHAR, file_format, pieces, resolve_files
 from ddm.errors import DataError
 from ddm.tokenizers import CharTokenizer, DNATokenizer, Tokenizer, get
 
-__all__ = ["BUNDLED", "TokenFile", "build_token_file", "chunks", "text_pieces", "write_tokens"]
+__all__ = ["BUNDLED", "TokenFile", "build_token_file", "chunks", "encode_file", "text_pieces", "write_tokens"]
 
 BUNDLED = "hamlet"  # the name that selects the bundled text in configs
 _CHUNK_CHARS = 1 << 22  # characters read at a time while tokenizing
@@ -100,6 +100,14 @@ class TokenFile:
         return tf
 
 
+def _ids(tokenizer: Tokenizer, chunk: str | np.ndarray) -> np.ndarray:
+    """The ids of a piece: text encoded (`encode_array` where the tokenizer has one), ids as they are."""
+    if isinstance(chunk, np.ndarray):  # ids already (raw bytes, an end-of-document token)
+        return chunk
+    encode_array = getattr(tokenizer, "encode_array", None)
+    return np.asarray(encode_array(chunk) if encode_array else tokenizer.encode(chunk))
+
+
 def write_tokens(
     chunks: Iterable[str | np.ndarray],
     tokenizer: Tokenizer,
@@ -128,16 +136,10 @@ def write_tokens(
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    encode_array = getattr(tokenizer, "encode_array", None)
     n = 0
     with _fs.atomic_path(out_path) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
-            if isinstance(chunk, np.ndarray):  # ids already (raw bytes, an end-of-document token)
-                ids = chunk.astype(dtype)
-            else:
-                ids = np.asarray(encode_array(chunk) if encode_array else tokenizer.encode(chunk)).astype(
-                    dtype
-                )
+            ids = _ids(tokenizer, chunk).astype(dtype)
             f.write(ids.tobytes())
             n += ids.size
         if n == 0 and empty_message is not None:
@@ -315,3 +317,29 @@ def build_token_file(
         if bundled or len(files) > 1
         else f"data file {str(files[0])!r} is empty",
     )
+
+
+def encode_file(
+    source: str | os.PathLike, tokenizer: Tokenizer, *, text_field: str = "text", separator: str | None = None
+) -> np.ndarray:
+    """The tokens of data files read as for training (`build_token_file`), with a given tokenizer (a
+    trained model's, to score a file), in memory.
+
+    Args:
+        source: a text, FASTA or JSONL file (`.gz` too), a directory or a glob of them.
+        tokenizer: the tokenizer; its unknown-character policy applies.
+        text_field: the field of a JSONL object that holds its text.
+        separator: text between documents instead of the tokenizer's end-of-document token.
+
+    Returns:
+        int64 `[n]`.
+    """
+    files = resolve_files(source)
+    kind = tokenizer.to_config()["type"]
+    formats = [file_format(p, kind) for p in files]
+    stream = pieces(files, formats, kind, text_field, _CHUNK_CHARS)
+    sep = _separator_ids(tokenizer, separator)
+    parts = [_ids(tokenizer, p).astype(np.int64) for p in _token_stream(stream, sep, f"data {str(source)!r}")]
+    if sum(p.size for p in parts) == 0:
+        raise DataError(f"data {str(source)!r} holds no tokens")
+    return np.concatenate(parts)

@@ -1,8 +1,9 @@
 """Tokenizers: text <-> token ids, and the one registry of them.
 
 Every tokenizer has `encode(str) -> list[int]`, `decode(list[int]) -> str`, `vocab_size`, `unit` and
-`to_config()`. The kinds: `char` (the characters of a corpus, `ddm.tokenizers.char`), `bytes` (UTF-8),
-`gpt2` (the GPT-2 BPE, `ddm.tokenizers.gpt2`), `dna` and `protein` (`ddm.tokenizers.bio`).
+`to_config()`. The kinds: `char` (the characters of a corpus, `ddm.tokenizers.char`, with its policy for
+an unseen character: `"error"`, `"replace"` or `"skip"`), `bytes` (UTF-8 text; a data file is read as its
+raw bytes), `gpt2` (the GPT-2 BPE, `ddm.tokenizers.gpt2`), `dna` and `protein` (`ddm.tokenizers.bio`).
 `from_config(d)` rebuilds one from its config, `get(name)` returns a named one and `resolve(spec)` takes
 either.
 """

@@ -116,7 +116,11 @@ class CharTokenizer:
 
 
 class ByteTokenizer:
-    """UTF-8 bytes, vocabulary 256: any text encodes; decoding replaces invalid UTF-8."""
+    """UTF-8 bytes, vocabulary 256: any text encodes; decoding replaces invalid UTF-8.
+
+    `ddm.data.build_token_file` reads a plain data file as its raw bytes (never decoded), so latin-1 or
+    binary data trains as it is.
+    """
 
     unit = "byte"
     vocab_size = 256
