@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 
+import ddm.graphs
 import pytest
 import torch
-from ddm.graphs import Absorbing, Graph, Uniform, from_config
+from ddm.errors import InvalidArgument
+from ddm.graphs import Absorbing, Graph, Uniform, _check_scores, _dse_term, from_config
+from ddm.sampling import Sampler, sample
+from ddm.schedules import Geometric
+from exact_scores import ExactScore, correlated_law, empirical, sampler_law, tv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -58,7 +63,7 @@ def test_rate_matrix_matches_spec(kind: str, n: int) -> None:
 
 
 def test_dims_and_mask_id() -> None:
-    assert Uniform(7).dim == 7 and not Uniform(7).absorbing
+    assert Uniform(7).dim == 7 and not Uniform(7).absorbing and Uniform(7).mask_id is None
     a = Absorbing(7)
     assert a.dim == 8 and a.mask_id == 7 == a.dim - 1 and a.absorbing
 
@@ -278,6 +283,7 @@ def test_config_round_trip(g: Graph) -> None:
     cfg = g.to_config()
     assert cfg == {"type": "absorbing" if g.absorbing else "uniform", "vocab_size": g.vocab_size}
     assert from_config(cfg) == g and type(from_config(cfg)) is type(g)
+    assert cfg["type"] == type(g).kind
 
 
 @pytest.mark.parametrize(
@@ -325,3 +331,167 @@ def test_cuda_matches_cpu(kind: str) -> None:
     close(g.transition(x.cuda(), sigma.cuda()).cpu(), g.transition(x, sigma))
     gen = torch.Generator(device="cuda").manual_seed(0)
     assert g.sample_transition(x.cuda(), sigma.cuda(), generator=gen).device.type == "cuda"
+
+
+# ---- a third graph: the random walk on a cycle, written only from its rate matrix -------------------------
+
+
+class CycleWalk(Graph):
+    """The random walk on the cycle `Z_N`: a token steps to either neighbour at rate 1/2.
+
+    `Q = (S + S^T) / 2 - I` with `S` the cyclic shift, symmetric and circulant, so its kernel is diagonal
+    in the Fourier basis: `exp(sigma Q)[y, x] = (1/N) sum_k exp(sigma lam_k) cos(2 pi k (y - x) / N)` with
+    `lam_k = cos(2 pi k / N) - 1`. No MASK state; the limit law is uniform. The library sees only the
+    `Graph` interface: the corruption and `sample_transition` are the base class's inverse-CDF draws.
+    """
+
+    kind = "test-cycle-walk"
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 for the cycle walk, got {vocab_size}")
+
+    @property
+    def dim(self) -> int:
+        return self.vocab_size
+
+    @property
+    def mask_id(self) -> None:
+        return None
+
+    def to_config(self) -> dict:
+        return {"type": self.kind, "vocab_size": self.vocab_size}
+
+    def _circulant(self, offset: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """`exp(sigma Q)` at offsets `y - x` (any shape), noise broadcasting against `offset[..., 0]`."""
+        n = self.vocab_size
+        k = torch.arange(n, dtype=sigma.dtype, device=sigma.device)
+        lam = torch.cos(2 * math.pi * k / n) - 1.0  # (N,)
+        weight = torch.exp(sigma[..., None, None] * lam)  # (..., 1, N)
+        return (torch.cos(2 * math.pi * k * offset[..., None] / n) * weight).sum(-1) / n
+
+    def rate(self, i: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        n = self.vocab_size
+        d = (torch.arange(n, device=i.device) - i[..., None]) % n  # (S, N)
+        half = ((d == 1) | (d == n - 1)).to(dtype or torch.get_default_dtype()) / 2
+        return half - (d == 0).to(half.dtype)
+
+    def transp_rate(self, i: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.rate(i, dtype=dtype)  # symmetric
+
+    def transition(self, i: torch.Tensor, sigma) -> torch.Tensor:
+        i, sigma = self._prep(i, sigma)
+        n = self.vocab_size
+        d = ((torch.arange(n, device=i.device) - i[..., None]) % n).to(sigma.dtype)  # (S, N)
+        return self._circulant(d, sigma)
+
+    def transp_transition(self, i: torch.Tensor, sigma) -> torch.Tensor:
+        return self.transition(i, sigma)  # symmetric
+
+    def sample_limit(self, *batch: int, device=None, generator=None):
+        return torch.randint(self.vocab_size, batch, generator=generator, device=device)
+
+    def staggered_score(self, score: torch.Tensor, dsigma) -> torch.Tensor:
+        score = _check_scores(score, self.dim, "score")
+        d = torch.as_tensor(dsigma, dtype=score.dtype)
+        n = self.vocab_size
+        ar = torch.arange(n)
+        offset = ((ar[:, None] - ar[None, :]) % n).to(score.dtype)  # (y, x)
+        k = self._circulant(offset, -d[..., None])  # (..., N, N) exp(-d Q)
+        return (k @ score[..., None]).squeeze(-1)
+
+    def score_entropy(self, log_score, sigma, x_t, x0) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=log_score.dtype)
+        p = self.transition(x0, sigma)  # (B, L, N): p(y | x0)
+        log_rho = torch.log(p) - torch.log(p.gather(-1, x_t[..., None]))
+        q = self.transp_rate(x_t, dtype=log_score.dtype)  # Q(x_t, y)
+        terms = q * _dse_term(log_score, log_rho)
+        return terms.scatter(-1, x_t[..., None], 0.0).sum(-1)
+
+    def prior_kl(self, x0: torch.Tensor, sigma) -> torch.Tensor:
+        p = self.transition(x0, sigma)
+        return (p * torch.log(p * self.vocab_size)).sum(-1)
+
+
+def cycle_q(n: int) -> torch.Tensor:
+    """The cycle walk's `Q[y, x]`, written out entry by entry."""
+    q = -torch.eye(n, dtype=F64)
+    for x in range(n):
+        q[(x + 1) % n, x] += 0.5
+        q[(x - 1) % n, x] += 0.5
+    return q
+
+
+@pytest.fixture
+def cycle_registered():
+    ddm.graphs.register(CycleWalk)
+    yield CycleWalk
+    ddm.graphs._GRAPHS.pop(CycleWalk.kind)
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+def test_third_graph_kernel_is_matrix_exp_of_its_rates(n: int) -> None:
+    g = CycleWalk(n)
+    close(g.rate_matrix(), cycle_q(n), atol=0, rtol=1e-15)
+    i = torch.arange(n)
+    for sigma in (0.0, 1e-4, 0.3, 2.0, 15.0):
+        want = torch.linalg.matrix_exp(sigma * cycle_q(n))  # [y, x]
+        close(g.transition(i, torch.tensor(sigma, dtype=F64)), want.T, rtol=1e-12, atol=1e-14)
+        close(g.transp_transition(i, torch.tensor(sigma, dtype=F64)), want, rtol=1e-12, atol=1e-14)
+    score = torch.rand(4, n, dtype=F64, generator=torch.Generator().manual_seed(0))
+    inv = torch.linalg.matrix_exp(-0.4 * cycle_q(n))
+    close(g.staggered_score(score, 0.4), score @ inv.T, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.7, 3.0])
+def test_third_graph_corruption_draws_the_exact_law(sigma: float) -> None:
+    # the base class's inverse-CDF corruption: chi-square at a fixed seed against matrix_exp's column
+    g = CycleWalk(6)
+    gen = torch.Generator().manual_seed(99)
+    exact = torch.linalg.matrix_exp(sigma * cycle_q(6))  # [y, x]
+    for start in [0, 4]:
+        xt = g.sample_transition(torch.full((200, 500), start), torch.tensor(sigma, dtype=F64), generator=gen)
+        assert chi2_pvalue(torch.bincount(xt.flatten(), minlength=6), exact[:, start]) > 1e-4
+    x0 = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    u = torch.tensor([[0.0, 0.5, 0.999999], [0.25, 0.75, 0.1]], dtype=F64)
+    cdf = torch.linalg.matrix_exp(0.7 * cycle_q(6)).T[x0].cumsum(-1)  # (2, 3, N) per start
+    want = (cdf <= u[..., None]).sum(-1)  # the first state whose cdf exceeds u
+    assert torch.equal(g.corrupt(x0, 0.7, u), want)
+
+
+def test_third_graph_config_identity_and_registry(cycle_registered) -> None:
+    g = CycleWalk(5)
+    assert g != Uniform(5) and Uniform(5) != g and hash(g) != hash(Uniform(5))
+    assert g.mask_id is None and not g.absorbing
+    back = from_config(g.to_config())
+    assert type(back) is CycleWalk and back == g and repr(back) == "CycleWalk(vocab_size=5)"
+    with pytest.raises(InvalidArgument, match="already registered"):
+        ddm.graphs.register(type("Impostor", (CycleWalk,), {}))
+    with pytest.raises(InvalidArgument, match="unknown graph config keys"):
+        from_config({"type": CycleWalk.kind, "vocab_size": 5, "rate": 2.0})
+
+
+def test_unregistered_graph_is_refused_by_from_config() -> None:
+    with pytest.raises(InvalidArgument, match="type"):
+        from_config(CycleWalk(4).to_config())
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_third_graph_samples_exactly_on_torch(predictor: str) -> None:
+    # the reverse sampler on torch with exact scores: its draws follow the exact law of the discretised
+    # sampler (computed without sampling), which comes close to p0
+    n_tok, length, draws, steps = 3, 2, 4000, 64
+    g, schedule = CycleWalk(n_tok), Geometric()
+    p0 = correlated_law(n_tok, length)
+    model = ExactScore(g, p0)
+    x = sample(
+        model, steps, graph=g, schedule=schedule, batch_size=draws, seq_len=length,
+        predictor=predictor, seed=7, backend="torch",
+    )  # fmt: skip
+    got = empirical(x, n_tok)
+    s = Sampler(g, schedule, predictor=predictor)
+    s.set_timesteps(steps)
+    exact = sampler_law(model, s)
+    assert tv(exact, p0.reshape(-1)) < 0.05  # the discretisation error of 64 steps (first order)
+    assert chi2_pvalue(got * draws, exact) > 1e-4

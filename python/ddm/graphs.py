@@ -9,6 +9,10 @@ is noised independently. Two graphs are provided (docs/math.md section 2):
 - `Absorbing(N)`: `dim = N + 1`, every real token jumps at rate 1 to `MASK = N` (the last state), which
   never leaves; the limit law is the point mass at `MASK`.
 
+A graph is open: a new one is a `Graph` subclass that defines its rates, kernel, corruption, config and
+MASK id (`mask_id`, None without a MASK state), plus one `register` line, which is what `from_config`
+reads. Nothing in ddm branches on the graph's class; code that needs the MASK state asks `graph.mask_id`.
+
 Shapes follow SEDD's graph abstraction (docs/math.md section 6): tokens `i` are int64 of any shape `S`, a
 noise level is a float, a 0-d tensor, or a tensor that broadcasts against `S` (`[B, 1]` per sequence for
 `S = [B, L]`), and vectors over states have shape `S + (dim,)`. Every method is differentiable in the noise
@@ -19,13 +23,17 @@ scores (a Python float takes torch's default dtype).
 from __future__ import annotations
 
 import abc
+import inspect
+import json
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Graph", "Uniform", "Absorbing", "from_config", "log_expm1"]
+from ddm.errors import InvalidArgument
+
+__all__ = ["Graph", "Uniform", "Absorbing", "from_config", "log_expm1", "register"]
 
 # A log-ratio below this is an underflowed ratio (exp gives exactly 0 in float32 and float64); clamping to
 # it keeps `0 * log 0` terms finite, value and gradient, without changing any representable ratio.
@@ -140,18 +148,32 @@ def _noise_dtype(sigma: Any, *others: torch.Tensor) -> torch.dtype | None:
 class Graph(abc.ABC):
     """A forward CTMC on one token with `dim` states (SEDD section 2; docs/math.md sections 1, 2, 6).
 
+    A subclass defines the rates, the kernel and its draws, the reverse-process quantities, `mask_id` and
+    `to_config`; `register` makes `from_config` build it from its config's `"type"` (`kind`).
+
     Attributes:
+        kind: the config `"type"` of the subclass (its registry key).
         vocab_size: the number `N` of real tokens, ids `0..N-1`.
         dim: the number of states (`N`, or `N + 1` with the MASK state).
-        absorbing: whether the graph has an absorbing MASK state (id `dim - 1`).
+        mask_id: the id of the MASK state, or None for a graph without one.
     """
 
-    absorbing: bool = False
+    kind: ClassVar[str] = ""
 
     def __init__(self, vocab_size: int) -> None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         self.vocab_size = vocab_size
+
+    @property
+    @abc.abstractmethod
+    def mask_id(self) -> int | None:
+        """The id of the absorbing MASK state, or None when the graph has none."""
+
+    @property
+    def absorbing(self) -> bool:
+        """Whether the graph has an absorbing MASK state (`mask_id` is not None)."""
+        return self.mask_id is not None
 
     @property
     @abc.abstractmethod
@@ -197,7 +219,6 @@ class Graph(abc.ABC):
     def transp_transition(self, i: torch.Tensor, sigma: Any) -> torch.Tensor:
         """Row `i` of `exp(sigma Q)`: `exp(sigma Q)(i, y)`, shape `broadcast(S, sigma) + (dim,)`."""
 
-    @abc.abstractmethod
     def sample_transition(
         self, i: torch.Tensor, sigma: Any, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -211,6 +232,10 @@ class Graph(abc.ABC):
         Returns:
             int64 tensor of shape `broadcast(S, sigma.shape)`.
         """
+        i, sigma = self._prep(i, sigma)
+        shape = torch.broadcast_shapes(i.shape, sigma.shape)
+        u = torch.rand(shape, generator=generator, device=i.device, dtype=torch.float64)
+        return self.corrupt(i, sigma, u)
 
     def corrupt(
         self, i: torch.Tensor, sigma: Any, u: torch.Tensor, fresh: torch.Tensor | None = None
@@ -219,31 +244,26 @@ class Graph(abc.ABC):
 
         docs/math.md section 2.
 
-        The one corruption in ddm: `sample_transition` (torch generator), keyed training
-        (`ddm.training.distributed.keyed_loss`) and `Sampler.add_noise` (hashed uniforms) all call it.
-        Position `p` jumps when `u_p < 1 - exp(-sigma)`: to MASK (absorbing), or to a uniform id over all
-        `N` (uniform graph), `fresh_p` when given, else `floor(N u_p / (1 - exp(-sigma)))` (given a jump,
-        `u_p / (1 - exp(-sigma))` is uniform on `[0, 1)`).
+        The one corruption in ddm: `sample_transition` (torch generator), keyed training and
+        `Sampler.add_noise` (hashed uniforms) all call it. This default inverts the CDF of
+        `transition(i, sigma)` at `u` (exact for any graph); `Uniform` and `Absorbing` override it with
+        their closed forms.
 
         Args:
             i: int64 clean token ids of shape `S`.
             sigma: total noise broadcasting against `S` (`[B, 1]` for `S = [B, L]`).
             u: float64 uniforms in `[0, 1)` of shape `broadcast(S, sigma.shape)`.
-            fresh: optional int64 replacement ids in `[0, N)` for the uniform graph, shaped like `u`.
+            fresh: optional int64 replacement ids, shaped like `u`, for a graph whose jumps land on a
+                uniform id (`Uniform`); other graphs ignore it.
 
         Returns:
             int64 tensor shaped like `u`.
         """
         i, sigma = self._prep(i, sigma)
-        shape = u.shape
-        move = -torch.expm1(-sigma.detach().to(torch.float64))  # 1 - e^{-sigma}, the jump probability
-        jump = u < move
-        if self.absorbing:
-            return torch.where(jump, torch.full_like(u, self.dim - 1, dtype=torch.int64), i.expand(shape))
-        if fresh is None:
-            n = self.vocab_size
-            fresh = (u / move.clamp_min(1e-300) * n).floor().to(torch.int64).clamp_(max=n - 1)
-        return torch.where(jump, fresh, i.expand(shape))
+        law = self.transition(i, sigma.detach().to(torch.float64)).expand(*u.shape, self.dim)  # (S, dim)
+        cdf = law.cumsum(-1)
+        x = torch.searchsorted(cdf, u.to(torch.float64)[..., None], right=True)  # first state with cdf > u
+        return x.squeeze(-1).clamp_(max=self.dim - 1)  # u at 1 - rounding: the last state
 
     @abc.abstractmethod
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
@@ -304,18 +324,32 @@ class Graph(abc.ABC):
         """Per-position prior term of the likelihood bound for total noise `sigma`, `[B, L]`."""
 
     # ---- config -----------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def to_config(self) -> dict[str, Any]:
-        """A JSON-serialisable description, inverted by `ddm.graphs.from_config`."""
-        return {"type": "absorbing" if self.absorbing else "uniform", "vocab_size": self.vocab_size}
+        """A JSON-serialisable description `{"type": kind, ...}`, inverted by `ddm.graphs.from_config`."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Graph:
+        """The graph of `config` (what `to_config` returns): its keys but `"type"` are the constructor's."""
+        params = {k: v for k, v in config.items() if k != "type"}
+        accepted = inspect.signature(cls).parameters
+        extra = sorted(set(params) - set(accepted))
+        if extra:
+            raise InvalidArgument(f"unknown graph config keys {extra} for {cls.kind!r}")
+        needed = [n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in params]
+        if needed:
+            raise InvalidArgument(f"graph config {config!r} needs {needed}")
+        return cls(**params)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Graph) and self.to_config() == other.to_config()
+        return type(other) is type(self) and self.to_config() == other.to_config()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.vocab_size))
+        return hash((type(self), json.dumps(self.to_config(), sort_keys=True)))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+        params = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "type")
+        return f"{type(self).__name__}({params})"
 
     # ---- shared plumbing --------------------------------------------------------------------------------
     def _prep(self, i: Any, sigma: Any, name: str = "i") -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +364,7 @@ class Uniform(Graph):
     This is the paper's `Q^uniform` divided by `N`, so that a token is resampled at rate 1.
     """
 
-    absorbing = False
+    kind = "uniform"
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
@@ -340,6 +374,14 @@ class Uniform(Graph):
     @property
     def dim(self) -> int:
         return self.vocab_size
+
+    @property
+    def mask_id(self) -> None:
+        """None: the uniform graph has no MASK state."""
+        return None
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": self.kind, "vocab_size": self.vocab_size}
 
     def rate(self, i: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         i = _check_tokens(i, self.dim, "i")
@@ -368,6 +410,20 @@ class Uniform(Graph):
         u = torch.rand(shape, generator=generator, device=i.device, dtype=torch.float64)
         fresh = torch.randint(self.vocab_size, shape, generator=generator, device=i.device)
         return self.corrupt(i, sigma, u, fresh)
+
+    def corrupt(
+        self, i: torch.Tensor, sigma: Any, u: torch.Tensor, fresh: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Position `p` jumps when `u_p < 1 - exp(-sigma)`, to `fresh_p` when given, else to
+        `floor(N u_p / (1 - exp(-sigma)))` (given a jump, `u_p / (1 - exp(-sigma))` is uniform on
+        `[0, 1)`); see `Graph.corrupt` for the arguments."""
+        i, sigma = self._prep(i, sigma)
+        move = -torch.expm1(-sigma.detach().to(torch.float64))  # 1 - e^{-sigma}, the jump probability
+        jump = u < move
+        if fresh is None:
+            n = self.vocab_size
+            fresh = (u / move.clamp_min(1e-300) * n).floor().to(torch.int64).clamp_(max=n - 1)
+        return torch.where(jump, fresh, i.expand(u.shape))
 
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
         return torch.randint(self.vocab_size, batch, generator=generator, device=device)
@@ -425,7 +481,7 @@ class Absorbing(Graph):
     `Q(MASK, j) = 1`, `Q(j, j) = -1` for `j != MASK`, and the MASK column is zero; `dim = vocab_size + 1`.
     """
 
-    absorbing = True
+    kind = "absorbing"
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
@@ -438,8 +494,11 @@ class Absorbing(Graph):
 
     @property
     def mask_id(self) -> int:
-        """The id of the MASK state, `vocab_size = dim - 1`."""
+        """The id of the MASK state, `vocab_size` (the last state)."""
         return self.vocab_size
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": self.kind, "vocab_size": self.vocab_size}
 
     def rate(self, i: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         # column i: -1 at i and +1 at MASK (zero for i = MASK, where both cancel)
@@ -480,13 +539,13 @@ class Absorbing(Graph):
         row_mask = torch.where(mask_col, torch.ones_like(e), -torch.expm1(-sig))
         return torch.where((i == self.mask_id)[..., None], row_mask, row_x)  # (S, dim)
 
-    def sample_transition(
-        self, i: torch.Tensor, sigma: Any, generator: torch.Generator | None = None
+    def corrupt(
+        self, i: torch.Tensor, sigma: Any, u: torch.Tensor, fresh: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Position `p` jumps to MASK when `u_p < 1 - exp(-sigma)`; `fresh` is unused (`Graph.corrupt`)."""
         i, sigma = self._prep(i, sigma)
-        shape = torch.broadcast_shapes(i.shape, sigma.shape)
-        u = torch.rand(shape, generator=generator, device=i.device, dtype=torch.float64)
-        return self.corrupt(i, sigma, u)
+        move = -torch.expm1(-sigma.detach().to(torch.float64))  # 1 - e^{-sigma}, the jump probability
+        return torch.where(u < move, torch.full_like(u, self.mask_id, dtype=torch.int64), i.expand(u.shape))
 
     def sample_limit(self, *batch: int, device: Any = None, generator: torch.Generator | None = None):
         return torch.full(batch, self.mask_id, dtype=torch.int64, device=device)
@@ -552,19 +611,35 @@ class Absorbing(Graph):
         )
 
 
-_GRAPHS: dict[str, type[Graph]] = {"uniform": Uniform, "absorbing": Absorbing}
+_GRAPHS: dict[str, type[Graph]] = {}
+
+
+def register(cls: type[Graph]) -> type[Graph]:
+    """Adds a `Graph` subclass to the registry of `from_config` under its `kind` (usable as a decorator).
+
+    Raises:
+        InvalidArgument: `cls` is not a `Graph` subclass, has no `kind`, or its `kind` names another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Graph)):
+        raise InvalidArgument(f"register takes a Graph subclass, got {cls!r}")
+    kind = getattr(cls, "kind", "")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidArgument(f"{cls.__name__}.kind must be a non-empty string (its config 'type')")
+    if _GRAPHS.get(kind, cls) is not cls:
+        raise InvalidArgument(f"graph kind {kind!r} is already registered to {_GRAPHS[kind].__name__}")
+    _GRAPHS[kind] = cls
+    return cls
+
+
+register(Uniform)
+register(Absorbing)
 
 
 def from_config(config: dict[str, Any]) -> Graph:
-    """Build a graph from `{"type": "absorbing" | "uniform", "vocab_size": N}` (see `Graph.to_config`)."""
+    """Build a graph from its config (`Graph.to_config`), `{"type": kind, ...}`, through the registry."""
     if not isinstance(config, dict):
-        raise TypeError(f"graph config must be a dict, got {type(config).__name__}")
+        raise InvalidArgument(f"graph config must be a dict, got {type(config).__name__}")
     kind = config.get("type")
     if kind not in _GRAPHS:
-        raise ValueError(f"graph config 'type' must be one of {sorted(_GRAPHS)}, got {kind!r}")
-    extra = set(config) - {"type", "vocab_size"}
-    if extra:
-        raise ValueError(f"unknown graph config keys {sorted(extra)}")
-    if "vocab_size" not in config:
-        raise ValueError("graph config needs 'vocab_size'")
-    return _GRAPHS[kind](config["vocab_size"])
+        raise InvalidArgument(f"graph config 'type' must be one of {sorted(_GRAPHS)}, got {kind!r}")
+    return _GRAPHS[kind].from_config(config)
