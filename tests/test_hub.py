@@ -106,7 +106,10 @@ def test_model_card_carries_training_config_and_measured_bound(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["steps"] == 4 and cfg["bound"]["step"] == 4
     card = (out / "README.md").read_text()
-    assert "Upper bound on the negative log-likelihood" in card and '"steps": 4' in card
+    # the run has only the periodic in-training estimate: the card says so, and does not call it the bound
+    assert cfg["bound"]["source"] == "in-training estimate"
+    assert "In-training estimate of the held-out bound" in card and "not the final held-out bound" in card
+    assert "Upper bound on the negative log-likelihood" not in card and '"steps": 4' in card
     assert f"{cfg['bound']['bits_per_token']:.4f} +- " in card
     bound = ddm.likelihood_bound(model, torch.randint(0, model.dim - 1, (4, 16)), num_t=2)
     out2 = model.save_pretrained(tmp_path / "card2", bound=bound)
@@ -202,10 +205,8 @@ def test_local_paths_and_names_are_not_hub_ids(tmp_path, monkeypatch):
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     assert not ddm.io.hub.is_repo_id("runs/demo")  # an existing path wins
     assert ddm.io.hub.is_repo_id("user/repo") and ddm.io.hub.is_repo_id("louaaron/sedd-small")
-    for name in ("/abs/path", "a/b/c", "../x", "./x", "plain", "user/../x"):
+    for name in ("/abs/path", "a/b/c", "../x", "./x", "plain", "user/../x", "runs/pyy"):
         assert not ddm.io.hub.is_repo_id(name), name
-    with pytest.raises(FileNotFoundError):
-        ddm.load("no-such-dir")
 
 
 def test_push_to_hub_uploads_the_save_pretrained_layout(monkeypatch):
@@ -232,3 +233,52 @@ def test_push_to_hub_uploads_the_save_pretrained_layout(monkeypatch):
     repo_id, names, kwargs = calls["upload"]
     assert repo_id == "user/pushed" and names == ["README.md", "config.json", "model.safetensors"]
     assert calls["config"]["library_name"] == "ddm"
+
+
+def test_model_card_prefers_the_runs_final_heldout_bound(tmp_path):
+    path = ddm.train(tiny_run(tmp_path / "run", steps=4, eval_every=2))
+    model = ddm.load(path)
+    final = ddm.likelihood_bound(model, torch.randint(0, model.dim - 1, (3, 16)), num_t=2).to_dict()
+    with open(tmp_path / "run" / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": 4, "heldout_bound": final}) + "\n")
+    out = ddm.io.hub.save_pretrained(model, tmp_path / "card")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["bound"]["source"] == "held-out" and cfg["bound"]["num_t"] == 2
+    card = (out / "README.md").read_text()
+    assert "Upper bound on the negative log-likelihood" in card and "In-training" not in card
+    assert f"**{final['bits_per_token']:.4f} +- {final['stderr_bits']:.4f} bits/char**" in card
+
+
+def test_model_card_of_one_sequence_says_na_not_nan():
+    card = ddm.io.hub.model_card({"bound": {"bits_per_token": 2.5, "stderr_bits": None, "unit": "char"}})
+    assert "**2.5000 +- n/a bits/char**" in card and "nan" not in card
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Records every call of huggingface_hub's downloader (and fails the call)."""
+    calls = []
+
+    def download(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("hf_hub_download must not be called")
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    return calls
+
+
+def test_typo_in_a_local_path_is_a_path_not_a_hub_id(tmp_path, monkeypatch, no_download):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "py").mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # even online: no network round trip
+    for name, why in [("runs/pyy", "'runs' exists here"), ("a/b/c", "not a Hub id"), ("no-such-dir", "")]:
+        with pytest.raises(ddm.errors.CheckpointError, match="no such file or directory") as e:
+            ddm.load(name)
+        assert why in str(e.value)
+    assert no_download == []
+
+
+def test_offline_hub_miss_fails_without_calling_the_downloader(offline_cache, no_download):
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1 is set"):
+        ddm.load("user/not-cached")
+    assert no_download == []

@@ -21,13 +21,15 @@ import pickle
 import random
 from pathlib import Path
 
+import ddm.io.sedd
 import pytest
 import torch
+from ddm.errors import CheckpointError
 from ddm.graphs import Absorbing, Uniform
+from ddm.io import checkpoint, load
 from ddm.io.sedd import (
     export_sedd,
     is_sedd_checkpoint,
-    load_model,
     load_sedd,
     reference_parameter_shapes,
     to_reference_state_dict,
@@ -431,9 +433,7 @@ def test_export_refuses_models_without_reference_equivalent(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_detection_and_load_model_dispatch(tmp_path):
-    from ddm.io import checkpoint
-
+def test_detection_and_the_router(tmp_path):
     cfg = _config()
     sd = _random_reference_weights(cfg, seed=15)
     d = _write_hf(tmp_path / "hf", cfg, sd)
@@ -441,11 +441,11 @@ def test_detection_and_load_model_dispatch(tmp_path):
     assert (
         is_sedd_checkpoint(d) and is_sedd_checkpoint(d / "model.safetensors") and is_sedd_checkpoint(nested)
     )
-    _assert_matches(load_model(nested), sd, cfg)
+    _assert_matches(load(nested), sd, cfg)
     assert not is_sedd_checkpoint(tmp_path / "nothing-here")
     assert not is_sedd_checkpoint(d / "config.json")
 
-    # a ddm checkpoint (and its run directory) is not a SEDD one, and load_model reads it with ddm's loader
+    # a ddm checkpoint (and its run directory) is not a SEDD one, and ddm.io.load reads it with ddm's loader
     ours = _ddm_model(Absorbing(TOKENS), LogLinear(), seed=16)
     ddm_cfg = {
         "model": ours.config.to_dict(),
@@ -456,10 +456,14 @@ def test_detection_and_load_model_dispatch(tmp_path):
     }
     saved = checkpoint.save(tmp_path / "run", 1, model=ours, config=ddm_cfg)
     assert not is_sedd_checkpoint(saved) and not is_sedd_checkpoint(tmp_path / "run")
-    back = load_model(tmp_path / "run")
+    back = load(tmp_path / "run")
     x, sigma = _inputs(cfg)
     with torch.no_grad():
         assert torch.equal(back(x, sigma), ours(x, sigma))
+    # the SEDD reader reads SEDD only: ddm's own checkpoints are the router's business
+    assert not hasattr(ddm.io.sedd, "load_model")
+    with pytest.raises(CheckpointError, match="is a ddm checkpoint, not a SEDD one"):
+        load_sedd(saved)
 
 
 # ---------------------------------------------------------------------------------------------------

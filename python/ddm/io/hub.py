@@ -1,4 +1,4 @@
-"""The Hugging Face Hub layout: `save_pretrained`, `from_pretrained`, `push_to_hub`; Hub ids in `ddm.load`.
+"""The Hugging Face Hub layout: `save_pretrained`, `push_to_hub`, and Hub ids for `ddm.io.load`.
 
 A ddm model on the Hub (or in a directory written by `save_pretrained`) follows the Hub's conventions for
 PyTorch models (`huggingface_hub.PyTorchModelHubMixin`):
@@ -11,7 +11,8 @@ PyTorch models (`huggingface_hub.PyTorchModelHubMixin`):
 
 Hub ids (`"user/repo"`) resolve through the local Hugging Face cache with `huggingface_hub.hf_hub_download`:
 a cached snapshot is used as it is, and with `HF_HUB_OFFLINE=1` nothing touches the network. A cache miss
-raises `FileNotFoundError` saying what to download and how. The published SEDD models
+raises `FileNotFoundError` saying what to download and how; offline, only the cache is read (the
+downloader is never called), so the failure is instant. The published SEDD models
 (`louaaron/sedd-small`, `louaaron/sedd-medium`) are in the same layout with the reference config, and load
 by Hub id the same way (through `ddm.io.sedd.load_sedd`).
 
@@ -34,13 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from ddm.io import checkpoint
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "is_hub_dir",
     "is_repo_id",
-    "load",
+    "load_hub_dir",
+    "looks_like_repo_id",
     "model_card",
     "push_to_hub",
     "resolve",
@@ -62,11 +67,17 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 # ---------------------------------------------------------------------------------------------------
 
 
+def looks_like_repo_id(name: Any) -> bool:
+    """True when `name` has the form of a Hub model id, `"user/repo"` (no `..`), wherever it exists."""
+    return isinstance(name, str) and bool(_REPO_ID.match(name)) and ".." not in name
+
+
 def is_repo_id(name: Any) -> bool:
-    """True when `name` reads as a Hub model id `"user/repo"` and is not an existing local path."""
-    if not isinstance(name, str) or not _REPO_ID.match(name) or ".." in name:
+    """True when `name` is taken for a Hub model id: it has the form `"user/repo"`, and neither it nor its
+    first path component (`user`) exists here, so that a typo inside a local folder stays a path."""
+    if not looks_like_repo_id(name):
         return False
-    return not Path(name).exists()
+    return not Path(name).exists() and not Path(name.split("/", 1)[0]).exists()
 
 
 def is_hub_dir(path: str | os.PathLike) -> bool:
@@ -87,7 +98,7 @@ def is_hub_dir(path: str | os.PathLike) -> bool:
 
 def _hub(name: str | None = None) -> Any:
     try:
-        import huggingface_hub
+        import huggingface_hub  # the optional `hub` extra: imported only when a Hub id is used
         import huggingface_hub.constants  # noqa: F401 (a lazy attribute of the package otherwise)
     except ImportError:
         if name is not None:  # a missing local path that reads as a Hub id
@@ -142,9 +153,11 @@ def snapshot(
         ImportError: `huggingface_hub` is not installed.
     """
     hub = _hub(repo_id)
-    from huggingface_hub import errors
-
     cache = _cache_dir(cache_dir)
+    if hub.constants.HF_HUB_OFFLINE:
+        return _cached_snapshot(hub, repo_id, revision, cache)
+    # huggingface_hub's error classes, a submodule that the package imports lazily
+    from huggingface_hub import errors
 
     def get(filename: str) -> Path:
         return Path(
@@ -174,6 +187,16 @@ def snapshot(
         if missing:
             raise _miss(repo_id, missing[0][0], revision, cache, missing[0][1])
         raise FileNotFoundError(f"the Hub model {repo_id!r} has none of {list(HUB_WEIGHT_FILES)}")
+    for name in _optional_files(cfg):
+        try:
+            get(name)
+        except (errors.EntryNotFoundError, OSError):  # optional (and a local miss is fine)
+            pass
+    return cfg.parent
+
+
+def _optional_files(cfg: Path) -> list[str]:
+    """The files worth fetching beside the weights: the card, and the EMA weights of a ddm checkpoint."""
     optional = [CARD_NAME]
     try:
         with open(cfg, encoding="utf-8") as f:
@@ -181,12 +204,27 @@ def snapshot(
                 optional.append("ema.safetensors")  # as it is, whose EMA weights are the ones to load
     except (OSError, ValueError):
         pass
-    for name in optional:
-        try:
-            get(name)
-        except (errors.EntryNotFoundError, OSError):  # optional (and a local miss is fine)
-            pass
-    return cfg.parent
+    return optional
+
+
+def _cached_snapshot(hub: Any, repo_id: str, revision: str | None, cache: str) -> Path:
+    """`snapshot` with `HF_HUB_OFFLINE=1`: read the local cache only, never calling the downloader."""
+
+    def cached(filename: str) -> str | None | bool:
+        """The cached file's path, False if the cache records that the repo has no such file, else None."""
+        found = hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
+        return found if isinstance(found, str) else (False if found is not None else None)
+
+    cfg = cached(CONFIG_NAME)
+    if not cfg:
+        raise _miss(repo_id, CONFIG_NAME, revision, cache, "not in the cache")
+    found = {name: cached(name) for name in HUB_WEIGHT_FILES}
+    if not any(found.values()):
+        unknown = [name for name, f in found.items() if f is None]
+        if unknown:
+            raise _miss(repo_id, unknown[0], revision, cache, "not in the cache")
+        raise FileNotFoundError(f"the Hub model {repo_id!r} has none of {list(HUB_WEIGHT_FILES)}")
+    return Path(cfg).parent
 
 
 def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs: Any) -> Path:
@@ -201,13 +239,10 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, **k
 # ---------------------------------------------------------------------------------------------------
 
 
-def _load_hub_dir(path: Path, device: str | torch.device | None) -> Any:
-    from safetensors.torch import load_file
-
-    from ddm.io.checkpoint import build_model, read_config
-
-    cfg = read_config(path)
-    model = build_model(cfg)
+def load_hub_dir(path: Path, device: str | torch.device | None) -> Any:
+    """The model of a `save_pretrained` directory (`is_hub_dir`) in eval mode, on `device` (default CPU)."""
+    cfg = checkpoint.read_config(path)
+    model = checkpoint.build_model(cfg)
     device = torch.device(device) if device is not None else torch.device("cpu")
     model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(device)), strict=True)
     model.to(device).eval()
@@ -215,51 +250,45 @@ def _load_hub_dir(path: Path, device: str | torch.device | None) -> Any:
     return model
 
 
-def load(
-    name_or_path: str | os.PathLike,
-    *,
-    device: str | torch.device | None = None,
-    ema: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Any:
-    """Loads a model from a Hub id or a local path, ready to sample (`ddm.load`).
-
-    Args:
-        name_or_path: a Hub id `"user/repo"` (resolved through the local Hugging Face cache), a
-            directory written by `save_pretrained`, a ddm training checkpoint or run directory, or a
-            SEDD checkpoint (directory or file).
-        device: where the weights go (default CPU).
-        ema: for a training checkpoint: the EMA weights (default) or the raw ones.
-        revision: the Hub revision (branch, tag or commit) of a Hub id.
-        cache_dir: the Hugging Face cache (default: huggingface_hub's, from `HF_HUB_CACHE` / `HF_HOME`).
-
-    Returns:
-        The model in eval mode, with `tokenizer` and `checkpoint_path` set.
-
-    Raises:
-        FileNotFoundError: no such path, or a Hub id not in the cache that cannot be downloaded (the
-            message says how to get it).
-    """
-    path = (
-        snapshot(str(name_or_path), revision=revision, cache_dir=cache_dir)
-        if is_repo_id(name_or_path)
-        else Path(name_or_path)
-    )
-    if is_hub_dir(path):
-        return _load_hub_dir(path, device)
-    from ddm.io.sedd import load_model
-
-    return load_model(path, device=device, ema=ema)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------------------------------
 
 
+IN_TRAINING = "in-training estimate"  # the `source` of a bound read from the run's periodic evaluations
+
+
+def _run_bound(log: Path) -> dict[str, Any] | None:
+    """The run's final held-out bound, else its last in-training estimate, from `log.jsonl`.
+
+    A record with a `"heldout_bound"` object (a `Bound.to_dict()`) is a full held-out evaluation and is
+    preferred; the periodic `eval_bits_per_token` records are the in-training estimate (few blocks and
+    times: noisy), which the card labels as such.
+    """
+    final, estimate = None, None
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if isinstance(rec.get("heldout_bound"), dict):
+            final = {**rec["heldout_bound"], "source": "held-out"}
+            final.setdefault("step", rec.get("step"))
+        elif "eval_bits_per_token" in rec:
+            estimate = {
+                "bits_per_token": rec["eval_bits_per_token"],
+                "stderr_bits": rec.get("eval_stderr_bits"),
+                "step": rec.get("step"),
+                "data": "held-out split of the training corpus (during training)",
+                "source": IN_TRAINING,
+            }
+    return final if final is not None else estimate
+
+
 def _run_config(model: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(training config, last held-out bound from the run's log.jsonl) of a model loaded from a run."""
+    """(training config, held-out bound from the run's log.jsonl) of a model loaded from a run."""
     path = getattr(model, "checkpoint_path", None)
     if path is None:
         return None, None
@@ -275,20 +304,7 @@ def _run_config(model: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | Non
     if bound is not None:
         return train, bound
     log = path.parent.parent / "log.jsonl"  # <run_dir>/checkpoints/step_X/ -> <run_dir>/log.jsonl
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "eval_bits_per_token" in rec:
-                bound = {
-                    "bits_per_token": rec["eval_bits_per_token"],
-                    "stderr_bits": rec.get("eval_stderr_bits"),
-                    "step": rec.get("step"),
-                    "data": "held-out split of the training corpus (during training)",
-                }
-    return train, bound
+    return train, (_run_bound(log) if log.is_file() else None)
 
 
 def _bound_dict(bound: Any) -> dict[str, Any] | None:
@@ -303,8 +319,6 @@ def _bound_dict(bound: Any) -> dict[str, Any] | None:
 
 def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = None) -> dict[str, Any]:
     """The `config.json` content of `save_pretrained` (ddm's checkpoint config, plus the bound)."""
-    from ddm.io.checkpoint import FORMAT_VERSION
-
     objective = getattr(model, "objective", "diffusion")
     graph = getattr(model, "graph", None)
     schedule = getattr(model, "schedule", None)
@@ -313,7 +327,7 @@ def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = 
         raise ValueError("save_pretrained needs a ddm model with graph and schedule (a ScoreModel)")
     run_train, run_bound = _run_config(model)
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": checkpoint.FORMAT_VERSION,
         "library_name": "ddm",
         "objective": objective,
         "model": model.config.to_dict(),
@@ -326,7 +340,32 @@ def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = 
 
 
 def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
     return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def _bound_lines(bound: dict[str, Any] | None) -> list[str]:
+    """The card's "Measured bound" section: the figure, what it was measured on, and how reliable it is."""
+    if not bound:
+        return ["Not measured: run `ddm eval` and pass its bound as `bound=` to `save_pretrained`."]
+    unit = bound.get("unit", "token")
+    figure = f"**{_fmt(bound.get('bits_per_token'))} +- {_fmt(bound.get('stderr_bits'))} bits/{unit}**"
+    where = (f", on {bound['data']}" if bound.get("data") else "") + (
+        f", at step {bound['step']}" if bound.get("step") is not None else ""
+    )
+    if bound.get("source") == IN_TRAINING:
+        head = [
+            f"In-training estimate of the held-out bound (few blocks and times, so noisy): {figure}{where}. "
+            "This is not the final held-out bound: run `ddm eval` on the checkpoint and pass its bound as "
+            "`bound=` to `save_pretrained`."
+        ]
+    else:
+        head = [
+            "Upper bound on the negative log-likelihood (SEDD's ELBO, Monte-Carlo estimate): "
+            f"{figure} (+- one standard error){where}."
+        ]
+    return [*head, "", "```json", json.dumps(bound, indent=1), "```"]
 
 
 def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
@@ -360,24 +399,7 @@ def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
         "## Measured bound",
         "",
     ]
-    bound = cfg.get("bound")
-    if bound:
-        unit = bound.get("unit", "token")
-        bits = bound.get("bits_per_token")
-        se = bound.get("stderr_bits")
-        lines += [
-            f"Upper bound on the negative log-likelihood (SEDD's ELBO, Monte-Carlo estimate): "
-            f"**{_fmt(bits)} +- {_fmt(se)} bits/{unit}** (+- one standard error)"
-            + (f", on {bound['data']}" if bound.get("data") else "")
-            + (f", at step {bound['step']}" if bound.get("step") is not None else "")
-            + ".",
-            "",
-            "```json",
-            json.dumps(bound, indent=1),
-            "```",
-        ]
-    else:
-        lines.append("Not measured: run `ddm eval` and pass its bound as `bound=` to `save_pretrained`.")
+    lines += _bound_lines(cfg.get("bound"))
     lines += ["", "## Training config", ""]
     if cfg.get("train"):
         lines += ["```json", json.dumps(cfg["train"], indent=1), "```"]
@@ -411,8 +433,6 @@ def save_pretrained(
     Returns:
         The directory.
     """
-    from safetensors.torch import save_file
-
     cfg = hub_config(model, train=train, bound=bound)
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)

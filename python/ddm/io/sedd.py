@@ -39,8 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddm import _fs, tokenizers
+from ddm.errors import CheckpointError
 from ddm.graphs import Absorbing, Uniform
-from ddm.io import checkpoint
 from ddm.model import ModelConfig, ScoreModel, is_absorbing
 from ddm.schedules import Geometric, LogLinear
 
@@ -48,7 +48,6 @@ __all__ = [
     "export_sedd",
     "from_reference_state_dict",
     "is_sedd_checkpoint",
-    "load_model",
     "load_sedd",
     "reference_parameter_shapes",
     "sedd_config",
@@ -590,6 +589,8 @@ def load_sedd(
     path = Path(path)
     weights, cfg = _locate(path, config)
     source = repr(str(weights))
+    if "format_version" in cfg:
+        raise CheckpointError(f"{str(path)!r} is a ddm checkpoint, not a SEDD one: load it with ddm.load")
     if tokenizer == "auto":
         tokenizer = _default_tokenizer(_int_field(cfg, "tokens"))
     model = _build_model(cfg, tokenizer)
@@ -632,13 +633,6 @@ def is_sedd_checkpoint(path: str | os.PathLike) -> bool:
         return _looks_like_sedd(_read_json(cfg_path))
     except (ValueError, OSError):
         return False
-
-
-def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, ema: bool = True) -> Any:
-    """Loads either checkpoint kind: a SEDD one through `load_sedd`, else ddm's `checkpoint.load`."""
-    if is_sedd_checkpoint(path):
-        return load_sedd(path, device=device, ema=ema)
-    return checkpoint.load(path, device=device, ema=ema)
 
 
 def export_sedd(model: Any, path: str | os.PathLike) -> Path:

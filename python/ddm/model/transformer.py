@@ -6,7 +6,7 @@ linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary p
 output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
 graph the output is the SEDD "scale by sigma" parametrisation (docs/math.md section 4):
 
-    l = raw - log esigm1(sigma_bar) - log(dim - 1),   then l[x^i] := 0.
+    l = raw - log esigm1(sigma_bar) - log N,   then l[x^i] := 0   (N real tokens).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 from ddm.graphs import Absorbing, log_expm1
 from ddm.model.blocks import KVCache, block_mask, training_mask
 from ddm.model.embeddings import NoiseEmbedding, Rotary, rotate_pairs
+from ddm.model.pretrained import PretrainedMixin
 
 __all__ = [
     "CPU_EXPLICIT_ATTENTION_MAX",
@@ -279,7 +280,7 @@ class _FinalLayer(nn.Module):
         return self.linear(_modulate(self.norm(h), shift, scale))  # (B, L, dim)
 
 
-class ScoreModel(nn.Module):
+class ScoreModel(PretrainedMixin, nn.Module):
     """Score network `model(x, sigma) -> log-score`, carrying what a sampler needs.
 
     Attributes:
@@ -291,6 +292,7 @@ class ScoreModel(nn.Module):
             only through the closed-form scale, so a sampler may reuse the network output when no token
             changed.
         tokenizer: the tokenizer of the training corpus, or None.
+        mask_id: the graph's MASK id (None without one).
         cpu_bf16: set True to run the forward under bf16 autocast on a CPU with native bf16
             (`cpu_has_native_bf16`) when `config.bf16`; False by default (float32: the same law as
             training on the CPU).
@@ -312,6 +314,7 @@ class ScoreModel(nn.Module):
         self.schedule = schedule
         self.tokenizer = tokenizer
         self.dim = int(graph.dim)
+        self.mask_id = graph.mask_id
         self.seq_len = config.seq_len
         self.absorbing = is_absorbing(graph)
         if config.subs and not self.absorbing:
@@ -350,33 +353,6 @@ class ScoreModel(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters())
 
-    # The Hugging Face Hub convention's entry points on the class (as `PyTorchModelHubMixin` gives them),
-    # delegating to `ddm.io.hub`: the one import of an upper layer from here, allowed in pyproject.toml.
-    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
-        """Writes the Hugging Face Hub layout (`config.json`, `model.safetensors`, a model card
-        `README.md`) into `save_directory`; see `ddm.io.hub.save_pretrained` for the keyword arguments."""
-        from ddm.io.hub import save_pretrained
-
-        return save_pretrained(self, save_directory, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: Any, **kwargs: Any) -> ScoreModel:
-        """Loads a Hub id `"user/repo"` (through the local Hugging Face cache) or a local directory in
-        eval mode; see `ddm.io.hub.load` for the keyword arguments."""
-        from ddm.io.hub import load
-
-        model = load(name_or_path, **kwargs)
-        if not isinstance(model, cls):
-            raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Uploads the `save_pretrained` layout to the Hub repository `repo_id` (created if needed); see
-        `ddm.io.hub.push_to_hub` for the keyword arguments."""
-        from ddm.io.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -408,7 +384,7 @@ class ScoreModel(nn.Module):
             logp = self.log_probs(x, sigma, x0=x0)  # (B, L, N)
             l = logp - log_expm1(sig)[..., None]
             l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)  # (B, L, dim): MASK entry 0 (current)
-            return torch.where((x == self.dim - 1)[..., None], l, torch.zeros_like(l))
+            return torch.where((x == self.mask_id)[..., None], l, torch.zeros_like(l))
         return self._head(self._raw(x, sigma, x0), x, sig)
 
     def log_probs(
@@ -425,9 +401,10 @@ class ScoreModel(nn.Module):
         return self._subs(self._raw(x, sigma, x0), x)
 
     def _subs(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(raw[..., : self.dim - 1], dim=-1)  # (B, L, N)
-        unmasked = x != self.dim - 1  # (B, L)
-        carried = torch.full_like(logp, -torch.inf).scatter(-1, x.clamp(max=self.dim - 2)[..., None], 0.0)
+        n = self.graph.vocab_size  # the real tokens, ids 0 .. N - 1
+        logp = torch.log_softmax(raw[..., :n], dim=-1)  # (B, L, N)
+        unmasked = x != self.mask_id  # (B, L)
+        carried = torch.full_like(logp, -torch.inf).scatter(-1, x.clamp(max=n - 1)[..., None], 0.0)
         return torch.where(unmasked[..., None], carried, logp)
 
     def _sigma(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -450,7 +427,7 @@ class ScoreModel(nn.Module):
     def _head(self, raw: torch.Tensor, x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
         """SEDD's log-score from the raw output (scaled for the absorbing graph), 0 at the current token."""
         if self.absorbing and self.config.scale_by_sigma:
-            raw = raw - log_expm1(sig)[..., None] - math.log(self.dim - 1)  # sig (B, 1) or (B, L)
+            raw = raw - log_expm1(sig)[..., None] - math.log(self.graph.vocab_size)  # sig (B, 1) or (B, L)
         return raw.scatter(-1, x[..., None], 0.0)  # (B, L, dim), 0 at the current token
 
     def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
@@ -563,7 +540,7 @@ class ScoreModel(nn.Module):
                 return logp
             l = logp - log_expm1(self._sigma(x, sigma))[:, None, None]
             l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)
-            return torch.where((x == self.dim - 1)[..., None], l, torch.zeros_like(l))
+            return torch.where((x == self.mask_id)[..., None], l, torch.zeros_like(l))
         if log_probs:
             raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
         return self._head(raw, x, self._sigma(x, sigma)[:, None])

