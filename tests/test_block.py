@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from ddm import sample as ddm_sample
+from ddm.errors import InvalidArgument
 from ddm.eval.bound import conditional_bound, likelihood_bound
 from ddm.graphs import Absorbing
 from ddm.losses import block_loss, dwdse, masked_nelbo
@@ -158,6 +159,24 @@ def test_one_block_bound_is_the_ordinary_bound(subs: bool) -> None:
     ca = conditional_bound(plain, x, scored, num_t=3, seed=6, design="strata")
     cb = conditional_bound(block, x, scored, num_t=3, seed=6)
     torch.testing.assert_close(ca.nats, cb.nats)
+
+
+def test_conditional_bound_refuses_context_after_a_scored_block() -> None:
+    """A block is scored given the clean blocks before it only: context in a later block is invisible to
+    it, so the figure would not bound -log p(scored | context). Refused, as `sample` refuses a suffix."""
+    model = _random_model(True, block_size=4)
+    x = torch.randint(0, N, (2, L), generator=torch.Generator().manual_seed(11))
+    suffix_context = torch.arange(L) < 4  # block 0 scored, blocks 1..3 context
+    with pytest.raises(InvalidArgument, match="context after a scored block"):
+        conditional_bound(model, x, suffix_context, num_t=2)
+    per_row = torch.stack([torch.arange(L) >= 8, torch.arange(L) == 2])  # row 1: context in blocks 1..3
+    with pytest.raises(InvalidArgument, match="sequence 1"):
+        conditional_bound(model, x, per_row, num_t=2)
+    # context before the scored blocks, or inside a scored block, is what the model conditions on
+    inside = (torch.arange(L) >= 4) & (torch.arange(L) != 5)  # position 5: context inside scored block 1
+    for scored in (torch.arange(L) >= 8, inside):
+        c = conditional_bound(model, x, scored, num_t=2)
+        assert torch.isfinite(c.nats).all()
 
 
 # ---- the block structure -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -43,6 +44,17 @@ def test_bound_is_seeded():
     b = likelihood_bound(model, x, num_t=4, seed=3)
     c = likelihood_bound(model, x, num_t=4, seed=4)
     assert a == b and a.nats_per_token != c.nats_per_token
+
+
+def test_one_chunk_has_no_standard_error_not_nan():
+    model = ScoreModel(CFG, Uniform(6), Geometric())
+    x = torch.randint(0, 6, (1, 16), generator=torch.Generator().manual_seed(1))
+    b = likelihood_bound(model, x, num_t=2, seed=3)
+    assert b.sequences == 1 and b.stderr is None and b.stderr_bits is None
+    assert "+- n/a" in str(b) and "nan" not in str(b)
+    assert json.loads(json.dumps(b.to_dict()))["stderr"] is None  # valid JSON: null, not NaN
+    two = likelihood_bound(model, torch.cat([x, x.flip(1)]), num_t=2, seed=3)
+    assert two.stderr > 0 and "+- n/a" not in str(two)
 
 
 def test_exact_score_beats_zero_init_on_a_deterministic_source():

@@ -8,7 +8,7 @@ plus, when `sigma_bar(0) > 0` (the Geometric schedule), the reconstruction term
 `E_{x ~ p_{sigma_bar(0)|0}}[-log D(x0 | x)]` with `D` the denoising step's law (`reconstruction_nll`): the
 integral covers only the noise levels from `sigma_bar(0)` up, and this term accounts for the step from
 `x0` to `sigma_bar(0)`, so the estimate is a true upper bound on `-log p(x0)` for both graphs. It takes one
-network call per block, with one draw of `x`.
+network call per chunk, with one draw of `x`.
 
 The prior term is `graph.prior_kl(x0, sigma_bar(1))` summed over positions, exact (for the
 absorbing graph, the KL to the prior matched to the forward marginal, `e^{-sigma_bar(1)} ln N` per token;
@@ -45,11 +45,12 @@ two independent halves (each its own order and strata), so that `conditional_bou
 sequence's Monte-Carlo error without bias. On the demo model this design reaches the Monte-Carlo error of
 128 uniform strata with 4-6x fewer calls (BENCHMARKS.md).
 
-The standard error is over sequences (held-out blocks are treated as independent draws; it includes the
-Monte-Carlo noise of the estimate), and the seed fixes every draw.
+Held-out text is cut into chunks of `seq_len` tokens (`text_chunks`, `heldout_chunks`). The standard
+error is over sequences (chunks are treated as independent draws; it includes the Monte-Carlo noise of the
+estimate), and the seed fixes every draw.
 
-Blocks are scored without context from neighbouring blocks, so this is the bound of the model as a
-distribution over blocks of `seq_len` tokens.
+Chunks are scored without context from neighbouring chunks, so this is the bound of the model as a
+distribution over chunks of `seq_len` tokens. ("Block" below is only ever a BD3-LM block.)
 
 A block-diffusion model (`model.block_size = B' > 0`, BD3-LM) factorises a sequence into blocks of `B'`
 tokens, `-log p(x0) = -sum_b log p(x0^b | x0^{<b})`, and each term has the bound above for the block
@@ -74,6 +75,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
+from ddm.errors import InvalidArgument
 from ddm.io.checkpoint import read_config
 from ddm.losses import block_loss, dwdse, mask_count_times, mask_counts, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
@@ -83,9 +85,11 @@ __all__ = [
     "SequenceBounds",
     "conditional_bound",
     "heldout_blocks",
+    "heldout_chunks",
     "likelihood_bound",
     "reconstruction_nll",
     "text_blocks",
+    "text_chunks",
 ]
 
 
@@ -100,7 +104,7 @@ class Bound:
         nats_per_token: the bound on `-log p(x0) / L`, averaged over sequences.
         bits_per_token: the same in bits.
         perplexity: `exp(nats_per_token)`.
-        stderr: standard error of `nats_per_token` over sequences (NaN for one sequence).
+        stderr: standard error of `nats_per_token` over chunks; None for one chunk (no spread to measure).
         stderr_bits: the same in bits.
         diffusion_nats_per_token: the DWDSE integral part (noise levels `sigma_bar(0)` to `sigma_bar(1)`).
         prior_nats_per_token: the prior term.
@@ -108,22 +112,22 @@ class Bound:
             `E_{x ~ p_{sigma_bar(0)|0}}[-log D(x0 | x)]` with `D` the law of the denoising step; 0 when
             `sigma_bar(0) = 0` (the absorbing graph with `LogLinear`).
         tokens: tokens scored (`sequences * seq_len`).
-        sequences: number of blocks.
-        seq_len: tokens per block.
-        num_t: rows (noise draws) per block.
+        sequences: number of chunks.
+        seq_len: tokens per chunk.
+        num_t: rows (noise draws) per chunk.
         seed: the seed of the Monte-Carlo draws.
         unit: what a token is (`"char"`, `"byte"`, `"token"`, ...).
         design: how the rows were drawn: `"masks"` (stratified masked counts, importance-weighted times)
             or `"strata"` (stratified uniform times); see the module docstring.
-        calls: the (block, time) rows the network evaluated (at most `sequences * num_t`: a `"masks"`
+        calls: the (chunk, time) rows the network evaluated (at most `sequences * num_t`: a `"masks"`
             row whose noise level falls outside the schedule's range has weight 0 and is not evaluated).
     """
 
     nats_per_token: float
     bits_per_token: float
     perplexity: float
-    stderr: float
-    stderr_bits: float
+    stderr: float | None
+    stderr_bits: float | None
     diffusion_nats_per_token: float
     prior_nats_per_token: float
     reconstruction_nats_per_token: float
@@ -144,17 +148,18 @@ class Bound:
         return d
 
     def __str__(self) -> str:
+        se = "n/a (one chunk)" if self.stderr_bits is None else f"{self.stderr_bits:.4f}"
         return (
-            f"{self.bits_per_token:.4f} +- {self.stderr_bits:.4f} bits/{self.unit} "
+            f"{self.bits_per_token:.4f} +- {se} bits/{self.unit} "
             f"({self.nats_per_token:.4f} nats/{self.unit}, perplexity {self.perplexity:.3f}; "
-            f"{self.sequences} blocks of {self.seq_len}, {self.num_t} t each, design {self.design})"
+            f"{self.sequences} chunks of {self.seq_len}, {self.num_t} t each, design {self.design})"
         )
 
 
-def text_blocks(model: Any, text: str, seq_len: int | None = None) -> torch.Tensor:
-    """Encodes `text` with `model.tokenizer` and cuts it into `[M, seq_len]` blocks.
+def text_chunks(model: Any, text: str, seq_len: int | None = None) -> torch.Tensor:
+    """Encodes `text` with `model.tokenizer` and cuts it into `[M, seq_len]` chunks.
 
-    Raises ValueError for text with characters unknown to the tokenizer (named), or shorter than a block.
+    Raises ValueError for text with characters unknown to the tokenizer (named), or shorter than a chunk.
     """
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
@@ -165,8 +170,8 @@ def text_blocks(model: Any, text: str, seq_len: int | None = None) -> torch.Tens
     return blocks(np.asarray(tokenizer.encode(text), dtype=np.int64), seq_len, what="the evaluation text")
 
 
-def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
-    """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` blocks."""
+def heldout_chunks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
+    """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` chunks."""
     cfg = read_config(checkpoint)
     train = cfg["train"]
     data = train["data"]
@@ -184,6 +189,10 @@ def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
         return corpus.val_blocks(seq_len).clone()
 
 
+text_blocks = text_chunks  # the earlier names, kept for callers
+heldout_blocks = heldout_chunks
+
+
 def _check_seq_len(model: Any, seq_len: int | None) -> int:
     model_len = getattr(model, "seq_len", None)
     if seq_len is None:
@@ -198,7 +207,7 @@ def _check_seq_len(model: Any, seq_len: int | None) -> int:
 
 
 class _eval_mode:
-    """Puts an `nn.Module` in eval mode for a block and restores its mode after (no-op for a callable)."""
+    """Puts an `nn.Module` in eval mode inside a `with` and restores its mode after (no-op for a callable)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model if isinstance(model, torch.nn.Module) else None
@@ -322,6 +331,160 @@ def _groups(K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return group, local, size
 
 
+@dataclass
+class _Rows:
+    """The Monte-Carlo draws of the bound: K rows (noise levels) per sequence, `[M, K, ...]`.
+
+    Attributes:
+        t: the times `[M, K, nb]` (nb: BD3-LM blocks per sequence, 1 without blocks).
+        weight: the importance weights `[M, K]` (0: the row needs no network call).
+        masks: the `"masks"` design's `(n [M], count [M, K], offset [M, K], rank [M, 2, L])`, else None.
+    """
+
+    t: torch.Tensor
+    weight: torch.Tensor
+    masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+def _draw_rows(
+    schedule: Any, scored: torch.Tensor | None, shape: tuple[int, int, int], nb: int, design: str, seed: int
+) -> _Rows:
+    """The times (and, for `"masks"`, the masked windows) of every row, from the CPU stream `seed`."""
+    M, K, L = shape
+    cpu = torch.Generator().manual_seed(seed)
+    if design != "masks":
+        # (M, K, nb): every block its own stratified times (the same draws as without blocks when nb = 1)
+        u = torch.rand(M, K, nb, generator=cpu, dtype=torch.float64)
+        t = (torch.arange(K, dtype=torch.float64)[:, None] + 1.0 - u) / K  # t_k in (k/K, (k+1)/K]
+        return _Rows(t, torch.ones(M, K, dtype=torch.float64), None)
+    n = torch.full((M,), L) if scored is None else scored.sum(-1)  # (M,) scored positions
+    t, count, weight, offset = _mask_layout(schedule, n, K, L, cpu)  # (M, K) each
+    # a uniformly random order of each sequence's scored positions: rank[j, i] is i's place in it
+    keys = torch.rand(M, 2, L, generator=cpu, dtype=torch.float64)  # one order per group
+    if scored is not None:
+        keys = torch.where(scored[:, None, :], keys, torch.full_like(keys, 2.0))
+    rank = keys.argsort(dim=-1).argsort(dim=-1)  # (M, 2, L)
+    return _Rows(t[..., None], weight, (n, count, offset, rank))
+
+
+def _masked_input(
+    rows: _Rows, idx: torch.Tensor, r: torch.Tensor, x0: torch.Tensor, graph: Any, scored: torch.Tensor | None
+) -> torch.Tensor:
+    """The `"masks"` design's `x_t` of the flat rows `idx` (sequences `r`): row (j, k) masks the window
+    `[offset, offset + count)` of sequence j's random order of its scored positions."""
+    n, count, offset, rank = rows.masks
+    K = rows.weight.shape[1]
+    n_r, c_r, o_r = n[r], count.reshape(-1)[idx], offset.reshape(-1)[idx]
+    rk = rank[r, _groups(K)[0][idx % K]]  # (b, L)
+    window = (rk - o_r[:, None]) % n_r.clamp(min=1)[:, None] < c_r[:, None]  # (b, L)
+    if scored is not None:
+        window &= scored[r]
+    return torch.where(window.to(x0.device), graph.mask_id, x0)  # (b, L)
+
+
+def _row_values(
+    model: Any,
+    graph: Any,
+    schedule: Any,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    x_t: torch.Tensor | None,
+    scored: torch.Tensor | None,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The integrand of the bound at the rows `x0 [b, L]`, times `t [b, nb]`: `[b]` nats."""
+    subs = bool(getattr(getattr(model, "config", None), "subs", False))
+    block_size = int(getattr(model, "block_size", 0) or 0)
+    if block_size:  # the bound of each block given the clean ones before it, summed
+        loss = "masked" if subs else "diffusion"
+        fn = _block_fn(model, subs)
+        return block_loss(fn, graph, schedule, x0, block_size, loss=loss, t=t, generator=gen, scored=scored)
+    if subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
+        return masked_nelbo(
+            model.log_probs, graph, schedule, x0, t=t[:, 0], generator=gen, x_t=x_t, scored=scored
+        )
+    return dwdse(model, graph, schedule, x0, t=t[:, 0], generator=gen, x_t=x_t, scored=scored)  # (b,)
+
+
+def _diffusion_values(
+    model: Any,
+    graph: Any,
+    schedule: Any,
+    x: torch.Tensor,
+    scored: torch.Tensor | None,
+    rows: _Rows,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> tuple[torch.Tensor, int]:
+    """The weighted integrand of every (sequence, row), `[M, K]` float64, and the rows evaluated."""
+    device = _device(model)
+    M, K = rows.weight.shape
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    flat_w = rows.weight.reshape(-1)  # (M K,)
+    live = torch.nonzero(flat_w > 0).squeeze(-1)  # the rows that need a network call
+    seq_of = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
+    t_rows = rows.t.reshape(M * K, -1)  # (M K, nb)
+    values = torch.zeros(M * K, dtype=torch.float64)  # (M K,) weighted integrand per (sequence, time)
+    bar = tqdm(total=len(live), desc="eval", unit="row", dynamic_ncols=True) if progress else None
+    try:
+        with _eval_mode(model):
+            for start in range(0, len(live), batch_size):
+                idx = live[start : start + batch_size]  # (b,) flat row indices
+                r = seq_of[idx]
+                x0 = x[r].to(device)  # (b, L)
+                sc = None if scored is None else scored[r].to(device)  # (b, L)
+                x_t = None if rows.masks is None else _masked_input(rows, idx, r, x0, graph, scored)
+                vals = _row_values(
+                    model, graph, schedule, x0, t_rows[idx].to(device), x_t=x_t, scored=sc, gen=gen
+                )
+                values[idx] = vals.double().cpu() * flat_w[idx]
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+    return values.reshape(M, K), len(live)
+
+
+def _reconstruction(
+    model: Any,
+    graph: Any,
+    schedule: Any,
+    x: torch.Tensor,
+    scored: torch.Tensor | None,
+    batch_size: int,
+    seed: int,
+) -> torch.Tensor:
+    """The reconstruction term per sequence, `[M]` float64 (0 when `sigma_bar(0) = 0`): one draw of
+    `x ~ p_{sigma_bar(0)|0}(. | x0)` per sequence, from its own stream (so the diffusion part keeps its
+    draws)."""
+    M = x.shape[0]
+    recon = torch.zeros(M, dtype=torch.float64)  # (M,)
+    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
+    if sigma_0 <= 0.0:
+        return recon
+    device = _device(model)
+    block_size = int(getattr(model, "block_size", 0) or 0)
+    gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
+    with _eval_mode(model):
+        for start in range(0, M, batch_size):
+            x0 = x[start : start + batch_size].to(device)  # (b, L)
+            y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
+            sc = None if scored is None else scored[start : start + batch_size].to(device)
+            if sc is not None:
+                y = torch.where(sc, y, x0)  # the context stays clean
+            net = model if not block_size else functools.partial(model, x0=x0)  # blocks see the clean past
+            recon[start : start + len(x0)] = reconstruction_nll(net, graph, sigma_0, x0, y, sc).cpu()
+    return recon
+
+
+def _device(model: Any) -> torch.device:
+    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _bound_terms(
     model: Any,
     graph: Any,
@@ -342,95 +505,17 @@ def _bound_terms(
     weighted value of each (sequence, time) row (their mean over K is the integral) and `calls` the rows
     the network saw.
     """
-    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
     M, L = x.shape
-    K = num_t
-    subs = bool(getattr(getattr(model, "config", None), "subs", False))
     block_size = int(getattr(model, "block_size", 0) or 0)
     design = _resolve_design(design, graph, schedule, model)
-    nb = -(-L // block_size) if block_size else 1  # blocks per sequence (1: no blocks)
-    cpu = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    if design == "masks":
-        n = torch.full((M,), L) if scored is None else scored.sum(-1)  # (M,) scored positions
-        t, count, weight, offset = _mask_layout(schedule, n, K, L, cpu)  # (M, K) each
-        t = t[..., None]  # (M, K, 1)
-        # a uniformly random order of each sequence's scored positions: rank[j, i] is i's place in it
-        group = _groups(K)[0]  # (K,)
-        keys = torch.rand(M, 2, L, generator=cpu, dtype=torch.float64)  # one order per group
-        if scored is not None:
-            keys = torch.where(scored[:, None, :], keys, torch.full_like(keys, 2.0))
-        rank = keys.argsort(dim=-1).argsort(dim=-1)  # (M, 2, L)
-    else:
-        # (M, K, nb): every block its own stratified times (the same draws as without blocks when nb = 1)
-        u = torch.rand(M, K, nb, generator=cpu, dtype=torch.float64)
-        t = (torch.arange(K, dtype=torch.float64)[:, None] + 1.0 - u) / K  # t_k in (k/K, (k+1)/K]
-        weight = torch.ones(M, K, dtype=torch.float64)
-    flat_w = weight.reshape(-1)  # (M K,)
-    live = torch.nonzero(flat_w > 0).squeeze(-1)  # the rows that need a network call
-    rows = torch.arange(M).repeat_interleave(K)  # (M K,) sequence of each row
-    t_rows = t.reshape(M * K, -1)  # (M K, nb)
-    values = torch.zeros(M * K, dtype=torch.float64)  # (M K,) weighted integrand per (sequence, time)
-    bar = tqdm(total=len(live), desc="eval", unit="row", dynamic_ncols=True) if progress else None
-    try:
-        with _eval_mode(model):
-            for start in range(0, len(live), batch_size):
-                idx = live[start : start + batch_size]  # (b,) flat row indices
-                r = rows[idx]
-                x0 = x[r].to(device)  # (b, L)
-                sc = None if scored is None else scored[r].to(device)  # (b, L)
-                tt = t_rows[idx].to(device)  # (b, nb)
-                x_t = None
-                if design == "masks":
-                    # row (j, k) masks the window [offset, offset + count) of sequence j's random order
-                    n_r, c_r, o_r = n[r], count.reshape(-1)[idx], offset.reshape(-1)[idx]
-                    rk = rank[r, group[idx % K]]  # (b, L)
-                    window = (rk - o_r[:, None]) % n_r.clamp(min=1)[:, None] < c_r[:, None]  # (b, L)
-                    if scored is not None:
-                        window &= scored[r]
-                    x_t = torch.where(window.to(device), graph.mask_id, x0)  # (b, L)
-                if block_size:  # the bound of each block given the clean ones before it, summed
-                    loss = "masked" if subs else "diffusion"
-                    fn = _block_fn(model, subs)
-                    vals = block_loss(fn, graph, schedule, x0, block_size, loss=loss, t=tt, generator=gen,
-                                      scored=sc)  # fmt: skip
-                elif subs:  # a masked-diffusion model: its NELBO, the same integral (docs/math.md section 7)
-                    vals = masked_nelbo(
-                        model.log_probs, graph, schedule, x0, t=tt[:, 0], generator=gen, x_t=x_t, scored=sc
-                    )
-                else:
-                    vals = dwdse(
-                        model, graph, schedule, x0, t=tt[:, 0], generator=gen, x_t=x_t, scored=sc
-                    )  # (b,)
-                values[idx] = vals.double().cpu() * flat_w[idx]
-                if bar is not None:
-                    bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
-    diffusion = values.reshape(M, K).mean(dim=1)  # (M,)
+    nb = -(-L // block_size) if block_size else 1  # BD3-LM blocks per sequence (1: no blocks)
+    rows = _draw_rows(schedule, scored, (M, num_t, L), nb, design, seed)
+    values, calls = _diffusion_values(model, graph, schedule, x, scored, rows, batch_size, seed, progress)
     sigma_1 = schedule.total_noise(torch.tensor(1.0, dtype=torch.float64))
     prior_kl = graph.prior_kl(x, sigma_1).double()  # (M, L)
     prior = (prior_kl if scored is None else prior_kl * scored.to(torch.float64)).sum(-1)  # (M,)
-    recon = torch.zeros(M, dtype=torch.float64)  # (M,) 0 when sigma_bar(0) = 0
-    sigma_0 = float(schedule.total_noise(torch.tensor(0.0, dtype=torch.float64)))
-    if sigma_0 > 0.0:
-        # one draw of x ~ p_{sigma_bar(0)|0}(. | x0) per sequence, from its own stream (so the diffusion
-        # part keeps its draws)
-        gen_0 = torch.Generator(device=device).manual_seed(seed + 2)
-        with _eval_mode(model):
-            for start in range(0, M, batch_size):
-                x0 = x[start : start + batch_size].to(device)  # (b, L)
-                y = graph.sample_transition(x0, torch.tensor(sigma_0, dtype=torch.float64), generator=gen_0)
-                sc = None if scored is None else scored[start : start + batch_size].to(device)
-                if sc is not None:
-                    y = torch.where(sc, y, x0)  # the context stays clean
-                net = (
-                    model if not block_size else functools.partial(model, x0=x0)
-                )  # blocks see the clean past
-                recon[start : start + len(x0)] = reconstruction_nll(net, graph, sigma_0, x0, y, sc).cpu()
-    return diffusion, prior, recon, values.reshape(M, K), len(live)
+    recon = _reconstruction(model, graph, schedule, x, scored, batch_size, seed)
+    return values.mean(dim=1), prior, recon, values, calls
 
 
 @torch.no_grad()
@@ -453,13 +538,13 @@ def likelihood_bound(
     Args:
         model: a score model (`ScoreModel`, or any callable `model(x, sigma_bar) -> [B, L, dim]` log-score
             with `graph` and `schedule` given).
-        data: `[M, L]` token blocks, a 1-D token stream (cut into blocks of `seq_len`), or text (encoded
+        data: `[M, L]` token chunks, a 1-D token stream (cut into chunks of `seq_len`), or text (encoded
             with `model.tokenizer`).
         num_t: stratified times per sequence.
         batch_size: rows (sequence, time) per network call.
         seed: seeds the times and the corruption.
-        seq_len: block length for a stream or text (default: the model's).
-        max_sequences: use at most this many blocks (the first ones).
+        seq_len: chunk length for a stream or text (default: the model's).
+        max_sequences: use at most this many chunks (the first ones).
         graph: the graph (default `model.graph`).
         schedule: the schedule (default `model.schedule`).
         progress: show a progress bar (tqdm: rows done, rate, time left).
@@ -477,7 +562,7 @@ def likelihood_bound(
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if isinstance(data, str):
-        x = text_blocks(model, data, seq_len)
+        x = text_chunks(model, data, seq_len)
     else:
         x = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data)
         if x.dtype.is_floating_point or x.dtype == torch.bool:
@@ -487,7 +572,7 @@ def likelihood_bound(
         elif x.dim() == 2:
             _check_seq_len(model, x.shape[1])
         else:
-            raise ValueError(f"data must be [M, L] blocks or a 1-D stream, got shape {tuple(x.shape)}")
+            raise ValueError(f"data must be [M, L] chunks or a 1-D stream, got shape {tuple(x.shape)}")
     if max_sequences is not None:
         x = x[:max_sequences]
     x = x.long()
@@ -506,7 +591,7 @@ def likelihood_bound(
     )
     per_seq = (diffusion + prior + recon) / L  # (M,) nats per token
     nats = float(per_seq.mean())
-    stderr = float(per_seq.std(unbiased=True) / math.sqrt(M)) if M > 1 else math.nan
+    stderr = float(per_seq.std(unbiased=True) / math.sqrt(M)) if M > 1 else None
     ln2 = math.log(2)
     tokenizer = getattr(model, "tokenizer", None)
     return Bound(
@@ -514,7 +599,7 @@ def likelihood_bound(
         bits_per_token=nats / ln2,
         perplexity=math.exp(nats) if nats < 709.0 else math.inf,  # exp overflows a float beyond
         stderr=stderr,
-        stderr_bits=stderr / ln2,
+        stderr_bits=stderr / ln2 if stderr is not None else None,
         diffusion_nats_per_token=float(diffusion.mean()) / L,
         prior_nats_per_token=float(prior.mean()) / L,
         reconstruction_nats_per_token=float(recon.mean()) / L,
@@ -554,6 +639,29 @@ class SequenceBounds:
     seed: int
 
 
+def _check_block_context(model: Any, scored: torch.Tensor) -> None:
+    """Refuses context after a scored block of a block model (BD3-LM): block b is scored given the clean
+    blocks before it only, so context in a later block is invisible to it and the figure would not bound
+    `-log p(scored | context)`. Context before the scored blocks, or inside a scored block, is fine."""
+    block_size = int(getattr(model, "block_size", 0) or 0)
+    if not block_size or scored.numel() == 0:
+        return
+    block = torch.arange(scored.shape[1]) // block_size  # (L,) block of each position
+    big = torch.iinfo(torch.int64).max
+    first_scored = torch.where(scored, block, big).amin(-1)  # (M,)
+    last_context = torch.where(~scored, block, -1).amax(-1)  # (M,)
+    bad = (last_context > first_scored).nonzero().flatten()
+    if bad.numel():
+        j = int(bad[0])
+        first, last = int(first_scored[j]), int(last_context[j])
+        raise InvalidArgument(
+            f"conditional_bound on a block model (block_size={block_size}) with context after a scored block "
+            f"(sequence {j}: block {first} is scored, block {last} holds context): "
+            "a block sees only the clean blocks before it, so this would not bound -log p(scored | context). "
+            "Score a suffix given a prefix, as ddm.sample conditions block models on a prefix only"
+        )
+
+
 @torch.no_grad()
 def conditional_bound(
     model: Any,
@@ -577,7 +685,7 @@ def conditional_bound(
     the reconstruction term. For the absorbing graph that is exact conditioning on the clean context.
 
     With every position scored this is `likelihood_bound` per sequence, with the same draws: the same
-    `seed`, `num_t` and `batch_size` on the same blocks give the same figures (`nats / L` is its
+    `seed`, `num_t` and `batch_size` on the same chunks give the same figures (`nats / L` is its
     per-sequence value, before the mean over sequences).
 
     The Monte-Carlo standard error of a sequence: with the `"masks"` design, from its two independent
@@ -626,6 +734,7 @@ def conditional_bound(
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise ValueError(f"x holds token ids outside the model's vocabulary [0, {vocab})")
 
+    _check_block_context(model, scored)
     M, K = x.shape[0], num_t
     design = _resolve_design(design, graph, schedule, model)
     diffusion, prior, recon, per_t, _ = _bound_terms(
