@@ -47,6 +47,9 @@ lint: build
 	# the layer order and no import cycles ([tool.importlinter] in pyproject.toml); PYTHONPATH so that
 	# it reads the sources without a built extension
 	PYTHONPATH=python $(VENV)/bin/lint-imports
+	# the code's shape: functions <= 80 lines and <= 12 parameters, a reason on every local import, and
+	# no ignore_imports in the contracts above (an AST check, tests/test_code_shape.py)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_code_shape.py
 	# _core.pyi against the built extension
 	$(PY) -m mypy.stubtest ddm._core
 

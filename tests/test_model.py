@@ -268,3 +268,42 @@ def test_cpu_attention_takes_sdpa_past_the_threshold_and_with_dropout(
     monkeypatch.setattr(tr, "CPU_EXPLICIT_ATTENTION_MAX", 15 * 16)
     tr.attention(x, x, x)
     assert len(calls) == 3
+
+
+def test_hub_methods_go_through_the_storage_that_io_registers(monkeypatch):
+    """The model layer declares save_pretrained / from_pretrained / push_to_hub; the io layer implements
+    them (registered by `import ddm`), so no import points from the model up to io."""
+    import ddm.io  # noqa: F401 (the layer that registers the storage)
+    from ddm.errors import DdmError
+    from ddm.model import pretrained
+
+    assert pretrained._storage is not None and pretrained._storage.load is ddm.io.load
+    calls = []
+
+    class Fake:
+        def save_pretrained(self, model, path, **kw):
+            calls.append(("save", path, kw))
+
+        def load(self, name, **kw):
+            calls.append(("load", name, kw))
+            return "not a model"
+
+        def push_to_hub(self, model, repo_id, **kw):
+            calls.append(("push", repo_id, kw))
+
+    monkeypatch.setattr(pretrained, "_storage", Fake())
+    model = ScoreModel(
+        ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=8), Absorbing(4), LogLinear()
+    )
+    model.save_pretrained("d", bound=None)
+    model.push_to_hub("u/r", private=True)
+    with pytest.raises(TypeError, match="holds a str, not a ScoreModel"):
+        ScoreModel.from_pretrained("u/r", revision="main")
+    assert calls == [
+        ("save", "d", {"bound": None}),
+        ("push", "u/r", {"private": True}),
+        ("load", "u/r", {"revision": "main"}),
+    ]
+    monkeypatch.setattr(pretrained, "_storage", None)
+    with pytest.raises(DdmError, match="import ddm"):
+        model.save_pretrained("d")

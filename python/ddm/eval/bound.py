@@ -76,6 +76,7 @@ from tqdm.auto import tqdm
 
 from ddm.data import blocks, load_corpus
 from ddm.errors import InvalidArgument
+from ddm.graphs import Absorbing
 from ddm.io.checkpoint import read_config
 from ddm.losses import block_loss, dwdse, mask_count_times, mask_counts, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
@@ -274,7 +275,7 @@ def _resolve_design(design: str, graph: Any, schedule: Any, model: Any = None) -
         if design == "masks":
             raise ValueError("design='masks' is not defined for block models: use 'strata' (or 'auto')")
         return "strata"
-    absorbing = getattr(graph, "mask_id", None) is not None
+    absorbing = isinstance(graph, Absorbing)  # the design is derived for its forward law
     try:
         schedule.time_of(torch.full((1,), 0.5, dtype=torch.float64))
         invertible = True
@@ -579,7 +580,7 @@ def likelihood_bound(
     if x.numel() == 0:
         raise ValueError("no data to evaluate")
     lo, hi = int(x.min()), int(x.max())
-    vocab = graph.dim - 1 if getattr(graph, "mask_id", None) is not None else graph.dim
+    vocab = graph.vocab_size  # the real tokens (a MASK state is no data)
     if lo < 0 or hi >= vocab:
         raise ValueError(f"data holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab})")
 
@@ -730,7 +731,7 @@ def conditional_bound(
         scored = torch.broadcast_to(scored, x.shape)
     if tuple(scored.shape) != tuple(x.shape):
         raise ValueError(f"scored must have shape {tuple(x.shape)} or [L], got {tuple(scored.shape)}")
-    vocab = graph.dim - 1 if getattr(graph, "mask_id", None) is not None else graph.dim
+    vocab = graph.vocab_size  # the real tokens (a MASK state is no data)
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise ValueError(f"x holds token ids outside the model's vocabulary [0, {vocab})")
 

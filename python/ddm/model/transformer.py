@@ -1,8 +1,9 @@
 """The score network: a DiT-style transformer over token sequences (SEDD, Lou, Meng, Ermon 2024, C.1).
 
 Tokens are embedded, the total noise `sigma_bar` is embedded into a conditioning vector `c`, and each
-block applies adaLN-Zero modulation (shift, scale and a gate, all regressed from `c` by a zero-initialised
-linear layer; Peebles & Xie 2023) around non-causal self-attention with rotary positions and an MLP. The
+layer (`DiTBlock`, DiT's name for it) applies adaLN-Zero modulation (shift, scale and a gate, all regressed
+from `c` by a zero-initialised linear layer; Peebles & Xie 2023) around non-causal self-attention with
+rotary positions and an MLP. "Block" elsewhere in the model means a BD3-LM block (`ddm.model.blocks`). The
 output layer is zero-initialised too, so a fresh model outputs a constant log-score. For the absorbing
 graph the output is the SEDD "scale by sigma" parametrisation (docs/math.md section 4):
 
@@ -50,7 +51,7 @@ class ModelConfig:
 
     hidden: int = 768  # width of the residual stream
     heads: int = 12  # attention heads; hidden / heads must be even (rotary pairs)
-    blocks: int = 12  # transformer blocks
+    blocks: int = 12  # transformer layers (DiTBlocks); the key is kept as checkpoints and SEDD spell it
     cond_dim: int = 128  # width of the noise conditioning vector
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * hidden
     dropout: float = 0.1  # dropout on the attention and MLP branches (SEDD: 0.1)
@@ -133,7 +134,7 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation and rotary self-attention.
+    """One transformer layer: pre-norm, adaLN-Zero modulation and rotary self-attention (DiT's "block").
 
     `causal` (a class attribute) makes the attention causal: `ddm.model.autoregressive.CausalBlock` is
     this block with `causal = True`, so the score network and the AR baseline share one block.
@@ -154,7 +155,7 @@ class DiTBlock(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(mlp_ratio * hidden, hidden),
         )
-        # adaLN-Zero: shift/scale/gate for both branches, zero at init so each block starts as identity.
+        # adaLN-Zero: shift/scale/gate for both branches, zero at init so each layer starts as identity.
         self.modulation = nn.Linear(cond_dim, 6 * hidden)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
@@ -443,16 +444,16 @@ class ScoreModel(PretrainedMixin, nn.Module):
         cache: KVCache | None = None,
         positions: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The blocks on `tokens` `[B, T]` at positions `start ..` (or the rotary tables `positions`):
+        """The layers on `tokens` `[B, T]` at positions `start ..` (or the rotary tables `positions`):
         `(raw output [B, T, dim] float32, keys, values)` with the new keys / values of every layer."""
         use_bf16 = bf16_autocast_on(tokens.device.type, self.config.bf16, self.cpu_bf16)
         keys, values = [], []
         with torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = self.embed(tokens)  # (B, T, hidden)
             cos, sin = self.rotary(tokens.shape[1], start) if positions is None else positions
-            for i, block in enumerate(self.blocks):
+            for i, layer in enumerate(self.blocks):
                 past = cache.past(i) if cache is not None else None
-                h, k, v = block.forward_kv(h, c, cos, sin, mask, past)
+                h, k, v = layer.forward_kv(h, c, cos, sin, mask, past)
                 keys.append(k)
                 values.append(v)
             raw = self.final(h, c)  # (B, T, dim)
