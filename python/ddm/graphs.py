@@ -48,15 +48,17 @@ _LOG_RHO_MIN = -1.0e4
 def _check_tokens(x: Any, dim: int, name: str) -> torch.Tensor:
     """Return `x` as int64 after checking that it is an integer tensor with ids in `[0, dim)`."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(x).__name__}")
+        raise InvalidArgument(f"{name} must be a torch.Tensor of token ids, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
-        raise TypeError(f"{name} must be an integer tensor of token ids, got dtype {x.dtype}")
+        raise InvalidArgument(f"{name} must be an integer tensor of token ids, got dtype {x.dtype}")
     if x.dtype != torch.int64:
         x = x.long()
     if x.numel() > 0:
         lo, hi = (int(v) for v in torch.stack(torch.aminmax(x)).tolist())
         if lo < 0 or hi >= dim:
-            raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside [0, {dim - 1}] for this graph")
+            raise InvalidArgument(
+                f"{name} holds token ids in [{lo}, {hi}], outside [0, {dim - 1}] for this graph"
+            )
     return x
 
 
@@ -69,32 +71,32 @@ def _as_noise(
     tensor is converted likewise; a floating tensor keeps its dtype. The result is moved to `device`.
     """
     if isinstance(sigma, bool):
-        raise TypeError(f"{name} must be a float or a floating tensor, got bool")
+        raise InvalidArgument(f"{name} must be a float or a floating tensor, got bool")
     if isinstance(sigma, (int, float)):
         if not math.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"{name} must be finite and >= 0, got {sigma}")
+            raise InvalidArgument(f"{name} must be finite and >= 0, got {sigma}")
         return torch.tensor(float(sigma), dtype=dtype or torch.get_default_dtype(), device=device)
     if not isinstance(sigma, torch.Tensor):
-        raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(sigma).__name__}")
+        raise InvalidArgument(f"{name} must be a float or a torch.Tensor, got {type(sigma).__name__}")
     if sigma.dtype == torch.bool or sigma.is_complex():
-        raise TypeError(f"{name} must be a real floating tensor, got dtype {sigma.dtype}")
+        raise InvalidArgument(f"{name} must be a real floating tensor, got dtype {sigma.dtype}")
     if not sigma.is_floating_point():
         sigma = sigma.to(dtype or torch.get_default_dtype())
     if device is not None and sigma.device != torch.device(device):
         sigma = sigma.to(device)
     if sigma.numel() > 0 and not bool(torch.all(torch.isfinite(sigma) & (sigma >= 0))):
         bad = sigma[~(torch.isfinite(sigma) & (sigma >= 0))].flatten()[0].item()
-        raise ValueError(f"{name} must be finite and >= 0 everywhere, found {bad}")
+        raise InvalidArgument(f"{name} must be finite and >= 0 everywhere, found {bad}")
     return sigma
 
 
 def _check_scores(score: Any, dim: int, name: str) -> torch.Tensor:
     if not isinstance(score, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(score).__name__}")
+        raise InvalidArgument(f"{name} must be a torch.Tensor, got {type(score).__name__}")
     if not score.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {score.dtype}")
+        raise InvalidArgument(f"{name} must be a floating tensor, got dtype {score.dtype}")
     if score.dim() == 0 or score.shape[-1] != dim:
-        raise ValueError(f"{name} must have last dimension dim={dim}, got shape {tuple(score.shape)}")
+        raise InvalidArgument(f"{name} must have last dimension dim={dim}, got shape {tuple(score.shape)}")
     return score
 
 
@@ -162,7 +164,7 @@ class Graph(abc.ABC):
 
     def __init__(self, vocab_size: int) -> None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+            raise InvalidArgument(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         self.vocab_size = vocab_size
 
     @property
@@ -369,7 +371,7 @@ class Uniform(Graph):
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
         if vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2 for the uniform graph, got {vocab_size}")
+            raise InvalidArgument(f"vocab_size must be >= 2 for the uniform graph, got {vocab_size}")
 
     @property
     def dim(self) -> int:
@@ -486,7 +488,7 @@ class Absorbing(Graph):
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
         if vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1 for the absorbing graph, got {vocab_size}")
+            raise InvalidArgument(f"vocab_size must be >= 1 for the absorbing graph, got {vocab_size}")
 
     @property
     def dim(self) -> int:

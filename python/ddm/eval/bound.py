@@ -164,10 +164,10 @@ def text_chunks(model: Any, text: str, seq_len: int | None = None) -> torch.Tens
     """
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("the model has no tokenizer: pass token ids instead of text")
+        raise InvalidArgument("the model has no tokenizer: pass token ids instead of text")
     seq_len = _check_seq_len(model, seq_len)
     if not text:
-        raise ValueError("the evaluation text is empty")
+        raise InvalidArgument("the evaluation text is empty")
     return blocks(np.asarray(tokenizer.encode(text), dtype=np.int64), seq_len, what="the evaluation text")
 
 
@@ -186,7 +186,9 @@ def heldout_chunks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
                 f"{e}; the checkpoint was trained on it: pass the data explicitly"
             ) from None
         if corpus.n_val == 0:
-            raise ValueError("the checkpoint was trained with val_fraction = 0: there is no held-out split")
+            raise InvalidArgument(
+                "the checkpoint was trained with val_fraction = 0: there is no held-out split"
+            )
         return corpus.val_blocks(seq_len).clone()
 
 
@@ -198,12 +200,12 @@ def _check_seq_len(model: Any, seq_len: int | None) -> int:
     model_len = getattr(model, "seq_len", None)
     if seq_len is None:
         if model_len is None:
-            raise ValueError("seq_len is needed for a model without a seq_len attribute")
+            raise InvalidArgument("seq_len is needed for a model without a seq_len attribute")
         return model_len
     if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        raise InvalidArgument(f"seq_len must be a positive integer, got {seq_len!r}")
     if model_len is not None and seq_len > model_len:
-        raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model_len}")
+        raise InvalidArgument(f"seq_len {seq_len} is larger than the model's seq_len {model_len}")
     return seq_len
 
 
@@ -270,10 +272,10 @@ def _resolve_design(design: str, graph: Any, schedule: Any, model: Any = None) -
     always `"strata"` for a block model (the masks design is derived for one noise level per sequence,
     not one per block)."""
     if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        raise InvalidArgument(f"design must be one of {DESIGNS}, got {design!r}")
     if int(getattr(model, "block_size", 0) or 0):
         if design == "masks":
-            raise ValueError("design='masks' is not defined for block models: use 'strata' (or 'auto')")
+            raise InvalidArgument("design='masks' is not defined for block models: use 'strata' (or 'auto')")
         return "strata"
     absorbing = isinstance(graph, Absorbing)  # the design is derived for its forward law
     try:
@@ -282,7 +284,7 @@ def _resolve_design(design: str, graph: Any, schedule: Any, model: Any = None) -
     except (AttributeError, NotImplementedError):
         invertible = False
     if design == "masks" and not (absorbing and invertible):
-        raise ValueError(
+        raise InvalidArgument(
             "design='masks' needs the absorbing graph and a schedule with time_of (LogLinear, Geometric)"
         )
     if design == "auto":
@@ -558,31 +560,33 @@ def likelihood_bound(
     graph = graph if graph is not None else getattr(model, "graph", None)
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
     if graph is None or schedule is None:
-        raise ValueError("likelihood_bound needs a graph and a schedule (model.graph / model.schedule)")
+        raise InvalidArgument("likelihood_bound needs a graph and a schedule (model.graph / model.schedule)")
     for name, v in (("num_t", num_t), ("batch_size", batch_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
     if isinstance(data, str):
         x = text_chunks(model, data, seq_len)
     else:
         x = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data)
         if x.dtype.is_floating_point or x.dtype == torch.bool:
-            raise TypeError(f"data must hold integer token ids, got dtype {x.dtype}")
+            raise InvalidArgument(f"data must hold integer token ids, got dtype {x.dtype}")
         if x.dim() == 1:
             x = blocks(x.long(), _check_seq_len(model, seq_len))
         elif x.dim() == 2:
             _check_seq_len(model, x.shape[1])
         else:
-            raise ValueError(f"data must be [M, L] chunks or a 1-D stream, got shape {tuple(x.shape)}")
+            raise InvalidArgument(f"data must be [M, L] chunks or a 1-D stream, got shape {tuple(x.shape)}")
     if max_sequences is not None:
         x = x[:max_sequences]
     x = x.long()
     if x.numel() == 0:
-        raise ValueError("no data to evaluate")
+        raise InvalidArgument("no data to evaluate")
     lo, hi = int(x.min()), int(x.max())
     vocab = graph.vocab_size  # the real tokens (a MASK state is no data)
     if lo < 0 or hi >= vocab:
-        raise ValueError(f"data holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab})")
+        raise InvalidArgument(
+            f"data holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab})"
+        )
 
     M, L = x.shape
     K = num_t
@@ -715,25 +719,25 @@ def conditional_bound(
     graph = graph if graph is not None else getattr(model, "graph", None)
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
     if graph is None or schedule is None:
-        raise ValueError("conditional_bound needs a graph and a schedule (model.graph / model.schedule)")
+        raise InvalidArgument("conditional_bound needs a graph and a schedule (model.graph / model.schedule)")
     for name, v in (("num_t", num_t), ("batch_size", batch_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
     x = torch.as_tensor(x)
     if x.dim() != 2 or x.dtype.is_floating_point or x.dtype == torch.bool:
-        raise ValueError(f"x must be integer tokens [M, L], got shape {tuple(x.shape)} dtype {x.dtype}")
+        raise InvalidArgument(f"x must be integer tokens [M, L], got shape {tuple(x.shape)} dtype {x.dtype}")
     x = x.long()
     _check_seq_len(model, x.shape[1])
     scored = torch.as_tensor(scored)
     if scored.dtype != torch.bool:
-        raise TypeError(f"scored must be a bool tensor, got dtype {scored.dtype}")
+        raise InvalidArgument(f"scored must be a bool tensor, got dtype {scored.dtype}")
     if scored.dim() == 1 and scored.shape[0] == x.shape[1]:
         scored = torch.broadcast_to(scored, x.shape)
     if tuple(scored.shape) != tuple(x.shape):
-        raise ValueError(f"scored must have shape {tuple(x.shape)} or [L], got {tuple(scored.shape)}")
+        raise InvalidArgument(f"scored must have shape {tuple(x.shape)} or [L], got {tuple(scored.shape)}")
     vocab = graph.vocab_size  # the real tokens (a MASK state is no data)
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
-        raise ValueError(f"x holds token ids outside the model's vocabulary [0, {vocab})")
+        raise InvalidArgument(f"x holds token ids outside the model's vocabulary [0, {vocab})")
 
     _check_block_context(model, scored)
     M, K = x.shape[0], num_t

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddm.errors import InvalidArgument
 from ddm.io import checkpoint
 
 __all__ = [
@@ -314,7 +315,7 @@ def _bound_dict(bound: Any) -> dict[str, Any] | None:
         return bound.to_dict()
     if isinstance(bound, dict):
         return dict(bound)
-    raise TypeError(f"bound must be a ddm.eval.Bound or a dict, got {type(bound).__name__}")
+    raise InvalidArgument(f"bound must be a ddm.eval.Bound or a dict, got {type(bound).__name__}")
 
 
 def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = None) -> dict[str, Any]:
@@ -324,7 +325,7 @@ def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = 
     schedule = getattr(model, "schedule", None)
     tokenizer = getattr(model, "tokenizer", None)
     if objective != "autoregressive" and (graph is None or schedule is None):
-        raise ValueError("save_pretrained needs a ddm model with graph and schedule (a ScoreModel)")
+        raise InvalidArgument("save_pretrained needs a ddm model with graph and schedule (a ScoreModel)")
     run_train, run_bound = _run_config(model)
     return {
         "format_version": checkpoint.FORMAT_VERSION,

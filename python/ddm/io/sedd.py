@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddm import _fs, tokenizers
-from ddm.errors import CheckpointError
+from ddm.errors import CheckpointError, InvalidArgument
 from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig, ScoreModel, is_absorbing
 from ddm.schedules import Geometric, LogLinear
@@ -70,7 +70,7 @@ MLP_RATIO = 4  # the reference DDiTBlock's default, never overridden by SEDD
 def _unwrap_config(cfg: Any, source: str) -> dict[str, Any]:
     """The hydra config dict (some hub versions nest it under a top-level `"config"` key)."""
     if not isinstance(cfg, dict):
-        raise ValueError(f"SEDD config {source} must be a JSON object, got {type(cfg).__name__}")
+        raise CheckpointError(f"SEDD config {source} must be a JSON object, got {type(cfg).__name__}")
     if "model" not in cfg and isinstance(cfg.get("config"), dict):
         cfg = cfg["config"]
     return cfg
@@ -88,7 +88,7 @@ def _field(cfg: dict[str, Any], dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"SEDD config is missing the field {dotted!r}")
+            raise CheckpointError(f"SEDD config is missing the field {dotted!r}")
         node = node[part]
     return node
 
@@ -96,7 +96,7 @@ def _field(cfg: dict[str, Any], dotted: str) -> Any:
 def _int_field(cfg: dict[str, Any], dotted: str) -> int:
     v = _field(cfg, dotted)
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"SEDD config field {dotted!r} must be a positive integer, got {v!r}")
+        raise CheckpointError(f"SEDD config field {dotted!r} must be a positive integer, got {v!r}")
     return v
 
 
@@ -108,16 +108,16 @@ def _float_field(cfg: dict[str, Any], dotted: str) -> float:
             raise TypeError
         f = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"SEDD config field {dotted!r} must be a number, got {v!r}") from None
+        raise CheckpointError(f"SEDD config field {dotted!r} must be a number, got {v!r}") from None
     if not math.isfinite(f):
-        raise ValueError(f"SEDD config field {dotted!r} must be finite, got {v!r}")
+        raise CheckpointError(f"SEDD config field {dotted!r} must be finite, got {v!r}")
     return f
 
 
 def _bool_field(cfg: dict[str, Any], dotted: str) -> bool:
     v = _field(cfg, dotted)
     if not isinstance(v, bool):
-        raise ValueError(f"SEDD config field {dotted!r} must be true or false, got {v!r}")
+        raise CheckpointError(f"SEDD config field {dotted!r} must be true or false, got {v!r}")
     return v
 
 
@@ -125,7 +125,7 @@ def _build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     """A `ScoreModel` (random weights) with the architecture, graph and schedule of a SEDD config."""
     kind = cfg["model"].get("type", "ddit")
     if kind != "ddit":
-        raise ValueError(f"unsupported SEDD config: model.type = {kind!r} (only 'ddit' is supported)")
+        raise CheckpointError(f"unsupported SEDD config: model.type = {kind!r} (only 'ddit' is supported)")
     hidden = _int_field(cfg, "model.hidden_size")
     heads = _int_field(cfg, "model.n_heads")
     blocks = _int_field(cfg, "model.n_blocks")
@@ -135,12 +135,12 @@ def _build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     scale_by_sigma = _bool_field(cfg, "model.scale_by_sigma")
     dropout = _float_field(cfg, "model.dropout") if "dropout" in cfg["model"] else 0.1
     if hidden % heads or (hidden // heads) % 2:
-        raise ValueError(
+        raise CheckpointError(
             f"unsupported SEDD config: model.hidden_size = {hidden} must be divisible by model.n_heads = "
             f"{heads} into an even head size (rotary pairs)"
         )
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"SEDD config field 'model.dropout' must be in [0, 1), got {dropout!r}")
+        raise CheckpointError(f"SEDD config field 'model.dropout' must be in [0, 1), got {dropout!r}")
 
     graph_type = _field(cfg, "graph.type")
     if graph_type == "absorb":
@@ -149,12 +149,12 @@ def _build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
         graph = Uniform(tokens)
         if scale_by_sigma:
             # The reference asserts `absorb` when scale_by_sigma is set: such a model cannot run there.
-            raise ValueError(
+            raise CheckpointError(
                 "unsupported SEDD config: model.scale_by_sigma = true with graph.type = 'uniform' "
                 "(the reference defines scale_by_sigma for the absorbing graph only)"
             )
     else:
-        raise ValueError(
+        raise CheckpointError(
             f"unsupported SEDD config: graph.type = {graph_type!r} (expected 'absorb' or 'uniform')"
         )
 
@@ -164,7 +164,7 @@ def _build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     elif noise_type == "geometric":
         schedule = Geometric(_float_field(cfg, "noise.sigma_min"), _float_field(cfg, "noise.sigma_max"))
     else:
-        raise ValueError(
+        raise CheckpointError(
             f"unsupported SEDD config: noise.type = {noise_type!r} (expected 'loglinear' or 'geometric')"
         )
 
@@ -255,7 +255,7 @@ def _to_ddm_name(name: str) -> str:
             return ours + name[len(ref) :]
     if name.startswith("blocks."):
         return name.replace(".attn_qkv.", ".qkv.").replace(".adaLN_modulation.", ".modulation.")
-    raise ValueError(f"no ddm parameter for the reference tensor {name!r}")
+    raise CheckpointError(f"no ddm parameter for the reference tensor {name!r}")
 
 
 def _pair_permutation(head_dim: int) -> torch.Tensor:
@@ -285,28 +285,28 @@ def _check_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, Any], source: 
     missing = [k for k in shapes if k not in sd]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(f"SEDD weights in {source} are missing tensors: {missing[:5]}{more}")
+        raise CheckpointError(f"SEDD weights in {source} are missing tensors: {missing[:5]}{more}")
     unexpected = sorted(str(k) for k in sd if k not in allowed)
     if unexpected:
         more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"SEDD weights in {source} have unexpected tensors for this config: {unexpected[:5]}{more}"
         )
     for k, shape in shapes.items():
         t = sd[k]
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"SEDD weights in {source}: {k!r} is a {type(t).__name__}, not a tensor")
+            raise CheckpointError(f"SEDD weights in {source}: {k!r} is a {type(t).__name__}, not a tensor")
         if tuple(t.shape) != shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"SEDD weights in {source}: tensor {k!r} has shape {tuple(t.shape)}, the config needs {shape}"
             )
         if not t.is_floating_point():
-            raise ValueError(f"SEDD weights in {source}: tensor {k!r} has dtype {t.dtype}, not floating")
+            raise CheckpointError(f"SEDD weights in {source}: tensor {k!r} has dtype {t.dtype}, not floating")
     if ROTARY_KEY in sd:
         inv = sd[ROTARY_KEY]
         if not isinstance(inv, torch.Tensor) or tuple(inv.shape) != (hd // 2,):
             got = tuple(inv.shape) if isinstance(inv, torch.Tensor) else type(inv).__name__
-            raise ValueError(
+            raise CheckpointError(
                 f"SEDD weights in {source}: tensor {ROTARY_KEY!r} has shape {got}, the config needs "
                 f"{(hd // 2,)}"
             )
@@ -314,7 +314,7 @@ def _check_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, Any], source: 
         if not inv.is_floating_point() or not torch.allclose(
             inv.float().cpu(), expected, rtol=1e-5, atol=0.0
         ):
-            raise ValueError(
+            raise CheckpointError(
                 f"unsupported SEDD weights in {source}: {ROTARY_KEY!r} is not the rotary frequencies "
                 f"of base {ROTARY_BASE:g}"
             )
@@ -372,7 +372,9 @@ def to_reference_state_dict(model: Any) -> dict[str, torch.Tensor]:
         if k.endswith(".attn_qkv.weight"):
             t = _permute_qk(t, heads, inv_perm)
         if tuple(t.shape) != shape:  # pragma: no cover - guards against a change of ddm's network
-            raise ValueError(f"ddm tensor {_to_ddm_name(k)!r} has shape {tuple(t.shape)}, expected {shape}")
+            raise InvalidArgument(
+                f"ddm tensor {_to_ddm_name(k)!r} has shape {tuple(t.shape)}, expected {shape}"
+            )
         out[k] = t.clone().contiguous()
     if not model.config.time_conditioning:
         w, b = out["sigma_map.mlp.0.weight"], out["sigma_map.mlp.0.bias"]
@@ -390,14 +392,14 @@ def sedd_config(model: Any) -> dict[str, Any]:
     """
     c = model.config
     if c.mlp_ratio != MLP_RATIO:
-        raise ValueError(f"SEDD's network has an MLP ratio of {MLP_RATIO}, the model has {c.mlp_ratio}")
+        raise InvalidArgument(f"SEDD's network has an MLP ratio of {MLP_RATIO}, the model has {c.mlp_ratio}")
     absorbing = is_absorbing(model.graph)
     if not absorbing and c.scale_by_sigma:
-        raise ValueError("SEDD's scale_by_sigma is defined for the absorbing graph only")
+        raise InvalidArgument("SEDD's scale_by_sigma is defined for the absorbing graph only")
     sched = model.schedule
     if isinstance(sched, LogLinear):
         if not math.isclose(sched.eps, LOGLINEAR_EPS, rel_tol=1e-12):
-            raise ValueError(
+            raise InvalidArgument(
                 f"SEDD's loglinear noise has eps = {LOGLINEAR_EPS:g}, "
                 f"the model's schedule has eps = {sched.eps:g}"
             )
@@ -405,7 +407,7 @@ def sedd_config(model: Any) -> dict[str, Any]:
     elif isinstance(sched, Geometric):
         noise = {"type": "geometric", "sigma_min": sched.sigma_min, "sigma_max": sched.sigma_max}
     else:
-        raise ValueError(f"SEDD has no noise schedule like {type(sched).__name__}")
+        raise InvalidArgument(f"SEDD has no noise schedule like {type(sched).__name__}")
     return {
         "tokens": int(model.graph.vocab_size),
         "model": {
@@ -434,14 +436,14 @@ def _read_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"SEDD config {str(path)!r} is not valid JSON: {e}") from None
+        raise CheckpointError(f"SEDD config {str(path)!r} is not valid JSON: {e}") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"corrupt or unreadable safetensors file {str(path)!r}: {e}") from None
+        raise CheckpointError(f"corrupt or unreadable safetensors file {str(path)!r}: {e}") from None
 
 
 def _read_pickle(path: Path) -> Any:
@@ -454,18 +456,18 @@ def _read_pickle(path: Path) -> Any:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "GLOBAL" in ln), None)
         if detail is not None:
-            raise ValueError(
+            raise CheckpointError(
                 f"refusing to load {str(path)!r}: the pickle references code ({detail}); a checkpoint is "
                 "data, never code, and is read with torch.load(weights_only=True)"
             ) from None
         detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
-        raise ValueError(
+        raise CheckpointError(
             f"refusing to load {str(path)!r}: not plain tensor data (corrupt, or a pickle that "
             f"torch.load(weights_only=True) rejects: {detail})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"corrupt or unreadable checkpoint file {str(path)!r}: {reason}") from None
+        raise CheckpointError(f"corrupt or unreadable checkpoint file {str(path)!r}: {reason}") from None
 
 
 def _strip_prefix(sd: dict[str, Any]) -> dict[str, Any]:
@@ -482,27 +484,27 @@ def _weights_from_training_checkpoint(
     """The state dict of a reference `checkpoint.pth`, with the EMA weights substituted when present."""
     model_sd = state.get("model")
     if not isinstance(model_sd, dict):
-        raise ValueError(f"SEDD checkpoint {source} has no 'model' state dict")
+        raise CheckpointError(f"SEDD checkpoint {source} has no 'model' state dict")
     sd = dict(_strip_prefix(model_sd))
     ema_state = state.get("ema") if ema else None
     if ema_state is None:
         return sd
     shadow = ema_state.get("shadow_params") if isinstance(ema_state, dict) else None
     if not isinstance(shadow, (list, tuple)):
-        raise ValueError(f"SEDD checkpoint {source}: 'ema' has no 'shadow_params' list")
+        raise CheckpointError(f"SEDD checkpoint {source}: 'ema' has no 'shadow_params' list")
     shapes = reference_parameter_shapes(cfg)
     if len(shadow) != len(shapes):
-        raise ValueError(
+        raise CheckpointError(
             f"SEDD checkpoint {source}: ema.shadow_params has {len(shadow)} tensors, the config's model "
             f"has {len(shapes)} parameters"
         )
     for (name, shape), t in zip(shapes.items(), shadow, strict=True):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(
+            raise CheckpointError(
                 f"SEDD checkpoint {source}: ema.shadow_params entry for {name!r} is not a tensor"
             )
         if tuple(t.shape) != shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"SEDD checkpoint {source}: ema.shadow_params entry for tensor {name!r} has shape "
                 f"{tuple(t.shape)}, the config needs {shape}"
             )
@@ -601,11 +603,13 @@ def load_sedd(
     elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
         state = _read_pickle(weights)
     else:
-        raise ValueError(
+        raise CheckpointError(
             f"unknown SEDD weights file {str(weights)!r} (expected .safetensors, .pth, .pt, .bin or .ckpt)"
         )
     if not isinstance(state, dict):
-        raise ValueError(f"SEDD weights in {source} must be a dict of tensors, got {type(state).__name__}")
+        raise CheckpointError(
+            f"SEDD weights in {source} must be a dict of tensors, got {type(state).__name__}"
+        )
     if isinstance(state.get("model"), dict):  # a training checkpoint
         sd = _weights_from_training_checkpoint(state, cfg, ema, source)
     else:
@@ -654,7 +658,7 @@ def export_sedd(model: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.exists():
-        raise ValueError(f"export path {str(path)!r} already exists")
+        raise InvalidArgument(f"export path {str(path)!r} already exists")
     cfg = sedd_config(model)
     sd = to_reference_state_dict(model)
     path.parent.mkdir(parents=True, exist_ok=True)

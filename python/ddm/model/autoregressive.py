@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddm._categorical import inverse_cdf
+from ddm.errors import InvalidArgument
 from ddm.model.embeddings import Rotary
 from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on
 
@@ -62,10 +63,12 @@ class ARModel(nn.Module):
         elif isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         elif not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, dict or size name, got {type(config).__name__}")
+            raise InvalidArgument(
+                f"config must be a ModelConfig, dict or size name, got {type(config).__name__}"
+            )
         config.validate()
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+            raise InvalidArgument(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
         self.config = config
         self.vocab_size = vocab_size
         self.bos_id = vocab_size
@@ -103,10 +106,10 @@ class ARModel(nn.Module):
             (row 0 given BOS alone).
         """
         if x.dim() != 2:
-            raise ValueError(f"x must have shape [B, L], got {tuple(x.shape)}")
+            raise InvalidArgument(f"x must have shape [B, L], got {tuple(x.shape)}")
         B, L = x.shape
         if not 1 <= L <= self.seq_len:
-            raise ValueError(f"sequence length {L} must be in [1, seq_len = {self.seq_len}]")
+            raise InvalidArgument(f"sequence length {L} must be in [1, seq_len = {self.seq_len}]")
         bos = torch.full((B, 1), self.bos_id, dtype=x.dtype, device=x.device)
         inp = torch.cat([bos, x[:, :-1]], dim=1)  # (B, L): BOS, x_1 .. x_{L-1}
         c = torch.zeros(B, self.config.cond_dim, device=x.device)  # (B, cond_dim) constant conditioning
@@ -122,14 +125,16 @@ class ARModel(nn.Module):
 
 def _check_tokens(x: Any, vocab_size: int, name: str = "x") -> torch.Tensor:
     if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a LongTensor [B, L], got {type(x).__name__}")
+        raise InvalidArgument(f"{name} must be a LongTensor [B, L], got {type(x).__name__}")
     if x.dtype.is_floating_point or x.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+        raise InvalidArgument(f"{name} must hold integer token ids, got dtype {x.dtype}")
     if x.dim() != 2 or x.numel() == 0:
-        raise ValueError(f"{name} must have shape [B, L] with B, L >= 1, got {tuple(x.shape)}")
+        raise InvalidArgument(f"{name} must have shape [B, L] with B, L >= 1, got {tuple(x.shape)}")
     lo, hi = int(x.min()), int(x.max())
     if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside the vocabulary [0, {vocab_size})")
+        raise InvalidArgument(
+            f"{name} holds token ids in [{lo}, {hi}], outside the vocabulary [0, {vocab_size})"
+        )
     return x.long()
 
 
@@ -180,11 +185,11 @@ def ancestral_sample(
     seq_len = model.seq_len if seq_len is None else seq_len
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
     if seq_len > model.seq_len:
-        raise ValueError(f"seq_len {seq_len} is larger than the model's seq_len {model.seq_len}")
+        raise InvalidArgument(f"seq_len {seq_len} is larger than the model's seq_len {model.seq_len}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        raise InvalidArgument(f"temperature must be a positive finite number, got {temperature!r}")
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)

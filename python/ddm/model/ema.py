@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddm.errors import InvalidArgument
+
 __all__ = ["EMA"]
 
 
@@ -22,7 +24,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema decay must be in [0, 1), got {decay!r}")
+            raise InvalidArgument(f"ema decay must be in [0, 1), got {decay!r}")
         self.decay = decay
         self.num_updates = 0
         self.shadow: dict[str, torch.Tensor] = {
@@ -59,9 +61,9 @@ class EMA:
         """Restores averaged tensors (same names as the model's parameters) and the update count."""
         missing = set(self.shadow) - set(tensors)
         if missing:
-            raise ValueError(f"EMA state is missing tensors: {sorted(missing)[:5]}")
+            raise InvalidArgument(f"EMA state is missing tensors: {sorted(missing)[:5]}")
         for name, t in tensors.items():
             if name not in self.shadow:
-                raise ValueError(f"EMA state has an unknown tensor {name!r}")
+                raise InvalidArgument(f"EMA state has an unknown tensor {name!r}")
             self.shadow[name].copy_(t)
         self.num_updates = int(num_updates)

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ddm.errors import InvalidArgument
+
 __all__ = ["NoiseEmbedding", "Rotary", "apply_rotary", "rotate_pairs", "sinusoidal_features"]
 
 
@@ -60,7 +62,7 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary embedding, got {head_dim}")
+            raise InvalidArgument(f"head_dim must be even for rotary embedding, got {head_dim}")
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         pos = torch.arange(max_len, dtype=torch.float32)
         angles = torch.outer(pos, inv_freq)  # (max_len, head_dim / 2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ddm.errors import DdmError
+from ddm.errors import DdmError, InvalidArgument
 
 __all__ = ["PretrainedMixin", "PretrainedStorage", "register_storage"]
 
@@ -34,7 +34,7 @@ def register_storage(storage: PretrainedStorage) -> None:
     global _storage
     for name in ("save_pretrained", "load", "push_to_hub"):
         if not callable(getattr(storage, name, None)):
-            raise TypeError(f"a pretrained storage needs a callable {name!r}, {storage!r} has none")
+            raise InvalidArgument(f"a pretrained storage needs a callable {name!r}, {storage!r} has none")
     _storage = storage
 
 
@@ -62,7 +62,7 @@ class PretrainedMixin:
         """
         model = _registered().load(name_or_path, **kwargs)
         if not isinstance(model, cls):
-            raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
+            raise InvalidArgument(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddm.errors import InvalidArgument
 from ddm.graphs import Absorbing, log_expm1
 from ddm.model.blocks import KVCache, block_mask, training_mask
 from ddm.model.embeddings import NoiseEmbedding, Rotary, rotate_pairs
@@ -66,7 +67,7 @@ class ModelConfig:
     def from_size(cls, size: str, **overrides: Any) -> ModelConfig:
         """Config of a named size (`tiny`, `small`, `medium`) with fields overridden."""
         if size not in SIZES:
-            raise ValueError(f"model size must be one of {sorted(SIZES)}, got {size!r}")
+            raise InvalidArgument(f"model size must be one of {sorted(SIZES)}, got {size!r}")
         return cls(**{**SIZES[size], **overrides})
 
     @classmethod
@@ -75,7 +76,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise InvalidArgument(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,20 +88,22 @@ class ModelConfig:
         for name in ("hidden", "heads", "blocks", "cond_dim", "mlp_ratio", "seq_len"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+                raise InvalidArgument(f"model.{name} must be a positive integer, got {v!r}")
         if self.hidden % self.heads:
-            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
+            raise InvalidArgument(
+                f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})"
+            )
         if (self.hidden // self.heads) % 2:
-            raise ValueError(
+            raise InvalidArgument(
                 f"model.hidden / model.heads must be even for rotary, got {self.hidden // self.heads}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+            raise InvalidArgument(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         b = self.block_size
         if not isinstance(b, int) or isinstance(b, bool) or b < 0:
-            raise ValueError(f"model.block_size must be an integer >= 0, got {b!r}")
+            raise InvalidArgument(f"model.block_size must be an integer >= 0, got {b!r}")
         if b and self.seq_len % b:
-            raise ValueError(f"model.block_size ({b}) must divide model.seq_len ({self.seq_len})")
+            raise InvalidArgument(f"model.block_size ({b}) must divide model.seq_len ({self.seq_len})")
 
 
 @functools.cache
@@ -308,7 +311,9 @@ class ScoreModel(PretrainedMixin, nn.Module):
         elif isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         elif not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, dict or size name, got {type(config).__name__}")
+            raise InvalidArgument(
+                f"config must be a ModelConfig, dict or size name, got {type(config).__name__}"
+            )
         config.validate()
         self.config = config
         self.graph = graph
@@ -319,16 +324,16 @@ class ScoreModel(PretrainedMixin, nn.Module):
         self.seq_len = config.seq_len
         self.absorbing = is_absorbing(graph)
         if config.subs and not self.absorbing:
-            raise ValueError("model.subs=True (the masked-diffusion output) needs an absorbing graph")
+            raise InvalidArgument("model.subs=True (the masked-diffusion output) needs an absorbing graph")
         if not config.time_conditioning and not (self.absorbing and (config.scale_by_sigma or config.subs)):
-            raise ValueError(
+            raise InvalidArgument(
                 "model.time_conditioning=False needs an absorbing graph and scale_by_sigma=True or subs=True "
                 "(only the absorbing score factorises into a time-independent part and a closed-form scale)"
             )
         self.time_independent = not config.time_conditioning
         self.block_size = config.block_size
         if self.block_size and not (self.absorbing and self.time_independent):
-            raise ValueError(
+            raise InvalidArgument(
                 "model.block_size > 0 (block diffusion) needs an absorbing graph and time_conditioning=False "
                 "(each block has its own noise level, which enters only through the closed-form scale)"
             )
@@ -398,7 +403,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
         as in `forward` (block models).
         """
         if not self.config.subs:
-            raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
+            raise InvalidArgument("log_probs needs a masked-diffusion model (model.subs=True)")
         return self._subs(self._raw(x, sigma, x0), x)
 
     def _subs(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -414,14 +419,16 @@ class ScoreModel(PretrainedMixin, nn.Module):
         if sigma.numel() == 1:
             sigma = sigma.expand(B)
         if sigma.numel() != B:
-            raise ValueError(f"sigma must have B={B} entries (or one), got shape {tuple(sigma.shape)}")
+            raise InvalidArgument(f"sigma must have B={B} entries (or one), got shape {tuple(sigma.shape)}")
         return sigma
 
     def _levels(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """The noise level per sequence `[B, 1]`, or per position `[B, L]` (block models)."""
         if self.block_size and torch.is_tensor(sigma) and sigma.dim() == 2 and sigma.shape[1] > 1:
             if tuple(sigma.shape) != tuple(x.shape):
-                raise ValueError(f"sigma must be [B] or [B, L] = {tuple(x.shape)}, got {tuple(sigma.shape)}")
+                raise InvalidArgument(
+                    f"sigma must be [B] or [B, L] = {tuple(x.shape)}, got {tuple(sigma.shape)}"
+                )
             return sigma.to(device=x.device, dtype=torch.float32)
         return self._sigma(x, sigma)[:, None]
 
@@ -433,7 +440,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
 
     def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
         if x.dim() != 2:
-            raise ValueError(f"{name} must have shape [B, L], got {tuple(x.shape)}")
+            raise InvalidArgument(f"{name} must have shape [B, L], got {tuple(x.shape)}")
 
     def _trunk(
         self,
@@ -473,19 +480,19 @@ class ScoreModel(PretrainedMixin, nn.Module):
         self._check_x(x)
         B, L = x.shape
         if L > self.seq_len:
-            raise ValueError(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
+            raise InvalidArgument(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
         if not self.block_size:
             if x0 is not None:
-                raise ValueError("x0 is an input of block models only (model.block_size > 0)")
+                raise InvalidArgument("x0 is an input of block models only (model.block_size > 0)")
             return self._trunk(x, self._cond(self._sigma(x, sigma)))[0]
         if x0 is None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"a block model (block_size={self.block_size}) scores x given the clean sequence: pass x0 "
                 "(forward(x_t, sigma, x0=x0)); ddm.sample and ddm.eval.likelihood_bound know its blocks"
             )
         self._check_x(x0, "x0")
         if x0.shape != x.shape:
-            raise ValueError(f"x0 must have the shape of x {tuple(x.shape)}, got {tuple(x0.shape)}")
+            raise InvalidArgument(f"x0 must have the shape of x {tuple(x.shape)}, got {tuple(x0.shape)}")
         c = self._cond(torch.zeros(B, device=x.device))  # time-independent (checked in __init__)
         if L <= self.block_size:  # one block: no clean past, the ordinary network (and half the work)
             return self._trunk(x, c)[0]
@@ -506,7 +513,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
     def window_blocks(self) -> int:
         """Blocks a block model's attention spans, its own included: `seq_len / block_size`."""
         if not self.block_size:
-            raise ValueError("window_blocks is defined for block models only (model.block_size > 0)")
+            raise InvalidArgument("window_blocks is defined for block models only (model.block_size > 0)")
         return self.seq_len // self.block_size
 
     def empty_cache(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
@@ -525,10 +532,10 @@ class ScoreModel(PretrainedMixin, nn.Module):
         """Log-scores (or, `log_probs=True`, SUBS log-probabilities) of the noisy block `x` `[B, n]` at the
         positions `cache.end ..`, given the cached clean blocks: `[B, n, dim]` (`[B, n, N]`)."""
         if not self.block_size:
-            raise ValueError("block_scores needs a block model (model.block_size > 0)")
+            raise InvalidArgument("block_scores needs a block model (model.block_size > 0)")
         self._check_x(x)
         if x.shape[0] != cache.batch_size:
-            raise ValueError(f"x has {x.shape[0]} rows, the cache {cache.batch_size}")
+            raise InvalidArgument(f"x has {x.shape[0]} rows, the cache {cache.batch_size}")
         raw, _, _ = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
         return self._parametrise(raw, x, sigma, log_probs)
 
@@ -543,14 +550,14 @@ class ScoreModel(PretrainedMixin, nn.Module):
             l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)
             return torch.where((x == self.mask_id)[..., None], l, torch.zeros_like(l))
         if log_probs:
-            raise ValueError("log_probs needs a masked-diffusion model (model.subs=True)")
+            raise InvalidArgument("log_probs needs a masked-diffusion model (model.subs=True)")
         return self._head(raw, x, self._sigma(x, sigma)[:, None])
 
     def commit_block(self, cache: KVCache, x: torch.Tensor) -> KVCache:
         """The cache with the clean block `x` `[B, n]` appended at `cache.end`; it keeps the last
         `window_blocks - 1` blocks (the sliding context)."""
         if not self.block_size:
-            raise ValueError("commit_block needs a block model (model.block_size > 0)")
+            raise InvalidArgument("commit_block needs a block model (model.block_size > 0)")
         self._check_x(x)
         _, keys, values = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
         keep = (self.window_blocks - 1) * self.block_size
@@ -568,12 +575,12 @@ class ScoreModel(PretrainedMixin, nn.Module):
         position 0) and the noisy block `x` `[B, n]`, with the block mask of `ddm.model.blocks` (banded
         to the window past `seq_len`). The oracle of the cache, and the uncached sampler."""
         if not self.block_size:
-            raise ValueError("block_scores_recompute needs a block model (model.block_size > 0)")
+            raise InvalidArgument("block_scores_recompute needs a block model (model.block_size > 0)")
         self._check_x(context, "context")
         self._check_x(x)
         T, n = context.shape[1], x.shape[1]
         if T % self.block_size:
-            raise ValueError(f"context must hold whole blocks of {self.block_size}, got {T} tokens")
+            raise InvalidArgument(f"context must hold whole blocks of {self.block_size}, got {T} tokens")
         pos = torch.arange(T + n, device=x.device)
         noisy = pos >= T
         mask = block_mask(pos, noisy, pos, noisy, self.block_size, self.window_blocks)
