@@ -282,3 +282,11 @@ def test_offline_hub_miss_fails_without_calling_the_downloader(offline_cache, no
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1 is set"):
         ddm.load("user/not-cached")
     assert no_download == []
+
+
+def test_training_checkpoint_without_ema_is_not_a_save_pretrained_dir(tmp_path):
+    path = ddm.train(tiny_run(tmp_path / "run", steps=2))
+    (path / "ema.safetensors").unlink()
+    assert not ddm.io.hub.is_hub_dir(path)  # a checkpoint is known by its manifest, not by its files
+    with pytest.raises(ddm.errors.CheckpointError, match="ema.safetensors"):
+        ddm.load(path)

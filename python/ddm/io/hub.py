@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddm.errors import InvalidArgument
-from ddm.io import checkpoint
+from ddm.io import checkpoint, run
 
 __all__ = [
     "CONFIG_NAME",
@@ -83,12 +83,13 @@ def is_repo_id(name: Any) -> bool:
 
 def is_hub_dir(path: str | os.PathLike) -> bool:
     """True for a directory in ddm's Hub layout (`config.json` with a `format_version` and
-    `model.safetensors`, no `ema.safetensors`): what `save_pretrained` writes."""
+    `model.safetensors`) that is not a training checkpoint (`ddm.io.run.checkpoint_kind`, which knows a
+    checkpoint by its manifest): what `save_pretrained` writes."""
     path = Path(path)
     cfg = path / CONFIG_NAME
     if not (path.is_dir() and cfg.is_file() and (path / WEIGHTS_NAME).is_file()):
         return False
-    if (path / "ema.safetensors").is_file():  # a training checkpoint: ddm.io.checkpoint reads it
+    if run.checkpoint_kind(path) is not None:  # a training checkpoint: ddm.io.checkpoint reads it
         return False
     try:
         with open(cfg, encoding="utf-8") as f:
@@ -304,8 +305,9 @@ def _run_config(model: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | Non
         pass
     if bound is not None:
         return train, bound
-    log = path.parent.parent / "log.jsonl"  # <run_dir>/checkpoints/step_X/ -> <run_dir>/log.jsonl
-    return train, (_run_bound(log) if log.is_file() else None)
+    run_dir = run.run_dir_of(path)
+    log = run.log_path(run_dir) if run_dir is not None else None
+    return train, (_run_bound(log) if log is not None and log.is_file() else None)
 
 
 def _bound_dict(bound: Any) -> dict[str, Any] | None:
