@@ -50,6 +50,8 @@ except ImportError as e:  # pragma: no cover - the `lm-eval` extra
     raise ImportError("the lm_eval adapter needs lm_eval: pip install 'ddm[lm-eval]'") from e
 
 from ddm.eval.bound import conditional_bound
+from ddm.io import load
+from ddm.sampling import sample
 
 __all__ = ["DDMLM", "main", "windows"]
 
@@ -114,8 +116,6 @@ class DDMLM(LM):
         if isinstance(pretrained, torch.nn.Module):
             self.model = pretrained
         else:
-            from ddm.io import load
-
             self.model = load(str(pretrained), device=device, ema=not raw_weights)
         self.model.eval()
         if getattr(self.model, "objective", "diffusion") == "autoregressive":
@@ -210,7 +210,6 @@ class DDMLM(LM):
         return out
 
     def generate_until(self, requests: Iterable[Any]) -> list[str]:
-        from ddm.sampling import sample
 
         out = []
         for i, req in enumerate(requests):
@@ -287,7 +286,7 @@ class DDMLM(LM):
 
 def main(argv: list[str] | None = None) -> None:
     """`ddm-lm-eval`: lm_eval's command line with the `ddm` model registered."""
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # lm_eval's command line, loaded only when it is run
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
