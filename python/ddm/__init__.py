@@ -4,7 +4,7 @@ The public API:
 
 - `ddm.sample(model, steps, ...)`: generate with Euler or Tweedie tau-leaping (`ddm.sampling`).
 - `ddm.train(config)`: DWDSE training from a `TrainConfig`, a dict or a TOML file (`ddm.training`).
-- `ddm.likelihood_bound(model, blocks, ...)`: the likelihood bound on held-out data (`ddm.eval`).
+- `ddm.likelihood_bound(model, chunks, ...)`: the likelihood bound on held-out data (`ddm.eval`).
 - `ddm.load(path_or_hub_id)`: a ddm checkpoint, a `save_pretrained` directory, a published SEDD
   checkpoint, or a Hub id `"user/repo"` through the local Hugging Face cache, ready to sample (`ddm.io`).
 - `ddm.load_sedd(path)`: the SEDD reference layouts only (`ddm.io.sedd`).
