@@ -22,7 +22,8 @@ from ddm.graphs import Absorbing, Uniform
 from ddm.io import checkpoint
 from ddm.schedules import Geometric, LogLinear
 from ddm.training import train
-from ddm.training.distributed import DistEnv, batch_rows, keyed_loss, torchrun_command
+from ddm.training.distributed import DistEnv, batch_rows, torchrun_command
+from ddm.training.objective import keyed_loss
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from ddm.model import ModelConfig, ScoreModel
 from ddm.sampling import sample
 from ddm.schedules import Geometric, LogLinear
 from ddm.training.config import TrainConfig
-from ddm.training.distributed import keyed_loss, keyed_times
+from ddm.training.objective import keyed_loss, keyed_times
 
 CFG = ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=16, dropout=0.0, subs=True)
 
@@ -241,7 +241,7 @@ def test_masks_design_has_a_lighter_tail_than_uniform_times() -> None:
 
 def test_masks_draws_mask_exactly_the_count_and_are_split_invariant() -> None:
     from ddm.losses import mask_count_cdf
-    from ddm.training.distributed import keyed_mask_draws
+    from ddm.training.objective import keyed_mask_draws
 
     B, L = 48, 16
     rows = torch.arange(B)

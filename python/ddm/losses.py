@@ -61,7 +61,7 @@ def dwdse(
         eps_t: the lower end of the time range, in `[0, 1)`.
         generator: torch random generator on the device of `x0` (used for `t` and for the corruption).
         u: optional float64 uniforms `[B, L]` for the corruption (`Graph.corrupt`), e.g. counter-based
-            ones keyed per sequence (`ddm.training.distributed.keyed_loss`); drawn from `generator`
+            ones keyed per sequence (`ddm.training.objective.keyed_loss`); drawn from `generator`
             when None.
         x_t: optional corrupted tokens `[B, L]` the caller drew itself at `sigma_bar(t)` (the keyed Rust
             corruption of the training loop, bit-identical to `Graph.corrupt` at the same uniforms).
@@ -314,6 +314,24 @@ def block_loss(
         raise ValueError(f"loss must be 'masked' or 'diffusion', got {loss!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    x0, sigma_bar, sigma, x_t = _block_noised(graph, schedule, x0, block_size, t, eps_t, generator, u, scored)
+    out = fn(x_t, sigma_bar, x0)
+    return _block_terms(graph, loss, out, sigma_bar, sigma, x_t, x0, scored)
+
+
+def _block_noised(
+    graph: Graph,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    block_size: int,
+    t: torch.Tensor | None,
+    eps_t: float,
+    generator: torch.Generator | None,
+    u: torch.Tensor | None,
+    scored: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The checked clean tokens, the per-position noise levels and the corrupted tokens of `block_loss`:
+    `(x0, sigma_bar, sigma, x_t)`, each `[B, L]`, every block at its own time."""
     x0 = _check_tokens(x0, graph.dim, "x0")
     if x0.dim() != 2:
         raise ValueError(f"x0 must have shape [B, L], got {tuple(x0.shape)}")
@@ -335,7 +353,21 @@ def block_loss(
         if scored.dtype != torch.bool or scored.shape != x0.shape:
             raise ValueError(f"scored must be a bool tensor of shape {tuple(x0.shape)}")
         x_t = torch.where(scored, x_t, x0)
-    out = fn(x_t, sigma_bar, x0)
+    return x0, sigma_bar, sigma, x_t
+
+
+def _block_terms(
+    graph: Graph,
+    loss: str,
+    out: Any,
+    sigma_bar: torch.Tensor,
+    sigma: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    scored: torch.Tensor | None,
+) -> torch.Tensor:
+    """`block_loss`'s sum over positions of the per-position loss of the model output `out`, `[B]`."""
+    B, L = x0.shape
     if loss == "masked":
         want = (B, L, graph.vocab_size)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:

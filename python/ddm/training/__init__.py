@@ -1,10 +1,15 @@
-"""Training: the run config (`ddm.training.config`), the DWDSE training loop (`ddm.training.loop`) and
-multi-process training on torch.distributed (`ddm.training.distributed`).
+"""Training: the run config (`config`), the objective's keyed draws and losses (`objective`), the
+`Trainer` and its callbacks (`trainer`, `callbacks`), the corpus a run caches and records (`rundata`),
+the optimizers (`optim`) and multi-process training on torch.distributed (`distributed`). `train` is the
+entry point (`loop`).
 """
 
 from __future__ import annotations
 
+from ddm.training.callbacks import Callback
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import train
+from ddm.training.objective import Objective
+from ddm.training.trainer import Trainer
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["Callback", "Objective", "TrainConfig", "Trainer", "load_config", "train"]

@@ -19,6 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ddm import graphs, schedules
+from ddm.errors import InvalidArgument
 from ddm.model.transformer import SIZES, ModelConfig
 
 __all__ = ["TrainConfig", "load_config", "make_graph", "make_schedule"]
@@ -195,7 +196,16 @@ class TrainConfig:
         )
 
     def validate(self) -> None:
-        """Raises ValueError naming the first bad field."""
+        """Raises `InvalidArgument` (a ValueError) naming the first bad field."""
+        self._validate_ranges()
+        self._validate_choices()
+        self._validate_combinations()
+        self.model_config().validate()
+        if not self.time_conditioning and self.graph != "absorbing":
+            raise InvalidArgument("time_conditioning = false needs graph = 'absorbing'")
+
+    def _validate_ranges(self) -> None:
+        """The numeric fields: signs, intervals and orderings."""
         positive_int = (
             "seq_len",
             "steps",
@@ -205,85 +215,79 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
             "eval_num_t",
+            "block_size",
         )
         for name in positive_int:
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise InvalidArgument(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "eval_every", "eval_sequences", "hidden", "heads", "blocks", "cond_dim"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.model not in SIZES:
-            raise ValueError(f"model must be one of {sorted(SIZES)}, got {self.model!r}")
-        if self.objective not in ("diffusion", "masked", "autoregressive", "block"):
-            raise ValueError(
-                "objective must be 'diffusion', 'masked', 'autoregressive' or 'block', "
-                f"got {self.objective!r}"
-            )
+                raise InvalidArgument(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        unit = (
+            "lr_final",
+            "val_fraction",
+            "dropout",
+            "beta1",
+            "beta2",
+            "ema_decay",
+            "muon_momentum",
+            "eps_t",
+        )
+        for name in unit:
+            hi_open = name != "lr_final"  # lr_final may be 1; the others stay below 1
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0 if hi_open else 0.0 <= v <= 1.0):
+                raise InvalidArgument(f"{name} must be in [0, {'1)' if hi_open else '1]'}, got {v!r}")
+        for name in ("lr", "adam_eps", "schedule_eps", "sigma_min", "sigma_max"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.dist_timeout > 0:
+            raise InvalidArgument(f"dist_timeout must be > 0 seconds, got {self.dist_timeout!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise InvalidArgument("weight_decay and grad_clip must be >= 0")
+        if not self.schedule_eps < 1.0:
+            raise InvalidArgument(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
+        if not self.sigma_min < self.sigma_max:
+            raise InvalidArgument(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
+
+    def _validate_choices(self) -> None:
+        """The fields that name one of a few choices."""
+        choices = {
+            "model": tuple(sorted(SIZES)),
+            "objective": ("diffusion", "masked", "autoregressive", "block"),
+            "block_loss": ("masked", "diffusion"),
+            "lr_decay": ("constant", "cosine", "linear"),
+            "t_sampling": ("uniform", "stratified", "masks"),
+            "graph": ("absorbing", "uniform"),
+            "schedule": ("loglinear", "geometric"),
+            "tokenizer": ("char", "bytes", "gpt2", "dna", "protein"),
+            "optimizer": ("adamw", "muon"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                listed = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+                raise InvalidArgument(f"{name} must be {listed}, got {getattr(self, name)!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise InvalidArgument(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def _validate_combinations(self) -> None:
+        """The fields that constrain each other."""
         if self.objective in ("masked", "block") and self.graph != "absorbing":
-            raise ValueError(
+            raise InvalidArgument(
                 f"objective {self.objective!r} needs graph 'absorbing' (it has a MASK), got {self.graph!r}"
             )
-        if self.block_loss not in ("masked", "diffusion"):
-            raise ValueError(f"block_loss must be 'masked' or 'diffusion', got {self.block_loss!r}")
-        if self.block_size <= 0:
-            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         if self.objective == "block" and self.seq_len % self.block_size:
-            raise ValueError(f"block_size ({self.block_size}) must divide seq_len ({self.seq_len})")
-        if self.lr_decay not in ("constant", "cosine", "linear"):
-            raise ValueError(f"lr_decay must be 'constant', 'cosine' or 'linear', got {self.lr_decay!r}")
-        if not 0.0 <= self.lr_final <= 1.0:
-            raise ValueError(f"lr_final must be in [0, 1], got {self.lr_final!r}")
-        if self.t_sampling not in ("uniform", "stratified", "masks"):
-            raise ValueError(
-                f"t_sampling must be 'uniform', 'stratified' or 'masks', got {self.t_sampling!r}"
-            )
+            raise InvalidArgument(f"block_size ({self.block_size}) must divide seq_len ({self.seq_len})")
         if self.t_sampling == "masks" and (self.graph != "absorbing" or self.objective == "block"):
-            raise ValueError(
+            raise InvalidArgument(
                 "t_sampling='masks' draws masked counts of the absorbing graph for one noise level per "
                 f"sequence: it needs graph='absorbing' and objective 'diffusion' or 'masked' (got graph="
                 f"{self.graph!r}, objective={self.objective!r})"
             )
-        if self.graph not in ("absorbing", "uniform"):
-            raise ValueError(f"graph must be 'absorbing' or 'uniform', got {self.graph!r}")
-        if self.schedule not in ("loglinear", "geometric"):
-            raise ValueError(f"schedule must be 'loglinear' or 'geometric', got {self.schedule!r}")
-        if self.tokenizer not in ("char", "bytes", "gpt2", "dna", "protein"):
-            raise ValueError(
-                f"tokenizer must be 'char', 'bytes', 'gpt2', 'dna' or 'protein', got {self.tokenizer!r}"
-            )
         if self.batch_size % self.grad_accum:
-            raise ValueError(
+            raise InvalidArgument(
                 f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
             )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
-        for name in ("beta1", "beta2", "ema_decay", "muon_momentum"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("adam_eps", "schedule_eps", "sigma_min", "sigma_max"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not self.dist_timeout > 0:
-            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
-        if not 0.0 <= self.eps_t < 1.0:
-            raise ValueError(f"eps_t must be in [0, 1), got {self.eps_t!r}")
-        if not self.schedule_eps < 1.0:
-            raise ValueError(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
-        self.model_config().validate()
-        if not self.time_conditioning and self.graph != "absorbing":
-            raise ValueError("time_conditioning = false needs graph = 'absorbing'")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:

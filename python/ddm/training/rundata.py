@@ -1,0 +1,188 @@
+"""The corpus of a run: tokenized into the run directory once, its source recorded, read back from there.
+
+A text corpus is tokenized into `<run_dir>/data/tokens.bin` (`ddm.data.load_corpus`). The run records its
+source in every checkpoint's `config.json` under `"data"` (`source_record`): the absolute path, the size
+and a SHA-256 of the file's content. A resumed run and the held-out split of a checkpoint
+(`heldout_blocks`) then read the cached tokens, whatever the working directory, and compare the source
+file with the record: an edited file is named in a warning (the cached tokens are still the run's), or,
+when no cache is left to fall back on, refused.
+
+Named datasets (`ddm data list`) keep their own cache and split, and are recorded by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddm.data import BUNDLED, Corpus, TokenFile, bundled_path, load_corpus
+from ddm.data.registry import REGISTRY
+from ddm.errors import DataError
+from ddm.io import checkpoint as ckpt
+from ddm.tokenizers import from_config
+
+__all__ = ["cached_tokens", "file_sha256", "heldout_blocks", "load_run_corpus", "source_record"]
+
+_READ = 1 << 20  # bytes hashed at a time
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, hex, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _source_path(data: str) -> Path | None:
+    """The file a `data` value reads (the bundled text for `"hamlet"`), or None for a named dataset."""
+    if data in REGISTRY:
+        return None
+    if data in ("", BUNDLED):
+        return bundled_path()
+    return Path(data)
+
+
+def source_record(data: str) -> dict[str, Any]:
+    """What a checkpoint records of its corpus: `{"name"}` for a named dataset, else the file's absolute
+    `path`, `size` and content `sha256` (and the `data` value as given)."""
+    path = _source_path(data)
+    if path is None:
+        return {"name": data}
+    return {
+        "data": data,
+        "path": str(path.resolve()),
+        "size": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
+
+
+def cached_tokens(run_dir: str | os.PathLike) -> TokenFile | None:
+    """The token file a run cached in `<run_dir>/data/`, or None if it has none (or it is damaged)."""
+    path = Path(run_dir) / "data" / "tokens.bin"
+    try:
+        return TokenFile.read(path)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _changed(record: dict[str, Any] | None, cache: TokenFile | None) -> str | None:
+    """A sentence naming the source file if its content differs from `record`'s, else None (also when the
+    file is gone, or nothing was recorded)."""
+    if not record or "sha256" not in record:
+        return None
+    path = Path(record["path"])
+    if not path.is_file():
+        return None
+    st = path.stat()
+    seen = cache.source if cache is not None else {}
+    if (
+        seen.get("path") == str(path)
+        and seen.get("size") == st.st_size
+        and seen.get("mtime_ns") == st.st_mtime_ns
+    ):
+        return None  # the file the cache was made from, untouched since (the record hashed that file)
+    now = file_sha256(path)
+    if now == record["sha256"]:
+        return None
+    return (
+        f"data file {str(path)!r} changed since the run was trained (sha256 {record['sha256'][:12]}... "
+        f"recorded, {now[:12]}... now, {record['size']} -> {st.st_size} bytes)"
+    )
+
+
+def load_run_corpus(
+    data: str, run_dir: Path, *, tokenizer: Any, val_fraction: float, record: dict[str, Any] | None = None
+) -> Corpus:
+    """The corpus of a run: the tokens cached in `run_dir` when `record` (the checkpoint's `"data"`, on
+    resume) is given and the cache exists, else `ddm.data.load_corpus`, which tokenizes into the cache
+    (from the recorded absolute path, on resume).
+
+    Raises:
+        DataError: on resume, the source changed since it was recorded and no cache is left.
+
+    Args:
+        data: the config's `data`.
+        run_dir: the run directory.
+        tokenizer: the config's tokenizer name (or a tokenizer config dict).
+        val_fraction: the held-out fraction.
+        record: the checkpoint's `source_record`, or None for a new run (or a checkpoint without one).
+    """
+    cache = cached_tokens(run_dir) if data not in REGISTRY and record is not None else None
+    if cache is None:
+        changed = _changed(record, None)
+        if changed is not None:
+            raise DataError(
+                f"{changed}, and {str(run_dir)!r} holds no cached tokens to resume on: restore the file, "
+                "or start a new run on the new data"
+            )
+        if record and "path" in record and Path(record["path"]).is_file():
+            data = record["path"]  # absolute: the relative `data` may name another file from here
+        return load_corpus(data, run_dir / "data", tokenizer=tokenizer, val_fraction=val_fraction)
+    changed = _changed(record, cache)
+    if changed is not None:
+        print(
+            f"ddm train: warning: {changed}; training continues on the tokens cached in "
+            f"{str(cache.path)!r}, the run's own",
+            file=sys.stderr,
+            flush=True,
+        )
+    return Corpus(cache.open(), from_config(cache.tokenizer), val_fraction)
+
+
+def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
+    """The held-out tail of the corpus a checkpoint was trained on, as int64 `[M, seq_len]` blocks.
+
+    Reads the tokens cached in the checkpoint's run directory (`<run_dir>/data/tokens.bin`), whatever the
+    working directory; without that cache, re-reads the source at the absolute path the checkpoint
+    recorded (or its `data` as given, for an older checkpoint). An edited source file is named: a warning
+    when the cache is used, a `DataError` when the file would have to be re-read.
+
+    Raises:
+        DataError: the source changed and no cache is left, or the run has no held-out split.
+        FileNotFoundError: neither the cache nor the source file exists.
+    """
+    path = ckpt.resolve(checkpoint)
+    cfg = ckpt.read_config(path)
+    train, record = cfg["train"], cfg.get("data")
+    run_dir = path.parent.parent  # <run_dir>/checkpoints/step_N
+    cache = cached_tokens(run_dir) if train["data"] not in REGISTRY else None
+    if cache is not None and cache.tokenizer == cfg["tokenizer"]:
+        changed = _changed(record, cache)
+        if changed is not None:
+            print(
+                f"ddm: warning: {changed}; scoring the held-out tail of the tokens cached in the run",
+                file=sys.stderr,
+            )
+        corpus = Corpus(cache.open(), from_config(cache.tokenizer), train["val_fraction"])
+        return _tail(corpus, seq_len)
+    changed = _changed(record, None)
+    if changed is not None:
+        raise DataError(
+            f"{changed}, and {str(run_dir)!r} holds no cached tokens: its tail is not the held-out split "
+            "the checkpoint was evaluated on; give the text to score with --data"
+        )
+    data = record["path"] if record and "path" in record and Path(record["path"]).is_file() else train["data"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            corpus = load_corpus(
+                data, Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"]
+            )
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e}; the checkpoint was trained on it: pass the data explicitly"
+            ) from None
+        return _tail(corpus, seq_len).clone()
+
+
+def _tail(corpus: Corpus, seq_len: int) -> torch.Tensor:
+    if corpus.n_val == 0:
+        raise DataError("the checkpoint was trained with val_fraction = 0: there is no held-out split")
+    return corpus.val_blocks(seq_len)
