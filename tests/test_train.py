@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
+import sys
 
 import pytest
 import torch
 from _tiny import TINY_MODEL, tiny_run
+from ddm.data import bundled_text
+from ddm.data.corpus import Corpus
+from ddm.errors import DataError
 from ddm.graphs import Absorbing, Uniform
+from ddm.io import checkpoint as ckpt
 from ddm.losses import dwdse, score_entropy_bruteforce
 from ddm.model import ModelConfig, ScoreModel
 from ddm.model.transformer import cpu_has_native_bf16
@@ -16,6 +24,7 @@ from ddm.schedules import Geometric, LogLinear
 from ddm.training import train
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import lr_at
+from ddm.training.rundata import heldout_blocks
 from safetensors.torch import load_file
 
 SMALL = dict(TINY_MODEL, dropout=0.0)
@@ -228,3 +237,133 @@ def test_bad_runs_are_named(tmp_path):
         train(_tiny_run(tmp_path, "r", steps=2, seed=5), resume=True)
     with pytest.raises(ValueError, match="no checkpoint"):
         train(_tiny_run(tmp_path, "nothing"), resume=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the user sees: Ctrl-C, the start summary, the console, missing extras, nothing to do
+# ---------------------------------------------------------------------------------------------------
+
+
+def _interrupt_at(monkeypatch, at_step):
+    """Sends SIGINT to this process while the batch of step `at_step` is read (once)."""
+    real = Corpus.batch_at
+    sent = []
+
+    def batch_at(self, seq_len, seed, step, rows):
+        if step == at_step and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, seq_len, seed, step, rows)
+
+    monkeypatch.setattr(Corpus, "batch_at", batch_at)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    kw = dict(steps=6, eval_every=0, save_every=100)
+    full = train(_tiny_run(tmp_path, "full", **kw))
+    _interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_run(tmp_path, "int", **kw))
+    err = capsys.readouterr().err
+    # the step in progress (step 2 -> 3) finishes, and is saved although save_every is far
+    assert ckpt.latest(tmp_path / "int").name == "step_00000003"
+    assert f"ddm train --resume --run-dir {(tmp_path / 'int').resolve()}" in err
+    monkeypatch.undo()
+    resumed = train(_tiny_run(tmp_path, "int", **kw), resume=True)
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[kind][k], b[kind][k]) for kind in a for k in a[kind])
+
+
+def test_start_summary_log_lines_and_heldout_bound_without_a_terminal(tmp_path, capsys):
+    # capsys's stderr is not a terminal: log lines instead of a progress bar
+    train(_tiny_run(tmp_path, "r", steps=2, eval_every=2, progress=True))
+    err = capsys.readouterr().err
+    for words in (
+        "parameters",
+        "vocabulary",
+        "train and",
+        "held-out tokens",
+        "cpu (float32)",
+        "steps per epoch",
+    ):
+        assert words in err, words
+    assert "step 1/2: loss" in err and "step 2/2: loss" in err
+    assert "step 2: held-out bound" in err and "bits/token" in err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err  # no bar
+
+
+def test_missing_matplotlib_is_said_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    train(_tiny_run(tmp_path, "r", steps=4, save_every=2, plot=True))
+    err = capsys.readouterr().err
+    assert err.count("matplotlib") == 1 and "curves.png" in err
+    assert not (tmp_path / "r" / "curves.png").exists()
+
+
+def test_heldout_split_shorter_than_seq_len_says_it_never_evaluates(tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text(bundled_text()[:400])
+    train(_tiny_run(tmp_path, "r", data=str(text), val_fraction=0.02, eval_every=1, steps=2))  # 8 < 16
+    err = capsys.readouterr().err
+    assert "held-out split has 8 tokens" in err and "never evaluated" in err
+    recs = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert not any("eval_bits_per_token" in r for r in recs)
+
+
+def test_resume_with_fewer_steps_says_it_has_nothing_to_do(tmp_path, capsys):
+    done = train(_tiny_run(tmp_path, "r", steps=4))
+    capsys.readouterr()
+    again = train(_tiny_run(tmp_path, "r", steps=2), resume=True)
+    err = capsys.readouterr().err
+    assert again == done
+    assert "nothing to do" in err and "at step 4" in err and "--steps" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's data: cached in the run directory, recorded by content
+# ---------------------------------------------------------------------------------------------------
+
+
+def _relative_run(tmp_path, monkeypatch):
+    """A run on `corpus.txt` given by a relative path, trained to step 2 of 4 in `tmp_path/work`."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "corpus.txt").write_text(bundled_text()[:6000])
+    monkeypatch.chdir(work)
+    cfg = _tiny_run(tmp_path, "unused", data="corpus.txt", steps=4, eval_every=0, dropout=0.0)
+    cfg["run_dir"] = "runs/r"
+    train(cfg, until_step=2)
+    return work, cfg
+
+
+def test_resume_and_heldout_split_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    work, cfg = _relative_run(tmp_path, monkeypatch)
+    want = heldout_blocks(work / "runs" / "r", 16)
+    full = train({**cfg, "run_dir": "runs/full"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `corpus.txt` means nothing here
+    resumed = train({**cfg, "run_dir": str(work / "runs" / "r")}, resume=True)
+    a, b = _weights(work / full), _weights(resumed)
+    assert all(torch.equal(a[kind][k], b[kind][k]) for kind in a for k in a[kind])
+    assert torch.equal(heldout_blocks(work / "runs" / "r", 16), want)
+    recorded = ckpt.read_config(resumed)["data"]
+    assert recorded["path"] == str(work / "corpus.txt") and len(recorded["sha256"]) == 64
+
+
+def test_an_edited_data_file_is_named(tmp_path, monkeypatch, capsys):
+    work, cfg = _relative_run(tmp_path, monkeypatch)
+    run = work / "runs" / "r"
+    want = heldout_blocks(run, 16)
+    with open(work / "corpus.txt", "a") as f:
+        f.write("an appended line that moves the held-out tail\n" * 20)
+    capsys.readouterr()
+    # the cached tokens are the run's: resume and eval keep them, and say the file changed
+    train(cfg, resume=True)
+    assert "corpus.txt" in capsys.readouterr().err.split("changed")[0]
+    assert torch.equal(heldout_blocks(run, 16), want)
+    assert "changed since the run was trained" in capsys.readouterr().err
+    # without the cache, the edited file's tail is not the held-out split: refused, naming the file
+    shutil.rmtree(run / "data")
+    with pytest.raises(DataError, match=r"corpus.txt.*changed since the run was trained"):
+        heldout_blocks(run, 16)
