@@ -6,10 +6,9 @@ entry point (`loop`).
 
 from __future__ import annotations
 
-from ddm.training.callbacks import Callback
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import train
 from ddm.training.objective import Objective
-from ddm.training.trainer import Trainer
+from ddm.training.trainer import Callback, Trainer
 
 __all__ = ["Callback", "Objective", "TrainConfig", "Trainer", "load_config", "train"]

@@ -1,11 +1,12 @@
 """What a training run does around its steps, one callback each: the log file, the console, the held-out
 evaluation, the checkpoints and the plot (minGPT's and Lightning's callbacks are the model).
 
-A `Callback` overrides any of five hooks, each called with the `Trainer` in the order of
-`Trainer.callbacks`: `on_train_start`, `on_step_end(stats)` after every optimizer step, `on_log(record)`
-for every line of the log (`Trainer.log`), `on_save(path)` after a checkpoint is written (rank 0 only),
-and `on_train_end`. A new training feature is a callback passed to `ddm.training.train(...,
-callbacks=[...])`, not a branch in the loop. `default_callbacks` builds the run's own.
+A `ddm.training.trainer.Callback` overrides any of five hooks, each called with the `Trainer` in the order
+of `Trainer.callbacks`: `on_train_start`, `on_step_end(stats)` after every optimizer step,
+`on_log(record)` for every line of the log (`Trainer.log`), `on_save(path)` after a checkpoint is written
+(rank 0 only), and `on_train_end`. A new training feature is a callback passed to
+`ddm.training.train(..., callbacks=[...])`, not a branch in the loop. `default_callbacks` builds the run's
+own.
 """
 
 from __future__ import annotations
@@ -15,18 +16,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ddm import _fs
 from ddm.eval.bound import likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.model.transformer import bf16_autocast_on
-
-if TYPE_CHECKING:  # annotations only: the trainer imports this module
-    from ddm.training.trainer import StepStats, Trainer
+from ddm.training.trainer import Callback, StepStats, Trainer, say
 
 __all__ = [
-    "Callback",
     "Checkpointing",
     "Console",
     "Evaluation",
@@ -35,32 +33,7 @@ __all__ = [
     "Summary",
     "TrainMetrics",
     "default_callbacks",
-    "say",
 ]
-
-
-def say(message: str) -> None:
-    """One line for the user on stderr (flushed: it is seen before a long step)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-class Callback:
-    """A hook into a training run; every method is a no-op here."""
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """Before the first step (also when there is nothing to do)."""
-
-    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
-        """After an optimizer step; `trainer.step` is the step just reached."""
-
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """For every record of the log: a training record (`loss`) or an evaluation (`eval_*`)."""
-
-    def on_save(self, trainer: Trainer, path: Path) -> None:
-        """After rank 0 wrote the checkpoint `path` (before the other ranks go on)."""
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        """After the last step, or when the run stops on an error or an interrupt."""
 
 
 class JsonlLog(Callback):

@@ -128,8 +128,12 @@ class TrainConfig:
     eval_num_t: int = _f(16, "stratified times per block for the in-training bound")
     save_every: int = _f(1000, "steps between checkpoints (and one at the end)")
     keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
-    plot: bool = _f(True, "write curves.png (needs matplotlib)")
-    progress: bool = _f(True, "show a progress bar")
+    plot: bool = _f(True, "write curves.png at each checkpoint (needs matplotlib: the `plot` extra)")
+    progress: bool = _f(
+        True,
+        "console output on stderr: a start summary, then a progress bar on a terminal (log lines "
+        "otherwise), and the held-out bound whenever it is evaluated",
+    )
 
     @classmethod
     def help(cls, name: str) -> str:

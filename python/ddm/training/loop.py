@@ -28,9 +28,9 @@ from pathlib import Path
 
 from ddm.errors import InvalidArgument
 from ddm.training import distributed as ddist
-from ddm.training.callbacks import Callback
+from ddm.training.callbacks import default_callbacks
 from ddm.training.config import TrainConfig, load_config
-from ddm.training.trainer import RESUME_FIELDS, Trainer, lr_at
+from ddm.training.trainer import RESUME_FIELDS, Callback, Trainer, lr_at
 
 __all__ = ["RESUME_FIELDS", "lr_at", "train"]
 
@@ -62,8 +62,8 @@ def train(
             checkpoint's; `steps` and the logging fields may change.
         until_step: stop at this step (with a checkpoint) even if `config.steps` is larger, e.g. to split
             a run across jobs; resume later to continue.
-        callbacks: more `ddm.training.callbacks.Callback`s, run after the run's own (log, evaluation,
-            checkpoints, plot, console).
+        callbacks: more `ddm.training.trainer.Callback`s, run after the run's own (log, evaluation,
+            checkpoints, plot, console: `ddm.training.callbacks.default_callbacks`).
 
     Under torchrun (several processes) every process calls this; rank 0 logs, evaluates and writes the
     checkpoints, and every process returns the path of the last one. Ctrl-C saves a checkpoint at the end
@@ -75,6 +75,8 @@ def train(
     cfg = _as_config(config)
     env, device = ddist.init(cfg.device, cfg.dist_timeout)
     try:
-        return Trainer(cfg, env, device, resume=resume, until_step=until_step, callbacks=callbacks).fit()
+        trainer = Trainer(cfg, env, device, resume=resume, until_step=until_step)
+        trainer.add_callbacks(*default_callbacks(trainer), *callbacks)
+        return trainer.fit()
     finally:
         env.shutdown()

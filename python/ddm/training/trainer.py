@@ -1,6 +1,6 @@
 """The `Trainer`: builds a run (corpus, model, EMA, optimizer; or resumes one), then runs the optimizer
-steps; everything around a step (log, console, evaluation, checkpoints, plot) is a callback
-(`ddm.training.callbacks`).
+steps; everything around a step (log, console, evaluation, checkpoints, plot) is a `Callback`
+(the run's own are in `ddm.training.callbacks`).
 
 One optimizer step draws `batch_size` blocks of `seq_len` tokens at keyed offsets of the training split (in
 `grad_accum` micro-batches), and minimises the mean over sequences of the objective's per-sequence loss
@@ -19,6 +19,7 @@ import math
 import random
 import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,13 +36,12 @@ from ddm.io import checkpoint as ckpt
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
-from ddm.training.callbacks import Callback, default_callbacks, say
 from ddm.training.config import TrainConfig, make_graph, make_schedule
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 from ddm.training.rundata import load_run_corpus, source_record
 
-__all__ = ["RESUME_FIELDS", "StepStats", "Trainer", "lr_at"]
+__all__ = ["RESUME_FIELDS", "Callback", "StepStats", "Trainer", "lr_at", "say"]
 
 # Fields that define the model, its data and its randomness: a resumed run must keep them.
 RESUME_FIELDS = (
@@ -112,6 +112,30 @@ class StepStats:
     interrupted: bool = False
 
 
+def say(message: str) -> None:
+    """One line for the user on stderr (flushed: it is seen before a long step)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class Callback:
+    """A hook into a training run; every method is a no-op here."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first step (also when there is nothing to do)."""
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        """After an optimizer step; `trainer.step` is the step just reached."""
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """For every record of the log: a training record (`loss`) or an evaluation (`eval_*`)."""
+
+    def on_save(self, trainer: Trainer, path: Path) -> None:
+        """After rank 0 wrote the checkpoint `path` (before the other ranks go on)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last step, or when the run stops on an error or an interrupt."""
+
+
 class _Interrupt:
     """Turns the first SIGINT into a request to stop at the end of the step; a second one stops at once.
     Installed only in the main thread (where Python delivers signals)."""
@@ -138,7 +162,12 @@ class _Interrupt:
 
 
 class Trainer:
-    """One training run: `Trainer(cfg, env, device).fit()` trains and returns the last checkpoint.
+    """One training run, built from its config (or resumed from its run directory); `fit` trains it.
+
+    `ddm.training.train` does `trainer = Trainer(cfg, env, device, ...)`, then
+    `trainer.add_callbacks(*default_callbacks(trainer), *yours)` and `trainer.fit()`. Without callbacks the
+    Trainer only steps (and saves one checkpoint at the end): the log, the evaluation, the periodic
+    checkpoints, the plot and the console are callbacks (`ddm.training.callbacks`).
 
     Args:
         cfg: the validated run config.
@@ -146,7 +175,8 @@ class Trainer:
         device: this process's device.
         resume: continue the run in `cfg.run_dir` from its latest checkpoint, exactly.
         until_step: stop at this step (with a checkpoint) even if `cfg.steps` is larger.
-        callbacks: more callbacks, run after the run's own (`ddm.training.callbacks`).
+        callbacks: the callbacks, in their order (`add_callbacks` adds more; `ddm.training.train` adds
+            the run's own, `ddm.training.callbacks.default_callbacks`, first).
     """
 
     def __init__(
@@ -183,7 +213,7 @@ class Trainer:
                 self.model, device_ids=[device] if device.type == "cuda" else None
             )
         self.objective = None if self.autoregressive else Objective.from_config(cfg)
-        self.callbacks: list[Callback] = [*default_callbacks(self), *callbacks]
+        self.callbacks: list[Callback] = list(callbacks)
         self._interrupt = _Interrupt()
 
     # -- building the run ---------------------------------------------------------------------------
@@ -267,6 +297,10 @@ class Trainer:
         if record is not None:
             config["data"] = record
         return config
+
+    def add_callbacks(self, *callbacks: Callback) -> None:
+        """Appends callbacks (they run after those already there)."""
+        self.callbacks.extend(callbacks)
 
     # -- the steps ----------------------------------------------------------------------------------
 
