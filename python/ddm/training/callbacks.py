@@ -21,6 +21,7 @@ from typing import Any
 from ddm import _fs
 from ddm.eval.bound import likelihood_bound
 from ddm.eval.metrics import exact_nll
+from ddm.io import run
 from ddm.model.transformer import bf16_autocast_on
 from ddm.training.trainer import Callback, StepStats, Trainer, say
 
@@ -41,7 +42,7 @@ class JsonlLog(Callback):
     up to the resumed step and drops those written after it."""
 
     def __init__(self, run_dir: Path, resume_step: int | None) -> None:
-        self.path = run_dir / "log.jsonl"
+        self.path = run.log_path(run_dir)
         self.records: list[dict[str, Any]] = []
         if resume_step is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():

@@ -25,6 +25,7 @@ from ddm.data import BUNDLED, Corpus, TokenFile, bundled_path, load_corpus
 from ddm.data.registry import REGISTRY
 from ddm.errors import DataError
 from ddm.io import checkpoint as ckpt
+from ddm.io import run
 from ddm.tokenizers import from_config
 
 __all__ = ["cached_tokens", "file_sha256", "heldout_blocks", "load_run_corpus", "source_record"]
@@ -152,8 +153,8 @@ def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
     path = ckpt.resolve(checkpoint)
     cfg = ckpt.read_config(path)
     train, record = cfg["train"], cfg.get("data")
-    run_dir = path.parent.parent  # <run_dir>/checkpoints/step_N
-    cache = cached_tokens(run_dir) if train["data"] not in REGISTRY else None
+    run_dir = run.run_dir_of(path)  # None for a checkpoint outside its run (copied or downloaded)
+    cache = cached_tokens(run_dir) if run_dir is not None and train["data"] not in REGISTRY else None
     if cache is not None and cache.tokenizer == cfg["tokenizer"]:
         changed = _changed(record, cache)
         if changed is not None:
@@ -166,7 +167,7 @@ def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
     changed = _changed(record, None)
     if changed is not None:
         raise DataError(
-            f"{changed}, and {str(run_dir)!r} holds no cached tokens: its tail is not the held-out split "
+            f"{changed}, and no run directory holds its cached tokens: its tail is not the held-out split "
             "the checkpoint was evaluated on; give the text to score with --data"
         )
     data = record["path"] if record and "path" in record and Path(record["path"]).is_file() else train["data"]

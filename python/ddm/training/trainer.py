@@ -206,7 +206,7 @@ class Trainer:
         self.ckpt_config = self._checkpoint_config(record)
         self.stop = min(cfg.steps, until_step) if until_step is not None else cfg.steps
         self.tokens_per_step = cfg.batch_size * cfg.seq_len
-        self.last_path = ckpt.latest(self.run_dir)
+        self.last_path: Path | None = state["path"] if state is not None else None
         self.net: torch.nn.Module = self.model
         if env.enabled:  # DDP averages the gradients over the ranks during backward
             self.net = DistributedDataParallel(
