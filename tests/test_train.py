@@ -7,7 +7,10 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -367,3 +370,33 @@ def test_an_edited_data_file_is_named(tmp_path, monkeypatch, capsys):
     shutil.rmtree(run / "data")
     with pytest.raises(DataError, match=r"corpus.txt.*changed since the run was trained"):
         heldout_blocks(run, 16)
+
+
+def test_ctrl_c_on_the_command_line_saves_and_exits_130(tmp_path):
+    # the user's path: `ddm train` in a terminal-less process, a real SIGINT once training has started
+    run = tmp_path / "r"
+    args = ["--run-dir", str(run), "--steps", "100000", "--save-every", "100000", "--progress"]
+    args += ["--no-plot", "--log-every", "1", "--eval-every", "0", "--device", "cpu"]
+    for k, v in TINY_MODEL.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root / "python")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddm", "train", *args], stderr=subprocess.PIPE, text=True, env=env
+    )
+    guard = threading.Timer(120, proc.kill)  # no log line (a regression) must not hang the suite
+    guard.start()
+    lines = []
+    for line in proc.stderr:  # wait for the first log lines: the loop is running
+        lines.append(line)
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    lines += proc.stderr.readlines()
+    status = proc.wait(timeout=120)
+    guard.cancel()
+    assert status == 130, "".join(lines)
+    err = "".join(lines)
+    saved = ckpt.latest(run)
+    assert saved is not None and int(saved.name.split("_")[1]) >= 3, err
+    assert f"resume with: ddm train --resume --run-dir {run.resolve()}" in err
