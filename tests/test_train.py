@@ -351,7 +351,9 @@ def test_resume_and_heldout_split_do_not_depend_on_the_working_directory(tmp_pat
     assert all(torch.equal(a[kind][k], b[kind][k]) for kind in a for k in a[kind])
     assert torch.equal(heldout_blocks(work / "runs" / "r", 16), want)
     recorded = ckpt.read_config(resumed)["data"]
-    assert recorded["path"] == str(work / "corpus.txt") and len(recorded["sha256"]) == 64
+    assert recorded["source"] == str(work / "corpus.txt")
+    assert [f["path"] for f in recorded["files"]] == [str(work / "corpus.txt")]
+    assert len(recorded["files"][0]["sha256"]) == 64
 
 
 def test_an_edited_data_file_is_named(tmp_path, monkeypatch, capsys):
@@ -400,3 +402,20 @@ def test_ctrl_c_on_the_command_line_saves_and_exits_130(tmp_path):
     saved = ckpt.latest(run)
     assert saved is not None and int(saved.name.split("_")[1]) >= 3, err
     assert f"resume with: ddm train --resume --run-dir {run.resolve()}" in err
+
+
+def test_a_file_added_to_a_data_directory_is_named(tmp_path, capsys):
+    data = tmp_path / "texts"
+    data.mkdir()
+    text = bundled_text()
+    (data / "a.txt").write_text(text[:3000])
+    (data / "b.txt").write_text(text[3000:6000])
+    cfg = _tiny_run(tmp_path, "r", data=str(data), steps=4, eval_every=0)
+    train(cfg, until_step=2)
+    recorded = ckpt.read_config(ckpt.latest(tmp_path / "r"))["data"]
+    assert [Path(f["path"]).name for f in recorded["files"]] == ["a.txt", "b.txt"]
+    (data / "c.txt").write_text(text[6000:7000])
+    capsys.readouterr()
+    train(cfg, resume=True)
+    err = capsys.readouterr().err
+    assert "c.txt" in err and "(added)" in err and "changed since the run was trained" in err

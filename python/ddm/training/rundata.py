@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ddm.data import BUNDLED, Corpus, TokenFile, bundled_path, load_corpus
+from ddm.data.formats import resolve_files
 from ddm.data.registry import REGISTRY
 from ddm.errors import DataError
 from ddm.io import checkpoint as ckpt
@@ -42,27 +43,34 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _source_path(data: str) -> Path | None:
-    """The file a `data` value reads (the bundled text for `"hamlet"`), or None for a named dataset."""
-    if data in REGISTRY:
-        return None
-    if data in ("", BUNDLED):
-        return bundled_path()
-    return Path(data)
-
-
 def source_record(data: str) -> dict[str, Any]:
-    """What a checkpoint records of its corpus: `{"name"}` for a named dataset, else the file's absolute
-    `path`, `size` and content `sha256` (and the `data` value as given)."""
-    path = _source_path(data)
-    if path is None:
+    """What a checkpoint records of its corpus: `{"name"}` for a named dataset; else `data` as given, the
+    absolute `source` (a file, a directory or a glob) and, for each of its files, the absolute `path`, the
+    `size` and the content `sha256`.
+
+    Raises:
+        FileNotFoundError: the data names no file.
+    """
+    if data in REGISTRY:
         return {"name": data}
-    return {
-        "data": data,
-        "path": str(path.resolve()),
-        "size": path.stat().st_size,
-        "sha256": file_sha256(path),
-    }
+    if data in ("", BUNDLED):
+        source, files = str(bundled_path()), [bundled_path()]
+    else:
+        source, files = os.path.abspath(data), resolve_files(data)
+    entries = [{"path": str(f.resolve()), "size": f.stat().st_size, "sha256": file_sha256(f)} for f in files]
+    return {"data": data, "source": source, "files": entries}
+
+
+def _readable_source(record: dict[str, Any] | None, data: str) -> str:
+    """The recorded absolute source when it is still there (a relative `data` may name another file, or
+    nothing, from another working directory), else `data`."""
+    if not record or "source" not in record:
+        return data
+    try:
+        resolve_files(record["source"])
+    except (FileNotFoundError, DataError):
+        return data
+    return record["source"]
 
 
 def cached_tokens(run_dir: str | os.PathLike) -> TokenFile | None:
@@ -74,29 +82,38 @@ def cached_tokens(run_dir: str | os.PathLike) -> TokenFile | None:
         return None
 
 
+def _seen(cache: TokenFile | None) -> dict[str, tuple[int, int]]:
+    """The `(size, mtime_ns)` of each file the cached tokens were made from, by absolute path."""
+    source = cache.source if cache is not None else {}
+    infos = source.get("files", [source])
+    return {i["path"]: (i.get("size"), i.get("mtime_ns")) for i in infos if "path" in i}
+
+
 def _changed(record: dict[str, Any] | None, cache: TokenFile | None) -> str | None:
-    """A sentence naming the source file if its content differs from `record`'s, else None (also when the
-    file is gone, or nothing was recorded)."""
-    if not record or "sha256" not in record:
+    """A sentence naming the source files whose content differs from `record`'s (or that were added to
+    its directory or glob), else None. A file that is gone is not a change: the cache is what is left."""
+    if not record or "files" not in record:
         return None
-    path = Path(record["path"])
-    if not path.is_file():
+    seen = _seen(cache)
+    changed = []
+    for entry in record["files"]:
+        path = Path(entry["path"])
+        if not path.is_file():
+            continue
+        st = path.stat()
+        if seen.get(str(path)) == (st.st_size, st.st_mtime_ns):
+            continue  # the file the cache was made from, untouched since (the record hashed that file)
+        if file_sha256(path) != entry["sha256"]:
+            changed.append(f"{str(path)!r} ({entry['size']} -> {st.st_size} bytes, another sha256)")
+    try:
+        now = {str(p.resolve()) for p in resolve_files(record["source"])}
+    except (FileNotFoundError, DataError):
+        now = set()
+    added = sorted(now - {e["path"] for e in record["files"]})
+    changed += [f"{p!r} (added)" for p in added]
+    if not changed:
         return None
-    st = path.stat()
-    seen = cache.source if cache is not None else {}
-    if (
-        seen.get("path") == str(path)
-        and seen.get("size") == st.st_size
-        and seen.get("mtime_ns") == st.st_mtime_ns
-    ):
-        return None  # the file the cache was made from, untouched since (the record hashed that file)
-    now = file_sha256(path)
-    if now == record["sha256"]:
-        return None
-    return (
-        f"data file {str(path)!r} changed since the run was trained (sha256 {record['sha256'][:12]}... "
-        f"recorded, {now[:12]}... now, {record['size']} -> {st.st_size} bytes)"
-    )
+    return f"data file {', '.join(changed)} changed since the run was trained"
 
 
 def load_run_corpus(
@@ -124,8 +141,7 @@ def load_run_corpus(
                 f"{changed}, and {str(run_dir)!r} holds no cached tokens to resume on: restore the file, "
                 "or start a new run on the new data"
             )
-        if record and "path" in record and Path(record["path"]).is_file():
-            data = record["path"]  # absolute: the relative `data` may name another file from here
+        data = _readable_source(record, data)
         return load_corpus(data, run_dir / "data", tokenizer=tokenizer, val_fraction=val_fraction)
     changed = _changed(record, cache)
     if changed is not None:
@@ -170,7 +186,7 @@ def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
             f"{changed}, and no run directory holds its cached tokens: its tail is not the held-out split "
             "the checkpoint was evaluated on; give the text to score with --data"
         )
-    data = record["path"] if record and "path" in record and Path(record["path"]).is_file() else train["data"]
+    data = _readable_source(record, train["data"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
             corpus = load_corpus(

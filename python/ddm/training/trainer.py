@@ -284,7 +284,7 @@ class Trainer:
         if record is None and self.env.is_main:  # a new run (or a checkpoint from before the record)
             try:
                 record = source_record(self.cfg.data)
-            except OSError:  # the source is gone: the tokens cached in the run are all there is
+            except FileNotFoundError:  # the source is gone: the tokens cached in the run are all there is
                 record = None
         config = {
             "objective": self.cfg.objective,
