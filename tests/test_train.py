@@ -419,3 +419,19 @@ def test_a_file_added_to_a_data_directory_is_named(tmp_path, capsys):
     train(cfg, resume=True)
     err = capsys.readouterr().err
     assert "c.txt" in err and "(added)" in err and "changed since the run was trained" in err
+
+
+def test_jsonl_text_field_and_unknown_policy_reach_the_corpus(tmp_path):
+    # how the files are read, and the char tokenizer's unknown-character policy, are chosen in the config
+    lines = [json.dumps({"id": i, "body": bundled_text()[i * 300 : (i + 1) * 300]}) for i in range(20)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = _tiny_run(tmp_path, "r", data=str(tmp_path / "docs.jsonl"), text_field="body", unknown="replace")
+    path = train(cfg)
+    tok = ckpt.read_config(path)["tokenizer"]
+    assert tok.get("unknown") == "replace"
+    model = ckpt.load(path)
+    assert "{" not in model.tokenizer.decode(list(range(model.tokenizer.vocab_size - 1)))  # no JSON braces
+    with pytest.raises(ValueError, match="unknown must be"):
+        TrainConfig.from_dict({"unknown": "ignore"})
+    with pytest.raises(ValueError, match="resume: text_field"):
+        train({**cfg, "text_field": "id"}, resume=True)

@@ -52,6 +52,15 @@ class TrainConfig:
         "char", "'char' (vocabulary = characters of the corpus), 'bytes', 'gpt2', 'dna' or 'protein'"
     )
     val_fraction: float = _f(0.1, "held-out fraction: the contiguous tail of the corpus, never trained on")
+    text_field: str = _f("text", "JSONL data: the field of each object that holds its text")
+    separator: str = _f(
+        "", "text put between documents (FASTA records, JSONL lines, files); '': the end-of-document token"
+    )
+    unknown: str = _f(
+        "error",
+        "'char' tokenizer: what a character outside the vocabulary does at evaluation and sampling time, "
+        "'error', 'replace' or 'skip' (recorded in the tokenizer's config)",
+    )
     # model
     model: str = _f("tiny", f"model size, one of {sorted(SIZES)} (SEDD: small)")
     hidden: int = _f(0, "override the size's width (0: the size's)")
@@ -185,6 +194,16 @@ class TrainConfig:
             lines.append(f"{f.name} = {s}  # {f.metadata['help']}")
         return "\n".join(lines) + "\n"
 
+    def corpus_options(self) -> dict[str, Any]:
+        """The keywords of `ddm.data.load_corpus` this config sets (how the data files are read)."""
+        return {
+            "tokenizer": self.tokenizer,
+            "val_fraction": self.val_fraction,
+            "text_field": self.text_field,
+            "separator": self.separator or None,
+            "unknown": self.unknown,
+        }
+
     def model_config(self) -> ModelConfig:
         """The `ModelConfig` of this run."""
         sized = {k: getattr(self, k) for k in ("hidden", "heads", "blocks", "cond_dim") if getattr(self, k)}
@@ -266,6 +285,7 @@ class TrainConfig:
             "schedule": ("loglinear", "geometric"),
             "tokenizer": ("char", "bytes", "gpt2", "dna", "protein"),
             "optimizer": ("adamw", "muon"),
+            "unknown": ("error", "replace", "skip"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -117,7 +117,7 @@ def _changed(record: dict[str, Any] | None, cache: TokenFile | None) -> str | No
 
 
 def load_run_corpus(
-    data: str, run_dir: Path, *, tokenizer: Any, val_fraction: float, record: dict[str, Any] | None = None
+    data: str, run_dir: Path, *, record: dict[str, Any] | None = None, **options: Any
 ) -> Corpus:
     """The corpus of a run: the tokens cached in `run_dir` when `record` (the checkpoint's `"data"`, on
     resume) is given and the cache exists, else `ddm.data.load_corpus`, which tokenizes into the cache
@@ -129,9 +129,9 @@ def load_run_corpus(
     Args:
         data: the config's `data`.
         run_dir: the run directory.
-        tokenizer: the config's tokenizer name (or a tokenizer config dict).
-        val_fraction: the held-out fraction.
         record: the checkpoint's `source_record`, or None for a new run (or a checkpoint without one).
+        **options: the keywords of `load_corpus` (`TrainConfig.corpus_options`): `tokenizer`,
+            `val_fraction`, and how the files are read.
     """
     cache = cached_tokens(run_dir) if data not in REGISTRY and record is not None else None
     if cache is None:
@@ -142,7 +142,7 @@ def load_run_corpus(
                 "or start a new run on the new data"
             )
         data = _readable_source(record, data)
-        return load_corpus(data, run_dir / "data", tokenizer=tokenizer, val_fraction=val_fraction)
+        return load_corpus(data, run_dir / "data", **options)
     changed = _changed(record, cache)
     if changed is not None:
         print(
@@ -151,7 +151,7 @@ def load_run_corpus(
             file=sys.stderr,
             flush=True,
         )
-    return Corpus(cache.open(), from_config(cache.tokenizer), val_fraction)
+    return Corpus(cache.open(), from_config(cache.tokenizer), options["val_fraction"])
 
 
 def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
@@ -189,8 +189,10 @@ def heldout_blocks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
     data = _readable_source(record, train["data"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            read = {k: train[k] for k in ("text_field", "separator") if k in train}  # older: the defaults
+            read["separator"] = read.get("separator") or None
             corpus = load_corpus(
-                data, Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"]
+                data, Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"], **read
             )
         except FileNotFoundError as e:
             raise FileNotFoundError(

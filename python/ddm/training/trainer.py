@@ -50,6 +50,9 @@ RESUME_FIELDS = (
     "data",
     "tokenizer",
     "val_fraction",
+    "text_field",
+    "separator",
+    "unknown",
     "model",
     "hidden",
     "heads",
@@ -244,13 +247,7 @@ class Trainer:
         corpus = None
         for turn in (True, False):  # rank 0 tokenizes the corpus (or fills its cache) first, then the others
             if self.env.is_main == turn:
-                corpus = load_run_corpus(
-                    cfg.data,
-                    self.run_dir,
-                    tokenizer=cfg.tokenizer,
-                    val_fraction=cfg.val_fraction,
-                    record=record,
-                )
+                corpus = load_run_corpus(cfg.data, self.run_dir, record=record, **cfg.corpus_options())
             self.env.barrier()
         return corpus
 
