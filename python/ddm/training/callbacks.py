@@ -163,7 +163,7 @@ class Plotting(Callback):
             import matplotlib  # optional (the `plot` extra): imported only to draw
 
             matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            import matplotlib.pyplot as plt  # after the backend is chosen, as matplotlib requires
         except ImportError:
             self.missing = True
             say("ddm train: matplotlib is not installed: curves.png is not drawn (pip install 'ddm[plot]')")
