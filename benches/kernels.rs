@@ -6,7 +6,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 use _core::categorical::{exp_blocks_f32, BLOCK};
-use _core::{reverse_step, Graph, RngKey, StepKind};
+use _core::proposal::{proposal_step, Transform};
+use _core::{reverse_step, Graph, GraphKind, RngKey, StepKind};
 
 const N: usize = 50_257;
 
@@ -47,7 +48,7 @@ fn bench_steps(c: &mut Criterion) {
     let level = vec![0.05; batch];
     let mut out = vec![0i64; x.len()];
     let key = RngKey::new(0, 0, 0);
-    let abs = Graph::new(true, N).unwrap();
+    let abs = Graph::new(GraphKind::Absorbing, N).unwrap();
     let mut g = c.benchmark_group("steps_1x64x50258");
     g.throughput(Throughput::Elements((batch * len * (N + 1)) as u64));
     g.sample_size(20);
@@ -56,7 +57,7 @@ fn bench_steps(c: &mut Criterion) {
             reverse_step(StepKind::Analytic, abs, &x, &ls, &level, len, key, &mut out).unwrap()
         })
     });
-    let uni = Graph::new(false, N + 1).unwrap();
+    let uni = Graph::new(GraphKind::Uniform, N + 1).unwrap();
     let xu: Vec<i64> = (0..batch * len)
         .map(|j| (j * 7919 % (N + 1)) as i64)
         .collect();
@@ -78,6 +79,47 @@ fn bench_steps(c: &mut Criterion) {
     g.bench_function("uniform_euler", |b| {
         b.iter(|| reverse_step(StepKind::Euler, uni, &xu, &ls, &level, len, key, &mut out).unwrap())
     });
+    // The transformed steps (temperature; top-k and top-p) on the same rows.
+    for (name, tf) in [
+        ("proposal_t0.8", Transform::new(0.8, None, None).unwrap()),
+        (
+            "proposal_k50_p0.9",
+            Transform::new(1.0, Some(50), Some(0.9)).unwrap(),
+        ),
+    ] {
+        g.bench_function(format!("absorbing_analytic_{name}"), |b| {
+            b.iter(|| {
+                proposal_step(
+                    StepKind::Analytic,
+                    abs,
+                    &x,
+                    &ls,
+                    &level,
+                    len,
+                    key,
+                    tf,
+                    &mut out,
+                )
+                .unwrap()
+            })
+        });
+        g.bench_function(format!("uniform_analytic_{name}"), |b| {
+            b.iter(|| {
+                proposal_step(
+                    StepKind::Analytic,
+                    uni,
+                    &xu,
+                    &ls,
+                    &level,
+                    len,
+                    key,
+                    tf,
+                    &mut out,
+                )
+                .unwrap()
+            })
+        });
+    }
     g.bench_function("sum_pass", |b| {
         b.iter(|| black_box(&ls).iter().map(|&v| v as f64).sum::<f64>())
     });

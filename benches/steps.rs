@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use _core::graphs::jump_probability;
 use _core::keyed::CounterKey;
-use _core::{corrupt, reverse_step, Graph, RngKey, StepKind};
+use _core::{corrupt, reverse_step, Graph, GraphKind, RngKey, StepKind};
 
 /// The three state-space sizes: a 4-letter alphabet + MASK, 27 characters + MASK, GPT-2 + MASK.
 const DIMS: [usize; 3] = [5, 28, 50_258];
@@ -48,7 +48,12 @@ fn shape(dim: usize) -> (usize, usize) {
 
 /// The graph of `dim` states: absorbing has `dim - 1` real ids, uniform `dim`.
 fn graph(absorbing: bool, dim: usize) -> Graph {
-    Graph::new(absorbing, dim - absorbing as usize).expect("valid vocab size")
+    let kind = if absorbing {
+        GraphKind::Absorbing
+    } else {
+        GraphKind::Uniform
+    };
+    Graph::new(kind, dim - absorbing as usize).expect("valid vocab size")
 }
 
 /// Tokens: absorbing has every other position MASK (half the rows are read), uniform any id.

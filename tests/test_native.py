@@ -11,11 +11,13 @@ import re
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from ddm import _core
+from ddm.errors import BackendError, InvalidArgument
 from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import _native
 
@@ -23,6 +25,11 @@ N = 7  # vocab size: absorbing dim 8 (MASK = 7), uniform dim 7
 B, L = 3, 5
 STEPS = _native.KINDS  # the kinds of `_core.reverse_step`
 STREAM = 0x5EED0003  # the stream tag of `_core.corrupt`'s key
+
+
+def kind(absorbing: bool) -> str:
+    """The graph kind name of `_core` for the absorbing or the uniform graph."""
+    return "absorbing" if absorbing else "uniform"
 
 
 def arrays(absorbing: bool = True, seed: int = 0) -> dict:
@@ -34,7 +41,7 @@ def arrays(absorbing: bool = True, seed: int = 0) -> dict:
         "x": x,
         "log_score": rng.normal(size=(B, L, dim)).astype(np.float32),
         "level": np.full(B, 0.3),
-        "absorbing": absorbing,
+        "graph": kind(absorbing),
         "vocab_size": N,
         "seed": 1,
         "step": 2,
@@ -96,7 +103,7 @@ BAD = [
     (
         "uniform given MASK",
         STEPS + ("corrupt",),
-        {"absorbing": False, "log_score": _f32((B, L, N)), "x": np.full((B, L), N, np.int64)},
+        {"graph": "uniform", "log_score": _f32((B, L, N)), "x": np.full((B, L), N, np.int64)},
         ValueError,
         "no MASK",
     ),
@@ -121,7 +128,7 @@ BAD = [
     (
         "uniform given absorbing-shaped score",
         STEPS,
-        {"absorbing": False, "log_score": _f32((B, L, N + 1)), "x": np.zeros((B, L), np.int64)},
+        {"graph": "uniform", "log_score": _f32((B, L, N + 1)), "x": np.zeros((B, L), np.int64)},
         ValueError,
         "dim = vocab_size = 7",
     ),
@@ -153,13 +160,15 @@ BAD = [
     ("vocab_size 0", STEPS + ("corrupt",), {"vocab_size": 0}, ValueError, "vocab_size: must be in [1"),
     ("vocab_size negative", STEPS + ("corrupt",), {"vocab_size": -3}, ValueError, "vocab_size"),
     ("vocab_size float", STEPS + ("corrupt",), {"vocab_size": 7.0}, TypeError, "vocab_size: expected an int"),
+    ("graph a bool", STEPS + ("corrupt",), {"graph": True}, TypeError, "graph: expected a str"),
     (
-        "absorbing not bool",
+        "graph of unknown kind",
         STEPS + ("corrupt",),
-        {"absorbing": "yes"},
-        TypeError,
-        "absorbing: expected a bool",
+        {"graph": "lazy"},
+        ValueError,
+        "graph: the Rust core has kernels for the graphs 'absorbing' and 'uniform' only, got \"lazy\"",
     ),
+    ("graph capitalised", STEPS + ("corrupt",), {"graph": "Uniform"}, ValueError, 'got "Uniform"'),
     (
         "seed negative",
         STEPS + ("corrupt",),
@@ -290,7 +299,15 @@ def _batch(absorbing: bool, seed: int = 3):
 @pytest.mark.parametrize("absorbing", [True, False])
 def test_same_output_for_1_and_2_threads(name, absorbing, monkeypatch):
     x, ls, lv = _batch(absorbing)
-    a = {"x": x, "log_score": ls, "level": lv, "absorbing": absorbing, "vocab_size": N, "seed": 9, "step": 4}
+    a = {
+        "x": x,
+        "log_score": ls,
+        "level": lv,
+        "graph": kind(absorbing),
+        "vocab_size": N,
+        "seed": 9,
+        "step": 4,
+    }
     monkeypatch.setenv("DDM_NUM_THREADS", "1")
     one = call(name, a)
     monkeypatch.setenv("DDM_NUM_THREADS", "2")
@@ -303,7 +320,7 @@ def test_same_output_for_1_and_2_threads(name, absorbing, monkeypatch):
 @pytest.mark.parametrize("absorbing", [True, False])
 def test_batch_split_with_seq_offset(name, absorbing):
     x, ls, lv = _batch(absorbing)
-    a = {"absorbing": absorbing, "vocab_size": N, "seed": 5, "step": 1}
+    a = {"graph": kind(absorbing), "vocab_size": N, "seed": 5, "step": 1}
     whole = call(name, {**a, "x": x, "log_score": ls, "level": lv})
     head = call(name, {**a, "x": x[:2].copy(), "log_score": ls[:2].copy(), "level": lv[:2].copy()})
     tail = call(
@@ -320,7 +337,7 @@ from ddm import _core
 rng = np.random.default_rng(0)
 x = rng.integers(0, 8, (8, 300), dtype=np.int64)
 ls = rng.normal(size=(8, 300, 8)).astype(np.float32)
-out = _core.reverse_step("analytic", x, ls, np.full(8, 0.7), True, 7, 3, 1)
+out = _core.reverse_step("analytic", x, ls, np.full(8, 0.7), "absorbing", 7, 3, 1)
 print(hashlib.sha256(out.tobytes()).hexdigest())
 """
 
@@ -346,12 +363,12 @@ def test_kernel_works_in_a_forked_child(monkeypatch):
     # The pool is used in the parent first; a forked child must not wait on the parent's threads.
     monkeypatch.delenv("DDM_NUM_THREADS", raising=False)
     x, ls, lv = _batch(True)
-    want = _core.reverse_step("analytic", x, ls, lv, True, N, 1, 2)
+    want = _core.reverse_step("analytic", x, ls, lv, "absorbing", N, 1, 2)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         signal.alarm(30)  # a deadlock ends the child with SIGALRM
         try:
-            got = _core.reverse_step("analytic", x, ls, lv, True, N, 1, 2)
+            got = _core.reverse_step("analytic", x, ls, lv, "absorbing", N, 1, 2)
             os._exit(0 if np.array_equal(got, want) else 1)
         except BaseException:
             os._exit(2)
@@ -368,29 +385,29 @@ def test_kernel_works_in_a_forked_child(monkeypatch):
 def test_native_wrapper_matches_core(graph):
     x, ls, lv = _batch(graph.absorbing)
     xt, lst, lvt = torch.from_numpy(x), torch.from_numpy(ls), torch.from_numpy(lv)
-    for kind in STEPS:
-        got = _native.reverse_step(kind, graph, xt, lst, lvt, 3, 7)
+    for step in STEPS:
+        got = _native.reverse_step(step, graph, xt, lst, lvt, 3, 7)
         assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
-        want = _core.reverse_step(kind, x, ls, lv, graph.absorbing, N, 3, 7)
+        want = _core.reverse_step(step, x, ls, lv, kind(graph.absorbing), N, 3, 7)
         np.testing.assert_array_equal(got.numpy(), want)
     got = _native.corrupt(graph, xt, lvt, 3, stream=STREAM)
-    want = _core.corrupt(x, -np.expm1(-lv), graph.absorbing, N, 3, STREAM)
+    want = _core.corrupt(x, -np.expm1(-lv), kind(graph.absorbing), N, 3, STREAM)
     np.testing.assert_array_equal(got.numpy(), want)
     out = torch.empty_like(xt)
     assert _native.reverse_step("analytic", graph, xt, lst, lvt, 3, 7, out=out) is out
-    want = _core.reverse_step("analytic", x, ls, lv, graph.absorbing, N, 3, 7)
+    want = _core.reverse_step("analytic", x, ls, lv, kind(graph.absorbing), N, 3, 7)
     np.testing.assert_array_equal(out.numpy(), want)
 
 
 @pytest.mark.parametrize(
     "which, value, exc, frag",
     [
-        ("x", lambda t: t.to(torch.int32), TypeError, "x must have dtype torch.int64"),
-        ("log_score", lambda t: t.double(), TypeError, "log_score must have dtype torch.float32"),
-        ("level", lambda t: t.float(), TypeError, "dsigma must have dtype torch.float64"),
-        ("x", lambda t: t.numpy(), TypeError, "x must be a torch.Tensor"),
-        ("log_score", lambda t: t.transpose(0, 1), ValueError, "log_score must be contiguous"),
-        ("log_score", lambda t: t.clone().requires_grad_(True), ValueError, "must not require grad"),
+        ("x", lambda t: t.to(torch.int32), InvalidArgument, "x must have dtype torch.int64"),
+        ("log_score", lambda t: t.double(), InvalidArgument, "log_score must have dtype torch.float32"),
+        ("level", lambda t: t.float(), InvalidArgument, "dsigma must have dtype torch.float64"),
+        ("x", lambda t: t.numpy(), InvalidArgument, "x must be a torch.Tensor"),
+        ("log_score", lambda t: t.transpose(0, 1), InvalidArgument, "log_score must be contiguous"),
+        ("log_score", lambda t: t.clone().requires_grad_(True), InvalidArgument, "must not require grad"),
     ],
 )
 def test_native_wrapper_rejects_bad_tensors(which, value, exc, frag):
@@ -401,12 +418,70 @@ def test_native_wrapper_rejects_bad_tensors(which, value, exc, frag):
         _native.reverse_step("analytic", Absorbing(N), args["x"], args["log_score"], args["level"], 0, 0)
 
 
-def test_native_wrapper_rejects_a_non_graph():
-    x, ls, lv = _batch(True)
-    with pytest.raises(TypeError, match="graph must have absorbing"):
-        _native.reverse_step(
-            "euler", object(), torch.from_numpy(x), torch.from_numpy(ls), torch.from_numpy(lv), 0, 0
+class Lazy(Uniform):
+    """A graph the Rust core has no kernel for: a subclass of `Uniform` (which may change its law)."""
+
+
+class Other(Absorbing):
+    """A subclass of `Absorbing`: refused too, never run on the absorbing kernel."""
+
+
+def _entry_points(graph):
+    """Every `_native` entry point called on `graph` with valid tensors, as (name, thunk)."""
+    x, ls, lv = (torch.from_numpy(v) for v in _batch(True))
+    prop = _native_proposal()
+    yield "corrupt", lambda: _native.corrupt(graph, x.clamp(max=N - 1), lv, 0, stream=STREAM)
+    for step in STEPS:
+        yield f"reverse_step/{step}", lambda step=step: _native.reverse_step(step, graph, x, ls, lv, 0, 0)
+        yield (
+            f"proposal_step/{step}",
+            lambda step=step: _native.proposal_step(step, graph, x, ls, lv, 0, 0, prop),
         )
+    yield "propose", lambda: _native.propose(graph, x, ls, 0, 0, prop)
+
+
+def _native_proposal():
+    """A proposal transform (temperature, top-k, top-p) as `_native` reads it."""
+    return SimpleNamespace(temperature=0.8, top_k=3, top_p=0.9)
+
+
+@pytest.mark.parametrize("graph", [Lazy(N), Other(N), object()], ids=["Lazy", "Other", "object"])
+def test_a_graph_without_a_kernel_is_a_backend_error_on_every_entry_point(graph):
+    for name, thunk in _entry_points(graph):
+        with pytest.raises(BackendError, match=re.escape(type(graph).__qualname__)) as e:
+            thunk()
+        assert 'backend="torch"' in str(e.value), name
+        assert not isinstance(e.value, InvalidArgument), name
+
+
+def test_the_known_graphs_run_on_every_entry_point():
+    # The same calls with the exact graph types succeed: the refusal above is the graph's alone.
+    for name, thunk in _entry_points(Absorbing(N)):
+        assert thunk() is not None, name
+
+
+@pytest.mark.parametrize(
+    "bad, frag",
+    [
+        (lambda x: x.to(torch.int32), "x must have dtype torch.int64"),
+        (lambda x: x.t(), "x must be contiguous"),
+        (lambda x: x.clamp(max=N - 1)[:, :1].expand(-1, 40), "x must be contiguous"),
+        (lambda x: x + 100, "out of range"),  # found by the Rust core
+    ],
+)
+def test_bad_input_is_an_invalid_argument_on_every_entry_point(bad, frag):
+    x, ls, lv = (torch.from_numpy(v) for v in _batch(True))
+    xb = bad(x)
+    prop = _native_proposal()
+    calls = [
+        lambda: _native.corrupt(Absorbing(N), xb, lv, 0, stream=STREAM),
+        lambda: _native.reverse_step("analytic", Absorbing(N), xb, ls, lv, 0, 0),
+        lambda: _native.proposal_step("analytic", Absorbing(N), xb, ls, lv, 0, 0, prop),
+        lambda: _native.propose(Absorbing(N), xb, ls, 0, 0, prop),
+    ]
+    for call_ in calls:
+        with pytest.raises(InvalidArgument, match=re.escape(frag)):
+            call_()
 
 
 @pytest.mark.parametrize("kind", ["Euler", "tweedie", ""])
@@ -418,7 +493,8 @@ def test_unknown_kind_is_a_value_error_naming_it(kind):
         call(kind, a)
     x, ls, lv = (torch.from_numpy(v) for v in _batch(True))
     with pytest.raises(
-        ValueError, match=re.escape(f"kind must be one of ('euler', 'analytic', 'denoise'), got {kind!r}")
+        InvalidArgument,
+        match=re.escape(f"kind must be one of ('euler', 'analytic', 'denoise'), got {kind!r}"),
     ):
         _native.reverse_step(kind, Absorbing(N), x, ls, lv, 0, 0)
 
@@ -435,5 +511,5 @@ def test_native_corrupt_checks_sigma():
             ValueError, match=re.escape("sigma: noise level") + ".* at \\[1\\] must be finite"
         ):
             _native.corrupt(Uniform(N), x, torch.tensor([0.1, bad], dtype=torch.float64), 0, stream=STREAM)
-    with pytest.raises(TypeError, match="sigma must have dtype torch.float64"):
+    with pytest.raises(InvalidArgument, match="sigma must have dtype torch.float64"):
         _native.corrupt(Uniform(N), x, torch.tensor([0.1, 0.2]), 0, stream=STREAM)

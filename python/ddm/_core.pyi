@@ -5,7 +5,8 @@ log-scores float32 `[B, L, dim]`, noise levels float64 `[B]`. Results are int64 
 `out` when given (and `out` returned). TypeError: wrong type or dtype; ValueError: wrong rank, shape or
 layout, token out of range, NaN / infinite log-score in a row that is read, negative or non-finite noise
 level, `vocab_size < 1`, an integer argument out of [0, 2**64), a `kind` other than "euler", "analytic"
-or "denoise", a jump probability outside [0, 1], a `stream` outside [0, 2**32). `reverse_step`'s `level`
+or "denoise", a `graph` other than "absorbing" or "uniform" (never a fallback to another kernel), a jump
+probability outside [0, 1], a `stream` outside [0, 2**32). `reverse_step`'s `level`
 is `rate_dt` (euler), `dsigma` (analytic) or `sigma` (denoise); `corrupt`'s `p_move` is 1 - e^{-sigma}.
 """
 
@@ -19,7 +20,7 @@ __version__: str
 def corrupt(
     x: npt.NDArray[np.int64],
     p_move: npt.NDArray[np.float64],
-    absorbing: bool,
+    graph: str,
     vocab_size: int,
     seed: int,
     stream: int,
@@ -32,7 +33,7 @@ def reverse_step(
     x: npt.NDArray[np.int64],
     log_score: npt.NDArray[np.float32],
     level: npt.NDArray[np.float64],
-    absorbing: bool,
+    graph: str,
     vocab_size: int,
     seed: int,
     step: int,
@@ -44,7 +45,7 @@ def proposal_step(
     x: npt.NDArray[np.int64],
     log_score: npt.NDArray[np.float32],
     level: npt.NDArray[np.float64],
-    absorbing: bool,
+    graph: str,
     vocab_size: int,
     seed: int,
     step: int,
@@ -57,7 +58,7 @@ def proposal_step(
 def propose(
     x: npt.NDArray[np.int64],
     log_score: npt.NDArray[np.float32],
-    absorbing: bool,
+    graph: str,
     vocab_size: int,
     seed: int,
     step: int,

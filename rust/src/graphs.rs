@@ -10,36 +10,75 @@ use rayon::prelude::*;
 use crate::error::KernelError;
 use crate::keyed::CounterKey;
 
+/// The graphs the kernels know. It crosses the Python boundary as its [`name`](GraphKind::name); any
+/// other name is an error ([`GraphKind::from_name`]), so a graph without a kernel never runs another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphKind {
+    /// Absorbing: N real ids and MASK = N.
+    Absorbing,
+    /// Uniform: N ids, no MASK.
+    Uniform,
+}
+
+impl GraphKind {
+    /// Every kind, in the order of [`GraphKind::name`]'s list.
+    pub const ALL: [GraphKind; 2] = [GraphKind::Absorbing, GraphKind::Uniform];
+
+    /// The kind's name across the Python boundary: `"absorbing"` or `"uniform"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphKind::Absorbing => "absorbing",
+            GraphKind::Uniform => "uniform",
+        }
+    }
+
+    /// The kind called `name` (see [`GraphKind::name`]); a `Value` error naming `graph` otherwise.
+    pub fn from_name(name: &str) -> Result<Self, KernelError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| KernelError::Value {
+                arg: "graph",
+                msg: format!(
+                    "the Rust core has kernels for the graphs 'absorbing' and 'uniform' only, got \
+                     {name:?} (use the torch backend for other graphs)"
+                ),
+            })
+    }
+}
+
 /// A graph on one token: `vocab_size` real ids, plus MASK = `vocab_size` when absorbing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Graph {
-    pub absorbing: bool,
+    pub kind: GraphKind,
     pub vocab_size: usize,
 }
 
 impl Graph {
     /// Checks `vocab_size >= 1` and that every state id fits an i64.
-    pub fn new(absorbing: bool, vocab_size: usize) -> Result<Self, KernelError> {
+    pub fn new(kind: GraphKind, vocab_size: usize) -> Result<Self, KernelError> {
         if vocab_size < 1 || vocab_size >= i64::MAX as usize {
             return Err(KernelError::Value {
                 arg: "vocab_size",
                 msg: format!("must be in [1, 2^63 - 1), got {vocab_size}"),
             });
         }
-        Ok(Self {
-            absorbing,
-            vocab_size,
-        })
+        Ok(Self { kind, vocab_size })
+    }
+
+    /// Whether the graph has the absorbing MASK state.
+    pub fn is_absorbing(&self) -> bool {
+        self.kind == GraphKind::Absorbing
     }
 
     /// Number of states of one token: N + 1 absorbing, N uniform.
     pub fn dim(&self) -> usize {
-        self.vocab_size + self.absorbing as usize
+        self.vocab_size + self.is_absorbing() as usize
     }
 
     /// The MASK id (N) of the absorbing graph.
     pub fn mask(&self) -> Option<i64> {
-        self.absorbing.then_some(self.vocab_size as i64)
+        self.is_absorbing().then_some(self.vocab_size as i64)
     }
 
     /// Checks every token is a state of the graph (`[0, N]` absorbing, `[0, N)` uniform).
@@ -58,7 +97,7 @@ impl Graph {
                 b: j / len,
                 i: j % len,
                 token: x[j],
-                allowed: if self.absorbing {
+                allowed: if self.is_absorbing() {
                     format!(
                         "the absorbing graph with vocab_size {} has ids 0..={} (MASK = {})",
                         self.vocab_size, self.vocab_size, self.vocab_size
@@ -182,6 +221,17 @@ pub fn corrupt(
     Ok(())
 }
 
+/// The graph of `vocab_size` that is absorbing or not (tests loop over both).
+#[cfg(test)]
+pub(crate) fn test_graph(absorbing: bool, vocab_size: usize) -> Graph {
+    let kind = if absorbing {
+        GraphKind::Absorbing
+    } else {
+        GraphKind::Uniform
+    };
+    Graph::new(kind, vocab_size).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,7 +255,7 @@ mod tests {
     #[test]
     fn absorbing_masks_at_the_closed_form_rate() {
         // 100_000 tokens at sigma = 0.7: P(MASK) = 1 - e^{-0.7}; binomial sd ~ 0.0015; allow 5 sd.
-        let g = Graph::new(true, 10).unwrap();
+        let g = Graph::new(GraphKind::Absorbing, 10).unwrap();
         let len = 1000;
         let x: Vec<i64> = (0..100 * len).map(|j| (j % 10) as i64).collect();
         let out = run(g, &x, &[0.7; 100], len, 3);
@@ -218,7 +268,7 @@ mod tests {
 
     #[test]
     fn absorbing_mask_stays_mask() {
-        let g = Graph::new(true, 4).unwrap();
+        let g = Graph::new(GraphKind::Absorbing, 4).unwrap();
         let out = run(g, &[4, 4, 4, 4], &[0.0, 0.0], 2, 0);
         assert_eq!(out, vec![4, 4, 4, 4]);
     }
@@ -227,7 +277,7 @@ mod tests {
     fn uniform_follows_the_transition_law() {
         // x0 = 2 with N = 5 at sigma = 1.3: p(y | 2) = e [y = 2] + (1 - e) / 5. Chi-square, 4 dof,
         // 100_000 draws; P(chi2_4 > 30) < 5e-6.
-        let g = Graph::new(false, 5).unwrap();
+        let g = Graph::new(GraphKind::Uniform, 5).unwrap();
         let len = 1000;
         let x = vec![2i64; 100 * len];
         let out = run(g, &x, &[1.3; 100], len, 9);
@@ -245,7 +295,7 @@ mod tests {
 
     #[test]
     fn sigma_zero_is_identity_and_large_sigma_reaches_the_limit() {
-        let g = Graph::new(true, 3).unwrap();
+        let g = Graph::new(GraphKind::Absorbing, 3).unwrap();
         let x = vec![0i64, 1, 2, 0, 1, 2];
         assert_eq!(run(g, &x, &[0.0, 0.0], 3, 1), x);
         assert_eq!(run(g, &x, &[50.0, 50.0], 3, 1), vec![3; 6]);
@@ -253,7 +303,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let g = Graph::new(false, 3).unwrap();
+        let g = Graph::new(GraphKind::Uniform, 3).unwrap();
         let mut out = vec![0; 4];
         let k = key(0, 0);
         let e = corrupt(g, &[0, 1, 3, 0], &[0.1, 0.1], 2, k, &mut out).unwrap_err();
@@ -280,10 +330,22 @@ mod tests {
         assert!(matches!(e, KernelError::Shape { arg: "x", .. }));
         let e = corrupt(g, &[0, 1, 2, 0], &[0.1, 0.1], 2, k, &mut out[..3]).unwrap_err();
         assert!(matches!(e, KernelError::Shape { arg: "out", .. }));
-        assert!(Graph::new(true, 0).is_err());
+        assert!(Graph::new(GraphKind::Absorbing, 0).is_err());
         // Empty batches and empty sequences are fine.
         corrupt(g, &[], &[], 5, k, &mut []).unwrap();
         corrupt(g, &[], &[0.1, 0.2], 0, k, &mut []).unwrap();
+    }
+
+    #[test]
+    fn graph_kinds_round_trip_and_an_unknown_kind_is_an_error() {
+        for kind in GraphKind::ALL {
+            assert_eq!(GraphKind::from_name(kind.name()), Ok(kind));
+        }
+        for bad in ["lazy", "Uniform", "", "absorbing "] {
+            let e = GraphKind::from_name(bad).unwrap_err();
+            assert!(matches!(e, KernelError::Value { arg: "graph", .. }), "{e}");
+            assert!(e.to_string().contains(&format!("got {bad:?}")), "{e}");
+        }
     }
 
     proptest! {
@@ -292,7 +354,7 @@ mod tests {
             seed: u64, absorbing: bool, n in 1usize..40, batch in 2usize..6, len in 1usize..20,
             sigma in 0.0f64..3.0,
         ) {
-            let g = Graph::new(absorbing, n).unwrap();
+            let g = test_graph(absorbing, n);
             let x: Vec<i64> = (0..batch * len).map(|j| (j * 7 % g.dim()) as i64).collect();
             let s = vec![sigma; batch];
             let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
@@ -312,7 +374,7 @@ mod tests {
 
         #[test]
         fn output_is_always_a_state(seed: u64, absorbing: bool, n in 1usize..10, sigma in 0.0f64..100.0) {
-            let g = Graph::new(absorbing, n).unwrap();
+            let g = test_graph(absorbing, n);
             let x: Vec<i64> = (0..64).map(|j| (j % g.dim()) as i64).collect();
             let out = run(g, &x, &[sigma; 4], 16, seed);
             prop_assert!(out.iter().all(|&t| t >= 0 && (t as usize) < g.dim()));

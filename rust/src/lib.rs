@@ -17,7 +17,7 @@ pub mod unmask;
 mod python;
 
 pub use error::KernelError;
-pub use graphs::{corrupt, Graph};
+pub use graphs::{corrupt, Graph, GraphKind};
 pub use keyed::CounterKey;
 pub use rng::RngKey;
 pub use steps::{reverse_step, StepKind};

@@ -2,22 +2,27 @@
 //!
 //! Every array is checked before it is borrowed: exact dtype (nothing is cast), rank, shape against the
 //! other arguments and the graph, C-contiguity and alignment. Inputs are borrowed read-only in place;
-//! the kernel runs with the GIL released inside the process's rayon pool (`threads.rs`); a new result
-//! is handed to NumPy without a copy, or written into `out`.
+//! every kernel runs through [`run`], with the GIL released inside the process's rayon pool
+//! (`threads.rs`); a new result is handed to NumPy without a copy, or written into `out`. The graph
+//! crosses as its kind's name ("absorbing" or "uniform"); any other name is an error, never a fallback.
 
-use numpy::ndarray::{Array2, Dimension};
+use numpy::ndarray::{Array2, Array3, Dimension};
 use numpy::prelude::*;
-use numpy::{dtype, Element, PyArray, PyArray1, PyArray2, PyArray3, PyUntypedArray};
+use numpy::{
+    dtype, Element, PyArray, PyArray1, PyArray2, PyArray3, PyReadonlyArray, PyUntypedArray,
+};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::error::KernelError;
-use crate::graphs::{self, Graph};
+use crate::graphs::{self, Graph, GraphKind};
 use crate::keyed::CounterKey;
+use crate::proposal::{self, Transform};
 use crate::rng::RngKey;
 use crate::steps::{self, StepKind};
 use crate::threads;
+use crate::unmask;
 
 impl From<KernelError> for PyErr {
     fn from(e: KernelError) -> PyErr {
@@ -35,6 +40,17 @@ fn type_err(arg: &'static str, msg: String) -> KernelError {
 
 fn shape_err(arg: &'static str, msg: String) -> KernelError {
     KernelError::Shape { arg, msg }
+}
+
+/// Runs `kernel` with the GIL released, inside the process's rayon pool, and maps its error onto a
+/// Python exception: the one way every binding calls a kernel.
+fn run<T, F>(py: Python<'_>, kernel: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T, KernelError> + Send,
+{
+    let pool = threads::pool().map_err(PyRuntimeError::new_err)?;
+    Ok(py.detach(|| pool.install(kernel))?)
 }
 
 /// `obj` as a NumPy array of exactly element type `T` and rank `ndim`, C-contiguous and aligned.
@@ -89,6 +105,23 @@ fn checked_array<'py, T: Element, D: Dimension>(
     })
 }
 
+/// A read-only borrow of a checked array (refused while something else holds it mutably).
+fn borrow<'py, T: Element, D: Dimension>(
+    a: &Bound<'py, PyArray<T, D>>,
+    arg: &'static str,
+) -> Result<PyReadonlyArray<'py, T, D>, KernelError> {
+    a.try_readonly()
+        .map_err(|e| shape_err(arg, format!("cannot be borrowed: {e}")))
+}
+
+/// The data of a borrowed C-contiguous array as a slice.
+fn slice<'a, T: Element, D: Dimension>(
+    a: &'a PyReadonlyArray<'_, T, D>,
+    arg: &'static str,
+) -> Result<&'a [T], KernelError> {
+    a.as_slice().map_err(|e| shape_err(arg, e.to_string()))
+}
+
 /// A Python int in [0, 2^64): TypeError for a non-integer, ValueError when out of range.
 fn uint(obj: &Bound<'_, PyAny>, arg: &'static str) -> Result<u64, KernelError> {
     if obj.is_instance_of::<PyBool>() {
@@ -109,113 +142,156 @@ fn uint(obj: &Bound<'_, PyAny>, arg: &'static str) -> Result<u64, KernelError> {
     }
 }
 
-/// The graph from `absorbing` (a bool) and `vocab_size` (an int >= 1).
-fn graph(
-    absorbing: &Bound<'_, PyAny>,
-    vocab_size: &Bound<'_, PyAny>,
-) -> Result<Graph, KernelError> {
-    let absorbing = absorbing.extract::<bool>().map_err(|_| {
+/// The Python str `obj` (argument `arg`), for a name that `expected` lists.
+fn name<'a>(
+    obj: &'a Bound<'_, PyAny>,
+    arg: &'static str,
+    expected: &str,
+) -> Result<std::borrow::Cow<'a, str>, KernelError> {
+    let s = obj.cast::<PyString>().map_err(|_| {
         type_err(
-            "absorbing",
-            format!("expected a bool, got {}", absorbing.get_type()),
+            arg,
+            format!("expected a str ({expected}), got {}", obj.get_type()),
         )
     })?;
+    s.to_cow().map_err(|e| type_err(arg, e.to_string()))
+}
+
+/// The graph of kind `graph` ("absorbing" or "uniform"; anything else is an error) and `vocab_size`.
+fn graph(graph: &Bound<'_, PyAny>, vocab_size: &Bound<'_, PyAny>) -> Result<Graph, KernelError> {
+    let kind = GraphKind::from_name(&name(graph, "graph", "'absorbing' or 'uniform'")?)?;
     let n = uint(vocab_size, "vocab_size")?;
     let n = usize::try_from(n).map_err(|_| KernelError::Value {
         arg: "vocab_size",
         msg: format!("too large: {n}"),
     })?;
-    Graph::new(absorbing, n)
+    Graph::new(kind, n)
 }
 
-/// The checked arguments shared by every kernel.
+/// The step named by `kind`: TypeError for a non-string, ValueError naming `kind` for an unknown name.
+fn step_kind(kind: &Bound<'_, PyAny>) -> Result<StepKind, KernelError> {
+    StepKind::from_name(&name(kind, "kind", "'euler', 'analytic' or 'denoise'")?)
+}
+
+/// The checked graph, random key and tokens `x` `[B, L]` shared by every kernel.
 struct Common<'py> {
     graph: Graph,
-    x: Bound<'py, PyArray2<i64>>,
-    level: Bound<'py, PyArray1<f64>>,
     key: RngKey,
-    out: Option<Bound<'py, PyArray2<i64>>>,
+    x: Bound<'py, PyArray2<i64>>,
     batch: usize,
     len: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn common<'py>(
     x: &Bound<'py, PyAny>,
-    level: &Bound<'py, PyAny>,
-    level_arg: &'static str,
-    absorbing: &Bound<'py, PyAny>,
+    kind: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
-    step: &Bound<'py, PyAny>,
-    seq_offset: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    seq_offset: Option<&Bound<'py, PyAny>>,
 ) -> Result<Common<'py>, KernelError> {
-    let graph = graph(absorbing, vocab_size)?;
+    let graph = graph(kind, vocab_size)?;
+    let or_zero = |v: Option<&Bound<'py, PyAny>>, arg| v.map_or(Ok(0), |v| uint(v, arg));
     let key = RngKey::new(
         uint(seed, "seed")?,
-        uint(step, "step")?,
-        uint(seq_offset, "seq_offset")?,
+        or_zero(step, "step")?,
+        or_zero(seq_offset, "seq_offset")?,
     );
     let x = checked_array::<i64, _>(x, "x", "int64", "[B, L]")?;
-    let level = checked_array::<f64, _>(level, level_arg, "float64", "[B]")?;
     let (batch, len) = (x.shape()[0], x.shape()[1]);
-    if level.shape()[0] != batch {
-        return Err(shape_err(
-            level_arg,
-            format!(
-                "expected shape [B] = [{batch}] (B from x), got [{}]",
-                level.shape()[0]
-            ),
-        ));
-    }
-    let out = match out {
-        None => None,
-        Some(o) if o.is_none() => None,
-        Some(o) => {
-            let o = checked_array::<i64, _>(o, "out", "int64", "[B, L]")?;
-            if o.shape() != x.shape() {
-                return Err(shape_err(
-                    "out",
-                    format!(
-                        "expected shape {:?} (the shape of x), got {:?}",
-                        x.shape(),
-                        o.shape()
-                    ),
-                ));
-            }
-            Some(o)
-        }
-    };
     Ok(Common {
         graph,
-        x,
-        level,
         key,
-        out,
+        x,
         batch,
         len,
     })
 }
 
-/// Runs `kernel(x, level, out)` without the GIL in the rayon pool, writing into `out` or a new array.
-fn run<'py, F>(py: Python<'py>, c: Common<'py>, kernel: F) -> PyResult<Bound<'py, PyArray2<i64>>>
+impl<'py> Common<'py> {
+    /// The per-sequence float64 `[B]` argument `arg`.
+    fn level(
+        &self,
+        level: &Bound<'py, PyAny>,
+        arg: &'static str,
+    ) -> Result<Bound<'py, PyArray1<f64>>, KernelError> {
+        let level = checked_array::<f64, _>(level, arg, "float64", "[B]")?;
+        if level.shape()[0] != self.batch {
+            return Err(shape_err(
+                arg,
+                format!(
+                    "expected shape [B] = [{}] (B from x), got [{}]",
+                    self.batch,
+                    level.shape()[0]
+                ),
+            ));
+        }
+        Ok(level)
+    }
+
+    /// The optional int64 `[B, L]` output array.
+    fn out(
+        &self,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> Result<Option<Bound<'py, PyArray2<i64>>>, KernelError> {
+        let Some(o) = out.filter(|o| !o.is_none()) else {
+            return Ok(None);
+        };
+        let o = checked_array::<i64, _>(o, "out", "int64", "[B, L]")?;
+        if o.shape() != self.x.shape() {
+            return Err(shape_err(
+                "out",
+                format!(
+                    "expected shape {:?} (the shape of x), got {:?}",
+                    self.x.shape(),
+                    o.shape()
+                ),
+            ));
+        }
+        Ok(Some(o))
+    }
+
+    /// The float32 log-scores `[B, L, dim]`: the one check of a `log_score` argument.
+    fn log_score(
+        &self,
+        log_score: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyArray3<f32>>, KernelError> {
+        let ls = checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")?;
+        let dim = self.graph.dim();
+        let sh = ls.shape();
+        if sh != [self.batch, self.len, dim] {
+            let n = self.graph.vocab_size;
+            let why = match self.graph.kind {
+                GraphKind::Absorbing => format!(
+                    "the absorbing graph with vocab_size {n} has dim = vocab_size + 1 = {dim}"
+                ),
+                GraphKind::Uniform => {
+                    format!("the uniform graph with vocab_size {n} has dim = vocab_size = {dim}")
+                }
+            };
+            return Err(shape_err(
+                "log_score",
+                format!(
+                    "expected shape [B, L, dim] = {:?} ([B, L] from x; {why}), got {sh:?}",
+                    [self.batch, self.len, dim]
+                ),
+            ));
+        }
+        Ok(ls)
+    }
+}
+
+/// Runs a kernel that writes new tokens `[B, L]`, into `out` (returned) or a new array.
+fn run_tokens<'py, F>(
+    py: Python<'py>,
+    shape: (usize, usize),
+    out: Option<Bound<'py, PyArray2<i64>>>,
+    kernel: F,
+) -> PyResult<Bound<'py, PyArray2<i64>>>
 where
-    F: FnOnce(&[i64], &[f64], &mut [i64]) -> Result<(), KernelError> + Send,
+    F: FnOnce(&mut [i64]) -> Result<(), KernelError> + Send,
 {
-    let pool = threads::pool().map_err(PyRuntimeError::new_err)?;
-    let xr =
-        c.x.try_readonly()
-            .map_err(|e| shape_err("x", format!("cannot be borrowed: {e}")))?;
-    let lr = c
-        .level
-        .try_readonly()
-        .map_err(|e| shape_err("level", format!("cannot be borrowed: {e}")))?;
-    let xs = xr.as_slice().map_err(|e| shape_err("x", e.to_string()))?;
-    let ls = lr
-        .as_slice()
-        .map_err(|e| shape_err("level", e.to_string()))?;
-    match c.out {
+    match out {
         Some(out) => {
             {
                 let mut ow = out.try_readwrite().map_err(|e| {
@@ -229,14 +305,14 @@ where
                 let os = ow
                     .as_slice_mut()
                     .map_err(|e| shape_err("out", e.to_string()))?;
-                py.detach(|| pool.install(|| kernel(xs, ls, os)))?;
+                run(py, || kernel(os))?;
             }
             Ok(out)
         }
         None => {
-            let mut v = vec![0i64; xs.len()];
-            py.detach(|| pool.install(|| kernel(xs, ls, &mut v)))?;
-            let a = Array2::from_shape_vec((c.batch, c.len), v)
+            let mut v = vec![0i64; shape.0 * shape.1];
+            run(py, || kernel(&mut v))?;
+            let a = Array2::from_shape_vec(shape, v)
                 .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
             Ok(PyArray2::from_owned_array(py, a))
         }
@@ -246,13 +322,13 @@ where
 /// Forward corruption x_sigma ~ p_sigma|0(. | x) (docs/math.md section 2), keyed as the torch twin: `p_move` is
 /// 1 - e^{-sigma} per sequence, `stream` the 32-bit stream tag of the key.
 #[pyfunction]
-#[pyo3(signature = (x, p_move, absorbing, vocab_size, seed, stream, step=None, seq_offset=None, out=None))]
+#[pyo3(signature = (x, p_move, graph, vocab_size, seed, stream, step=None, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn corrupt<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     p_move: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
+    graph: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     stream: &Bound<'py, PyAny>,
@@ -260,49 +336,28 @@ fn corrupt<'py>(
     seq_offset: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    let zero = 0u64.into_pyobject(py)?.into_any();
     let tag = uint(stream, "stream")?;
     let tag = u32::try_from(tag).map_err(|_| KernelError::Value {
         arg: "stream",
         msg: format!("must be an integer in [0, 2**32), got {tag}"),
     })?;
-    let c = common(
-        x,
-        p_move,
-        "p_move",
-        absorbing,
-        vocab_size,
-        seed,
-        step.unwrap_or(&zero),
-        seq_offset.unwrap_or(&zero),
-        out,
-    )?;
-    let (graph, len) = (c.graph, c.len);
-    let key = CounterKey::new(c.key.seed, tag, c.key.step, c.key.seq_offset);
-    run(py, c, move |xs, ps, os| {
-        graphs::corrupt(graph, xs, ps, len, key, os)
+    let c = common(x, graph, vocab_size, seed, step, seq_offset)?;
+    let p = c.level(p_move, "p_move")?;
+    let out = c.out(out)?;
+    let (xr, pr) = (borrow(&c.x, "x")?, borrow(&p, "p_move")?);
+    let (xs, ps) = (slice(&xr, "x")?, slice(&pr, "p_move")?);
+    let (g, len, k) = (c.graph, c.len, c.key);
+    let key = CounterKey::new(k.seed, tag, k.step, k.seq_offset);
+    run_tokens(py, (c.batch, len), out, move |os| {
+        graphs::corrupt(g, xs, ps, len, key, os)
     })
-}
-
-/// The step named by `kind`: TypeError for a non-string, ValueError naming `kind` for an unknown name.
-fn step_kind(kind: &Bound<'_, PyAny>) -> Result<StepKind, KernelError> {
-    let name = kind.cast::<PyString>().map_err(|_| {
-        type_err(
-            "kind",
-            format!(
-                "expected a str ('euler', 'analytic' or 'denoise'), got {}",
-                kind.get_type()
-            ),
-        )
-    })?;
-    StepKind::from_name(&name.to_cow().map_err(|e| type_err("kind", e.to_string()))?)
 }
 
 /// One reverse step of kind `kind` ("euler", "analytic" or "denoise"; docs/math.md section 5). `level` is
 /// `rate_dt = sigma(t_k) * dt` (euler), `dsigma = sigma_bar(t_k) - sigma_bar(t_k+1)` (analytic) or
 /// `sigma = sigma_bar(eps)` (denoise; absorbing never returns MASK).
 #[pyfunction]
-#[pyo3(signature = (kind, x, log_score, level, absorbing, vocab_size, seed, step, seq_offset=None, out=None))]
+#[pyo3(signature = (kind, x, log_score, level, graph, vocab_size, seed, step, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn reverse_step<'py>(
     py: Python<'py>,
@@ -310,7 +365,7 @@ fn reverse_step<'py>(
     x: &Bound<'py, PyAny>,
     log_score: &Bound<'py, PyAny>,
     level: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
+    graph: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     step: &Bound<'py, PyAny>,
@@ -318,93 +373,29 @@ fn reverse_step<'py>(
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
     let kind = step_kind(kind)?;
-    let zero = 0u64.into_pyobject(py)?.into_any();
-    let c = common(
-        x,
-        level,
-        kind.level_arg(),
-        absorbing,
-        vocab_size,
-        seed,
-        step,
-        seq_offset.unwrap_or(&zero),
-        out,
-    )?;
-    let dim = c.graph.dim();
-    let ls = checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")
-        .map_err(PyErr::from)?;
-    let ls: Bound<'py, PyArray3<f32>> = ls;
-    let sh = ls.shape();
-    if sh[0] != c.batch || sh[1] != c.len {
-        return Err(shape_err(
-            "log_score",
-            format!(
-                "expected shape [B, L, dim] with [B, L] = {:?} from x, got {sh:?}",
-                [c.batch, c.len]
-            ),
-        )
-        .into());
-    }
-    if sh[2] != dim {
-        let what = if c.graph.absorbing {
-            format!(
-                "the absorbing graph with vocab_size {} has dim = vocab_size + 1 = {dim}",
-                c.graph.vocab_size
-            )
-        } else {
-            format!(
-                "the uniform graph with vocab_size {} has dim = vocab_size = {dim}",
-                c.graph.vocab_size
-            )
-        };
-        return Err(shape_err("log_score", format!("last dim is {}, but {what}", sh[2])).into());
-    }
-    let lr = ls
-        .try_readonly()
-        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
-    let lss = lr
-        .as_slice()
-        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
-    let (graph, key, len) = (c.graph, c.key, c.len);
-    run(py, c, move |xs, lv, os| {
-        steps::reverse_step(kind, graph, xs, lss, lv, len, key, os)
+    let c = common(x, graph, vocab_size, seed, Some(step), seq_offset)?;
+    let lv = c.level(level, kind.level_arg())?;
+    let out = c.out(out)?;
+    let ls = c.log_score(log_score)?;
+    let (xr, lr, sr) = (
+        borrow(&c.x, "x")?,
+        borrow(&lv, "level")?,
+        borrow(&ls, "log_score")?,
+    );
+    let (xs, lvs, lss) = (
+        slice(&xr, "x")?,
+        slice(&lr, "level")?,
+        slice(&sr, "log_score")?,
+    );
+    let (g, len, key) = (c.graph, c.len, c.key);
+    run_tokens(py, (c.batch, len), out, move |os| {
+        steps::reverse_step(kind, g, xs, lss, lvs, len, key, os)
     })
-}
-
-#[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add_function(wrap_pyfunction!(corrupt, m)?)?;
-    m.add_function(wrap_pyfunction!(reverse_step, m)?)?;
-    register_samplers(m)?;
-    Ok(())
-}
-
-// ---- issue 14: the proposal transform and the samplers built on it ----------------------------------
-
-/// The log-score array `[B, L, dim]` of a kernel call, checked against `c` and the graph.
-fn checked_log_score<'py>(
-    log_score: &Bound<'py, PyAny>,
-    c: &Common<'py>,
-) -> Result<Bound<'py, PyArray3<f32>>, KernelError> {
-    let ls: Bound<'py, PyArray3<f32>> =
-        checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")?;
-    let sh = ls.shape();
-    if sh[0] != c.batch || sh[1] != c.len || sh[2] != c.graph.dim() {
-        return Err(shape_err(
-            "log_score",
-            format!(
-                "expected shape [B, L, dim] = {:?} (from x and the graph), got {sh:?}",
-                [c.batch, c.len, c.graph.dim()]
-            ),
-        ));
-    }
-    Ok(ls)
 }
 
 /// One reverse step with temperature / top-k / top-p on its proposal distribution (docs/math.md 5.10).
 #[pyfunction]
-#[pyo3(signature = (kind, x, log_score, level, absorbing, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None, out=None))]
+#[pyo3(signature = (kind, x, log_score, level, graph, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn proposal_step<'py>(
     py: Python<'py>,
@@ -412,7 +403,7 @@ fn proposal_step<'py>(
     x: &Bound<'py, PyAny>,
     log_score: &Bound<'py, PyAny>,
     level: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
+    graph: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     step: &Bound<'py, PyAny>,
@@ -423,41 +414,36 @@ fn proposal_step<'py>(
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
     let kind = step_kind(kind)?;
-    let tf = crate::proposal::Transform::new(temperature, top_k, top_p)?;
-    let zero = 0u64.into_pyobject(py)?.into_any();
-    let c = common(
-        x,
-        level,
-        kind.level_arg(),
-        absorbing,
-        vocab_size,
-        seed,
-        step,
-        seq_offset.unwrap_or(&zero),
-        out,
-    )?;
-    let ls = checked_log_score(log_score, &c)?;
-    let lr = ls
-        .try_readonly()
-        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
-    let lss = lr
-        .as_slice()
-        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
-    let (graph, key, len) = (c.graph, c.key, c.len);
-    run(py, c, move |xs, lv, os| {
-        crate::proposal::proposal_step(kind, graph, xs, lss, lv, len, key, tf, os)
+    let tf = Transform::new(temperature, top_k, top_p)?;
+    let c = common(x, graph, vocab_size, seed, Some(step), seq_offset)?;
+    let lv = c.level(level, kind.level_arg())?;
+    let out = c.out(out)?;
+    let ls = c.log_score(log_score)?;
+    let (xr, lr, sr) = (
+        borrow(&c.x, "x")?,
+        borrow(&lv, "level")?,
+        borrow(&ls, "log_score")?,
+    );
+    let (xs, lvs, lss) = (
+        slice(&xr, "x")?,
+        slice(&lr, "level")?,
+        slice(&sr, "log_score")?,
+    );
+    let (g, len, key) = (c.graph, c.len, c.key);
+    run_tokens(py, (c.batch, len), out, move |os| {
+        proposal::proposal_step(kind, g, xs, lss, lvs, len, key, tf, os)
     })
 }
 
 /// Proposals of the unmasking samplers at every MASK position: (tokens [B, L], stats [B, L, 3]).
 #[pyfunction]
-#[pyo3(signature = (x, log_score, absorbing, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None))]
+#[pyo3(signature = (x, log_score, graph, vocab_size, seed, step, temperature, top_k, top_p, seq_offset=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn propose<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     log_score: &Bound<'py, PyAny>,
-    absorbing: &Bound<'py, PyAny>,
+    graph: &Bound<'py, PyAny>,
     vocab_size: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     step: &Bound<'py, PyAny>,
@@ -466,62 +452,34 @@ fn propose<'py>(
     top_p: Option<f64>,
     seq_offset: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray3<f64>>)> {
-    let tf = crate::proposal::Transform::new(temperature, top_k, top_p)?;
-    let graph = graph(absorbing, vocab_size)?;
-    let key = RngKey::new(
-        uint(seed, "seed")?,
-        uint(step, "step")?,
-        match seq_offset {
-            Some(o) => uint(o, "seq_offset")?,
-            None => 0,
-        },
-    );
-    let x = checked_array::<i64, numpy::Ix2>(x, "x", "int64", "[B, L]")?;
-    let (batch, len) = (x.shape()[0], x.shape()[1]);
-    let ls: Bound<'py, PyArray3<f32>> =
-        checked_array::<f32, _>(log_score, "log_score", "float32", "[B, L, dim]")?;
-    if ls.shape() != [batch, len, graph.dim()] {
-        return Err(shape_err(
-            "log_score",
-            format!(
-                "expected shape [B, L, dim] = {:?}, got {:?}",
-                [batch, len, graph.dim()],
-                ls.shape()
-            ),
-        )
-        .into());
-    }
-    let pool = threads::pool().map_err(PyRuntimeError::new_err)?;
-    let xr = x
-        .try_readonly()
-        .map_err(|e| PyErr::from(shape_err("x", format!("cannot be borrowed: {e}"))))?;
-    let lr = ls
-        .try_readonly()
-        .map_err(|e| PyErr::from(shape_err("log_score", format!("cannot be borrowed: {e}"))))?;
-    let xs = xr
-        .as_slice()
-        .map_err(|e| PyErr::from(shape_err("x", e.to_string())))?;
-    let lss = lr
-        .as_slice()
-        .map_err(|e| PyErr::from(shape_err("log_score", e.to_string())))?;
-    let mut tokens = vec![0i64; xs.len()];
-    let mut stats = vec![0f64; 3 * xs.len()];
-    py.detach(|| {
-        pool.install(|| {
-            crate::unmask::propose(graph, xs, lss, batch, len, key, tf, &mut tokens, &mut stats)
-        })
+    let tf = Transform::new(temperature, top_k, top_p)?;
+    let c = common(x, graph, vocab_size, seed, Some(step), seq_offset)?;
+    let ls = c.log_score(log_score)?;
+    let (xr, sr) = (borrow(&c.x, "x")?, borrow(&ls, "log_score")?);
+    let (xs, lss) = (slice(&xr, "x")?, slice(&sr, "log_score")?);
+    let (g, batch, len, key) = (c.graph, c.batch, c.len, c.key);
+    let (tokens, stats) = run(py, move || {
+        let mut tokens = vec![0i64; xs.len()];
+        let mut stats = vec![0f64; 3 * xs.len()];
+        unmask::propose(g, xs, lss, batch, len, key, tf, &mut tokens, &mut stats)?;
+        Ok((tokens, stats))
     })?;
-    let t = Array2::from_shape_vec((batch, len), tokens)
-        .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
-    let s = numpy::ndarray::Array3::from_shape_vec((batch, len, 3), stats)
-        .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
+    let internal = |e: numpy::ndarray::ShapeError| {
+        PyRuntimeError::new_err(format!("internal shape error: {e}"))
+    };
+    let t = Array2::from_shape_vec((batch, len), tokens).map_err(internal)?;
+    let s = Array3::from_shape_vec((batch, len, 3), stats).map_err(internal)?;
     Ok((
         PyArray2::from_owned_array(py, t),
         PyArray3::from_owned_array(py, s),
     ))
 }
 
-fn register_samplers(m: &Bound<'_, PyModule>) -> PyResult<()> {
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(corrupt, m)?)?;
+    m.add_function(wrap_pyfunction!(reverse_step, m)?)?;
     m.add_function(wrap_pyfunction!(proposal_step, m)?)?;
     m.add_function(wrap_pyfunction!(propose, m)?)?;
     Ok(())

@@ -24,12 +24,17 @@
 //! every finite f32 log-score is handled without a slow path. Jump decides "stay" from r, then draws
 //! from the block sums and one block; Tweedie first tries exact rejection sampling from the unclipped
 //! weights and makes one more pass over the cache for the clipped block sums only when that fails.
+//!
+//! One kernel: [`drive`] runs a step over a batch, generic over how a position draws its move given the
+//! law ([`MoveLaw`]). The plain step is [`Identity`], the fast path above; a
+//! [`Transform`](crate::proposal::Transform) (temperature, top-k, top-p) is the other [`MoveLaw`].
+//! Every position goes through the one [`step_position`].
 
 use rayon::prelude::*;
 
 use crate::categorical::{
-    affine_clipped_blocks, clipped_blocks, draw_blocks, exp_blocks_f32, expm1_row, max_check,
-    refresh_block, sum_lanes_f64, BLOCK,
+    affine_clipped_blocks, checked_max, clipped_blocks, draw_blocks, exp_blocks_f32, expm1_row,
+    max_check, refresh_block, sum_lanes_f64, BLOCK,
 };
 use crate::error::KernelError;
 use crate::graphs::{check_levels, check_tokens_shape, Graph};
@@ -93,10 +98,98 @@ const PRECISE_RATIO: f64 = 8.0;
 pub(crate) enum Law {
     /// Every position keeps its token (zero noise step).
     Stay,
-    /// Stay with probability max(0, 1 - c S), else move proportionally to s_y. `ln_c = ln c`.
-    Jump { c: f64, ln_c: f64 },
-    /// The uniform analytic step: q = 1 - e^{-d}, e_neg = e^{-d}, n = N.
-    Tweedie { q: f64, e_neg: f64, n: f64 },
+    /// Stay with probability max(0, 1 - c S), else move proportionally to s_y.
+    Jump(Jump),
+    /// The uniform analytic step.
+    Tweedie(Tweedie),
+}
+
+/// The constants of a jump law: `c` and `ln_c = ln c` (both +inf for the absorbing denoising step).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Jump {
+    pub(crate) c: f64,
+    pub(crate) ln_c: f64,
+}
+
+impl Jump {
+    /// r = c S = c e^m S', the probability mass that leaves x (>= 1 means x is clipped to 0), from the
+    /// shift m and the shifted sum S' > 0: directly while e^m is a normal f64, in logs beyond; +inf for
+    /// c = +inf.
+    pub(crate) fn leaving(self, m: f64, s: f64) -> f64 {
+        if self.c.is_infinite() {
+            f64::INFINITY
+        } else if m.abs() < 700.0 {
+            self.c * m.exp() * s
+        } else {
+            (self.ln_c + m + s.ln()).exp()
+        }
+    }
+
+    /// Whether the position stays at its token, given r = [`Jump::leaving`]: with probability 1 - r
+    /// when r < 1 (one uniform drawn then).
+    pub(crate) fn stays(r: f64, rng: &mut Rng) -> bool {
+        r < 1.0 && rng.uniform() < 1.0 - r
+    }
+
+    /// A position where every state but x has log-score -inf: it stays, except that the absorbing
+    /// denoising step must leave MASK and has nowhere to go.
+    pub(crate) fn nowhere(self, x: i64, at: (usize, usize)) -> Result<i64, KernelError> {
+        if self.c.is_infinite() {
+            Err(KernelError::NoMass { b: at.0, i: at.1 })
+        } else {
+            Ok(x)
+        }
+    }
+}
+
+/// The constants of the uniform Tweedie law: q = 1 - e^{-d}, e_neg = e^{-d}, n = N.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tweedie {
+    pub(crate) q: f64,
+    pub(crate) e_neg: f64,
+    pub(crate) n: f64,
+}
+
+impl Tweedie {
+    /// The weight of staying, `max(0, stay) (e^{-d} + q / N)`, from its unclipped factor `stay`.
+    pub(crate) fn stay_weight(self, stay: f64) -> f64 {
+        stay.max(0.0) * (self.e_neg + self.q / self.n)
+    }
+
+    /// The law in f64 without cancellation: writes v_y into `w` (0 at `x`) and returns (add, stay), so
+    /// that a move weight is max(0, v_y + add) q / N and the stay weight [`Tweedie::stay_weight`]`(stay)`.
+    ///
+    /// With s_y = e^{l_y}, T = q S_all / N and E = sum_{y != x} expm1(l_y): T = q + q E / N, so
+    /// s_y - T = expm1(l_y) + a and 1 - T = a with a = e^{-d} - q E / N: v_y = expm1(l_y) and
+    /// add = stay = a, each term to f64 relative accuracy from the f32 log-scores, so a weight of order
+    /// e^{-d} keeps its digits however close every score is to 1. Where a log-score could overflow f64
+    /// (`shift` > 600, `shift` at least the largest log-score other than x's), the shifted form
+    /// v_y = exp(l_y - m), add = -T e^{-m}, stay = e^{-m} - T e^{-m} is used instead (relative accuracy
+    /// 1e-16, ample there). Two passes over the row: the vectorised `expm1_row` (within 2 ulp of std's
+    /// expm1) and the sum E in eight lanes.
+    pub(crate) fn weights(self, row: &[f32], x: usize, shift: f64, w: &mut [f64]) -> (f64, f64) {
+        let Tweedie { q, e_neg, n } = self;
+        if shift <= 600.0 {
+            expm1_row(row, w);
+            w[x] = 0.0; // the current token's entry is ignored (it may be NaN)
+            let e = sum_lanes_f64(w);
+            let a = e_neg - q * e / n; // 1 - T
+            (a, a)
+        } else {
+            let mut sum = 0.0;
+            for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
+                *wy = if y == x {
+                    0.0
+                } else {
+                    (l as f64 - shift).exp()
+                };
+                sum += *wy;
+            }
+            let one = (-shift).exp();
+            let t = q * (one + sum) / n; // T e^{-m}
+            (-t, one - t)
+        }
+    }
 }
 
 /// ln(e^d - 1) for d > 0, without overflow for large d.
@@ -108,67 +201,196 @@ fn ln_expm1(d: f64) -> f64 {
     }
 }
 
-/// The constants of the law of `kind` at noise level `level` (also used by `proposal.rs`).
+/// The constants of the law of `kind` at noise level `level`.
 pub(crate) fn law(graph: Graph, kind: StepKind, level: f64) -> Law {
     let n = graph.vocab_size as f64;
-    match (graph.absorbing, kind) {
-        (true, StepKind::Denoise) => Law::Jump {
+    match (graph.is_absorbing(), kind) {
+        (true, StepKind::Denoise) => Law::Jump(Jump {
             c: f64::INFINITY,
             ln_c: f64::INFINITY,
-        },
+        }),
         _ if level == 0.0 => Law::Stay,
-        (true, StepKind::Euler) => Law::Jump {
+        (true, StepKind::Euler) => Law::Jump(Jump {
             c: level,
             ln_c: level.ln(),
-        },
-        (true, StepKind::Analytic) => Law::Jump {
+        }),
+        (true, StepKind::Analytic) => Law::Jump(Jump {
             c: level.exp_m1(),
             ln_c: ln_expm1(level),
-        },
-        (false, StepKind::Euler) => Law::Jump {
+        }),
+        (false, StepKind::Euler) => Law::Jump(Jump {
             c: level / n,
             ln_c: level.ln() - n.ln(),
-        },
-        (false, StepKind::Analytic | StepKind::Denoise) => Law::Tweedie {
+        }),
+        (false, StepKind::Analytic | StepKind::Denoise) => Law::Tweedie(Tweedie {
             q: -(-level).exp_m1(),
             e_neg: (-level).exp(),
             n,
-        },
+        }),
     }
 }
 
-/// Per-thread scratch: the cached exp of one row and its block sums; grown on first use.
+/// Per-thread scratch of every kernel, grown on first use: the f32 cache of one row, the block sums (of
+/// the cache or of `w`), f64 weights and the ranked states of a truncated law.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     cache: Vec<f32>,
     block_sums: Vec<f64>,
-    /// f64 weights of the uniform Tweedie step's exact path ([`tweedie_precise`]).
-    precise: Vec<f64>,
+    w: Vec<f64>,
+    rank: Vec<(f64, u32)>,
 }
 
 impl Scratch {
-    fn fit(&mut self, width: usize) -> (&mut [f32], &mut [f64]) {
+    /// The f32 cache and its block sums for a row of `width` states.
+    fn cache(&mut self, width: usize) -> (&mut [f32], &mut [f64]) {
         if self.cache.len() < width {
             self.cache.resize(width, 0.0);
         }
-        let nb = width.div_ceil(BLOCK);
-        if self.block_sums.len() < nb {
-            self.block_sums.resize(nb, 0.0);
+        (
+            &mut self.cache[..width],
+            Self::fit(&mut self.block_sums, width),
+        )
+    }
+
+    /// f64 weights and their block sums for a row of `width` states, and the ranking buffer.
+    pub(crate) fn weights(
+        &mut self,
+        width: usize,
+    ) -> (&mut [f64], &mut [f64], &mut Vec<(f64, u32)>) {
+        if self.w.len() < width {
+            self.w.resize(width, 0.0);
         }
-        (&mut self.cache[..width], &mut self.block_sums[..nb])
+        let bs = Self::fit(&mut self.block_sums, width);
+        (&mut self.w[..width], bs, &mut self.rank)
+    }
+
+    fn fit(block_sums: &mut Vec<f64>, width: usize) -> &mut [f64] {
+        let nb = width.div_ceil(BLOCK);
+        if block_sums.len() < nb {
+            block_sums.resize(nb, 0.0);
+        }
+        &mut block_sums[..nb]
     }
 }
 
-/// The largest log-score other than the ignored one at `cur` (-inf when there is none; NaN skipped),
-/// and 0 when they are all finite, NaN otherwise.
-fn max_excluding(row: &[f32], cur: Option<usize>) -> (f32, f32) {
-    match cur {
-        None => max_check(row),
-        Some(x) => {
-            let (m1, k1) = max_check(&row[..x]);
-            let (m2, k2) = max_check(&row[x + 1..]);
-            (m1.max(m2), k1 + k2)
+/// One position of a step: the row it reads (absorbing: the N real ids), the ignored current token's
+/// index in it (`None` at MASK), the current token and the position (b, i) for errors.
+#[derive(Clone, Copy)]
+pub(crate) struct Position<'a> {
+    pub(crate) row: &'a [f32],
+    pub(crate) cur: Option<usize>,
+    pub(crate) x: i64,
+    pub(crate) at: (usize, usize),
+}
+
+/// How a position draws its new token once the step's law is known: the per-position half of a step
+/// kernel, which [`drive`] runs over the batch. [`Identity`] is the plain step.
+pub(crate) trait MoveLaw: Sync {
+    /// Checks the law's own options (after the batch's shapes, levels and tokens).
+    fn check(&self) -> Result<(), KernelError>;
+
+    /// The new token under a jump law (the row has at least one state other than x).
+    fn jump(
+        &self,
+        law: Jump,
+        p: Position<'_>,
+        rng: &mut Rng,
+        scratch: &mut Scratch,
+    ) -> Result<i64, KernelError>;
+
+    /// The new token under the uniform Tweedie law (the row has at least one state other than x).
+    fn tweedie(
+        &self,
+        law: Tweedie,
+        p: Position<'_>,
+        rng: &mut Rng,
+        scratch: &mut Scratch,
+    ) -> Result<i64, KernelError>;
+}
+
+/// The plain reverse step: the identity transform of the move law, drawn by the fused one-pass
+/// kernel of the module doc.
+pub(crate) struct Identity;
+
+impl MoveLaw for Identity {
+    fn check(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    fn jump(
+        &self,
+        law: Jump,
+        p: Position<'_>,
+        rng: &mut Rng,
+        scratch: &mut Scratch,
+    ) -> Result<i64, KernelError> {
+        let (cache, bs) = scratch.cache(p.row.len());
+        // c_y = s_y e^{-m}, S = e^m S' with S' >= 1 (the guessed maximum gives 1).
+        let (s, shift) = load_row(p.row, p.cur, f32::NEG_INFINITY, cache, bs, p.at)?;
+        if s <= 0.0 {
+            return law.nowhere(p.x, p.at);
         }
+        if Jump::stays(law.leaving(shift as f64, s), rng) {
+            return Ok(p.x);
+        }
+        Ok(draw_blocks(cache, bs, 0.0, rng.uniform()).map_or(p.x, |y| y as i64))
+    }
+
+    fn tweedie(
+        &self,
+        law: Tweedie,
+        p: Position<'_>,
+        rng: &mut Rng,
+        scratch: &mut Scratch,
+    ) -> Result<i64, KernelError> {
+        let Tweedie { q, n, .. } = law;
+        let (row, x) = (p.row, p.x);
+        let (cache, bs) = scratch.cache(row.len());
+        // Shift m >= 0: s_x = 1 enters the sums too (so the flush bound holds against it);
+        // c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
+        let (s, shift) = load_row(row, p.cur, 0.0, cache, bs, p.at)?;
+        let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
+        let t = q * (one + s) / n; // T e^{-m}
+        let w_stay = law.stay_weight(one - t);
+        // Exact rejection sampling of the clipped law (weights max(0, c_y - T') q / N for y != x,
+        // w_stay for x) from the unclipped one (c_y q / N, and the same w_stay, whose block sums the
+        // exp pass already has): stay is always accepted, a move to y with probability
+        // max(0, c_y - T') / c_y. Each accepted draw follows the clipped law, so a few tries and
+        // then the exact clip pass below is exact too; the clip pass is then needed only when most
+        // of the move mass is clipped.
+        let w_prop = w_stay + s * q / n;
+        // The f32 cache holds c_y to ~2.5e-7 relative, so a weight c_y - T' is only that accurate
+        // relative to c_y: the law's error in total variation is at most ~2.5e-7 w_prop / total.
+        // total >= w_stay + max(0, sum_{y != x} (c_y - T')) q / N, known without a pass. When that
+        // bound is below w_prop / PRECISE_RATIO (large noise steps: at high noise every score is near
+        // 1 and the clipped weights are O(e^-d)), the law is recomputed in f64 without cancellation.
+        let moves_lb = (s - (row.len() - 1) as f64 * t).max(0.0) * q / n;
+        let cache_is_accurate = (w_stay + moves_lb) * PRECISE_RATIO >= w_prop; // false for NaN
+        if !cache_is_accurate {
+            return Ok(tweedie_precise(law, row, x as usize, shift, rng, scratch));
+        }
+        if w_prop > 0.0 && w_prop.is_finite() {
+            for _ in 0..REJECTION_TRIES {
+                if rng.uniform() * w_prop < w_stay {
+                    return Ok(x);
+                }
+                let Some(y) = draw_blocks(cache, bs, 0.0, rng.uniform()) else {
+                    break;
+                };
+                let cy = cache[y] as f64;
+                if rng.uniform() * cy < cy - t {
+                    return Ok(y as i64);
+                }
+            }
+        }
+        clipped_blocks(cache, t, bs);
+        let moved: f64 = bs.iter().sum();
+        let w_move = moved * q / n;
+        let total = w_stay + w_move;
+        if total.is_nan() || total <= 0.0 || rng.uniform() * total < w_stay {
+            return Ok(x);
+        }
+        Ok(draw_blocks(cache, bs, t, rng.uniform()).map_or(x, |y| y as i64))
     }
 }
 
@@ -208,21 +430,7 @@ fn load_row(
     if chk != 0.0 || max > shift + SHIFT_SLACK {
         // Slow path: a non-finite entry (allowed only at the ignored current token), or a guess too low
         // (the maximum may also be the ignored entry's).
-        let (m, chk) = max_excluding(row, cur);
-        if chk != 0.0 {
-            if let Some((y, &v)) = row
-                .iter()
-                .enumerate()
-                .find(|&(y, v)| (v.is_nan() || *v == f32::INFINITY) && Some(y) != cur)
-            {
-                return Err(KernelError::NonFiniteLogScore {
-                    b: at.0,
-                    i: at.1,
-                    y,
-                    value: v,
-                });
-            }
-        }
+        let m = checked_max(row, cur, at)?;
         if m > shift + SHIFT_SLACK {
             shift = m.max(floor);
             exp_blocks_f32(row, shift, cache, block_sums);
@@ -235,171 +443,67 @@ fn load_row(
     Ok((block_sums.iter().sum(), shift))
 }
 
-/// One position: the new token drawn from the step's law.
+/// The uniform Tweedie step's law recomputed in f64 without cancellation ([`Tweedie::weights`]), then
+/// drawn by inverse CDF: one more pass for the clipped weights and their block sums, then the block
+/// draw of the f32 path (`draw_blocks`), exact in f64.
+fn tweedie_precise(
+    law: Tweedie,
+    row: &[f32],
+    x: usize,
+    shift: f32,
+    rng: &mut Rng,
+    scratch: &mut Scratch,
+) -> i64 {
+    // The f32 path's block sums are not needed any more: they now hold those of the f64 weights.
+    let (w, bs, _) = scratch.weights(row.len());
+    let (add, stay) = law.weights(row, x, shift as f64, w);
+    affine_clipped_blocks(w, add, law.q / law.n, bs);
+    w[x] = law.stay_weight(stay);
+    refresh_block(w, x, bs);
+    draw_blocks(w, bs, 0.0, rng.uniform()).map_or(x as i64, |y| y as i64)
+}
+
+/// One position: the new token drawn from the step's law, its move drawn by `moves`.
 ///
-/// The row is read once (see [`load_row`]): `c_y = exp(l_y - m)` in f32 with a shift m near the row
-/// maximum, so no weight overflows; the constants of the law are scaled by e^{-m} instead (in f64, or in
-/// logs where e^m could overflow), which leaves the normalised law unchanged.
+/// Absorbing: only MASK moves, and its row holds the N real ids (the MASK entry is ignored); a real
+/// token is returned without reading its row. Uniform: the entry at the current token is ignored.
 #[allow(clippy::too_many_arguments)]
-fn step_position(
+fn step_position<M: MoveLaw>(
     graph: Graph,
     law: Law,
+    moves: &M,
     x: i64,
     row: &[f32],
     rng: &mut Rng,
     scratch: &mut Scratch,
     at: (usize, usize),
 ) -> Result<i64, KernelError> {
-    // Absorbing: only MASK moves, and its row holds the N real ids (the MASK entry is ignored).
     let (row, cur) = match graph.mask() {
         Some(m) if x != m => return Ok(x),
         Some(_) => (&row[..graph.vocab_size], None),
         None => (row, Some(x as usize)),
     };
+    if cur.is_some() && row.len() == 1 {
+        return Ok(x); // no state to move to (uniform, N = 1)
+    }
+    let p = Position { row, cur, x, at };
     match law {
         Law::Stay => Ok(x),
-        Law::Jump { c, ln_c } => {
-            let (cache, bs) = scratch.fit(row.len());
-            if cur.is_some() && row.len() == 1 {
-                return Ok(x); // no state to move to (uniform, N = 1)
-            }
-            // c_y = s_y e^{-m}, S = e^m S' with S' >= 1 (the guessed maximum gives 1).
-            let (s, shift) = load_row(row, cur, f32::NEG_INFINITY, cache, bs, at)?;
-            if s <= 0.0 {
-                // Every state but x has log-score -inf: nowhere to move, except that the absorbing
-                // denoising step must leave MASK.
-                return if c.is_infinite() {
-                    Err(KernelError::NoMass { b: at.0, i: at.1 })
-                } else {
-                    Ok(x)
-                };
-            }
-            let m = shift as f64;
-            // r = c S = c e^m S': the probability mass that leaves x (>= 1 means x is clipped to 0).
-            // Directly while e^m is a normal f64, in logs beyond (c = inf gives inf either way).
-            let r = if m.abs() < 700.0 {
-                c * m.exp() * s
-            } else {
-                (ln_c + m + s.ln()).exp()
-            };
-            if r < 1.0 && rng.uniform() < 1.0 - r {
-                return Ok(x);
-            }
-            Ok(draw_blocks(cache, bs, 0.0, rng.uniform()).map_or(x, |y| y as i64))
-        }
-        Law::Tweedie { q, e_neg, n } => {
-            let (cache, bs) = scratch.fit(row.len());
-            // Shift m >= 0: s_x = 1 enters the sums too (so the flush bound holds against it);
-            // c_y = s_y e^{-m}, S' = sum_{y != x} c_y, and every weight below is divided by e^m.
-            let (s, shift) = load_row(row, cur, 0.0, cache, bs, at)?;
-            let one = (-(shift as f64)).exp(); // s_x e^{-m}, in (0, 1] (0 only beyond m = 745)
-            let t = q * (one + s) / n; // T e^{-m}
-            let w_stay = (one - t).max(0.0) * (e_neg + q / n);
-            // Exact rejection sampling of the clipped law (weights max(0, c_y - T') q / N for y != x,
-            // w_stay for x) from the unclipped one (c_y q / N, and the same w_stay, whose block sums the
-            // exp pass already has): stay is always accepted, a move to y with probability
-            // max(0, c_y - T') / c_y. Each accepted draw follows the clipped law, so a few tries and
-            // then the exact clip pass below is exact too; the clip pass is then needed only when most
-            // of the move mass is clipped.
-            let w_prop = w_stay + s * q / n;
-            // The f32 cache holds c_y to ~2.5e-7 relative, so a weight c_y - T' is only that accurate
-            // relative to c_y: the law's error in total variation is at most ~2.5e-7 w_prop / total.
-            // total >= w_stay + max(0, sum_{y != x} (c_y - T')) q / N, known without a pass. When that
-            // bound is below w_prop / PRECISE_RATIO (large noise steps: at high noise every score is near
-            // 1 and the clipped weights are O(e^-d)), the law is recomputed in f64 without cancellation.
-            let moves_lb = (s - (row.len() - 1) as f64 * t).max(0.0) * q / n;
-            let cache_is_accurate = (w_stay + moves_lb) * PRECISE_RATIO >= w_prop; // false for NaN
-            if !cache_is_accurate {
-                return Ok(tweedie_precise(
-                    row, x as usize, shift, q, e_neg, n, rng, scratch,
-                ));
-            }
-            if w_prop > 0.0 && w_prop.is_finite() {
-                for _ in 0..REJECTION_TRIES {
-                    if rng.uniform() * w_prop < w_stay {
-                        return Ok(x);
-                    }
-                    let Some(y) = draw_blocks(cache, bs, 0.0, rng.uniform()) else {
-                        break;
-                    };
-                    let cy = cache[y] as f64;
-                    if rng.uniform() * cy < cy - t {
-                        return Ok(y as i64);
-                    }
-                }
-            }
-            clipped_blocks(cache, t, bs);
-            let moved: f64 = bs.iter().sum();
-            let w_move = moved * q / n;
-            let total = w_stay + w_move;
-            if total.is_nan() || total <= 0.0 || rng.uniform() * total < w_stay {
-                return Ok(x);
-            }
-            Ok(draw_blocks(cache, bs, t, rng.uniform()).map_or(x, |y| y as i64))
-        }
+        Law::Jump(j) => moves.jump(j, p, rng, scratch),
+        Law::Tweedie(t) => moves.tweedie(t, p, rng, scratch),
     }
 }
 
-/// The uniform Tweedie step's law recomputed in f64 without cancellation, then drawn by inverse CDF.
-///
-/// With s_y = e^{l_y}, T = q S_all / N and E = sum_{y != x} expm1(l_y): T = q + q E / N, so
-/// s_y - T = expm1(l_y) + a and 1 - T = a with a = e^{-d} - q E / N. Each term is computed to f64
-/// relative accuracy from the f32 log-scores, so a weight of order e^{-d} keeps its digits however close
-/// every score is to 1. Weights: max(0, expm1(l_y) + a) q / N for y != x, max(0, a) (e^{-d} + q / N) for
-/// x. Where a log-score could overflow f64 (shift > 600), the shifted form exp(l_y - m) - T e^{-m} in f64
-/// is used instead (relative accuracy 1e-16, ample there). Three passes over the row in f64: the
-/// vectorised `expm1_row` (within 2 ulp of std's expm1), the sum E in eight lanes, and the weights with
-/// their block sums; then the block draw of the f32 path (`draw_blocks`), exact in f64.
-#[allow(clippy::too_many_arguments)]
-fn tweedie_precise(
-    row: &[f32],
-    x: usize,
-    shift: f32,
-    q: f64,
-    e_neg: f64,
-    n: f64,
-    rng: &mut Rng,
-    scratch: &mut Scratch,
-) -> i64 {
-    if scratch.precise.len() < row.len() {
-        scratch.precise.resize(row.len(), 0.0);
-    }
-    let w = &mut scratch.precise[..row.len()];
-    // The f32 path's block sums are not needed any more: they now hold those of the f64 weights.
-    let bs = &mut scratch.block_sums[..row.len().div_ceil(BLOCK)];
-    // (add, stay): a move weight is max(0, v_y + add) q / N, the stay weight max(0, stay) (e^{-d} + q / N).
-    let (add, stay) = if shift <= 600.0 {
-        expm1_row(row, w);
-        w[x] = 0.0; // the current token's entry is ignored (it may be NaN)
-        let e = sum_lanes_f64(w);
-        let a = e_neg - q * e / n; // 1 - T
-        (a, a)
-    } else {
-        let m = shift as f64;
-        let mut sum = 0.0;
-        for (y, (wy, &l)) in w.iter_mut().zip(row).enumerate() {
-            *wy = if y == x { 0.0 } else { (l as f64 - m).exp() };
-            sum += *wy;
-        }
-        let one = (-m).exp();
-        let t = q * (one + sum) / n; // T e^{-m}
-        (-t, one - t)
-    };
-    affine_clipped_blocks(w, add, q / n, bs);
-    w[x] = stay.max(0.0) * (e_neg + q / n);
-    refresh_block(w, x, bs);
-    draw_blocks(w, bs, 0.0, rng.uniform()).map_or(x as i64, |y| y as i64)
-}
-
-/// One reverse step over a batch, written into `out`.
+/// The batch driver of every step kernel: checks the arguments, fixes each sequence's law once, and
+/// runs [`step_position`] with `moves` over every position in the current rayon pool, writing `out`.
 ///
 /// `kind` picks the step and what `level` is (see [`StepKind`]): `rate_dt` (Euler), `dsigma` (analytic)
 /// or `sigma` (denoise; absorbing never returns MASK). `x`: `[B, L]` int64 flattened, `log_score`:
-/// `[B, L, dim]` float32 flattened, `level`: `[B]` (B = `level.len()`), `len`: L. Position (b, i) draws from the
-/// stream keyed by (seed, step, seq_offset + b, i), so the result does not depend on the thread count
-/// (rayon, current pool) or the split of the batch. On error `out` may be partly written.
+/// `[B, L, dim]` float32 flattened, `level`: `[B]` (B = `level.len()`), `len`: L. Position (b, i) draws
+/// from the stream keyed by (seed, step, seq_offset + b, i), so the result does not depend on the thread
+/// count or the split of the batch. On error `out` may be partly written.
 #[allow(clippy::too_many_arguments)]
-pub fn reverse_step(
+pub(crate) fn drive<M: MoveLaw>(
     kind: StepKind,
     graph: Graph,
     x: &[i64],
@@ -407,6 +511,7 @@ pub fn reverse_step(
     level: &[f64],
     len: usize,
     key: RngKey,
+    moves: &M,
     out: &mut [i64],
 ) -> Result<(), KernelError> {
     let batch = level.len();
@@ -426,6 +531,7 @@ pub fn reverse_step(
         return Ok(());
     }
     graph.check_tokens("x", x, len)?;
+    moves.check()?;
     let laws: Vec<Law> = level.iter().map(|&v| law(graph, kind, v)).collect();
     out.par_iter_mut()
         .zip(x.par_iter())
@@ -434,15 +540,32 @@ pub fn reverse_step(
         .try_for_each_init(Scratch::default, |scratch, (j, ((o, &t), row))| {
             let (b, i) = (j / len, j % len);
             let mut rng = key.stream(Domain::Step, b, i);
-            *o = step_position(graph, laws[b], t, row, &mut rng, scratch, (b, i))?;
+            *o = step_position(graph, laws[b], moves, t, row, &mut rng, scratch, (b, i))?;
             Ok(())
         })
+}
+
+/// One reverse step over a batch, written into `out`: [`drive`] with the plain law ([`Identity`]); the
+/// arguments are [`drive`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn reverse_step(
+    kind: StepKind,
+    graph: Graph,
+    x: &[i64],
+    log_score: &[f32],
+    level: &[f64],
+    len: usize,
+    key: RngKey,
+    out: &mut [i64],
+) -> Result<(), KernelError> {
+    drive(kind, graph, x, log_score, level, len, key, &Identity, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::categorical::tests::chi2;
+    use crate::graphs::test_graph;
     use proptest::prelude::*;
 
     const KINDS: [StepKind; 3] = StepKind::ALL;
@@ -462,7 +585,7 @@ mod tests {
             return p;
         }
         // Q(x, y) for y != x: the rate y -> x (absorbing: 1 into MASK; uniform: 1/N).
-        let q_in = if graph.absorbing { 1.0 } else { 1.0 / n };
+        let q_in = if graph.is_absorbing() { 1.0 } else { 1.0 / n };
         let d = level;
         match kind {
             StepKind::Euler => {
@@ -471,7 +594,7 @@ mod tests {
                 }
                 p[x] = 1.0 - p.iter().sum::<f64>();
             }
-            StepKind::Analytic | StepKind::Denoise if graph.absorbing => {
+            StepKind::Analytic | StepKind::Denoise if graph.is_absorbing() => {
                 for y in (0..dim).filter(|&y| y != x) {
                     p[y] = d.exp_m1() * s[y];
                 }
@@ -570,7 +693,7 @@ mod tests {
         // Small and multi-block dims, both graphs, every step, unclipped and clipped regimes.
         for &(n, lo, hi) in &[(4usize, 3.0f32, 1.0f32), (27, 4.0, 2.0), (200, 6.0, 1.0)] {
             for absorbing in [true, false] {
-                let g = Graph::new(absorbing, n).unwrap();
+                let g = test_graph(absorbing, n);
                 let r = row(g.dim(), n as u64, lo, hi);
                 let x = if absorbing { n } else { n / 2 };
                 for kind in KINDS {
@@ -586,7 +709,7 @@ mod tests {
     fn extreme_log_scores_use_the_rescaled_path() {
         // Scores that overflow exp (l up to 2000) or underflow it (l down to -2000) everywhere.
         for absorbing in [true, false] {
-            let g = Graph::new(absorbing, 30).unwrap();
+            let g = test_graph(absorbing, 30);
             let x = if absorbing { 30 } else { 4 };
             for (lo, hi) in [(-1000.0f32, 1003.0f32), (2003.0, -1000.0)] {
                 let r = row(g.dim(), 7, lo, hi);
@@ -613,7 +736,7 @@ mod tests {
         // way.
         let dim = 150;
         for absorbing in [true, false] {
-            let g = Graph::new(absorbing, if absorbing { dim - 1 } else { dim }).unwrap();
+            let g = test_graph(absorbing, if absorbing { dim - 1 } else { dim });
             let x = if absorbing { dim - 1 } else { 100 };
             let mut r = row(dim, 9, 6.0, 1.0);
             r[..BLOCK].iter_mut().for_each(|v| *v -= 400.0);
@@ -665,14 +788,14 @@ mod tests {
             .map(|(_, v)| v)
             .sum();
         let mut p = vec![0.0; g.dim()];
-        let stay = match (g.absorbing, kind) {
+        let stay = match (g.is_absorbing(), kind) {
             (true, StepKind::Denoise) => 0.0,
             (true, _) | (false, StepKind::Euler) => {
                 // Jump: r = c S in log space.
                 let ln_c = match kind {
                     StepKind::Euler => {
                         level.ln()
-                            - if g.absorbing {
+                            - if g.is_absorbing() {
                                 0.0
                             } else {
                                 (g.vocab_size as f64).ln()
@@ -779,7 +902,7 @@ mod tests {
         // probs_y = [exp(-dQ) s]_y exp(dQ)(x, y), clipped and renormalised, with expm computed numerically.
         for absorbing in [true, false] {
             for &(n, d) in &[(3usize, 0.05f64), (6, 0.7), (5, 2.5)] {
-                let g = Graph::new(absorbing, n).unwrap();
+                let g = test_graph(absorbing, n);
                 let q = rate_matrix(g);
                 let neg: Vec<Vec<f64>> = q
                     .iter()
@@ -816,7 +939,7 @@ mod tests {
 
     #[test]
     fn absorbing_analytic_probs_are_expm1_times_score() {
-        let g = Graph::new(true, 10).unwrap();
+        let g = test_graph(true, 10);
         let r = row(11, 1, 6.0, 0.0); // small scores: no clipping at d = 0.2
         let d = 0.2;
         let p = step_probs(g, StepKind::Analytic, 10, &r, d);
@@ -832,7 +955,7 @@ mod tests {
     #[test]
     fn clipping_moves_all_mass_off_a_negative_state() {
         // Euler with a huge rate_dt: 1 - c S < 0, so MASK is clipped to 0 and y ~ s_y.
-        let g = Graph::new(true, 5).unwrap();
+        let g = test_graph(true, 5);
         let r = vec![0.0f32, 1.0, 2.0, -1.0, 0.5, 0.0];
         let p = step_probs(g, StepKind::Euler, 5, &r, 10.0);
         assert_eq!(p[5], 0.0);
@@ -847,7 +970,7 @@ mod tests {
 
     #[test]
     fn absorbing_real_tokens_never_change_and_denoise_never_masks() {
-        let g = Graph::new(true, 8).unwrap();
+        let g = test_graph(true, 8);
         let (batch, len) = (3, 40);
         let x: Vec<i64> = (0..batch * len)
             .map(|j| if j % 3 == 0 { 8 } else { (j % 8) as i64 })
@@ -899,7 +1022,7 @@ mod tests {
     #[test]
     fn zero_noise_keeps_every_token() {
         for absorbing in [true, false] {
-            let g = Graph::new(absorbing, 6).unwrap();
+            let g = test_graph(absorbing, 6);
             let x: Vec<i64> = (0..12).map(|j| (j % g.dim()) as i64).collect();
             let ls = row(12 * g.dim(), 4, 3.0, 3.0);
             for kind in [StepKind::Euler, StepKind::Analytic] {
@@ -922,7 +1045,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let g = Graph::new(true, 3).unwrap();
+        let g = test_graph(true, 3);
         let k = RngKey::new(0, 0, 0);
         let x = [3i64, 0, 3, 1];
         let ls = vec![0.0f32; 16];
@@ -1028,7 +1151,7 @@ mod tests {
             );
         }
         // Uniform: the MASK id of the absorbing graph is out of range.
-        let u = Graph::new(false, 3).unwrap();
+        let u = test_graph(false, 3);
         let e = reverse_step(
             StepKind::Analytic,
             u,
@@ -1093,7 +1216,7 @@ mod tests {
         fn probs_sum_to_one_and_are_non_negative(
             absorbing: bool, n in 1usize..40, level in 0.0f64..20.0, seed: u64, spread in 0.1f32..12.0,
         ) {
-            let g = Graph::new(absorbing, n).unwrap();
+            let g = test_graph(absorbing, n);
             let r = row(g.dim(), seed, spread, spread);
             for kind in KINDS {
                 for x in [0, g.dim() - 1] {
@@ -1109,7 +1232,7 @@ mod tests {
             absorbing: bool, n in 1usize..300, batch in 2usize..5, len in 1usize..12, seed: u64,
             step in 0u64..1000, level in 0.0f64..3.0,
         ) {
-            let g = Graph::new(absorbing, n).unwrap();
+            let g = test_graph(absorbing, n);
             let x: Vec<i64> = (0..batch * len).map(|j| (j * 5 % g.dim()) as i64).collect();
             let ls = row(batch * len * g.dim(), seed, 4.0, 2.0);
             let lv = vec![level; batch];

@@ -10,17 +10,12 @@
 
 use rayon::prelude::*;
 
-use crate::categorical::max_check;
+use crate::categorical::{checked_max, draw, exp_weights};
 use crate::error::KernelError;
 use crate::graphs::{check_tokens_shape, Graph};
-use crate::proposal::{draw, exp_weights, truncate, Transform};
+use crate::proposal::{truncate, Transform};
 use crate::rng::{Domain, RngKey};
-
-#[derive(Default)]
-struct Scratch {
-    w: Vec<f64>,
-    rank: Vec<(f64, u32)>,
-}
+use crate::steps::Scratch;
 
 /// One MASK position: (token, [p(token), margin, entropy]).
 fn propose_position(
@@ -30,34 +25,14 @@ fn propose_position(
     scratch: &mut Scratch,
     at: (usize, usize),
 ) -> Result<(i64, [f64; 3]), KernelError> {
-    let (m, chk) = max_check(row);
-    if chk != 0.0 {
-        if let Some((y, &value)) = row
-            .iter()
-            .enumerate()
-            .find(|&(_, v)| v.is_nan() || *v == f32::INFINITY)
-        {
-            return Err(KernelError::NonFiniteLogScore {
-                b: at.0,
-                i: at.1,
-                y,
-                value,
-            });
-        }
-    }
-    let m = m as f64;
+    let m = checked_max(row, None, at)? as f64;
     if m == f64::NEG_INFINITY {
         return Err(KernelError::NoMass { b: at.0, i: at.1 });
     }
     let inv_t = 1.0 / tf.temperature;
-    if scratch.w.len() < row.len() {
-        scratch.w.resize(row.len(), 0.0);
-    }
-    let w = &mut scratch.w[..row.len()];
+    let (w, _, rank) = scratch.weights(row.len());
     exp_weights(row, m, inv_t, w);
-    let truncated = tf.top_k.is_some_and(|k| k < row.len()) || tf.top_p.is_some_and(|p| p < 1.0);
-    let rank = &mut scratch.rank;
-    if truncated {
+    if tf.truncates(row.len()) {
         truncate(w, tf, rank);
         rank.sort_unstable_by_key(|e| e.1);
     } else {
@@ -103,7 +78,7 @@ pub fn propose(
 ) -> Result<(), KernelError> {
     let Some(mask) = graph.mask() else {
         return Err(KernelError::Value {
-            arg: "absorbing",
+            arg: "graph",
             msg: "the uniform graph has no MASK to unmask".into(),
         });
     };
@@ -147,6 +122,7 @@ pub fn propose(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graphs::test_graph;
 
     /// The transformed conditional by brute force (std exp, a full sort).
     fn reference(row: &[f32], t: f64, k: Option<usize>, p: Option<f64>) -> Vec<f64> {
@@ -181,7 +157,7 @@ mod tests {
     fn statistics_are_those_of_the_transformed_law() {
         let mut r = RngKey::new(4, 0, 0).stream(Domain::Step, 0, 0);
         let n = 50;
-        let g = Graph::new(true, n).unwrap();
+        let g = test_graph(true, n);
         let row: Vec<f32> = (0..n + 1)
             .map(|_| -6.0 + 7.0 * r.uniform() as f32)
             .collect();
@@ -243,7 +219,7 @@ mod tests {
 
     #[test]
     fn real_tokens_are_kept_and_uniform_is_refused() {
-        let g = Graph::new(true, 3).unwrap();
+        let g = test_graph(true, 3);
         let x = [0i64, 3, 2, 3];
         let ls = vec![0.0f32; 16];
         let (mut tok, mut st) = (vec![0; 4], vec![0.0; 12]);
@@ -262,7 +238,7 @@ mod tests {
         .unwrap();
         assert_eq!((tok[0], tok[2]), (0, 2));
         assert!(tok[1] < 3 && tok[3] < 3);
-        let u = Graph::new(false, 3).unwrap();
+        let u = test_graph(false, 3);
         let e = propose(
             u,
             &[0, 1],
@@ -274,12 +250,6 @@ mod tests {
             &mut [0; 2],
             &mut [0.0; 6],
         );
-        assert!(matches!(
-            e,
-            Err(KernelError::Value {
-                arg: "absorbing",
-                ..
-            })
-        ));
+        assert!(matches!(e, Err(KernelError::Value { arg: "graph", .. })));
     }
 }

@@ -1,6 +1,30 @@
-//! The exact inverse-CDF draw of one state from a cached row and its block sums.
+//! The exact inverse-CDF draws: one running-sum scan ([`scan`]) behind the draw from a cached row and
+//! its block sums ([`draw_blocks`]) and the draw over a list of weights ([`draw`]).
 
 use super::{clipped, BLOCK};
+
+/// The inverse-CDF scan of every draw: over `(weight, id)` pairs in order, skipping weights that are not
+/// positive, the first id whose running sum (from `acc`) passes `target`, with the running sum before
+/// it; or, when the sum ends short of the target, the last id of positive weight (`None` if none).
+#[inline(always)]
+fn scan(
+    weights: impl Iterator<Item = (f64, usize)>,
+    mut acc: f64,
+    target: f64,
+) -> Result<(usize, f64), Option<usize>> {
+    let mut last = None;
+    for (w, y) in weights {
+        if w > 0.0 {
+            last = Some(y);
+            let next = acc + w;
+            if target < next {
+                return Ok((y, acc));
+            }
+            acc = next;
+        }
+    }
+    Err(last)
+}
 
 /// Draws a state with probability proportional to `max(0, values[y] - clip)`, given the block sums of
 /// those weights, from a uniform `u` in [0, 1).
@@ -17,23 +41,14 @@ pub fn draw_blocks<T: Copy + Into<f64>>(
     u: f64,
 ) -> Option<usize> {
     let total: f64 = block_sums.iter().sum();
-    if total.is_nan() || total <= 0.0 || total.is_infinite() {
+    if !(total > 0.0 && total.is_finite()) {
         return None;
     }
     let target = u * total;
-    let mut acc = 0.0;
-    let mut last_block = None;
-    for (k, &bs) in block_sums.iter().enumerate() {
-        if bs > 0.0 {
-            last_block = Some(k);
-            let next = acc + bs;
-            if target < next {
-                return Some(scan_block(values, k, clip, acc, target));
-            }
-            acc = next;
-        }
+    match scan(block_sums.iter().copied().zip(0..), 0.0, target) {
+        Ok((k, acc)) => Some(scan_block(values, k, clip, acc, target)),
+        Err(last) => last.map(|k| scan_block(values, k, clip, f64::NEG_INFINITY, f64::INFINITY)),
     }
-    last_block.map(|k| scan_block(values, k, clip, f64::NEG_INFINITY, f64::INFINITY))
 }
 
 /// Within block `k`, the first state whose running sum (from `acc`) passes `target`, else the last state
@@ -47,20 +62,27 @@ fn scan_block<T: Copy + Into<f64>>(
 ) -> usize {
     let lo = k * BLOCK;
     let hi = (lo + BLOCK).min(values.len());
-    let mut a = acc;
-    let mut last = None;
-    for (y, &v) in values[lo..hi].iter().enumerate() {
-        let w = clipped(v.into(), clip);
-        if w > 0.0 {
-            a += w;
-            last = Some(lo + y);
-            if target < a {
-                return lo + y;
-            }
-        }
+    let weights = values[lo..hi].iter().map(|&v| clipped(v.into(), clip));
+    match scan(weights.zip(lo..), acc, target) {
+        Ok((y, _)) => y,
+        // The block sum was positive, so some weight in it is (a block sum is a sum of non-negative
+        // terms).
+        Err(last) => last.unwrap_or(hi - 1),
     }
-    // The block sum was positive, so some weight in it is (a block sum is a sum of non-negative terms).
-    last.unwrap_or(hi - 1)
+}
+
+/// An exact float64 inverse-CDF draw over `(weight, id)` pairs of non-negative weights, from a uniform
+/// `u` in [0, 1): the first id whose running sum passes `u * total`, or the last one of positive weight
+/// if rounding leaves the sum short. `None` when the total is not positive and finite.
+pub fn draw(weights: impl Iterator<Item = (f64, usize)> + Clone, u: f64) -> Option<usize> {
+    let total: f64 = weights.clone().map(|e| e.0).sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return None;
+    }
+    match scan(weights, 0.0, u * total) {
+        Ok((y, _)) => Some(y),
+        Err(last) => last,
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +129,12 @@ mod tests {
         assert_eq!(draw_blocks(&values, &bs, 0.0, 1.5), Some(4));
         let zeros = vec![0.0; 5];
         assert_eq!(draw_blocks(&zeros, &[0.0], 0.0, 0.3), None);
+        // The flat draw: the same rules over (weight, id) pairs.
+        let flat = || values.iter().copied().zip(0..);
+        assert_eq!(draw(flat(), 0.0), Some(2));
+        assert_eq!(draw(flat(), 1.5), Some(4));
+        assert_eq!(draw(zeros.iter().copied().zip(0..), 0.3), None);
+        assert_eq!(draw([(f64::NAN, 0)].into_iter(), 0.3), None);
     }
 
     proptest! {
@@ -121,6 +149,12 @@ mod tests {
                 Some(y) => prop_assert!(w[y] > 0.0),
                 None => prop_assert!(w.iter().all(|&v| v == 0.0)),
             }
+            // Both draws agree with a direct scan of the running sum (the flat one bit for bit).
+            let total: f64 = w.iter().sum();
+            let mut acc = 0.0;
+            let direct = w.iter().position(|&v| { acc += v; v > 0.0 && u * total < acc });
+            let last = w.iter().rposition(|&v| v > 0.0);
+            prop_assert_eq!(draw(w.iter().copied().zip(0..), u), direct.or(last));
         }
     }
 }

@@ -8,9 +8,10 @@ use super::simd_exp::exp_f32;
 #[cfg(target_arch = "x86_64")]
 use super::simd_exp::{exp16_avx512, exp8_avx2};
 use super::{clipped, BLOCK};
+use crate::error::KernelError;
 
 /// Lanes of the inner loops: eight accumulators (f32: one AVX2 register; f64: two).
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// The largest entry of `src` (-inf when empty; NaN entries are skipped) and a finiteness check: 0 when
 /// every entry is finite, NaN otherwise.
@@ -56,6 +57,39 @@ pub fn max_check(src: &[f32]) -> (f32, f32) {
         }
     }
     max_check_impl(src)
+}
+
+/// The largest log-score of `row` other than the ignored one at `cur` (-inf when there is none), checked:
+/// a NaN or +inf anywhere but at `cur` is an error naming position `at` and the state (-inf is allowed: a
+/// weight of 0). The one row check of every kernel.
+pub fn checked_max(
+    row: &[f32],
+    cur: Option<usize>,
+    at: (usize, usize),
+) -> Result<f32, KernelError> {
+    let (m, chk) = match cur {
+        None => max_check(row),
+        Some(x) => {
+            let (m1, k1) = max_check(&row[..x]);
+            let (m2, k2) = max_check(&row[x + 1..]);
+            (m1.max(m2), k1 + k2)
+        }
+    };
+    if chk != 0.0 {
+        let bad = row
+            .iter()
+            .enumerate()
+            .find(|&(y, v)| (v.is_nan() || *v == f32::INFINITY) && Some(y) != cur);
+        if let Some((y, &value)) = bad {
+            return Err(KernelError::NonFiniteLogScore {
+                b: at.0,
+                i: at.1,
+                y,
+                value,
+            });
+        }
+    }
+    Ok(m)
 }
 
 /// How far ahead of the entry being read the x86 exp passes prefetch the row, in f32 entries (8 KiB).
