@@ -468,6 +468,42 @@ pub fn refresh_block<T: Copy + Into<f64>>(cache: &[T], y: usize, block_sums: &mu
 mod tests {
     use super::*;
     use crate::categorical::tests::rel_err;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn checked_max_is_the_max_outside_cur_or_names_the_first_bad_entry(
+            row in proptest::collection::vec(
+                prop_oneof![
+                    8 => -50.0f32..50.0,
+                    1 => Just(f32::NEG_INFINITY),
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::INFINITY),
+                ],
+                1..150,
+            ),
+            cur_at in 0usize..150,
+            use_cur: bool,
+        ) {
+            let cur = use_cur.then_some(cur_at % row.len());
+            let bad = (0..row.len())
+                .find(|&y| Some(y) != cur && (row[y].is_nan() || row[y] == f32::INFINITY));
+            match checked_max(&row, cur, (2, 3)) {
+                Ok(m) => {
+                    prop_assert!(bad.is_none());
+                    let want = (0..row.len())
+                        .filter(|&y| Some(y) != cur)
+                        .map(|y| row[y])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    prop_assert_eq!(m, want);
+                }
+                Err(KernelError::NonFiniteLogScore { b: 2, i: 3, y, .. }) => {
+                    prop_assert_eq!(Some(y), bad);
+                }
+                Err(e) => prop_assert!(false, "unexpected error {}", e),
+            }
+        }
+    }
 
     #[test]
     fn max_check_skips_nan_and_flags_non_finite() {
