@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig, ScoreModel
 from ddm.sampling import Sampler, sample
