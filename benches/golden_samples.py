@@ -44,7 +44,7 @@ def _model(graph: Any, *, time_conditioning: bool, block_size: int = 0, seed: in
     model = ScoreModel(cfg, graph, LogLinear()).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.5)
+            p.normal_(0.0, 0.1)
     return model
 
 
