@@ -21,14 +21,31 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["mix32", "uniforms", "STREAM_STEP", "STREAM_LIMIT", "STREAM_FORWARD"]
+__all__ = ["STREAMS", "mix32", "uniforms", "STREAM_STEP", "STREAM_LIMIT", "STREAM_FORWARD"]
 
 _M32 = 0xFFFFFFFF
 _M16 = 0xFFFF
-# Stream tags separate the uses of one seed (a reverse step, the draw from the limit law, add_noise).
-STREAM_STEP = 0x5EED0001
-STREAM_LIMIT = 0x5EED0002
-STREAM_FORWARD = 0x5EED0003
+# The one table of stream tags: each separates one use of a seed from every other, so two uses never
+# draw the same uniforms. Every user reads its tag from here (tests/test_rng_streams.py checks that the
+# tags are distinct 32-bit words). The Rust core keys its reverse steps by the step domain, not a tag.
+STREAMS: dict[str, int] = {
+    "step": 0x5EED0001,  # a torch reverse step (Sampler.step)
+    "limit": 0x5EED0002,  # the draw from the uniform graph's limit law (Sampler.init_noise)
+    "forward": 0x5EED0003,  # the forward corruption of Sampler.add_noise
+    "unmask_time": 0x5EED0014,  # first hitting: each position's unmasking time
+    "masked_token": 0x5EED0015,  # the token drawn at a MASK (first hitting, confidence, ReMDM)
+    "confidence_order": 0x5EED0016,  # confidence with order="random": the ranking keys
+    "remask_unmask": 0x5EED0017,  # ReMDM: whether a MASK unmasks
+    "remask_remask": 0x5EED0018,  # ReMDM: whether a token is masked again
+    "train_data": 0x5EED0101,  # training: the keyed data offsets (ddm.data.corpus)
+    "train_time": 0x5EED0102,  # training: the keyed noise times
+    "train_corrupt": 0x5EED0103,  # training: the keyed forward corruption
+    "train_dropout": 0x5EED0104,  # training: the keyed dropout seed
+    "train_time_strata": 0x5EED0105,  # training: the stratified times' offset
+}
+STREAM_STEP = STREAMS["step"]
+STREAM_LIMIT = STREAMS["limit"]
+STREAM_FORWARD = STREAMS["forward"]
 # Lane constants (odd 32-bit numbers from the fractional parts of sqrt(2) and sqrt(3)).
 _LANE_A = 0x6A09E667
 _LANE_B = 0xBB67AE85
@@ -65,7 +82,7 @@ def uniforms(
 
     Args:
         seed: a non-negative integer below 2^64.
-        stream: the stream tag (one of the `STREAM_*` constants).
+        stream: the stream tag (a value of `STREAMS`).
         step: the step index (any non-negative integer below 2^64; all 64 bits are keyed).
         seq: int64 sequence indices, `[B]` (the batch row plus any offset), non-negative; all 64 bits
             are keyed.

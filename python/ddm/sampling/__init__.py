@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from ddm.sampling.loop import SampleStats, sample
+from ddm.sampling.sample import SampleStats, sample
 from ddm.sampling.sampler import Sampler, SamplerOutput
 
 __all__ = ["sample", "SampleStats", "Sampler", "SamplerOutput"]

@@ -1,9 +1,9 @@
 """Block-by-block sampling of a block-diffusion model (BD3-LM, arXiv 2503.09573; docs/math.md section 11).
 
 `ddm.sample` dispatches here for a model with `block_size > 0`. Blocks of `B'` tokens are generated left
-to right: block n starts all MASK and runs the grid sampler of `ddm.sampling.Sampler` (analytic, Euler,
-with temperature / top-k / top-p and ReMDM remasking) or an unmasking sampler (first-hitting,
-confidence; `ddm.sampling.unmasking`) on its `B'` positions, every network call scoring
+to right: block n starts all MASK and runs the predictor (any of `ddm.sampling.predictors`, with its
+options; a grid predictor through `ddm.sampling.grid`, an unmasking one through `ddm.sampling.unmasking`)
+on its `B'` positions, every network call scoring
 the block given the clean blocks before it. When the block is done its keys and values are computed once
 and cached (`ScoreModel.commit_block`), so a call costs `O(B' x context)`; `kv_cache=False` recomputes the
 whole context at every call instead (`ScoreModel.block_scores_recompute`), which gives the same
@@ -32,6 +32,7 @@ import torch
 
 from ddm.sampling.conditioning import Fixed
 from ddm.sampling.grid import run_grid
+from ddm.sampling.predictors import Grid, Predictor
 from ddm.sampling.unmasking import run_unmasking
 
 __all__ = ["BlockRun", "block_seed", "sample_blocks"]
@@ -59,61 +60,46 @@ class BlockRun:
 
 def sample_blocks(
     model: Any,
-    sampler: Any,
+    predictor: Predictor,
+    grid: Grid,
     *,
-    batch_size: int,
-    max_len: int,
+    shape: tuple[int, int],
     prefix: torch.Tensor | None,
     seed: int,
+    ops: Any,
     device: torch.device,
-    step_backend: str,
-    kv_cache: bool = True,
     cache: bool = True,
-    stop_at_eos: bool = False,
+    kv_cache: bool = True,
     eos_id: int | None = None,
     progress: bool = False,
-    unmasking: tuple[str, int, dict[str, Any]] | None = None,
 ) -> BlockRun:
     """Generate `max_len` tokens block by block (see the module docstring).
 
     Args:
         model: a block `ScoreModel` (`block_size > 0`).
-        sampler: a `Sampler` with its time grid set (`set_timesteps`).
-        batch_size: `B`.
-        max_len: tokens per row in all, prefix included.
+        predictor: any predictor; a grid one runs `grid` in each block, an unmasking one runs until the
+            block has no MASK.
+        grid: the time grid of each block.
+        shape: `(B, max_len)`: rows, and tokens per row in all, prefix included.
         prefix: int64 `[P]` token ids on `device`, or None.
         seed: the seed.
+        ops: the backend (`ddm.sampling.ops`).
         device: where the tokens live.
-        step_backend: `"rust"` or `"torch"`, for `Sampler.step`.
-        kv_cache: cache the keys and values of finished blocks (False: recompute the context every call).
         cache: reuse a row's output when its block did not change since the last call.
-        stop_at_eos: stop a row at its first `eos_id` after the prefix.
-        eos_id: the end-of-sequence id (needed with `stop_at_eos`).
+        kv_cache: cache the keys and values of finished blocks (False: recompute the context every call).
+        eos_id: stop each row at its first `eos_id` after the prefix (None: generate `max_len`).
         progress: a progress bar over the blocks.
-        unmasking: `(predictor, steps, options)` to run an unmasking sampler (`"first_hitting"`,
-            `"confidence"`; `ddm.sampling.unmasking`) in each block instead of the grid sampler.
     """
+    batch_size, max_len = shape
     bs = model.block_size
     n_blocks = -(-max_len // bs)
     P = 0 if prefix is None else int(prefix.numel())
-    mask_id = sampler.graph.dim - 1
-    out = torch.full((batch_size, n_blocks * bs), mask_id, dtype=torch.int64, device=device)
+    out = torch.full((batch_size, n_blocks * bs), grid.graph.mask_id, dtype=torch.int64, device=device)
     if P:
         out[:, :P] = prefix
-    kv = model.empty_cache(batch_size, device) if kv_cache else None
+    state = _Blocks(model, out, model.empty_cache(batch_size, device) if kv_cache else None)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.full((batch_size,), max_len, dtype=torch.int64, device=device)
-    counts = [0, 0]
-
-    def scores(x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor, lo: int) -> torch.Tensor:
-        counts[0] += 1
-        counts[1] += int(idx.numel())
-        full = idx.numel() == batch_size
-        if kv is not None:
-            return model.block_scores(x, sigma, kv if full else kv.select(idx))
-        context = out[:, :lo] if full else out[idx, :lo]
-        return model.block_scores_recompute(context, x, sigma)
-
     bar = None
     if progress:
         from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
@@ -125,29 +111,11 @@ def sample_blocks(
             for n in range(n_blocks):
                 lo, hi = n * bs, (n + 1) * bs
                 if P < hi:  # a block to generate (a partial prefix is fixed inside it)
-                    fixed = None
-                    if P > lo:
-                        m = torch.arange(bs, device=device) < P - lo
-                        fixed = Fixed(m, torch.where(m, out[0, lo:hi], 0))
-                    if unmasking is None:
-                        out[:, lo:hi] = _denoise_block(
-                            sampler, scores, lo, fixed, batch_size, bs, block_seed(seed, n), device,
-                            step_backend, cache,
-                        )  # fmt: skip
-                    else:
-                        predictor, steps, options = unmasking
-
-                        def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor, lo: int = lo):
-                            return scores(x, sigma, rows, lo)
-
-                        out[:, lo:hi] = run_unmasking(
-                            predictor, call, sampler, batch_size, bs, fixed, seed=block_seed(seed, n),
-                            steps=steps, use_rust=step_backend == "rust", device=device, options=options,
-                        )[0]  # fmt: skip
+                    out[:, lo:hi] = _block(state, predictor, grid, lo, hi, P, block_seed(seed, n), ops, cache)
                 n_done = n + 1
                 if bar is not None:
                     bar.update(1)
-                if stop_at_eos and P < hi:
+                if eos_id is not None and P < hi:
                     start = max(lo, P)
                     is_eos = out[:, start:hi] == eos_id  # (B, hi - start)
                     first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + start + 1, -1)
@@ -158,40 +126,61 @@ def sample_blocks(
                         break
                 if hi >= max_len:
                     break
-                if kv is not None:
-                    kv = model.commit_block(kv, out[:, lo:hi])
-                    counts[0] += 1
-                    counts[1] += batch_size
+                state.commit(lo, hi)
     finally:
         if bar is not None:
             bar.close()
-    T = int(lengths.max()) if stop_at_eos else max_len
+    T = int(lengths.max()) if eos_id is not None else max_len
     tokens = out[:, :T].clone()
-    if stop_at_eos:
+    if eos_id is not None:
         after = torch.arange(T, device=device)[None, :] >= lengths[:, None]  # (B, T)
         tokens = torch.where(after, torch.full_like(tokens, eos_id), tokens)  # pad after EOS with EOS
-    return BlockRun(tokens, lengths, counts[0], counts[1], n_done)
+    return BlockRun(tokens, lengths, state.calls, state.rows, n_done)
 
 
-def _denoise_block(
-    sampler: Any,
-    scores: Any,
-    lo: int,
-    fixed: Fixed | None,
-    batch_size: int,
-    bs: int,
-    seed: int,
-    device: torch.device,
-    step_backend: str,
-    cache: bool,
+class _Blocks:
+    """The sequence being generated, the KV cache of its finished blocks, and the call counts."""
+
+    def __init__(self, model: Any, out: torch.Tensor, kv: Any) -> None:
+        self.model, self.out, self.kv = model, out, kv
+        self.calls = self.rows = 0
+
+    def scores(self, x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor, lo: int) -> torch.Tensor:
+        """The block's log-scores for the rows `idx` given the clean blocks before `lo`."""
+        self.calls += 1
+        self.rows += int(idx.numel())
+        full = idx.numel() == self.out.shape[0]
+        if self.kv is not None:
+            return self.model.block_scores(x, sigma, self.kv if full else self.kv.select(idx))
+        context = self.out[:, :lo] if full else self.out[idx, :lo]
+        return self.model.block_scores_recompute(context, x, sigma)
+
+    def commit(self, lo: int, hi: int) -> None:
+        """Cache the keys and values of the finished block `[lo, hi)` (one call over the batch)."""
+        if self.kv is not None:
+            self.kv = self.model.commit_block(self.kv, self.out[:, lo:hi])
+            self.calls += 1
+            self.rows += self.out.shape[0]
+
+
+def _block(
+    state: _Blocks, predictor: Predictor, grid: Grid, lo: int, hi: int, P: int, seed: int, ops: Any, cache: bool
 ) -> torch.Tensor:
-    """One block from all MASK to clean with the grid sampler: the loop of `ddm.sample`
-    (`ddm.sampling.grid.run_grid`) on `B'` positions."""
-    x = sampler.init_noise(batch_size, bs, seed=seed, device=device)  # (B, B') all MASK
+    """One block from all MASK to clean with `predictor`: the loop of `ddm.sample` on `B'` positions, a
+    partial prefix fixed inside it."""
+    bs = hi - lo
+    batch, device = state.out.shape[0], state.out.device
+    fixed = None
+    if P > lo:
+        m = torch.arange(bs, device=device) < P - lo
+        fixed = Fixed(m, torch.where(m, state.out[0, lo:hi], 0))
 
     def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return scores(x, sigma, rows, lo)
+        return state.scores(x, sigma, rows, lo)
 
-    return run_grid(
-        call, sampler, x, fixed, seed=seed, step_backend=step_backend, cache=cache, sigma_dtype=torch.float64
-    )
+    x = torch.full((batch, bs), grid.graph.mask_id, dtype=torch.int64, device=device)  # (B, B') all MASK
+    if predictor.unmasking:
+        x = x if fixed is None else fixed.apply(x)
+        x = run_unmasking(predictor, grid, call, x, seed=seed, ops=ops)[0]
+        return x if fixed is None else fixed.apply(x)
+    return run_grid(call, predictor, grid, x, fixed, seed=seed, ops=ops, cache=cache, sigma_dtype=torch.float64)

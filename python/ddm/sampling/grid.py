@@ -1,7 +1,7 @@
 """The grid sampler's loop, shared by `ddm.sample` and block-by-block sampling (`ddm.sampling.blocks`).
 
 From the start `x` (the limit law, with the fixed tokens written in), one network call and one
-`Sampler.step` per point of the sampler's time grid. With `cache`, a row whose tokens did not change
+`Predictor.step` per point of the sampler's time grid. With `cache`, a row whose tokens did not change
 since the model last saw it reuses that output, shifted to the new noise level (exact for an absorbing
 model whose output depends on sigma only through the closed-form scale, docs/math.md section 4).
 """
@@ -14,33 +14,36 @@ from typing import Any
 import torch
 
 from ddm.graphs import log_expm1
+from ddm.sampling.predictors import Grid, Predictor
 
 __all__ = ["run_grid"]
 
 
 def run_grid(
     call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    sampler: Any,
+    predictor: Predictor,
+    grid: Grid,
     x: torch.Tensor,
     fixed: Any,
     *,
     seed: int,
-    step_backend: str,
+    ops: Any,
     cache: bool,
     sigma_dtype: torch.dtype,
     on_call: Callable[[int], None] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Run the grid of `sampler` (after `set_timesteps`) from `x` `[B, L]`; returns the last tokens.
+    """Run a grid predictor on `grid` from `x` `[B, L]`; returns the last tokens.
 
     Args:
         call: `call(x_rows, sigma_rows, rows) -> log_score` on the rows `rows` (int64 indices into the
             batch) of the batch.
-        sampler: the `Sampler`.
+        predictor: a grid predictor (one step per point of the grid).
+        grid: the time grid.
         x: int64 `[B, L]`, the start.
         fixed: a `ddm.sampling.conditioning.Fixed` written in before every step and at the end, or None.
         seed: the seed of the steps.
-        step_backend: `"rust"` or `"torch"`.
+        ops: the backend (`ddm.sampling.ops`).
         cache: reuse the last output of a row whose tokens did not change.
         sigma_dtype: the dtype of the noise level handed to `call`.
         on_call: called with the number of rows of each network call.
@@ -48,7 +51,7 @@ def run_grid(
     """
     batch = x.shape[0]
     device = x.device
-    n_eval = len(sampler.timesteps)
+    n_eval = grid.n_eval
     all_rows = torch.arange(batch, dtype=torch.int64, device=device)
     base_out: torch.Tensor | None = None  # (B, L, dim) the last network output of every row
     base_x: torch.Tensor | None = None  # (B, L) the tokens it was computed at
@@ -56,11 +59,11 @@ def run_grid(
     # Once per run, not per step: the noise levels of the whole grid (float64 for the cache, `sigma_dtype`
     # for the call; row k is step k's) and, for the Rust step, two output buffers used in turn (a step
     # reads one and writes the other).
-    sigma_64 = sampler.sigmas.to(device)[:, None].expand(-1, batch).contiguous()  # (n_eval, B)
+    sigma_64 = grid.sigma_bar[:n_eval].to(device)[:, None].expand(-1, batch).contiguous()  # (n_eval, B)
     sigma_in = sigma_64.to(sigma_dtype)  # (n_eval, B)
     l_grid = log_expm1(sigma_64) if cache else None  # (n_eval, B)
     buffers = None
-    if step_backend == "rust" and sampler.remask is None and device.type == "cpu":
+    if ops.name == "rust" and device.type == "cpu":
         buffers = [torch.empty(x.shape, dtype=torch.int64) for _ in range(2)]  # 2 x (B, L)
     for k in range(n_eval):
         if fixed is not None:
@@ -97,7 +100,7 @@ def run_grid(
         out = None if buffers is None else buffers[k % 2]
         if out is not None and out.data_ptr() == x.data_ptr():  # a fixed-token copy is never one
             out = buffers[(k + 1) % 2]
-        x = sampler.step(log_score, k, x, seed=seed, backend=step_backend, out=out).prev_sample
+        x = predictor.step(grid, log_score.detach(), k, x, ops=ops, seed=seed, rows=all_rows, out=out)
         if on_step is not None:
             on_step()
     if fixed is not None:

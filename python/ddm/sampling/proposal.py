@@ -16,7 +16,9 @@ model's conditional `softmax(l_{0..N-1})` over the real tokens.
 
 In order, with `w` the move weights:
 
-1. `temperature=T`: `w_y -> w_y^(1/T)` (for a jump step, `softmax(l / T)`).
+1. `temperature=T`: `w_y -> w_y^(1/T)` (for a jump step, `softmax(l / T)`). `T = 0` is greedy decoding,
+   the limit `T -> 0`: all the move mass on the most likely state (ties: the lower id), which is exactly
+   `top_k=1` (the form both backends run: `Proposal.resolved`).
 2. `top_k=k`: keep the `k` largest weights (ties: the lower id first), zero the rest.
 3. `top_p=p`: rank by weight (ties: the lower id first) and keep each state whose predecessors hold
    less than `p` of the mass: the smallest prefix with mass `>= p` (nucleus sampling).
@@ -33,6 +35,8 @@ from typing import Any
 
 import torch
 
+from ddm.errors import InvalidArgument
+
 __all__ = ["Proposal", "make_proposal", "transform_weights", "apply_to_step"]
 
 
@@ -41,7 +45,7 @@ class Proposal:
     """The transform of the proposal distribution (see the module docstring).
 
     Attributes:
-        temperature: `T > 0`; 1 leaves the law alone.
+        temperature: `T >= 0`; 1 leaves the law alone, 0 is greedy (the argmax, as `top_k=1`).
         top_k: keep the `k >= 1` most likely states; None keeps all.
         top_p: keep the nucleus of mass `p` in `(0, 1]`; None (or 1) keeps all.
     """
@@ -50,8 +54,16 @@ class Proposal:
     top_k: int | None = None
     top_p: float | None = None
 
+    @property
+    def resolved(self) -> Proposal:
+        """The transform the kernels run: greedy (`temperature=0`) as `top_k=1` at temperature 1, which is
+        the argmax with ties to the lower id on both backends; any other proposal unchanged."""
+        return Proposal(1.0, 1, None) if self.temperature == 0.0 else self
+
     def neutral_for(self, dim: int) -> bool:
         """Whether the transform is the identity on a law over `dim` states."""
+        if self.temperature == 0.0:
+            return dim <= 1
         return (
             self.temperature == 1.0
             and (self.top_k is None or self.top_k >= dim)
@@ -70,21 +82,21 @@ class Proposal:
 def make_proposal(temperature: Any = 1.0, top_k: Any = None, top_p: Any = None) -> Proposal:
     """Check the three options and return a `Proposal` (ValueError / TypeError naming the argument)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+        raise InvalidArgument(f"temperature must be a float, got {type(temperature).__name__}")
     temperature = float(temperature)
-    if not (temperature > 0.0 and temperature < float("inf")):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (temperature >= 0.0 and temperature < float("inf")):
+        raise InvalidArgument(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k must be an int or None, got {type(top_k).__name__}")
+            raise InvalidArgument(f"top_k must be an int or None, got {type(top_k).__name__}")
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None for no cut), got {top_k}")
+            raise InvalidArgument(f"top_k must be >= 1 (or None for no cut), got {top_k}")
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
-            raise TypeError(f"top_p must be a float or None, got {type(top_p).__name__}")
+            raise InvalidArgument(f"top_p must be a float or None, got {type(top_p).__name__}")
         top_p = float(top_p)
         if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1] (or None for no cut), got {top_p}")
+            raise InvalidArgument(f"top_p must lie in (0, 1] (or None for no cut), got {top_p}")
     return Proposal(temperature, top_k, top_p)
 
 
@@ -98,6 +110,7 @@ def transform_weights(w: torch.Tensor, proposal: Proposal) -> torch.Tensor:
     Returns:
         float64 `[..., K]` weights normalised to sum 1 per row (a row of zeros stays zeros).
     """
+    proposal = proposal.resolved
     w = w.to(torch.float64)
     total = w.sum(-1, keepdim=True)  # (..., 1)
     if proposal.temperature != 1.0:
@@ -132,6 +145,7 @@ def apply_to_step(probs: torch.Tensor, x: torch.Tensor, proposal: Proposal) -> t
     Returns:
         float64 `[B, L, dim]`.
     """
+    proposal = proposal.resolved
     if proposal.neutral_for(probs.shape[-1]):
         return probs
     stay = probs.gather(-1, x[..., None])  # (B, L, 1)

@@ -1,4 +1,9 @@
-"""`sample`: the SEDD reverse process from the limit law to data (docs/math.md section 5), on `Sampler`."""
+"""`sample`: the SEDD reverse process from the limit law to data (docs/math.md section 5).
+
+`sample` resolves its arguments once (the predictor from the registry, the backend `Ops`, the seed, the
+conditioning) and dispatches: a grid predictor to `ddm.sampling.grid.run_grid`, an unmasking predictor to
+`ddm.sampling.unmasking.run_unmasking`, a block-diffusion model to `ddm.sampling.blocks.sample_blocks`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ from typing import Any
 
 import torch
 
+from ddm.errors import InvalidArgument
+from ddm.sampling import predictors
 from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.grid import run_grid
-from ddm.sampling.sampler import Sampler, check_seed, random_seed, resolve_backend
+from ddm.sampling.ops import Ops, get_ops
+from ddm.sampling.options import RunOptions
+from ddm.sampling.sampler import Sampler, check_seed, random_seed
 from ddm.sampling.unmasking import run_unmasking
 
 __all__ = ["sample", "SampleStats"]
@@ -57,46 +66,62 @@ def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise InvalidArgument(f"{name} must be >= 1, got {value}")
     return value
+
+
+def _check_keywords(options: dict[str, Any]) -> None:
+    """`InvalidArgument` naming a keyword that is neither a run option nor any predictor's option."""
+    valid = (*RunOptions.names(), *predictors.option_fields())
+    for key in options:
+        if key not in valid:
+            raise InvalidArgument(f"sample() got an unknown option {key!r}; the options are {', '.join(valid)}")
+
+
+def _model_parts(model: Any, graph: Any, schedule: Any) -> tuple[Any, Any]:
+    """The graph and schedule (the model's by default), checked against the model's."""
+    if not callable(model):
+        raise InvalidArgument(f"model must be callable as model(x, sigma), got {type(model).__name__}")
+    if getattr(model, "objective", None) == "autoregressive":
+        raise InvalidArgument(
+            "model is an autoregressive model (objective 'autoregressive'), not a diffusion model: ddm.sample "
+            "runs the reverse diffusion process; draw from it with "
+            "ddm.model.autoregressive.ancestral_sample(model, batch_size, seed=...)"
+        )
+    model_graph = getattr(model, "graph", None)
+    if graph is None:
+        graph = model_graph
+        if graph is None:
+            raise InvalidArgument("graph is required: the model does not carry one (model.graph)")
+    elif model_graph is not None and graph != model_graph:
+        raise InvalidArgument(f"graph={graph!r} does not match the model's graph {model_graph!r}")
+    if schedule is None:
+        schedule = getattr(model, "schedule", None)
+        if schedule is None:
+            raise InvalidArgument("schedule is required: the model does not carry one (model.schedule)")
+    return graph, schedule
 
 
 def sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     steps: int,
     *,
+    predictor: Any = "analytic",
     graph: Any = None,
     schedule: Any = None,
     batch_size: int = 1,
     seq_len: int | None = None,
-    predictor: str = "analytic",
-    denoise: bool = True,
-    eps: float = 1e-5,
     prefix: Any = None,
     suffix: Any = None,
     infill: Any = None,
     seed: int | None = None,
     device: Any = None,
     backend: str = "auto",
-    cache: bool | None = None,
     progress: bool = False,
     return_stats: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    group_by_step: bool = False,
-    tokens_per_step: int | None = None,
-    threshold: float | None = None,
-    order: str = "confidence",
-    entropy_bound: float | None = None,
-    remask: float | None = None,
-    remask_schedule: str = "cap",
-    max_len: int | None = None,
-    stop_at_eos: bool = False,
-    eos_id: int | None = None,
-    kv_cache: bool = True,
+    **options: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Generate sequences with the reverse SEDD process (SEDD section 4; docs/math.md section 5).
 
@@ -115,14 +140,17 @@ def sample(
         batch_size: number of sequences `B`.
         seq_len: sequence length `L` (default `model.seq_len`, the longest the model accepts; a longer
             one is an error).
-        predictor: `"analytic"` (Tweedie tau-leaping) or `"euler"`, or for the absorbing graph
-            `"first_hitting"` (exact: one event per call, Zheng et al. 2024; `ddm.sampling.first_hitting`).
+        predictor: a registered name (`ddm.sampling.predictors.names()`) or a `Predictor` object (then its
+            options are in its config, not keywords). `"analytic"` (Tweedie tau-leaping) or `"euler"`, or
+            for the absorbing graph `"first_hitting"` (exact: one event per call, Zheng et al. 2024;
+            `ddm.sampling.predictors.first_hitting`).
             First-hitting draws each free position's unmasking time, unmasks them in that order, one per
             network call, each from the model's conditional at its time; with exact scores its output law
             is `p0` exactly, in `seq_len - |fixed|` calls (`steps` and `denoise` are not used).
             Or `"confidence"`: each call proposes a token at every masked position and commits the best
             ones by `order` (`tokens_per_step`, `threshold`, `entropy_bound`, or by default
-            `ceil(masked / calls left)` over `steps` calls; `ddm.sampling.confidence`).
+            `ceil(masked / calls left)` over `steps` calls; `ddm.sampling.predictors.confidence`). Or
+            `"remdm"` (ReMDM remasking, as `remask=` below).
         denoise: end with the denoising step (absorbing: no MASK left in the output).
         eps: the last time of the grid, in `(0, 1)`.
         prefix: token ids fixed at the start, a list or 1-D LongTensor.
@@ -144,6 +172,9 @@ def sample(
             None (default) turns it on when `model.time_independent` is True and the graph is absorbing.
         progress: show a tqdm progress bar on stderr.
         return_stats: also return a `SampleStats` (network calls and the seed).
+        **options: the run options below (`ddm.sampling.options.RunOptions`) and the predictor's options
+            (the fields of its config dataclass). An unknown keyword is an `InvalidArgument` naming it and
+            listing the valid ones; an option of another predictor is one too, unless at its default.
         group_by_step: first-hitting only: unmask together the positions whose times fall in the same
             step of the grid `linspace(1, eps, steps + 1)`, with one call at the top of the step (at most
             `steps` calls; draws within one step are independent, an approximation).
@@ -156,13 +187,14 @@ def sample(
         entropy_bound: confidence only: commit the longest prefix of the ranking whose entropies satisfy
             `sum H - max H <= gamma` (the EB-sampler, arXiv 2505.24857), at least one.
         remask: absorbing graph, grid predictors: the ReMDM sampler (arXiv 2503.00307;
-            `ddm.sampling.remask`) with remasking strength `eta` in `[0, 1]`: each step masks a
+            `ddm.sampling.predictors.remdm`) with remasking strength `eta` in `[0, 1]`: each step masks a
             committed token again with probability `r_k` and unmasks a MASK with the matching ReMDM
             probability, both from the schedule, the token from the model's conditional. None: no
             remasking (the plain step). `0` is the MDLM ancestral step.
         remask_schedule: `"cap"` (`r_k = min(eta, r_max)`) or `"rescale"` (`r_k = eta r_max`), with
             `r_max = min(1, (1 - alpha_s) / alpha_t)` the largest rate that keeps the forward marginals.
-        temperature: temperature of every step's proposal distribution, > 0 (1: the plain step). The
+        temperature: temperature of every step's proposal distribution, >= 0 (1: the plain step; 0:
+            greedy, the most likely state, ties to the lower id, on both backends). The
             proposal is the step's law given that the position moves (absorbing: the law over the real
             tokens a MASK position unmasks to); the probability of staying is unchanged, so the
             unmasking schedule is too (`ddm.sampling.proposal`, docs/math.md section 5.10).
@@ -205,102 +237,94 @@ def sample(
     log-score `-inf`.
 
     Raises:
-        ValueError: `steps < 1`, `temperature <= 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
+        InvalidArgument: an unknown option, an autoregressive model (draw from it with
+            `ddm.model.autoregressive.ancestral_sample`), `steps < 1`, `temperature < 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
             `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting`, `confidence` or
             `remask` on the uniform graph (it has no MASK), a `seq_len`
             longer than the model's, an unknown predictor or backend,
             a prefix or suffix longer than `seq_len`, token ids outside the vocabulary, a malformed infill,
             or a model output of the wrong shape.
     """
-    unmasking_options = dict(
-        group_by_step=group_by_step, tokens_per_step=tokens_per_step, threshold=threshold, order=order,
-        entropy_bound=entropy_bound,
-    )  # fmt: skip
+    _check_keywords(options)
+    run, predictor_options = RunOptions.split(options)
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x, sigma), got {type(model).__name__}")
-    model_graph = getattr(model, "graph", None)
-    if graph is None:
-        graph = model_graph
-        if graph is None:
-            raise ValueError("graph is required: the model does not carry one (model.graph)")
-    elif model_graph is not None and graph != model_graph:
-        raise ValueError(f"graph={graph!r} does not match the model's graph {model_graph!r}")
-    if schedule is None:
-        schedule = getattr(model, "schedule", None)
-        if schedule is None:
-            raise ValueError("schedule is required: the model does not carry one (model.schedule)")
-    model_len = getattr(model, "seq_len", None)
-    block_size = int(getattr(model, "block_size", 0) or 0)
-    if block_size:
-        return _sample_blocks(
-            model, steps, graph, schedule, batch_size, max_len if max_len is not None else seq_len,
-            predictor, denoise, eps, prefix, suffix, infill, seed, device, backend, cache, progress,
-            return_stats, dict(temperature=temperature, top_k=top_k, top_p=top_p, remask=remask,
-            remask_schedule=remask_schedule), unmasking_options, stop_at_eos, eos_id, kv_cache,
-        )  # fmt: skip
-    if max_len is not None or stop_at_eos or not kv_cache:
-        raise ValueError(
+    graph, schedule = _model_parts(model, graph, schedule)
+    # the Sampler checks the predictor and every option against it and the graph
+    sampler = Sampler(graph, schedule, predictor, eps=run.eps, denoise=run.denoise, **predictor_options)
+    sampler.set_timesteps(steps)
+    model_device, sigma_dtype = _model_device_dtype(model)
+    device = model_device if device is None else torch.device(device)
+    if getattr(model, "block_size", 0):
+        ops = get_ops(backend, device)
+        seed = random_seed() if seed is None else check_seed(seed)
+        x, stats = _sample_blocks(model, sampler, run, ops, device, batch_size, prefix, suffix, infill, seed,
+                                  progress)  # fmt: skip
+        return (x, stats) if return_stats else x
+    if run.max_len is not None or run.stop_at_eos or not run.kv_cache:
+        raise InvalidArgument(
             "max_len, stop_at_eos and kv_cache are options of block-diffusion models (model.block_size > 0); "
             "this model generates seq_len tokens at once"
         )
+    model_len = getattr(model, "seq_len", None)
     if seq_len is None:
         if model_len is None:
-            raise ValueError("seq_len is required: the model does not carry one (model.seq_len)")
+            raise InvalidArgument("seq_len is required: the model does not carry one (model.seq_len)")
         seq_len = model_len
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
-        raise ValueError(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
-    # the Sampler checks the predictor and every option against it and the graph
-    sampler = Sampler(
-        graph, schedule, predictor=predictor, eps=eps, denoise=denoise, temperature=temperature,
-        top_k=top_k, top_p=top_p, remask=remask, remask_schedule=remask_schedule, **unmasking_options,
-    )  # fmt: skip
-    graph = sampler.graph
-    unmasking = sampler.unmasking  # issue 14: samplers that are not grid steps
-    sampler.set_timesteps(steps)
-
-    model_device, sigma_dtype = _model_device_dtype(model)
-    device = model_device if device is None else torch.device(device)
-    use_rust = resolve_backend(backend, device)
-    step_backend = "rust" if use_rust else "torch"
+        raise InvalidArgument(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
+    ops = get_ops(backend, device)
     seed = random_seed() if seed is None else check_seed(seed)
+    cache = run.cache
     if cache is None:
         cache = bool(graph.absorbing and getattr(model, "time_independent", False))
-    elif not isinstance(cache, bool):
-        raise TypeError(f"cache must be a bool or None, got {type(cache).__name__}")
     elif cache and not graph.absorbing:
-        raise ValueError(
+        raise InvalidArgument(
             "cache=True needs an absorbing graph (the closed-form sigma scale of docs/math.md section 4)"
         )
     fixed = build_fixed(prefix, suffix, infill, seq_len, graph.vocab_size)
     if fixed is not None:
         fixed = fixed.to(device)
+    call = _checked_call(model, device, sigma_dtype, (seq_len, graph.dim))
+    x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
+    if sampler.unmasking:
+        x = x if fixed is None else fixed.apply(x)
+        x, calls, rows = run_unmasking(sampler.predictor, sampler.grid, call, x, seed=seed, ops=ops,
+                                       progress=progress)  # fmt: skip
+        x = x if fixed is None else fixed.apply(x)
+        stats = SampleStats(calls, rows, calls, cache, ops.name, seed)
+    else:
+        x, stats = _sample_grid(sampler, call, x, fixed, seed, ops, cache, sigma_dtype, progress)
+    return (x, stats) if return_stats else x
 
-    want = (batch_size, seq_len, graph.dim)
+
+def _checked_call(model: Any, device: torch.device, sigma_dtype: torch.dtype, want: tuple[int, int]) -> Callable:
+    """`call(x, sigma, rows)`: the model on `x` at `sigma` (on `device`, in `sigma_dtype`), its output
+    checked to be floating log-scores `[B, L, dim]`."""
 
     def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         # (the rows do not matter here); the .to is a no-op for the grid's sigma_in
         out = model(x, sigma.to(device=device, dtype=sigma_dtype))
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-            raise TypeError("the model must return a floating tensor of log-scores [B, L, dim]")
-        if tuple(out.shape) != (x.shape[0], *want[1:]):
-            raise ValueError(
-                f"the model returned shape {list(out.shape)}, expected {[x.shape[0], *want[1:]]} "
-                f"([B, L, dim] with dim={graph.dim})"
+            raise InvalidArgument("the model must return a floating tensor of log-scores [B, L, dim]")
+        if tuple(out.shape) != (x.shape[0], *want):
+            raise InvalidArgument(
+                f"the model returned shape {list(out.shape)}, expected {[x.shape[0], *want]} "
+                f"([B, L, dim] with dim={want[1]})"
             )
         return out
 
-    if unmasking:
-        x, calls, rows = run_unmasking(
-            predictor, call, sampler, batch_size, seq_len, fixed, seed=seed, steps=steps,
-            use_rust=use_rust, device=device, options=sampler.unmasking_options, progress=progress,
-        )  # fmt: skip
-        stats = SampleStats(calls, rows, calls, cache, step_backend, seed)
-        return (x, stats) if return_stats else x
+    return call
 
-    n_eval = len(sampler.timesteps)
+
+def _sample_grid(
+    sampler: Sampler, call: Callable, x: torch.Tensor, fixed: Any, seed: int, ops: Ops, cache: bool,
+    sigma_dtype: torch.dtype, progress: bool,
+) -> tuple[torch.Tensor, SampleStats]:  # fmt: skip
+    """A grid predictor's run from `x`, with a progress bar over the grid."""
+    grid = sampler.grid
+    assert grid is not None
     counts = [0, 0]  # network calls, rows evaluated
 
     def on_call(n_rows: int) -> None:
@@ -311,100 +335,50 @@ def sample(
     if progress:
         from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
 
-        bar = tqdm(total=n_eval, desc="sampling", unit="step", file=sys.stderr, leave=False)
+        bar = tqdm(total=grid.n_eval, desc="sampling", unit="step", file=sys.stderr, leave=False)
     try:
         with torch.no_grad():
-            x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
             x = run_grid(
-                call, sampler, x, fixed, seed=seed, step_backend=step_backend, cache=cache,
+                call, sampler.predictor, grid, x, fixed, seed=seed, ops=ops, cache=cache,
                 sigma_dtype=sigma_dtype, on_call=on_call, on_step=None if bar is None else bar.update,
             )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    calls, rows = counts
-    if return_stats:
-        stats = SampleStats(
-            network_calls=calls,
-            rows_evaluated=rows,
-            evaluations=n_eval,
-            cache=cache,
-            backend=step_backend,
-            seed=seed,
-        )
-        return x, stats
-    return x
+    return x, SampleStats(counts[0], counts[1], grid.n_eval, cache, ops.name, seed)
 
 
 def _sample_blocks(
-    model: Any,
-    steps: int,
-    graph: Any,
-    schedule: Any,
-    batch_size: int,
-    max_len: int | None,
-    predictor: str,
-    denoise: bool,
-    eps: float,
-    prefix: Any,
-    suffix: Any,
-    infill: Any,
-    seed: int | None,
-    device: Any,
-    backend: str,
-    cache: bool | None,
-    progress: bool,
-    return_stats: bool,
-    step_options: dict[str, Any],
-    unmasking_options: dict[str, Any],
-    stop_at_eos: bool,
-    eos_id: int | None,
-    kv_cache: bool,
-) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
+    model: Any, sampler: Sampler, run: RunOptions, ops: Ops, device: torch.device, batch_size: int, prefix: Any,
+    suffix: Any, infill: Any, seed: int, progress: bool,
+) -> tuple[torch.Tensor, SampleStats]:  # fmt: skip
     """`sample` for a block-diffusion model: checks, then `ddm.sampling.blocks.sample_blocks`."""
-    # the Sampler checks the predictor and every option against it and the graph, as in sample()
-    sampler = Sampler(
-        graph, schedule, predictor=predictor, eps=eps, denoise=denoise, **step_options, **unmasking_options
-    )
-    sampler.set_timesteps(steps)
-    unmasking = sampler.unmasking
+    graph = sampler.graph
     if suffix is not None or infill is not None:
-        raise ValueError("a block model generates left to right: it takes a prefix, not a suffix or infill")
-    max_len = _positive_int(model.seq_len if max_len is None else max_len, "max_len")
-    for name, v in (("stop_at_eos", stop_at_eos), ("kv_cache", kv_cache)):
-        if not isinstance(v, bool):
-            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    if stop_at_eos:
+        raise InvalidArgument("a block model generates left to right: it takes a prefix, not a suffix or infill")
+    max_len = _positive_int(model.seq_len if run.max_len is None else run.max_len, "max_len")
+    eos_id = run.eos_id
+    if run.stop_at_eos:
         if eos_id is None:
             eos_id = getattr(getattr(model, "tokenizer", None), "eos_id", None)
             if eos_id is None:
-                raise ValueError("stop_at_eos=True needs eos_id (the model's tokenizer has no eos_id)")
+                raise InvalidArgument("stop_at_eos=True needs eos_id (the model's tokenizer has no eos_id)")
         if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < graph.vocab_size:
-            raise ValueError(f"eos_id must be a token id in [0, {graph.vocab_size}), got {eos_id!r}")
-    model_device, _ = _model_device_dtype(model)
-    device = model_device if device is None else torch.device(device)
-    use_rust = resolve_backend(backend, device)
-    seed = random_seed() if seed is None else check_seed(seed)
-    if cache is None:
-        cache = True  # a block model is time-independent (checked by ScoreModel)
-    elif not isinstance(cache, bool):
-        raise TypeError(f"cache must be a bool or None, got {type(cache).__name__}")
+            raise InvalidArgument(f"eos_id must be a token id in [0, {graph.vocab_size}), got {eos_id!r}")
+    cache = True if run.cache is None else run.cache  # a block model is time-independent (ScoreModel checks)
     ids = None
     if prefix is not None:
         fixed = build_fixed(prefix, None, None, max_len, graph.vocab_size)  # checks ids and the length
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)
-    run = sample_blocks(
-        model, sampler, batch_size=batch_size, max_len=max_len, prefix=ids, seed=seed, device=device,
-        step_backend="rust" if use_rust else "torch", kv_cache=kv_cache, cache=cache,
-        stop_at_eos=stop_at_eos, eos_id=eos_id, progress=progress,
-        unmasking=(predictor, steps, sampler.unmasking_options) if unmasking else None,
+    res = sample_blocks(
+        model, sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
+        ops=ops, device=device, cache=cache, kv_cache=run.kv_cache, eos_id=eos_id if run.stop_at_eos else None, progress=progress,
     )  # fmt: skip
-    if return_stats:
-        stats = SampleStats(
-            network_calls=run.network_calls, rows_evaluated=run.rows_evaluated,
-            evaluations=len(sampler.timesteps) * run.blocks, cache=cache,
-            backend="rust" if use_rust else "torch", seed=seed, lengths=run.lengths, blocks=run.blocks,
-        )  # fmt: skip
-        return run.tokens, stats
-    return run.tokens
+    assert sampler.grid is not None
+    stats = SampleStats(
+        network_calls=res.network_calls, rows_evaluated=res.rows_evaluated,
+        evaluations=sampler.grid.n_eval * res.blocks, cache=cache, backend=ops.name, seed=seed,
+        lengths=res.lengths, blocks=res.blocks,
+    )  # fmt: skip
+    return res.tokens, stats
