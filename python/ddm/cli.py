@@ -34,11 +34,10 @@ from ddm.data import registry as datasets
 from ddm.errors import DdmError
 from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
 from ddm.eval.metrics import exact_nll
-from ddm.eval.report import DEFAULT_STEPS, report
+from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load
-from ddm.sampling import sample
-from ddm.sampling.cli_options import ALL_PREDICTORS, add_sampler_options, sampler_kwargs
-from ddm.sampling.sampler import BACKENDS, PREDICTORS
+from ddm.sampling import predictors, sample
+from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import train
@@ -362,8 +361,6 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--predictor", choices=ALL_PREDICTORS, default="analytic")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -419,9 +416,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(body)
     lengths = "" if stats.lengths is None else f" (lengths {stats.lengths.tolist()}, {stats.blocks} blocks)"
+    # an unmasking predictor's calls are set by the tokens, not by --steps
+    steps = "" if predictors.get(args.predictor).unmasking else f"{args.steps} steps, "
     print(
-        f"{args.num} x {x.shape[1]} tokens{lengths}, {args.steps} steps, {stats.network_calls} network "
-        f"calls, {stats.backend} steps, seed {stats.seed}",
+        f"{args.num} x {x.shape[1]} tokens{lengths}, {steps}{stats.network_calls} network calls, "
+        f"{stats.backend} backend, seed {stats.seed}",
         file=sys.stderr,
     )
     return 0
@@ -452,10 +451,10 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--predictors",
-        default=",".join(PREDICTORS),
+        default=",".join(DEFAULT_PREDICTORS),
         metavar="P,P",
-        help="any of analytic, euler, first_hitting, confidence, each optionally with sample options as "
-        "name:key=value:... (e.g. confidence:entropy_bound=0.5) (default: analytic,euler)",
+        help=f"any of {', '.join(predictors.names())}, each optionally with its options as "
+        f"name:key=value:... (e.g. confidence:entropy_bound=0.5) (default: {','.join(DEFAULT_PREDICTORS)})",
     )
     p.add_argument("--num-samples", type=int, default=32, metavar="K", help="samples per row (default 32)")
     p.add_argument("--out", default="report", metavar="DIR", help="output directory (default ./report)")

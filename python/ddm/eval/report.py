@@ -10,22 +10,36 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddm.errors import InvalidArgument
 from ddm.eval.bound import heldout_blocks, likelihood_bound
 from ddm.eval.metrics import exact_nll, gen_perplexity, unigram_entropy
 from ddm.io import checkpoint
 from ddm.io import load as load_model
-from ddm.sampling import sample
-from ddm.sampling.sampler import PREDICTORS, Sampler
-from ddm.sampling.unmasking import UNMASKING_PREDICTORS
+from ddm.sampling import Sampler, sample
+from ddm.sampling import predictors as predictor_registry
 
-__all__ = ["DEFAULT_STEPS", "parse_predictor", "report"]
+__all__ = [
+    "DEFAULT_PREDICTORS",
+    "DEFAULT_STEPS",
+    "ReportSettings",
+    "compute_report",
+    "format_report",
+    "parse_predictor",
+    "plot_report",
+    "report",
+]
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
+# Two rows that differ: analytic and Euler are bit-identical for the absorbing graph with the log-linear
+# schedule (`expm1(d) = h`), so the second default is exact first hitting (skipped for a uniform model,
+# which has no MASK: add `euler` there).
+DEFAULT_PREDICTORS = ("analytic", "first_hitting")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,14 +92,6 @@ def _read_state(path: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-# the options of ddm.sample a report row may set, by their type
-_ROW_OPTIONS = {
-    "group_by_step": bool, "tokens_per_step": int, "threshold": float, "order": str,
-    "entropy_bound": float, "temperature": float, "top_k": int, "top_p": float, "remask": float,
-    "remask_schedule": str,
-}  # fmt: skip
-
-
 def parse_predictor(spec: str) -> tuple[str, dict[str, Any]]:
     """`"name"` or `"name:key=value:key=value"` -> `(name, options of ddm.sample)`.
 
@@ -93,18 +99,19 @@ def parse_predictor(spec: str) -> tuple[str, dict[str, Any]]:
     read by the option's type (`true` / `false` for booleans).
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"a predictor must be a non-empty string, got {spec!r}")
+        raise InvalidArgument(f"a predictor must be a non-empty string, got {spec!r}")
     name, *parts = spec.split(":")
-    if name not in PREDICTORS + UNMASKING_PREDICTORS:
-        raise ValueError(f"predictors must be among {PREDICTORS + UNMASKING_PREDICTORS}, got {name!r}")
+    if name not in predictor_registry.names():
+        raise InvalidArgument(f"predictors must be among {predictor_registry.names()}, got {name!r}")
+    known = predictor_registry.option_types()  # read from the predictors' config dataclasses
     options: dict[str, Any] = {}
     for part in parts:
         key, eq, value = part.partition("=")
         if not eq or not key or not value:
-            raise ValueError(f"predictor {spec!r}: options are written key=value, got {part!r}")
-        if key not in _ROW_OPTIONS:
-            raise ValueError(f"predictor {spec!r}: unknown option {key!r} (known: {sorted(_ROW_OPTIONS)})")
-        kind = _ROW_OPTIONS[key]
+            raise InvalidArgument(f"predictor {spec!r}: options are written key=value, got {part!r}")
+        if key not in known:
+            raise InvalidArgument(f"predictor {spec!r}: unknown option {key!r} (known: {sorted(known)})")
+        kind = known[key]
         try:
             if kind is bool:
                 if value.lower() not in ("true", "false"):
@@ -113,7 +120,9 @@ def parse_predictor(spec: str) -> tuple[str, dict[str, Any]]:
             else:
                 options[key] = kind(value)
         except ValueError:
-            raise ValueError(f"predictor {spec!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+            raise InvalidArgument(
+                f"predictor {spec!r}: {key} must be a {kind.__name__}, got {value!r}"
+            ) from None
     if name == "first_hitting":
         # one call per grid step by default, so that the step count bounds the network calls
         options.setdefault("group_by_step", True)
@@ -134,28 +143,51 @@ def _parse_steps(steps: Any) -> list[int]:
         try:
             steps = [int(s) for s in steps.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(f"steps must be comma-separated integers, got {steps!r}") from None
+            raise InvalidArgument(f"steps must be comma-separated integers, got {steps!r}") from None
     steps = list(steps)
     if not steps or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps):
-        raise ValueError(f"steps must be a non-empty list of positive integers, got {steps!r}")
+        raise InvalidArgument(f"steps must be a non-empty list of positive integers, got {steps!r}")
     return sorted(set(steps))
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a report measures (see `report`)."""
+
+    steps: Any = DEFAULT_STEPS  # sampling steps, a list or a comma-separated string
+    predictors: tuple[str, ...] = DEFAULT_PREDICTORS  # rows: `name` or `name:key=value:...`
+    num_samples: int = 32  # samples per (predictor, steps)
+    num_t: int = 64  # stratified times per block for the bound
+    max_sequences: int | None = None  # score at most this many held-out blocks (None: all)
+    batch_size: int = 64  # rows per network call for the bound and the judge
+    seed: int = 0  # seeds the bound's draws and the samplers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", _parse_steps(self.steps))
+        object.__setattr__(self, "predictors", tuple(self.predictors))
+        n = self.num_samples
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InvalidArgument(f"num_samples must be a positive integer, got {n!r}")
+
+    def rows(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """`(spec, predictor, options)` of every row, each checked (`InvalidArgument` naming it)."""
+        return [(spec, *parse_predictor(spec)) for spec in self.predictors]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compute
+# ---------------------------------------------------------------------------------------------------
 
 
 def report(
     checkpoints: list[str | os.PathLike],
     judge: str | os.PathLike,
     *,
-    steps: Any = DEFAULT_STEPS,
-    predictors: tuple[str, ...] = PREDICTORS,
-    num_samples: int = 32,
     out: str | os.PathLike = "report",
-    num_t: int = 64,
-    max_sequences: int | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     plot: bool = True,
     log: Any = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Quality report of diffusion checkpoints against an autoregressive judge; writes `out/`.
 
@@ -166,52 +198,62 @@ def report(
     with their generative perplexity under the judge and their unigram entropy, next to both numbers for
     the held-out blocks themselves.
 
-    Writes `out/report.md` (tables), `out/report.json` (everything, with the training budgets) and, with
-    `plot=True` and matplotlib, `out/bound.png` (the held-out bound logged during training against the
-    step, with the AR NLL) and `out/gen_perplexity.png` (generative perplexity and entropy against steps,
-    log axis).
+    Writes `out/report.md` (tables, `format_report`), `out/report.json` (everything, with the training
+    budgets; `compute_report`) and, with `plot=True` and matplotlib, `out/bound.png` (the held-out bound
+    logged during training against the step, with the AR NLL) and `out/gen_perplexity.png` (generative
+    perplexity and entropy against network calls, log axis; `plot_report`).
 
     Args:
         checkpoints: diffusion checkpoints or run directories.
         judge: an autoregressive checkpoint or run directory trained on the same corpus and tokenizer.
-        steps: numbers of sampling steps, a list or a comma-separated string.
-        predictors: any of `"analytic"`, `"euler"`, and for absorbing models `"first_hitting"` (with
-            `group_by_step`, so at most `steps` calls) and `"confidence"` (`ceil(masked / calls left)`
-            tokens per call), each optionally with options of `ddm.sample` as `name:key=value:...`
-            (`"confidence:entropy_bound=0.5"`, `"first_hitting:group_by_step=false"`,
-            `"analytic:top_p=0.9"`). A row whose commit rule ignores the step count (a threshold or an
-            entropy bound, first hitting ungrouped) runs once, at the largest `steps`. Each row records
-            its `network_calls` and `calls_per_sequence` (the rows evaluated over the samples: a call on
-            a subset of the rows costs less), and the plot reads against the latter.
-        num_samples: samples per (predictor, steps).
         out: output directory (created).
-        num_t: stratified times per block for the bound.
-        max_sequences: score at most this many held-out blocks (default all).
-        batch_size: rows per network call for the bound and the judge.
-        seed: seeds the bound's draws and the samplers.
         device: where the models run.
         plot: write the PNG plots.
         log: a callable taking a progress line (e.g. `print`), or None.
+        **settings: the fields of `ReportSettings`: `steps` (a list or a comma-separated string),
+            `predictors` (any registered predictor; first hitting, confidence and ReMDM only for absorbing
+            models; each optionally with options of `ddm.sample` as `name:key=value:...`, e.g.
+            `"confidence:entropy_bound=0.5"`, `"first_hitting:group_by_step=false"`,
+            `"analytic:top_p=0.9"`; first hitting is grouped by step by default, so at most `steps`
+            calls; a row whose commit rule ignores the step count runs once, at the largest `steps`;
+            default `DEFAULT_PREDICTORS`, analytic and first hitting: analytic and Euler are bit-identical
+            for the absorbing graph with the log-linear schedule, so they would make duplicate rows),
+            `num_samples`, `num_t`, `max_sequences`, `batch_size`, `seed`. Each row records its
+            `network_calls` and `calls_per_sequence` (the rows evaluated over the samples: a call on a
+            subset of the rows costs less), and the plot reads against the latter.
 
     Returns:
         The content of `report.json`.
     """
     if not checkpoints:
-        raise ValueError("report needs at least one diffusion checkpoint")
-    steps = _parse_steps(steps)
-    predictors = tuple(predictors)
-    parsed = [parse_predictor(p) for p in predictors]
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        raise InvalidArgument("report needs at least one diffusion checkpoint")
+    result = compute_report(checkpoints, judge, ReportSettings(**settings), device=device, log=log)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "report.md").write_text(format_report(result))
+    if plot:
+        plot_report(result, out)
+    return result
+
+
+def compute_report(
+    checkpoints: list[str | os.PathLike],
+    judge: str | os.PathLike,
+    settings: ReportSettings,
+    *,
+    device: str | torch.device = "cpu",
+    log: Any = None,
+) -> dict[str, Any]:
+    """The numbers of `report` (the content of `report.json`), without writing anything."""
+    rows = settings.rows()  # every row checked before the first model is loaded
     say = log if log is not None else (lambda _msg: None)
     device = torch.device(device)
-    out = Path(out)
-
     judge_path = checkpoint.resolve(judge)
     judge_cfg = checkpoint.read_config(judge_path)
     judge_model = load_model(judge_path, device=device)
     if getattr(judge_model, "objective", None) != "autoregressive":
-        raise ValueError(f"judge {str(judge)!r} is not an autoregressive checkpoint (objective)")
+        raise InvalidArgument(f"judge {str(judge)!r} is not an autoregressive checkpoint (objective)")
     result: dict[str, Any] = {
         "judge": {
             "checkpoint": str(judge_path),
@@ -220,94 +262,115 @@ def report(
             "curve": _eval_curve(judge_path),
         },
         "settings": {
-            "steps": steps,
-            "predictors": list(predictors),
-            "num_samples": num_samples,
-            "num_t": num_t,
-            "max_sequences": max_sequences,
-            "seed": seed,
+            "steps": settings.steps,
+            "predictors": list(settings.predictors),
+            "num_samples": settings.num_samples,
+            "num_t": settings.num_t,
+            "max_sequences": settings.max_sequences,
+            "seed": settings.seed,
             "entropy": "per-sample unigram entropy in nats, averaged over samples",
             "gen_perplexity": "exp(mean judge NLL per token over all sample tokens)",
         },
         "models": [],
     }
     for ck in checkpoints:
-        path = checkpoint.resolve(ck)
-        cfg = checkpoint.read_config(path)
-        if cfg.get("objective", "diffusion") == "autoregressive":
-            raise ValueError(f"checkpoint {str(ck)!r} is not a diffusion checkpoint: use it as --judge")
-        if cfg.get("tokenizer") != judge_cfg.get("tokenizer"):
-            raise ValueError(
-                f"checkpoint {str(ck)!r} and the judge have different tokenizers: the judge must be "
-                "trained on the same corpus"
-            )
-        model = load_model(path, device=device)
-        L = model.seq_len
-        if L > judge_model.seq_len:
-            raise ValueError(f"the judge's seq_len {judge_model.seq_len} is shorter than the model's {L}")
-        data = heldout_blocks(path, L)
-        if max_sequences is not None:
-            data = data[:max_sequences]
-        say(f"{path}: bound on {data.shape[0]} held-out blocks of {L}, {num_t} t each")
-        bound = likelihood_bound(model, data, num_t=num_t, batch_size=batch_size, seed=seed)
-        ar = exact_nll(judge_model, data, batch_size=batch_size)
-        ref = data[: max(num_samples, 1)]
-        entry: dict[str, Any] = {
-            "checkpoint": str(path),
-            "graph": cfg["graph"],
-            "schedule": cfg["schedule"],
-            "parameters": model.num_parameters(),
-            "train": _train_summary(cfg, _read_state(path)),
-            "bound": bound.to_dict(),
-            "ar_nll": ar.to_dict(),
-            "bound_over_ar": bound.nats_per_token / ar.nats_per_token,
-            "data": {
-                "blocks": int(ref.shape[0]),
-                "gen_perplexity": gen_perplexity(ref, judge_model, batch_size=batch_size),
-                "entropy": unigram_entropy(ref),
-            },
-            "curve": _eval_curve(path),
-            "samples": [],
-        }
-        for spec, (predictor, options) in zip(predictors, parsed, strict=True):
-            if predictor in UNMASKING_PREDICTORS and not model.graph.absorbing:
-                continue  # first-hitting and confidence decoding need a MASK
-            # every option checked before the first sample (a ValueError naming it)
-            Sampler(model.graph, model.schedule, predictor=predictor, **options)
-            for n in steps if _uses_steps(predictor, options) else steps[-1:]:
-                t0 = time.perf_counter()
-                x, stats = sample(
-                    model, n, predictor=predictor, batch_size=num_samples, seed=seed, return_stats=True,
-                    **options,
-                )  # fmt: skip
-                seconds = time.perf_counter() - t0
-                row = {
-                    "predictor": spec,
-                    "steps": n,
-                    "network_calls": stats.network_calls,
-                    # the cost per sequence: a call on a subset of the rows (first hitting grouped by
-                    # step, confidence, caching) evaluates fewer sequences
-                    "calls_per_sequence": stats.rows_evaluated / num_samples,
-                    "gen_perplexity": gen_perplexity(x, judge_model, batch_size=batch_size),
-                    "entropy": unigram_entropy(x),
-                    "sample_seconds": seconds,
-                }
-                if getattr(model, "tokenizer", None) is not None:
-                    row["example"] = model.tokenizer.decode(x[0].tolist())[:200]
-                entry["samples"].append(row)
-                say(
-                    f"  {spec:8s} {n:5d} steps, {stats.network_calls:5d} calls "
-                    f"({row['calls_per_sequence']:.1f} per sequence): gen ppl "
-                    f"{row['gen_perplexity']:.3f}, entropy {row['entropy']:.3f} ({seconds:.1f} s)"
-                )
+        entry, model = _model_entry(ck, judge_model, judge_cfg, settings, device, say)
+        entry["samples"] = _sample_rows(model, judge_model, rows, settings, say)
         result["models"].append(entry)
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "report.md").write_text(_markdown(result))
-    if plot:
-        _plots(result, out)
     return result
+
+
+def _model_entry(
+    ck: Any, judge_model: Any, judge_cfg: dict, settings: ReportSettings, device: torch.device, say: Any
+) -> tuple[dict[str, Any], Any]:
+    """A diffusion checkpoint's bound, the judge's NLL on the same blocks, and the data reference."""
+    path = checkpoint.resolve(ck)
+    cfg = checkpoint.read_config(path)
+    if cfg.get("objective", "diffusion") == "autoregressive":
+        raise InvalidArgument(f"checkpoint {str(ck)!r} is not a diffusion checkpoint: use it as --judge")
+    if cfg.get("tokenizer") != judge_cfg.get("tokenizer"):
+        raise InvalidArgument(
+            f"checkpoint {str(ck)!r} and the judge have different tokenizers: the judge must be "
+            "trained on the same corpus"
+        )
+    model = load_model(path, device=device)
+    L = model.seq_len
+    if L > judge_model.seq_len:
+        raise InvalidArgument(f"the judge's seq_len {judge_model.seq_len} is shorter than the model's {L}")
+    data = heldout_blocks(path, L)
+    if settings.max_sequences is not None:
+        data = data[: settings.max_sequences]
+    say(f"{path}: bound on {data.shape[0]} held-out blocks of {L}, {settings.num_t} t each")
+    bound = likelihood_bound(
+        model, data, num_t=settings.num_t, batch_size=settings.batch_size, seed=settings.seed
+    )
+    ar = exact_nll(judge_model, data, batch_size=settings.batch_size)
+    ref = data[: max(settings.num_samples, 1)]
+    entry = {
+        "checkpoint": str(path),
+        "graph": cfg["graph"],
+        "schedule": cfg["schedule"],
+        "parameters": model.num_parameters(),
+        "train": _train_summary(cfg, _read_state(path)),
+        "bound": bound.to_dict(),
+        "ar_nll": ar.to_dict(),
+        "bound_over_ar": bound.nats_per_token / ar.nats_per_token,
+        "data": {
+            "blocks": int(ref.shape[0]),
+            "gen_perplexity": gen_perplexity(ref, judge_model, batch_size=settings.batch_size),
+            "entropy": unigram_entropy(ref),
+        },
+        "curve": _eval_curve(path),
+    }
+    return entry, model
+
+
+def _sample_rows(
+    model: Any,
+    judge_model: Any,
+    rows: list[tuple[str, str, dict[str, Any]]],
+    settings: ReportSettings,
+    say: Any,
+) -> list[dict[str, Any]]:
+    """Every (predictor, steps) row of one model: samples, their generative perplexity and entropy."""
+    out = []
+    for spec, predictor, options in rows:
+        if predictor_registry.get(predictor).needs_mask and getattr(model.graph, "mask_id", None) is None:
+            continue  # first hitting, confidence and ReMDM need a MASK
+        # every option checked before the first sample (an InvalidArgument naming it)
+        Sampler(model.graph, model.schedule, predictor=predictor, **options)
+        for n in settings.steps if _uses_steps(predictor, options) else settings.steps[-1:]:
+            t0 = time.perf_counter()
+            x, stats = sample(
+                model, n, predictor=predictor, batch_size=settings.num_samples, seed=settings.seed,
+                return_stats=True, **options,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            row = {
+                "predictor": spec,
+                "steps": n,
+                "network_calls": stats.network_calls,
+                # the cost per sequence: a call on a subset of the rows (first hitting grouped by step,
+                # confidence, caching) evaluates fewer sequences
+                "calls_per_sequence": stats.rows_evaluated / settings.num_samples,
+                "gen_perplexity": gen_perplexity(x, judge_model, batch_size=settings.batch_size),
+                "entropy": unigram_entropy(x),
+                "sample_seconds": seconds,
+            }
+            if getattr(model, "tokenizer", None) is not None:
+                row["example"] = model.tokenizer.decode(x[0].tolist())[:200]
+            out.append(row)
+            say(
+                f"  {spec:8s} {n:5d} steps, {stats.network_calls:5d} calls "
+                f"({row['calls_per_sequence']:.1f} per sequence): gen ppl "
+                f"{row['gen_perplexity']:.3f}, entropy {row['entropy']:.3f} ({seconds:.1f} s)"
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format
+# ---------------------------------------------------------------------------------------------------
 
 
 def _graph_name(entry: dict[str, Any]) -> str:
@@ -315,7 +378,8 @@ def _graph_name(entry: dict[str, Any]) -> str:
     return str(g.get("name") or g.get("type") or g)
 
 
-def _markdown(r: dict[str, Any]) -> str:
+def format_report(r: dict[str, Any]) -> str:
+    """`report.md`: the tables of a `compute_report` result."""
     j = r["judge"]
     s = r["settings"]
     lines = [
@@ -370,7 +434,13 @@ def _markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(r: dict[str, Any], out: Path) -> None:
+# ---------------------------------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_report(r: dict[str, Any], out: Path) -> None:
+    """`out/bound.png` and `out/gen_perplexity.png` of a `compute_report` result (needs matplotlib)."""
     try:
         import matplotlib  # optional (the `plot` extra): imported only to draw
 
@@ -378,6 +448,12 @@ def _plots(r: dict[str, Any], out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # the plots are optional
         return
+    _plot_bound(plt, r, Path(out))
+    _plot_samples(plt, r, Path(out))
+
+
+def _plot_bound(plt: Any, r: dict[str, Any], out: Path) -> None:
+    """The held-out bound logged in training against the step, with the AR NLL."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in r["models"]:
         c = m["curve"]
@@ -414,6 +490,9 @@ def _plots(r: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "bound.png", dpi=90)
     plt.close(fig)
 
+
+def _plot_samples(plt: Any, r: dict[str, Any], out: Path) -> None:
+    """Generative perplexity and entropy against network calls per sequence."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for m in r["models"]:
         for predictor in r["settings"]["predictors"]:

@@ -164,7 +164,15 @@ class _Blocks:
 
 
 def _block(
-    state: _Blocks, predictor: Predictor, grid: Grid, lo: int, hi: int, P: int, seed: int, ops: Any, cache: bool
+    state: _Blocks,
+    predictor: Predictor,
+    grid: Grid,
+    lo: int,
+    hi: int,
+    P: int,
+    seed: int,
+    ops: Any,
+    cache: bool,
 ) -> torch.Tensor:
     """One block from all MASK to clean with `predictor`: the loop of `ddm.sample` on `B'` positions, a
     partial prefix fixed inside it."""
@@ -183,4 +191,6 @@ def _block(
         x = x if fixed is None else fixed.apply(x)
         x = run_unmasking(predictor, grid, call, x, seed=seed, ops=ops)[0]
         return x if fixed is None else fixed.apply(x)
-    return run_grid(call, predictor, grid, x, fixed, seed=seed, ops=ops, cache=cache, sigma_dtype=torch.float64)
+    return run_grid(
+        call, predictor, grid, x, fixed, seed=seed, ops=ops, cache=cache, sigma_dtype=torch.float64
+    )

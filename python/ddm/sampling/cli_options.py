@@ -1,41 +1,61 @@
-"""The options of `ddm sample` for the samplers of issue 14 (registered in `ddm.cli`)."""
+"""The predictor options of `ddm sample`, read from the predictors' config dataclasses (registered in
+`ddm.cli`): every field of every registered predictor's `Config` is one flag, listed once."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ddm.sampling.sampler import PREDICTORS
-from ddm.sampling.unmasking import UNMASKING_PREDICTORS
+from ddm.sampling import predictors
+from ddm.sampling.ops import BACKENDS
 
 __all__ = ["ALL_PREDICTORS", "add_sampler_options", "sampler_kwargs"]
 
-ALL_PREDICTORS = PREDICTORS + UNMASKING_PREDICTORS
+ALL_PREDICTORS = predictors.names()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """Temperature / top-k / top-p, the confidence sampler's commit rule and order, and remasking."""
-    g = p.add_argument_group("proposal and sampler options (ddm.sampling.sample)")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="proposal temperature (1)")
-    g.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus of mass P in (0, 1]")
-    g.add_argument("--group-by-step", action="store_true", help="first_hitting: one call per grid step")
-    g.add_argument("--tokens-per-step", type=int, default=None, metavar="K", help="confidence: K per call")
-    g.add_argument("--threshold", type=float, default=None, metavar="TAU", help="confidence: above TAU")
-    g.add_argument("--order", choices=["confidence", "margin", "entropy", "random"], default="confidence")
-    g.add_argument("--entropy-bound", type=float, default=None, metavar="G", help="confidence: EB bound")
-    g.add_argument("--remask", type=float, default=None, metavar="ETA", help="ReMDM remasking in [0, 1]")
-    g.add_argument("--remask-schedule", choices=["cap", "rescale"], default="cap")
+    """`--predictor`, `--backend` and one flag per predictor option (its help from the field's metadata)."""
+    p.add_argument(
+        "--predictor", choices=ALL_PREDICTORS, default="analytic",
+        help="the sampler: analytic or euler (tau-leaping on the grid), first_hitting (exact, one token per "
+        "call), confidence (parallel decoding by score) or remdm (remasking); default analytic",
+    )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="where the steps run: auto (the Rust core on the CPU, torch elsewhere), rust or torch",
+    )  # fmt: skip
+    g = p.add_argument_group(
+        "predictor options (ddm.sampling.predictors; each applies to the predictors named)"
+    )
+    kinds = predictors.option_types()
+    for name, (f, owners) in predictors.option_fields().items():
+        kind = kinds[name]
+        owners_note = "" if len(owners) == len(ALL_PREDICTORS) else f" [{', '.join(owners)}]"
+        helptext = f.metadata.get("help", name) + owners_note
+        if kind is bool:
+            g.add_argument(_flag(name), action="store_true", help=helptext)
+            continue
+        # None: not given (the predictor's default applies), so an explicit value is always passed on
+        kw: dict[str, Any] = dict(type=kind, default=None, help=f"{helptext} (default {f.default})")
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
+        g.add_argument(_flag(name), **kw)
 
 
 def sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `ddm.sampling.sample` for the options above."""
-    kw: dict[str, Any] = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if args.predictor == "first_hitting":
-        kw["group_by_step"] = args.group_by_step
-    if args.predictor == "confidence":
-        kw.update(tokens_per_step=args.tokens_per_step, threshold=args.threshold, order=args.order,
-                  entropy_bound=args.entropy_bound)  # fmt: skip
-    if args.remask is not None:
-        kw.update(remask=args.remask, remask_schedule=args.remask_schedule)
+    """The keyword arguments of `ddm.sampling.sample` for the options the user gave (a flag left out
+    keeps the predictor's default; an option of another predictor is passed on, so that `sample` names it
+    in an error). `--remask` on a grid predictor selects ReMDM, as in `sample`."""
+    kw: dict[str, Any] = {}
+    for name in predictors.option_fields():
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            kw[name] = value
     return kw

@@ -198,7 +198,9 @@ class RustOps(Ops):
     def __init__(self) -> None:
         native = _native()
         if native is None:
-            raise BackendError("backend='rust' needs the compiled core ddm._core (build it with `make build`)")
+            raise BackendError(
+                "backend='rust' needs the compiled core ddm._core (build it with `make build`)"
+            )
         self._native = native
 
     def reverse_step(self, kind, graph, x, log_score, level, *, seed, step, proposal, seq_offset=0, out=None):
@@ -209,7 +211,9 @@ class RustOps(Ops):
         if out is not None and out.data_ptr() == xc.data_ptr():
             raise InvalidArgument("out must not share memory with x")
         if proposal.neutral_for(graph.dim):
-            new = self._native.reverse_step(kind, graph, xc, ls, level, seed, step, seq_offset=seq_offset, out=out)
+            new = self._native.reverse_step(
+                kind, graph, xc, ls, level, seed, step, seq_offset=seq_offset, out=out
+            )
         else:
             new = self._native.proposal_step(
                 kind, graph, xc, ls, level, seed, step, proposal, seq_offset=seq_offset, out=out

@@ -77,7 +77,9 @@ def _check_keywords(options: dict[str, Any]) -> None:
     valid = (*RunOptions.names(), *predictors.option_fields())
     for key in options:
         if key not in valid:
-            raise InvalidArgument(f"sample() got an unknown option {key!r}; the options are {', '.join(valid)}")
+            raise InvalidArgument(
+                f"sample() got an unknown option {key!r}; the options are {', '.join(valid)}"
+            )
 
 
 def _model_parts(model: Any, graph: Any, schedule: Any) -> tuple[Any, Any]:
@@ -86,7 +88,8 @@ def _model_parts(model: Any, graph: Any, schedule: Any) -> tuple[Any, Any]:
         raise InvalidArgument(f"model must be callable as model(x, sigma), got {type(model).__name__}")
     if getattr(model, "objective", None) == "autoregressive":
         raise InvalidArgument(
-            "model is an autoregressive model (objective 'autoregressive'), not a diffusion model: ddm.sample "
+            "model is an autoregressive model (objective 'autoregressive'), not a diffusion model: "
+            "ddm.sample "
             "runs the reverse diffusion process; draw from it with "
             "ddm.model.autoregressive.ancestral_sample(model, batch_size, seed=...)"
         )
@@ -238,7 +241,8 @@ def sample(
 
     Raises:
         InvalidArgument: an unknown option, an autoregressive model (draw from it with
-            `ddm.model.autoregressive.ancestral_sample`), `steps < 1`, `temperature < 0`, `top_k < 1`, `top_p` outside `(0, 1]`,
+            `ddm.model.autoregressive.ancestral_sample`), `steps < 1`, `temperature < 0`, `top_k < 1`,
+            `top_p` outside `(0, 1]`,
             `tokens_per_step < 1`, `threshold` outside `(0, 1]`, `first_hitting`, `confidence` or
             `remask` on the uniform graph (it has no MASK), a `seq_len`
             longer than the model's, an unknown predictor or backend,
@@ -273,7 +277,9 @@ def sample(
         seq_len = model_len
     seq_len = _positive_int(seq_len, "seq_len")
     if model_len is not None and seq_len > model_len:
-        raise InvalidArgument(f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)")
+        raise InvalidArgument(
+            f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)"
+        )
     ops = get_ops(backend, device)
     seed = random_seed() if seed is None else check_seed(seed)
     cache = run.cache
@@ -299,7 +305,9 @@ def sample(
     return (x, stats) if return_stats else x
 
 
-def _checked_call(model: Any, device: torch.device, sigma_dtype: torch.dtype, want: tuple[int, int]) -> Callable:
+def _checked_call(
+    model: Any, device: torch.device, sigma_dtype: torch.dtype, want: tuple[int, int]
+) -> Callable:
     """`call(x, sigma, rows)`: the model on `x` at `sigma` (on `device`, in `sigma_dtype`), its output
     checked to be floating log-scores `[B, L, dim]`."""
 
@@ -319,9 +327,16 @@ def _checked_call(model: Any, device: torch.device, sigma_dtype: torch.dtype, wa
 
 
 def _sample_grid(
-    sampler: Sampler, call: Callable, x: torch.Tensor, fixed: Any, seed: int, ops: Ops, cache: bool,
-    sigma_dtype: torch.dtype, progress: bool,
-) -> tuple[torch.Tensor, SampleStats]:  # fmt: skip
+    sampler: Sampler,
+    call: Callable,
+    x: torch.Tensor,
+    fixed: Any,
+    seed: int,
+    ops: Ops,
+    cache: bool,
+    sigma_dtype: torch.dtype,
+    progress: bool,
+) -> tuple[torch.Tensor, SampleStats]:
     """A grid predictor's run from `x`, with a progress bar over the grid."""
     grid = sampler.grid
     assert grid is not None
@@ -349,13 +364,24 @@ def _sample_grid(
 
 
 def _sample_blocks(
-    model: Any, sampler: Sampler, run: RunOptions, ops: Ops, device: torch.device, batch_size: int, prefix: Any,
-    suffix: Any, infill: Any, seed: int, progress: bool,
-) -> tuple[torch.Tensor, SampleStats]:  # fmt: skip
+    model: Any,
+    sampler: Sampler,
+    run: RunOptions,
+    ops: Ops,
+    device: torch.device,
+    batch_size: int,
+    prefix: Any,
+    suffix: Any,
+    infill: Any,
+    seed: int,
+    progress: bool,
+) -> tuple[torch.Tensor, SampleStats]:
     """`sample` for a block-diffusion model: checks, then `ddm.sampling.blocks.sample_blocks`."""
     graph = sampler.graph
     if suffix is not None or infill is not None:
-        raise InvalidArgument("a block model generates left to right: it takes a prefix, not a suffix or infill")
+        raise InvalidArgument(
+            "a block model generates left to right: it takes a prefix, not a suffix or infill"
+        )
     max_len = _positive_int(model.seq_len if run.max_len is None else run.max_len, "max_len")
     eos_id = run.eos_id
     if run.stop_at_eos:
@@ -373,7 +399,8 @@ def _sample_blocks(
         ids = fixed.tokens[: fixed.num_fixed].to(device)
     res = sample_blocks(
         model, sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
-        ops=ops, device=device, cache=cache, kv_cache=run.kv_cache, eos_id=eos_id if run.stop_at_eos else None, progress=progress,
+        ops=ops, device=device, cache=cache, kv_cache=run.kv_cache,
+        eos_id=eos_id if run.stop_at_eos else None, progress=progress,
     )  # fmt: skip
     assert sampler.grid is not None
     stats = SampleStats(

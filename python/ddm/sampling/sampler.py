@@ -104,7 +104,9 @@ def _as_graph(graph: Any) -> _graphs.Graph:
     if isinstance(graph, dict):
         return _graphs.from_config(graph)
     if not isinstance(graph, _graphs.Graph):
-        raise InvalidArgument(f"graph must be a ddm.graphs.Graph or its config dict, got {type(graph).__name__}")
+        raise InvalidArgument(
+            f"graph must be a ddm.graphs.Graph or its config dict, got {type(graph).__name__}"
+        )
     return graph
 
 
@@ -151,9 +153,14 @@ class Sampler:
     """
 
     def __init__(
-        self, graph: Any, schedule: Any, predictor: Any = "analytic", eps: float = 1e-5, denoise: bool = True,
+        self,
+        graph: Any,
+        schedule: Any,
+        predictor: Any = "analytic",
+        eps: float = 1e-5,
+        denoise: bool = True,
         **options: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.graph = _as_graph(graph)
         self.schedule = _as_schedule(schedule)
         self.predictor: Predictor = predictors.build(predictor, **options)
@@ -258,7 +265,9 @@ class Sampler:
         if isinstance(t_index, torch.Tensor) and t_index.numel() == 1 and not t_index.is_floating_point():
             t_index = int(t_index.item())
         if isinstance(t_index, bool) or not isinstance(t_index, int):
-            raise InvalidArgument(f"t_index must be an int index into timesteps, got {type(t_index).__name__}")
+            raise InvalidArgument(
+                f"t_index must be an int index into timesteps, got {type(t_index).__name__}"
+            )
         last = self.predictor.max_index(grid)
         if last is None:  # one call per event: as many as the tokens need (`finished`)
             if t_index < 0:
@@ -277,9 +286,16 @@ class Sampler:
         return self.predictor.finished(self._grid("finished"), x, t_index)
 
     def noise_level(
-        self, t_index: int, batch_size: int, *, device: Any = None, dtype: Any = None,
-        x: torch.Tensor | None = None, seed: int | None = None, seq_offset: int = 0,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        t_index: int,
+        batch_size: int,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        x: torch.Tensor | None = None,
+        seed: int | None = None,
+        seq_offset: int = 0,
+    ) -> torch.Tensor:
         """The network's noise input for the call at `t_index`, a `[batch_size]` tensor.
 
         Grid predictors: `sigma_bar(timesteps[t_index])` (`x` and `seed` are not needed). First hitting:
@@ -297,7 +313,8 @@ class Sampler:
             if self.predictor.name == "first_hitting" and self.predictor.config.group_by_step:
                 return grid.sigma_bar[k].to(dtype=dtype).expand(batch_size).to(device)
             raise InvalidArgument(
-                f"predictor={self.predictor.name!r}: noise_level(t_index, batch_size, x=x, seed=seed) needs the "
+                f"predictor={self.predictor.name!r}: noise_level(t_index, batch_size, x=x, seed=seed) needs "
+                "the "
                 "current tokens and the seed (the level depends on which positions are still masked)"
             )
         n_free = None
@@ -324,7 +341,9 @@ class Sampler:
         """
         k = self._check_index(t_index)
         if not isinstance(self.predictor, predictors.GridPredictor):
-            raise InvalidArgument(f"step_kind is a grid predictor's; predictor={self.predictor.name!r} has none")
+            raise InvalidArgument(
+                f"step_kind is a grid predictor's; predictor={self.predictor.name!r} has none"
+            )
         return self.predictor.kind(self._grid("step_kind"), k)
 
     # ---- one reverse step -------------------------------------------------------------------------------
@@ -356,10 +375,17 @@ class Sampler:
         return self.predictor.step_probs(self._grid("step_probs"), log_score, self._check_index(t_index), x)
 
     def step(
-        self, log_score: torch.Tensor, t_index: int, x: torch.Tensor, *, seed: int | None = None,
-        generator: torch.Generator | None = None, seq_offset: int = 0, backend: str = "auto",
+        self,
+        log_score: torch.Tensor,
+        t_index: int,
+        x: torch.Tensor,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seq_offset: int = 0,
+        backend: str = "auto",
         out: torch.Tensor | None = None,
-    ) -> SamplerOutput:  # fmt: skip
+    ) -> SamplerOutput:
         """Take the reverse step at `timesteps[t_index]` (or the unmasking predictor's call `t_index`).
 
         Args:
@@ -390,9 +416,15 @@ class Sampler:
 
     # ---- the two ends of the process --------------------------------------------------------------------
     def init_noise(
-        self, batch_size: int, seq_len: int, *, seed: int | None = None, generator: torch.Generator | None = None,
-        seq_offset: int = 0, device: Any = None,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seq_offset: int = 0,
+        device: Any = None,
+    ) -> torch.Tensor:
         """Draw the start of the reverse process from the limit law, `[batch_size, seq_len]` int64.
 
         Absorbing: all MASK. Uniform: a uniform id at every position, keyed by `(seed, seq_offset + b, i)`
@@ -409,9 +441,14 @@ class Sampler:
         return (u * self.graph.dim).floor().to(torch.int64).clamp_(max=self.graph.dim - 1)
 
     def add_noise(
-        self, x0: torch.Tensor, t: Any, *, seed: int | None = None, generator: torch.Generator | None = None,
+        self,
+        x0: torch.Tensor,
+        t: Any,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
         seq_offset: int = 0,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """The forward process: draw `x_t ~ p_{t|0}(. | x0)` independently at every position.
 
         Args:
@@ -429,7 +466,9 @@ class Sampler:
         seed = _seed_of(seed, generator)
         t = torch.as_tensor(t, dtype=torch.float64)
         if t.dim() == 1 and t.shape[0] != x0.shape[0]:
-            raise InvalidArgument(f"t must be a float or a [B] tensor with B={x0.shape[0]}, got {list(t.shape)}")
+            raise InvalidArgument(
+                f"t must be a float or a [B] tensor with B={x0.shape[0]}, got {list(t.shape)}"
+            )
         if t.dim() > 1:
             raise InvalidArgument(f"t must be a float or a [B] tensor, got shape {list(t.shape)}")
         sigma = self.schedule.total_noise(t).to(torch.float64).expand(x0.shape[0])  # (B,)
@@ -437,5 +476,11 @@ class Sampler:
             raise InvalidArgument(f"x0 holds ids outside [0, {self.graph.dim - 1}]")
         ops = get_ops("auto", x0.device)
         return ops.corrupt(
-            self.graph, x0.contiguous(), sigma.contiguous(), seed, 0, seq_offset, stream=_rng.STREAMS["forward"]
+            self.graph,
+            x0.contiguous(),
+            sigma.contiguous(),
+            seed,
+            0,
+            seq_offset,
+            stream=_rng.STREAMS["forward"],
         )

@@ -55,7 +55,11 @@ def run_unmasking(
     rows = torch.arange(batch, dtype=torch.int64, device=x.device)
     n_free = (x == grid.graph.mask_id).sum(-1)  # (B,) the MASK count at the first call
     calls = evaluated = 0
-    bar = _bar(predictor.total_calls(grid, int(n_free[0]) if batch else 0), predictor.name) if progress else None
+    bar = (
+        _bar(predictor.total_calls(grid, int(n_free[0]) if batch else 0), predictor.name)
+        if progress
+        else None
+    )
     try:
         with torch.no_grad():
             k = 0

@@ -13,9 +13,30 @@ from typing import Any
 
 from ddm.errors import InvalidArgument
 from ddm.sampling.predictors import analytic, confidence, euler, first_hitting, remdm  # noqa: F401 (register)
-from ddm.sampling.predictors.base import Config, Grid, GridPredictor, Predictor, get, names, option_fields, register
+from ddm.sampling.predictors.base import (
+    Config,
+    Grid,
+    GridPredictor,
+    Predictor,
+    get,
+    names,
+    option_fields,
+    option_types,
+    register,
+)
 
-__all__ = ["Config", "Grid", "GridPredictor", "Predictor", "build", "get", "names", "option_fields", "register"]
+__all__ = [
+    "Config",
+    "Grid",
+    "GridPredictor",
+    "Predictor",
+    "build",
+    "get",
+    "names",
+    "option_fields",
+    "option_types",
+    "register",
+]
 
 _GRID_NAMES = ("analytic", "euler", "remdm")
 
@@ -36,7 +57,9 @@ def build(predictor: Any = "analytic", **options: Any) -> Predictor:
     options = dict(options)
     if options.get("remask") is not None:
         if predictor not in _GRID_NAMES:
-            raise InvalidArgument(f"remask is an option of the grid predictors (analytic, euler), not {predictor!r}")
+            raise InvalidArgument(
+                f"remask is an option of the grid predictors (analytic, euler), not {predictor!r}"
+            )
         predictor = "remdm"
     elif "remask" in options and predictor != "remdm":
         del options["remask"]  # None: no remasking

@@ -25,6 +25,8 @@ whose fields carry a default, a comment and `help` metadata) plus one `register`
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -43,6 +45,7 @@ __all__ = [
     "get",
     "names",
     "option_fields",
+    "option_types",
     "register",
 ]
 
@@ -76,7 +79,9 @@ class Grid:
         """The grid of `steps` steps from `t = 1` to `t = eps`."""
         t = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)  # (steps + 1,)
         sigma_bar, sigma = schedule(t)
-        return cls(graph, schedule, steps, eps, denoise, t, sigma_bar.to(torch.float64), sigma.to(torch.float64))
+        return cls(
+            graph, schedule, steps, eps, denoise, t, sigma_bar.to(torch.float64), sigma.to(torch.float64)
+        )
 
     @property
     def n_eval(self) -> int:
@@ -89,7 +94,8 @@ class Config:
     """The options every predictor has: the transform of its proposal law (`ddm.sampling.proposal`)."""
 
     temperature: float = field(
-        default=1.0, metadata={"help": "proposal temperature, >= 0 (1: the plain step, 0: greedy)", "metavar": "T"}
+        default=1.0,
+        metadata={"help": "proposal temperature, >= 0 (1: the plain step, 0: greedy)", "metavar": "T"},
     )
     top_k: int | None = field(
         default=None, metadata={"help": "keep the K most likely tokens of the proposal", "metavar": "K"}
@@ -174,12 +180,21 @@ class Predictor(ABC):
         """Whether the run is over before the call at index `k`, given the tokens `x` there."""
         return k >= grid.n_eval
 
-    def active(self, grid: Grid, k: int, x: torch.Tensor, *, seed: int, rows: torch.Tensor) -> torch.Tensor | None:
+    def active(
+        self, grid: Grid, k: int, x: torch.Tensor, *, seed: int, rows: torch.Tensor
+    ) -> torch.Tensor | None:
         """bool `[B]`: the rows the call at `k` needs scored (None: all of them)."""
         return None
 
     def noise_level(
-        self, grid: Grid, k: int, x: torch.Tensor, *, seed: int, rows: torch.Tensor, n_free: torch.Tensor | None
+        self,
+        grid: Grid,
+        k: int,
+        x: torch.Tensor,
+        *,
+        seed: int,
+        rows: torch.Tensor,
+        n_free: torch.Tensor | None,
     ) -> torch.Tensor:
         """The network's noise input at call `k`, float64 `[B]` on the device of `x`.
 
@@ -292,9 +307,22 @@ def option_fields() -> dict[str, tuple[dataclasses.Field, tuple[str, ...]]]:
     return out
 
 
+def option_types() -> dict[str, type]:
+    """Every registered option's scalar type, read from its config field's annotation (`int | None` ->
+    `int`): the command line and `ddm report` parse values with it."""
+    out: dict[str, type] = {}
+    for cls in _REGISTRY.values():
+        for name, hint in typing.get_type_hints(cls.config_class).items():
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            out.setdefault(name, hint)
+    return out
+
+
 def _not_an_option(key: str, name: str, config_class: type[Config]) -> str:
     owners = option_fields().get(key, (None, ()))[1]
     valid = ", ".join(f.name for f in dataclasses.fields(config_class))
     if owners:
-        return f"{key} is an option of predictor={'/'.join(map(repr, owners))}, not {name!r} (its options: {valid})"
+        owner = "/".join(map(repr, owners))
+        return f"{key} is an option of predictor={owner}, not {name!r} (its options: {valid})"
     return f"unknown option {key!r} for predictor={name!r} (its options: {valid})"

@@ -44,7 +44,9 @@ ORDERS = ("confidence", "margin", "entropy", "random")
 def _number(value: Any, name: str, kind: type) -> None:
     ok = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok):
-        raise InvalidArgument(f"{name} must be {'an int' if kind is int else 'a float'}, got {type(value).__name__}")
+        raise InvalidArgument(
+            f"{name} must be {'an int' if kind is int else 'a float'}, got {type(value).__name__}"
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class ConfidenceConfig(Config):
         default=None, metadata={"help": "confidence: commit the K best proposals per call", "metavar": "K"}
     )
     threshold: float | None = field(
-        default=None, metadata={"help": "confidence: commit every proposal scored above TAU", "metavar": "TAU"}
+        default=None,
+        metadata={"help": "confidence: commit every proposal scored above TAU", "metavar": "TAU"},
     )
     order: str = field(
         default="confidence", metadata={"help": "confidence: the score of a proposal", "choices": ORDERS}
@@ -70,7 +73,9 @@ class ConfidenceConfig(Config):
             raise InvalidArgument(f"order must be one of {ORDERS}, got {self.order!r}")
         given = [n for n in ("tokens_per_step", "threshold", "entropy_bound") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise InvalidArgument(f"give at most one of tokens_per_step, threshold and entropy_bound, got {given}")
+            raise InvalidArgument(
+                f"give at most one of tokens_per_step, threshold and entropy_bound, got {given}"
+            )
         if self.tokens_per_step is not None:
             _number(self.tokens_per_step, "tokens_per_step", int)
             if self.tokens_per_step < 1:
@@ -89,7 +94,9 @@ class ConfidenceConfig(Config):
                 raise InvalidArgument(f"entropy_bound must be a finite number >= 0, got {self.entropy_bound}")
 
 
-def confidence_level(schedule: Any, eps: float, remaining: torch.Tensor, n_free: torch.Tensor) -> torch.Tensor:
+def confidence_level(
+    schedule: Any, eps: float, remaining: torch.Tensor, n_free: torch.Tensor
+) -> torch.Tensor:
     """The noise input of a call, `[B]` float64: the masking probability is the masked fraction
     `remaining / n_free`, relative to `t = 1`, clamped at `sigma_bar(eps)`."""
     sb_one, sb_eps = (float(v) for v in schedule.total_noise(torch.tensor([1.0, float(eps)])))
@@ -121,11 +128,15 @@ class Confidence(Predictor):
 
     def noise_level(self, grid, k, x, *, seed, rows, n_free):
         if n_free is None:
-            raise InvalidArgument("predictor='confidence': the noise level needs n_free, the first call's MASK count")
+            raise InvalidArgument(
+                "predictor='confidence': the noise level needs n_free, the first call's MASK count"
+            )
         remaining = (x == grid.graph.mask_id).sum(-1)  # (B,)
         return confidence_level(grid.schedule, grid.eps, remaining, n_free.to(x.device))
 
-    def _commit_counts(self, score: torch.Tensor, entropy: torch.Tensor, remaining: torch.Tensor, calls_left: int):
+    def _commit_counts(
+        self, score: torch.Tensor, entropy: torch.Tensor, remaining: torch.Tensor, calls_left: int
+    ):
         """How many of the ranked proposals each row commits, `[B]` int64 (>= 1 where any is masked).
 
         `score`, `entropy`: `[B, L]` in ranking order (best first), `score` -inf past the masked ones.
@@ -149,7 +160,9 @@ class Confidence(Predictor):
         length = x.shape[1]
         masked = x == grid.graph.mask_id  # (B, L)
         remaining = masked.sum(-1)  # (B,)
-        tokens, stats = ops.propose(grid.graph, log_score, x, seed=seed, step=k, rows=rows, proposal=self.proposal)
+        tokens, stats = ops.propose(
+            grid.graph, log_score, x, seed=seed, step=k, rows=rows, proposal=self.proposal
+        )
         order = self.config.order
         if order == "random":
             score = _rng.uniforms(seed, _rng.STREAMS["confidence_order"], k, rows, length).to(x.device)

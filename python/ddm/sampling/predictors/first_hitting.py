@@ -25,7 +25,14 @@ from ddm import _rng
 from ddm.errors import InvalidArgument
 from ddm.sampling.predictors.base import Config, Grid, Predictor, register
 
-__all__ = ["FirstHitting", "FirstHittingConfig", "event_cells", "event_levels", "masking_order_keys", "next_event"]
+__all__ = [
+    "FirstHitting",
+    "FirstHittingConfig",
+    "event_cells",
+    "event_levels",
+    "masking_order_keys",
+    "next_event",
+]
 
 
 def masking_order_keys(seed: int, rows: torch.Tensor, length: int) -> torch.Tensor:
@@ -98,7 +105,9 @@ class FirstHitting(Predictor):
         super().__init__(config, **options)
         self._memo: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def _events(self, grid: Grid, seed: int, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _events(
+        self, grid: Grid, seed: int, rows: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`event_levels` of these rows; a pure function of its key, memoised for the run's calls."""
         key = (seed, int(rows[0]) if rows.numel() else 0, rows.numel(), length, rows.device, grid.eps,
                id(grid.schedule))  # fmt: skip

@@ -40,9 +40,12 @@ REMASK_SCHEDULES = ("cap", "rescale")
 class ReMDMConfig(Config):
     """ReMDM's options: the proposal transform, the remasking strength and its schedule."""
 
-    remask: float = field(default=0.0, metadata={"help": "ReMDM remasking strength in [0, 1]", "metavar": "ETA"})
+    remask: float = field(
+        default=0.0, metadata={"help": "ReMDM remasking strength in [0, 1]", "metavar": "ETA"}
+    )
     remask_schedule: str = field(
-        default="cap", metadata={"help": "how ETA sets the remasking probability", "choices": REMASK_SCHEDULES}
+        default="cap",
+        metadata={"help": "how ETA sets the remasking probability", "choices": REMASK_SCHEDULES},
     )
 
     def __post_init__(self) -> None:
@@ -53,7 +56,9 @@ class ReMDMConfig(Config):
         if not 0.0 <= float(eta) <= 1.0:
             raise InvalidArgument(f"remask must lie in [0, 1], got {eta}")
         if self.remask_schedule not in REMASK_SCHEDULES:
-            raise InvalidArgument(f"remask_schedule must be one of {REMASK_SCHEDULES}, got {self.remask_schedule!r}")
+            raise InvalidArgument(
+                f"remask_schedule must be one of {REMASK_SCHEDULES}, got {self.remask_schedule!r}"
+            )
         object.__setattr__(self, "remask", float(eta))
 
 
@@ -113,8 +118,8 @@ class ReMDM(Predictor):
         all_mask = torch.full_like(x, mask_id)
         sigma = grid.sigma_bar[k].expand(x.shape[0]).to(x.device)
         # x_theta at every position (as if MASK), with the transform: (B, L, dim), 0 on MASK
-        theta = apply_to_step(torch_steps.denoise_step_probs(grid.graph, all_mask, log_score, sigma), all_mask,
-                              self.proposal)  # fmt: skip
+        theta = torch_steps.denoise_step_probs(grid.graph, all_mask, log_score, sigma)
+        theta = apply_to_step(theta, all_mask, self.proposal)
         keep = torch.nn.functional.one_hot(x, grid.graph.dim).to(torch.float64)  # (B, L, dim)
         if k == grid.steps:
             return torch.where(masked[..., None], theta, keep)
