@@ -6,7 +6,7 @@ import pytest
 import torch
 from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import sample
-from ddm.sampling.confidence import propose
+from ddm.sampling.ops import RustOps, TorchOps
 from ddm.sampling.proposal import make_proposal
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
@@ -73,8 +73,8 @@ def test_rust_and_torch_proposals_agree() -> None:
     for opts in (dict(), dict(temperature=0.5, top_k=20), dict(top_p=0.7, temperature=1.5)):
         proposal = make_proposal(**opts)
         common = dict(seed=1, step=0, rows=torch.arange(4), proposal=proposal)
-        tr, sr = propose(graph, ls, x, use_rust=True, **common)
-        tt, st = propose(graph, ls, x, use_rust=False, **common)
+        tr, sr = RustOps().propose(graph, ls, x, **common)
+        tt, st = TorchOps().propose(graph, ls, x, **common)
         masked = x == 200
         assert torch.equal(tr[~masked], x[~masked]) and bool((tr[masked] < 200).all())
         # the statistics depend on the law only (not on the drawn token) except the token's probability

@@ -213,7 +213,7 @@ def test_analytic_step_is_exact_reverse_transition(kind: str) -> None:
     sampler.set_timesteps(5)
     x = torch.arange(graph.dim)[:, None]  # (dim, 1)
     for k in range(5):
-        s_t, s_next = float(sampler.sigmas[k]), float(sampler._sigma_bar[k + 1])
+        s_t, s_next = float(sampler.sigmas[k]), float(sampler.grid.sigma_bar[k + 1])
         probs = sampler.step_probs(model(x, torch.full((graph.dim,), s_t, dtype=torch.float64)), k, x)[
             :, 0
         ]  # (x_t, x_s)

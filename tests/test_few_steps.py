@@ -102,7 +102,7 @@ def test_one_uniform_analytic_step_at_large_noise_step(backend: str, d_gap: floa
     log_score = model(x, torch.full((n,), sigma_t, dtype=torch.float64)).to(torch.float32)  # (n, 1, 5)
     s = Sampler(graph, Geometric(d_gap, sigma_t), predictor="analytic", eps=1e-9, denoise=False)
     s.set_timesteps(1)
-    sigma_s = float(s._sigma_bar[1])  # d_gap up to 1e-8 relative
+    sigma_s = float(s.grid.sigma_bar[1])  # d_gap up to 1e-8 relative
     assert float(s.sigmas[0]) == pytest.approx(sigma_t, rel=1e-12)
     truth = _one_token_posterior(p0, graph, sigma_t, sigma_s, 0)
     out = s.step(log_score, 0, x, seed=3, backend=backend).prev_sample

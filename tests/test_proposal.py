@@ -140,11 +140,51 @@ def test_top_k_one_is_the_argmax_of_the_denoiser(backend: str) -> None:
     assert bool((x == 0).all())
 
 
+class _FixedScores:
+    """A time-independent absorbing model whose log-scores are the same at every position: `scores`."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.graph, self.schedule, self.seq_len = Absorbing(len(scores)), LogLinear(), 6
+        self.scores = torch.tensor([*scores, 0.0], dtype=torch.float32)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(*x.shape, -1).clone()
+
+
+GREEDY_CASES = [
+    dict(predictor="analytic"),
+    dict(predictor="euler", top_p=0.5),
+    dict(predictor="first_hitting"),
+    dict(predictor="first_hitting", group_by_step=True),
+    dict(predictor="confidence"),
+    dict(predictor="confidence", order="random", tokens_per_step=2),
+    dict(predictor="analytic", remask=0.3),
+]
+
+
+@pytest.mark.parametrize("opts", GREEDY_CASES)
+def test_temperature_zero_is_greedy_with_ties_to_the_lower_id_on_both_backends(opts: dict) -> None:
+    """`temperature=0` draws the most likely token (transformers' greedy decoding); of two equally likely
+    tokens, the lower id, the same on both backends."""
+    backends = ["torch"] + (["rust"] if native_available() else [])
+    for scores, want in (([0.1, 2.0, 0.3, -1.0], 1), ([0.5, 1.5, 0.2, 1.5], 1), ([3.0, 3.0, 1.0, 3.0], 0)):
+        model = _FixedScores(scores)
+        for backend in backends:
+            x = sample(model, 4, batch_size=5, seed=3, temperature=0.0, backend=backend, **opts)
+            assert bool((x == want).all()), (scores, backend, x)
+
+
+def test_temperature_zero_keeps_its_config() -> None:
+    s = Sampler(*GRAPHS["uniform"], temperature=0.0)
+    assert Sampler.from_config(s.config).config["temperature"] == 0.0
+    assert s.proposal.resolved == Proposal(1.0, 1, None)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(temperature=0.0), "temperature"),
         (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
         (dict(top_k=0), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.01), "top_p"),

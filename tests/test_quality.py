@@ -11,11 +11,14 @@ from _tiny import tiny_run
 from ddm.cli import main
 from ddm.eval import Bound, heldout_blocks
 from ddm.eval.metrics import NLL, exact_nll, gen_perplexity, real_word_fraction, unigram_entropy, words
-from ddm.eval.report import report
+from ddm.eval.report import DEFAULT_PREDICTORS, report
+from ddm.graphs import Absorbing
 from ddm.io import checkpoint
 from ddm.model import ARModel, ModelConfig
 from ddm.sampling import sample
+from ddm.schedules import LogLinear
 from ddm.training import train
+from exact_scores import ExactScore, correlated_law
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -118,11 +121,31 @@ def test_report_end_to_end(runs, capsys):
         assert m["bound"]["sequences"] == 3 and m["train"]["steps"] == 4
         assert [c["step"] for c in m["curve"]] == [2, 4]
         rows = [(s["predictor"], s["steps"]) for s in m["samples"]]
-        assert rows == [("analytic", 2), ("analytic", 4), ("euler", 2), ("euler", 4)]
+        # the default rows: analytic and first hitting (which a uniform model, without MASK, skips)
+        want = [("analytic", 2), ("analytic", 4)]
+        want += [("first_hitting", 2), ("first_hitting", 4)] if m["graph"]["type"] == "absorbing" else []
+        assert rows == want
         for s in m["samples"]:
             assert s["gen_perplexity"] >= 1.0 and 0.0 <= s["entropy"] <= math.log(16)
         assert f"{m['bound_over_ar']:.3f}" in md
-    assert md.count("| euler |") == 4 and md.count("held-out data") == 2
+    assert (
+        md.count("| analytic |") == 4
+        and md.count("| first_hitting |") == 2
+        and md.count("held-out data") == 2
+    )
+
+
+def test_report_default_predictors_differ():
+    """Analytic and Euler are bit-identical for the absorbing graph with the log-linear schedule
+    (`expm1(d) = h`), so two default rows of them would measure the same samples twice."""
+    graph = Absorbing(3)
+    model = ExactScore(graph, correlated_law(3, 3))
+    kw = dict(graph=graph, schedule=LogLinear(), batch_size=20, seq_len=3, seed=4, backend="torch")
+    assert torch.equal(
+        sample(model, 6, predictor="analytic", **kw), sample(model, 6, predictor="euler", **kw)
+    )
+    assert len(set(DEFAULT_PREDICTORS)) == len(DEFAULT_PREDICTORS) >= 2
+    assert not {"analytic", "euler"} <= set(DEFAULT_PREDICTORS)
 
 
 def test_report_covers_the_unmasking_samplers(runs, tmp_path):

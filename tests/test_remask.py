@@ -6,7 +6,7 @@ import pytest
 import torch
 from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import Sampler, sample
-from ddm.sampling.remask import remask_rates
+from ddm.sampling.predictors.remdm import remask_rates
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
@@ -74,7 +74,9 @@ def test_draws_follow_the_exact_remasking_law(backend: str, kind: str) -> None:
 def test_sampler_config_keeps_remask() -> None:
     s = Sampler(GRAPH, LogLinear(), remask=0.1, remask_schedule="rescale", temperature=0.9)
     t = Sampler.from_config(s.config)
-    assert (t.remask, t.remask_schedule, t.proposal) == (0.1, "rescale", s.proposal)
+    assert t.predictor.name == "remdm" and t.config == s.config
+    assert (t.predictor.config.remask, t.predictor.config.remask_schedule) == (0.1, "rescale")
+    assert t.proposal == s.proposal
     with pytest.raises(ValueError, match="has no MASK"):
         Sampler(Uniform(N), Geometric(), remask=0.1)
 
