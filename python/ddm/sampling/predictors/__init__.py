@@ -23,6 +23,7 @@ from ddm.sampling.predictors.base import (
     option_fields,
     option_types,
     register,
+    unregister,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "option_fields",
     "option_types",
     "register",
+    "unregister",
 ]
 
 _GRID_NAMES = ("analytic", "euler", "remdm")

@@ -47,6 +47,7 @@ __all__ = [
     "option_fields",
     "option_types",
     "register",
+    "unregister",
 ]
 
 
@@ -282,6 +283,11 @@ def register(cls: type[Predictor]) -> type[Predictor]:
         raise InvalidArgument(f"{cls.__name__}.config_class must be a subclass of Config")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a predictor from the registry (a test's toy predictor; unknown names are ignored)."""
+    _REGISTRY.pop(name, None)
 
 
 def names() -> tuple[str, ...]:
