@@ -24,7 +24,6 @@ log-scores to float32 rounding and is the reference the tests compare with.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from ddm.sampling.conditioning import Fixed
 from ddm.sampling.grid import run_grid
 from ddm.sampling.predictors import Grid, Predictor
-from ddm.sampling.unmasking import run_unmasking
+from ddm.sampling.unmasking import progress_bar, run_unmasking
 
 __all__ = ["BlockRun", "block_seed", "sample_blocks"]
 
@@ -100,11 +99,7 @@ def sample_blocks(
     state = _Blocks(model, out, model.empty_cache(batch_size, device) if kv_cache else None)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.full((batch_size,), max_len, dtype=torch.int64, device=device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
-
-        bar = tqdm(total=n_blocks, desc="blocks", unit="block", file=sys.stderr, leave=False)
+    bar = progress_bar(n_blocks, "blocks", unit="block") if progress else None
     n_done = 0
     try:
         with torch.no_grad():

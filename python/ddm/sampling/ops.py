@@ -32,7 +32,7 @@ from ddm.errors import BackendError, InvalidArgument
 from ddm.sampling import torch_steps
 from ddm.sampling.proposal import Proposal, apply_to_step
 
-__all__ = ["BACKENDS", "Ops", "RustOps", "TorchOps", "get_ops", "native_available"]
+__all__ = ["BACKENDS", "Ops", "RustOps", "TorchOps", "corrupt", "get_ops", "native_available"]
 
 BACKENDS = ("auto", "rust", "torch")
 
@@ -245,6 +245,22 @@ class RustOps(Ops):
 
 
 _TORCH = TorchOps()
+
+
+def corrupt(
+    graph: Any,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    seed: int,
+    step: int = 0,
+    seq_offset: int = 0,
+    *,
+    stream: int,
+) -> torch.Tensor:
+    """`Ops.corrupt` on the backend `"auto"` picks for `x`'s device (the Rust core on the CPU where it is
+    built): bit-identical either way, so callers (`Sampler.add_noise`, the keyed training loss) need not
+    choose."""
+    return get_ops("auto", x.device).corrupt(graph, x, sigma, seed, step, seq_offset, stream=stream)
 
 
 def get_ops(backend: Any = "auto", device: Any = "cpu") -> Ops:

@@ -7,7 +7,6 @@ conditioning) and dispatches: a grid predictor to `ddm.sampling.grid.run_grid`, 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from ddm.sampling.grid import run_grid
 from ddm.sampling.ops import Ops, get_ops
 from ddm.sampling.options import RunOptions
 from ddm.sampling.sampler import Sampler, check_seed, random_seed
-from ddm.sampling.unmasking import run_unmasking
+from ddm.sampling.unmasking import progress_bar, run_unmasking
 
 __all__ = ["sample", "SampleStats"]
 
@@ -346,11 +345,7 @@ def _sample_grid(
         counts[0] += 1
         counts[1] += n_rows
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
-
-        bar = tqdm(total=grid.n_eval, desc="sampling", unit="step", file=sys.stderr, leave=False)
+    bar = progress_bar(grid.n_eval, "sampling", unit="step") if progress else None
     try:
         with torch.no_grad():
             x = run_grid(

@@ -17,13 +17,14 @@ import torch
 
 from ddm.sampling.predictors import Grid, Predictor
 
-__all__ = ["run_unmasking"]
+__all__ = ["progress_bar", "run_unmasking"]
 
 
-def _bar(total: int | None, desc: str) -> Any:
+def progress_bar(total: int | None, desc: str, unit: str = "call") -> Any:
+    """A tqdm bar on stderr that disappears when done (the sampler loops' progress)."""
     from tqdm.auto import tqdm  # on demand: tqdm.auto probes for a notebook when imported
 
-    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 def run_unmasking(
@@ -56,7 +57,7 @@ def run_unmasking(
     n_free = (x == grid.graph.mask_id).sum(-1)  # (B,) the MASK count at the first call
     calls = evaluated = 0
     bar = (
-        _bar(predictor.total_calls(grid, int(n_free[0]) if batch else 0), predictor.name)
+        progress_bar(predictor.total_calls(grid, int(n_free[0]) if batch else 0), predictor.name)
         if progress
         else None
     )
