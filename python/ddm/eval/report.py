@@ -445,7 +445,7 @@ def plot_report(r: dict[str, Any], out: Path) -> None:
         import matplotlib  # optional (the `plot` extra): imported only to draw
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after matplotlib.use: pyplot picks its backend when imported
     except ImportError:  # the plots are optional
         return
     _plot_bound(plt, r, Path(out))

@@ -16,6 +16,10 @@ __all__ = ["RunOptions"]
 class RunOptions:
     """What `ddm.sample` takes besides the predictor's options (see `ddm.sample` for each)."""
 
+    prefix: Any = None  # token ids fixed at the start
+    suffix: Any = None  # token ids fixed at the end
+    infill: Any = None  # other fixed positions: {position: id} or (mask, tokens)
+    progress: bool = False  # a tqdm progress bar on stderr
     denoise: bool = True  # end with the denoising step (absorbing: no MASK left)
     eps: float = 1e-5  # the last time of the grid, in (0, 1)
     cache: bool | None = None  # reuse a row's output while its tokens do not change (None: when exact)
@@ -25,7 +29,7 @@ class RunOptions:
     kv_cache: bool = True  # block models: cache the keys and values of finished blocks
 
     def __post_init__(self) -> None:
-        for name in ("stop_at_eos", "kv_cache", "denoise"):
+        for name in ("stop_at_eos", "kv_cache", "denoise", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         if self.cache is not None and not isinstance(self.cache, bool):

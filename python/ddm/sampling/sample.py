@@ -115,13 +115,9 @@ def sample(
     schedule: Any = None,
     batch_size: int = 1,
     seq_len: int | None = None,
-    prefix: Any = None,
-    suffix: Any = None,
-    infill: Any = None,
     seed: int | None = None,
     device: Any = None,
     backend: str = "auto",
-    progress: bool = False,
     return_stats: bool = False,
     **options: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
@@ -250,6 +246,7 @@ def sample(
     """
     _check_keywords(options)
     run, predictor_options = RunOptions.split(options)
+    prefix, suffix, infill, progress = run.prefix, run.suffix, run.infill, run.progress
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
     graph, schedule = _model_parts(model, graph, schedule)
