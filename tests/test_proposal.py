@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import pytest
 import torch
 from ddm.graphs import Absorbing, Uniform
-from ddm.sampling import Sampler, sample
+from ddm.sampling import Sampler, predictors, sample
+from ddm.sampling.cli_options import add_sampler_options
 from ddm.sampling.proposal import Proposal, apply_to_step, make_proposal, transform_weights
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
@@ -242,3 +244,27 @@ def test_cli_sample_options(tmp_path, capsys: pytest.CaptureFixture[str]) -> Non
         assert len(capsys.readouterr().out.strip("\n").split("\n" + "=" * 80 + "\n")) == 3
     assert main([*args, "--top-p", "1.5"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_cli_summary_counts_calls_not_unused_steps(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """First hitting makes one call per token whatever --steps says: the summary must not read
+    '1 steps, 12 network calls'; a grid predictor's summary gives both."""
+    from ddm.cli import main
+
+    path = _checkpoint(tmp_path)
+    args = ["sample", "--checkpoint", str(path), "--steps", "1", "--num", "2", "--no-progress"]
+    assert main([*args, "--predictor", "first_hitting"]) == 0
+    err = capsys.readouterr().err
+    assert "12 network calls" in err and "steps" not in err
+    assert main(args) == 0
+    assert "1 steps, 2 network calls" in capsys.readouterr().err
+
+
+def test_cli_options_come_from_the_dataclasses() -> None:
+    """Every option of every registered predictor is a flag with help text, and so are --predictor and
+    --backend."""
+    p = argparse.ArgumentParser()
+    add_sampler_options(p)
+    helps = {a.dest: a.help for a in p._actions}
+    for name in (*predictors.option_fields(), "predictor", "backend"):
+        assert helps.get(name), name

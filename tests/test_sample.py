@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddm.errors import InvalidArgument
 from ddm.graphs import Absorbing, Uniform
+from ddm.model import ModelConfig
+from ddm.model.autoregressive import ARModel
 from ddm.sampling import SampleStats, sample
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
@@ -323,3 +326,11 @@ def test_cli_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a prefix longer than the sequence is a clean error (exit status 2), not a traceback
     assert main([*args, "--prefix", "a" * 13]) == 2
     assert "longer than seq_len" in capsys.readouterr().err
+
+
+def test_an_autoregressive_model_is_named_as_such() -> None:
+    """An AR checkpoint given to sample() says what it is and how to draw from it (it used to say
+    "graph is required")."""
+    model = ARModel(ModelConfig(hidden=32, heads=2, blocks=1, cond_dim=16, seq_len=8), vocab_size=5)
+    with pytest.raises(InvalidArgument, match="autoregressive.*ancestral_sample"):
+        sample(model, 4)
