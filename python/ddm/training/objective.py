@@ -23,7 +23,7 @@ from ddm import _rng
 from ddm.errors import InvalidArgument
 from ddm.losses import block_loss as block_loss_fn
 from ddm.losses import dwdse, mask_count_times, mask_counts, masked_nelbo
-from ddm.sampling.sampler import native_available
+from ddm.sampling.ops import RustOps, native_available
 from ddm.schedules import Schedule
 
 __all__ = [
@@ -251,12 +251,9 @@ class Objective:
         first = int(rows[0]) if len(rows) else 0
         contiguous = bool(torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)))
         if x0.device.type == "cpu" and contiguous and len(rows) and native_available():
-            # the Rust twin of the corruption below, bit-identical for the same key (tests/test_parity.py);
-            # imported here because the compiled core may be absent (then the torch path runs)
-            from ddm.sampling import _native
-
+            # the Rust twin of the corruption below, bit-identical for the same key (tests/test_parity.py)
             sigma_bar = schedule.total_noise(t).detach().to(torch.float64).contiguous()  # (b,)
-            x_t = _native.corrupt(
+            x_t = RustOps().corrupt(
                 graph, x0.contiguous(), sigma_bar, seed & _U64, step, first, stream=STREAM_TRAIN_CORRUPT
             )
             return loss(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, x_t=x_t)
