@@ -30,6 +30,12 @@ from ddm.sampling import Sampler, sample
 from ddm.schedules import LogLinear
 
 RESULTS = Path(__file__).resolve().parent / "results" / "golden_samples.json"
+# Hashes that a change was meant to move, with why; reported by --check, not failed. The baseline file
+# stays as recorded from the code before the change.
+CHANGED_BY_DESIGN = {
+    "config/abs": "Sampler.config lists only its predictor's options (the fields of its config dataclass)",
+    "config/uni": "Sampler.config lists only its predictor's options (the fields of its config dataclass)",
+}
 N, L = 7, 12
 BACKENDS = ("rust", "torch")
 
@@ -270,13 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(got)} hashes to {RESULTS}")
         return 0
     want = json.loads(RESULTS.read_text())
-    bad = sorted(k for k in want if got.get(k) != want[k])
+    moved = sorted(k for k in want if got.get(k) != want[k] and k in CHANGED_BY_DESIGN)
+    bad = sorted(k for k in want if got.get(k) != want[k] and k not in CHANGED_BY_DESIGN)
+    for k in moved:
+        print(f"changed by design {k}: {CHANGED_BY_DESIGN[k]}")
     missing = sorted(set(want) - set(got))
     for k in bad:
         print(f"MISMATCH {k}: {want[k]} -> {got.get(k)}")
     print(
-        f"{len(want) - len(bad)}/{len(want)} hashes match"
-        + (f" ({len(missing)} cases missing)" if missing else "")
+        f"{len(want) - len(bad) - len(moved)}/{len(want)} hashes match, {len(moved)} changed by design, "
+        f"{len(bad)} mismatched" + (f" ({len(missing)} cases missing)" if missing else "")
     )
     return 1 if bad else 0
 
