@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ddm.graphs import Graph
+from ddm.sampling.ops import native_available
 
 
 def correlated_law(n: int, length: int, seed: int = 0, weight: float = 0.7) -> torch.Tensor:
@@ -203,3 +204,8 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The backends a sampling test runs on: torch always, the Rust core where it is built.
+needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
+BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]

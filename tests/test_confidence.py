@@ -8,14 +8,20 @@ from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import sample
 from ddm.sampling.ops import RustOps, TorchOps
 from ddm.sampling.proposal import make_proposal
-from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
-from exact_scores import ExactScore, chi2_pvalue, correlated_law, empirical, one_torch_thread, tv  # noqa: F401
+from exact_scores import (  # noqa: F401
+    BACKENDS,
+    ExactScore,
+    chi2_pvalue,
+    correlated_law,
+    empirical,
+    needs_rust,
+    one_torch_thread,
+    tv,
+)
 from test_exactness import _null_tv_quantile
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 N, L = 3, 3
 P0 = correlated_law(N, L)
 GRAPH = Absorbing(N)

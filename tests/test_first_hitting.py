@@ -12,22 +12,21 @@ import pytest
 import torch
 from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import sample
-from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
+    BACKENDS,
     ExactScore,
     chi2_pvalue,
     correlated_law,
     empirical,
     expected_noise_tv,
+    needs_rust,
     one_torch_thread,  # noqa: F401
     tv,
 )
 from test_exactness import _null_tv_quantile
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 N, L = 3, 3
 P0 = correlated_law(N, L)
 GRAPH = Absorbing(N)

@@ -13,11 +13,9 @@ from ddm.sampling.cli_options import add_sampler_options
 from ddm.sampling.proposal import Proposal, apply_to_step, make_proposal, transform_weights
 from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
-from exact_scores import ExactScore, chi2_pvalue, correlated_law, one_torch_thread  # noqa: F401
+from exact_scores import BACKENDS, ExactScore, chi2_pvalue, correlated_law, needs_rust, one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 GRAPHS = {"absorbing": (Absorbing(3), LogLinear()), "uniform": (Uniform(3), Geometric())}
 
 

@@ -7,9 +7,9 @@ import torch
 from ddm.graphs import Absorbing, Uniform
 from ddm.sampling import Sampler, sample
 from ddm.sampling.predictors.remdm import remask_rates
-from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
+    BACKENDS,
     ExactScore,
     chi2_pvalue,
     correlated_law,
@@ -21,8 +21,6 @@ from exact_scores import (
 from test_exactness import _law_on_real_tokens, _null_tv_quantile
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 N, L = 3, 3
 P0 = correlated_law(N, L)
 GRAPH = Absorbing(N)

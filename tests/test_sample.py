@@ -15,19 +15,18 @@ from ddm.graphs import Absorbing, Uniform
 from ddm.model import ModelConfig
 from ddm.model.autoregressive import ARModel
 from ddm.sampling import SampleStats, sample
-from ddm.sampling.sampler import native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
+    BACKENDS,
     ExactScore,
     correlated_law,
+    needs_rust,
     one_torch_thread,  # noqa: F401
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N, L = 3, 3
 P0 = correlated_law(N, L)
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 GRAPHS = {"absorbing": (Absorbing(N), LogLinear()), "uniform": (Uniform(N), Geometric())}
 
 

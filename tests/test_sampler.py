@@ -12,17 +12,17 @@ from ddm.sampling import Sampler, SamplerOutput, sample
 from ddm.sampling.sampler import inverse_cdf, native_available
 from ddm.schedules import Geometric, LogLinear
 from exact_scores import (
+    BACKENDS,
     ExactScore,
     chi2_pvalue,
     correlated_law,
     empirical,
+    needs_rust,
     one_torch_thread,  # noqa: F401
 )
 from scipy import stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_rust = pytest.mark.skipif(not native_available(), reason="ddm._core not built")
-BACKENDS = ["torch", pytest.param("rust", marks=needs_rust)]
 GRAPHS = {"absorbing": (Absorbing(3), LogLinear()), "uniform": (Uniform(3), Geometric())}
 
 
