@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import ddm
 import pytest
 import torch
 from _tiny import tiny_run
@@ -126,6 +127,13 @@ def failing_mkdir(code):
     return lambda r, mp: mp.setattr(Path, "mkdir", mkdir)
 
 
+def pretrained_truncated(r, mp):
+    """A `save_pretrained` folder of the latest checkpoint (in `r / "hub"`) whose weights are cut short."""
+    checkpoint.load(r).save_pretrained(r / "hub")
+    f = r / "hub" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
 def nothing(r, mp):
     pass
 
@@ -141,6 +149,10 @@ def load(r):
 
 def load_raw(r):
     return checkpoint.load(r, ema=False)
+
+
+def load_pretrained(r):
+    return ddm.load(r / "hub")
 
 
 def resume_state(r):
@@ -169,6 +181,7 @@ FILE_CASES = [
     (legacy(truncate("ema.safetensors", 0)), load,       CheckpointError, r"ema.safetensors: not a complete safetensors"),
     (legacy(truncate("config.json")),      load,         CheckpointError, r"config.json: not valid JSON"),
     (legacy(remove("ema.safetensors")),    load,         CheckpointError, r"ema.safetensors: missing"),
+    (pretrained_truncated,                 load_pretrained, CheckpointError, r"model.safetensors: not a complete safetensors"),
     (latest_names("step_00000009"),        load,         CheckpointError, rf"names step_00000009.*{PREV}, {LAST}"),
     (failing_write(errno.ENOSPC),          save_step_6,  OSError,         r"cannot save checkpoint .*step_00000006.*the disk is full"),
     (failing_write(errno.EROFS),           save_step_6,  OSError,         r"cannot save checkpoint .*read-only.*choose a writable"),

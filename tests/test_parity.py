@@ -173,6 +173,18 @@ def _clean(graph, batch: int, length: int, seed: int) -> torch.Tensor:
     return x
 
 
+def _force_torch_corruption(monkeypatch):
+    """Make the backend choice of `Sampler.add_noise` and of the keyed training loss pick torch, and make
+    any call of the Rust corruption fail, so that the reference is certainly the torch path."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the torch reference ran the Rust corruption")
+
+    monkeypatch.setattr("ddm.sampling.ops.native_available", lambda: False)
+    monkeypatch.setattr("ddm.training.objective.native_available", lambda: False)
+    monkeypatch.setattr("ddm.sampling.ops.RustOps.corrupt", refuse)
+
+
 @pytest.mark.parametrize("graph", KEYED_GRAPHS, ids=repr)
 @pytest.mark.parametrize("seed, seq_offset", [(0, 0), (7, 3), (2**63 + 12345, 1000)])
 def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset, monkeypatch):
@@ -180,7 +192,7 @@ def test_corrupt_is_add_noise_bit_for_bit(graph, seed, seq_offset, monkeypatch):
     x0 = _clean(graph, 24, 257, seed % 1000)  # B = 24: torch's vectorised expm1 and its tail
     t = torch.linspace(0.0, 1.0, 24, dtype=torch.float64)  # (B,): from no noise to the limit
     # add_noise itself runs the Rust kernel on the CPU now: its torch path is the reference
-    monkeypatch.setattr("ddm.sampling.sampler.native_available", lambda: False)
+    _force_torch_corruption(monkeypatch)
     want = sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset)
     monkeypatch.undo()
     assert torch.equal(sampler.add_noise(x0, t, seed=seed, seq_offset=seq_offset), want)
@@ -202,7 +214,7 @@ def test_corrupt_is_the_keyed_training_corruption_bit_for_bit(graph, seed, step,
     x0 = _clean(graph, 16, 300, step % 1000)
     rows = torch.arange(first_row, first_row + 16)  # the contiguous global rows of a micro-batch
     # keyed_loss runs the Rust kernel on the CPU now: its torch path (the _rng uniforms) is the reference
-    monkeypatch.setattr("ddm.training.distributed.native_available", lambda: False)
+    _force_torch_corruption(monkeypatch)
     want = distributed.keyed_loss(
         log_score_fn, graph, LogLinear(), x0, seed=seed, step=step, rows=rows, eps_t=1e-3
     )

@@ -27,7 +27,7 @@ from ddm.schedules import Geometric, LogLinear
 from ddm.training import train
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import lr_at
-from ddm.training.rundata import heldout_blocks
+from ddm.io.rundata import heldout_blocks
 from safetensors.torch import load_file
 
 SMALL = dict(TINY_MODEL, dropout=0.0)

@@ -29,10 +29,10 @@ from safetensors import SafetensorError
 
 from ddm import __version__, _fs
 from ddm._device import check_memory, estimate_bytes, resolve_device
-from ddm.data import read_text
+from ddm.data import blocks, encode_file
 from ddm.data import registry as datasets
 from ddm.errors import DdmError
-from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
+from ddm.eval.bound import heldout_blocks, likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load
@@ -251,6 +251,13 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_tokenizer(model: object) -> object:
+    """The tokenizer that scores `--data` text: the model's own."""
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("the model has no tokenizer: it cannot score a text file given with --data")
+    return model.tokenizer
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     if not args.data and is_sedd_checkpoint(args.checkpoint):
         raise ValueError("a SEDD checkpoint records no training corpus: give the text to score with --data")
@@ -260,7 +267,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len {seq_len} is larger than the model's seq_len {model.seq_len}")
     _check_eval_memory(model, args.batch_size, seq_len)
     if args.data:
-        data = text_blocks(model, read_text(args.data), seq_len)
+        # read as training reads data (FASTA, JSONL, a directory or a glob; raw bytes for `bytes`)
+        data = blocks(encode_file(args.data, _model_tokenizer(model)), seq_len, what=f"--data {args.data!r}")
         source = args.data
     else:
         data = heldout_blocks(model.checkpoint_path, seq_len)
@@ -361,7 +369,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="device for the model (default: cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", metavar="FILE", help="write the samples to FILE (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group("block-diffusion models (objective 'block')")
@@ -462,7 +470,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sequences", type=int, help="score at most this many held-out blocks")
     p.add_argument("--batch-size", type=int, default=64, help="rows per network call (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound and the samplers (default 0)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
 
 

@@ -64,20 +64,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddm.data import blocks, load_corpus
+from ddm.data import blocks
 from ddm.errors import InvalidArgument
 from ddm.graphs import Absorbing
-from ddm.io.checkpoint import read_config
+from ddm.io.rundata import heldout_blocks
 from ddm.losses import block_loss, dwdse, mask_count_times, mask_counts, masked_nelbo
 from ddm.sampling.torch_steps import denoise_step_probs
 
@@ -171,29 +168,8 @@ def text_chunks(model: Any, text: str, seq_len: int | None = None) -> torch.Tens
     return blocks(np.asarray(tokenizer.encode(text), dtype=np.int64), seq_len, what="the evaluation text")
 
 
-def heldout_chunks(checkpoint: str | os.PathLike, seq_len: int) -> torch.Tensor:
-    """The held-out tail of the corpus a checkpoint was trained on, as `[M, seq_len]` chunks."""
-    cfg = read_config(checkpoint)
-    train = cfg["train"]
-    data = train["data"]
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            corpus = load_corpus(
-                data, Path(tmp), tokenizer=cfg["tokenizer"], val_fraction=train["val_fraction"]
-            )
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"{e}; the checkpoint was trained on it: pass the data explicitly"
-            ) from None
-        if corpus.n_val == 0:
-            raise InvalidArgument(
-                "the checkpoint was trained with val_fraction = 0: there is no held-out split"
-            )
-        return corpus.val_blocks(seq_len).clone()
-
-
 text_blocks = text_chunks  # the earlier names, kept for callers
-heldout_blocks = heldout_chunks
+heldout_chunks = heldout_blocks  # the held-out split lives with the run (ddm.io.rundata)
 
 
 def _check_seq_len(model: Any, seq_len: int | None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ddm._stats import error_bar, format_stderr
 from ddm.errors import InvalidArgument
 from ddm.eval.bound import heldout_blocks, likelihood_bound
 from ddm.eval.metrics import exact_nll, gen_perplexity, unigram_entropy
@@ -68,7 +69,7 @@ def _eval_curve(ckpt_path: Path) -> list[dict[str, float]]:
                 {
                     "step": rec["step"],
                     "bits_per_token": rec["eval_bits_per_token"],
-                    "stderr_bits": rec.get("eval_stderr_bits", math.nan),
+                    "stderr_bits": rec.get("eval_stderr_bits"),
                 }
             )
     return curve
@@ -403,8 +404,8 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(
             f"| {_graph_name(m)} `{Path(m['checkpoint']).parent.parent.name}` | {m['parameters']:,} | "
             f"{t['steps']} x {t['batch_size']} x {t['seq_len']} | "
-            f"{b['bits_per_token']:.4f} +- {b['stderr_bits']:.4f} | "
-            f"{a['bits_per_token']:.4f} +- {a['stderr_bits']:.4f} | {m['bound_over_ar']:.3f} |"
+            f"{b['bits_per_token']:.4f} +- {format_stderr(b['stderr_bits'])} | "
+            f"{a['bits_per_token']:.4f} +- {format_stderr(a['stderr_bits'])} | {m['bound_over_ar']:.3f} |"
         )
     lines += [
         "",
@@ -461,7 +462,7 @@ def _plot_bound(plt: Any, r: dict[str, Any], out: Path) -> None:
             ax.errorbar(
                 [p["step"] for p in c],
                 [p["bits_per_token"] for p in c],
-                yerr=[2 * p["stderr_bits"] for p in c],
+                yerr=[error_bar(p["stderr_bits"]) for p in c],
                 fmt="o-",
                 ms=3,
                 label=f"{_graph_name(m)}: held-out bound (in training)",

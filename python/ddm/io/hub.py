@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ddm.errors import InvalidArgument
 from ddm.io import checkpoint, run
@@ -246,7 +246,7 @@ def load_hub_dir(path: Path, device: str | torch.device | None) -> Any:
     cfg = checkpoint.read_config(path)
     model = checkpoint.build_model(cfg)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(device)), strict=True)
+    model.load_state_dict(checkpoint.load_weights(path / WEIGHTS_NAME, device), strict=True)
     model.to(device).eval()
     model.checkpoint_path = path
     return model

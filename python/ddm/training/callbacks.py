@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ddm import _fs
+from ddm._stats import error_bar, format_stderr
 from ddm.eval.bound import likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.io import run
@@ -185,7 +186,7 @@ def draw_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
         ax.errorbar(
             [r["step"] for r in evals],
             [r["eval_bits_per_token"] for r in evals],
-            yerr=[2 * r["eval_stderr_bits"] for r in evals],
+            yerr=[error_bar(r["eval_stderr_bits"]) for r in evals],
             fmt="o-",
             ms=3,
             label="held-out bound (EMA, +-2 s.e.)",
@@ -243,7 +244,7 @@ class Console(Callback):
             what = "held-out NLL" if trainer.autoregressive else "held-out bound"
             self._line(
                 f"step {record['step']}: {what} {record['eval_bits_per_token']:.4f} +- "
-                f"{record['eval_stderr_bits']:.4f} bits/token (EMA weights)"
+                f"{format_stderr(record['eval_stderr_bits'])} bits/token (EMA weights)"
             )
         elif self.bar is not None:
             self.bar.set_postfix(

@@ -39,7 +39,7 @@ from ddm.training import distributed as ddist
 from ddm.training.config import TrainConfig, make_graph, make_schedule
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
-from ddm.training.rundata import load_run_corpus, source_record
+from ddm.io.rundata import load_run_corpus, source_record
 
 __all__ = ["RESUME_FIELDS", "Callback", "StepStats", "Trainer", "lr_at", "say"]
 
