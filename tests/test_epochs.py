@@ -127,9 +127,25 @@ def test_the_cli_derives_steps_from_epochs(tmp_path, capsys):
     data = _text(tmp_path)
     assert main(["train", "--print-config", "--epochs", "2", "--run-dir", run]) == 0
     assert "steps = 0  #" in capsys.readouterr().out
-    args = ["train", "--epochs", "2", "--steps", "5", "--data", data, "--run-dir", run, "--no-progress"]
-    assert main([*args, "--seq-len", "16", "--batch-size", "4", "--model", "tiny"]) == 2
+    base = [
+        "train",
+        "--data",
+        data,
+        "--run-dir",
+        run,
+        "--no-progress",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    ]
+    assert main([*base, "--model", "tiny", "--epochs", "2", "--steps", "5"]) == 2
     assert "epochs = 2 is 11 optimizer steps on this corpus, but steps = 5" in capsys.readouterr().err
+    # a run of 1 epoch, extended to 2 on resume: --epochs replaces the saved steps (6 -> 11)
+    assert main([*base, "--epochs", "1"]) == 0
+    assert "step_00000006" in capsys.readouterr().out
+    assert main(["train", "--resume", "--run-dir", run, "--epochs", "2"]) == 0
+    assert "step_00000011" in capsys.readouterr().out
 
 
 # -- training -------------------------------------------------------------------------------------------
