@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -85,9 +86,33 @@ def _loadavg() -> list[float]:
 
 
 def _evals(run: Path) -> list[dict]:
+    """The evaluation records of a run, each with the training seconds (`elapsed_s`, the optimizer steps'
+    own time, interpolated between the training records) it had taken."""
     recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train = [(0, 0.0)] + [(r["step"], r["elapsed_s"]) for r in recs if "loss" in r]
     keys = ("step", "epoch", "tokens_seen", "eval_bits_per_token", "eval_stderr_bits")
-    return [{k: r[k] for k in keys} for r in recs if "eval_bits_per_token" in r]
+    out = []
+    for r in (r for r in recs if "eval_bits_per_token" in r):
+        pairs = zip(train, [*train[1:], (math.inf, train[-1][1])], strict=True)  # past the last: its time
+        (s0, e0), (s1, e1) = next((a, b) for a, b in pairs if a[0] <= r["step"] <= b[0])
+        elapsed = e0 if s1 == math.inf else e0 + (e1 - e0) * (r["step"] - s0) / max(s1 - s0, 1)
+        out.append({**{k: r[k] for k in keys}, "elapsed_s": round(elapsed, 1)})
+    return out
+
+
+def ratios_by_minutes(records: list[dict], minutes=(5, 15, 30, 60)) -> dict[int, float]:
+    """The ratio of the bests (diffusion / AR) among the evaluations within the first `t` minutes of each
+    model's training time, for each `t` both runs reached."""
+    by = {r["model"]: r["evals"] for r in records}
+    out = {}
+    for t in minutes:
+        within = {
+            m: [e["eval_bits_per_token"] for e in ev if e["elapsed_s"] <= t * 60] for m, ev in by.items()
+        }
+        reached = all(ev and ev[-1]["elapsed_s"] >= t * 60 * 0.98 for ev in by.values())
+        if reached and within.get("diffusion") and within.get("ar"):
+            out[t] = min(within["diffusion"]) / min(within["ar"])
+    return out
 
 
 def train_one(name: str, cfg: dict, steps: int | None, runs: Path) -> dict:
@@ -133,7 +158,7 @@ def regularisation(cfg: dict) -> str:
     return ", ".join(parts)
 
 
-def write_table(records: list[dict], args: argparse.Namespace, path: Path) -> None:
+def write_table(records: list[dict], path: Path) -> None:
     """The table (markdown) of the records, with the ratio of the bests."""
     lines = [
         "| corpus | model | params | size | regularisation | steps | epochs trained | epochs at best | "
@@ -142,7 +167,7 @@ def write_table(records: list[dict], args: argparse.Namespace, path: Path) -> No
     ]
     for r in records:
         c, b, last = r["config"], r["best"], r["last"]
-        size = f"{c.get('model')} w{c.get('hidden')} b{c.get('blocks') or '-'}"
+        size = f"{c.get('model')}, width {c.get('hidden')}" + (f", {c['blocks']} blocks" if c.get("blocks") else "")
         lines.append(
             f"| {c.get('data', 'hamlet')} | {r['model']} ({c['objective']}) | {r['params']:,} | {size} | "
             f"{regularisation(c)} | {r['steps']} | {last['epoch']:.1f} | {b['epoch']:.1f} | "
@@ -153,6 +178,12 @@ def write_table(records: list[dict], args: argparse.Namespace, path: Path) -> No
     if "diffusion" in by and "ar" in by:
         ratio = by["diffusion"]["best"]["eval_bits_per_token"] / by["ar"]["best"]["eval_bits_per_token"]
         lines += ["", f"Ratio of the bests (diffusion bound / AR NLL): **{ratio:.3f}** (goal: at most 1.00)."]
+        at = ratios_by_minutes(records)
+        if at:
+            lines.append(
+                "Within the first t minutes of training: "
+                + ", ".join(f"{t} min: {v:.3f}" for t, v in at.items())
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -195,6 +226,27 @@ def draw(records: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def render(out: Path, results: dict) -> None:
+    """Writes results.json, table.md and heldout_vs_epochs.png of `results`."""
+    records = results["records"]
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_table(records, out / "table.md")
+    budget = f"{results['minutes']:g} min" if results.get("minutes") else f"{results.get('epochs'):g} epochs"
+    data = records[0]["config"].get("data", "hamlet")
+    title = f"{data}: held-out vs epochs, {budget} per model; load {records[-1]['load_end']}"
+    draw(records, out / "heldout_vs_epochs.png", title)
+
+
+def redraw(out: Path, runs: Path) -> None:
+    """Rebuilds the outputs from `out/results.json` (evaluations re-read from `runs/<model>/log.jsonl`
+    where that run is still there, for the training seconds of each)."""
+    results = json.loads((out / "results.json").read_text())
+    for r in results["records"]:
+        if (runs / r["model"] / "log.jsonl").is_file():
+            r["evals"] = _evals(runs / r["model"])
+    render(out, results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     budget = ap.add_mutually_exclusive_group(required=True)
@@ -210,9 +262,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "quality_results" / "data_constrained"))
     ap.add_argument("--run-dir", default="/tmp/data_constrained", help="the runs (checkpoints, logs)")
+    ap.add_argument(
+        "--redraw", action="store_true", help="only rebuild table.md and the plot from results.json"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.redraw:
+        redraw(out, Path(args.run_dir))
+        return
     out.mkdir(parents=True, exist_ok=True)
     command = "python benches/data_constrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (out / "command.txt").write_text(command + "\n")
@@ -239,11 +297,7 @@ def main() -> None:
     for name in names:
         records.append(train_one(name, configs[name], steps[name], Path(args.run_dir)))
         meta = dict(command=command, started=started, probe_s_per_step=probe, minutes=args.minutes)
-        (out / "results.json").write_text(json.dumps(dict(meta, records=records), indent=1) + "\n")
-        write_table(records, args, out / "table.md")
-        budget_text = f"{args.minutes:g} min" if args.minutes is not None else f"{args.epochs:g} epochs"
-        title = f"{args.data}: held-out vs epochs, {budget_text} per model; load {records[-1]['load_end']}"
-        draw(records, out / "heldout_vs_epochs.png", title)
+        render(out, dict(meta, epochs=args.epochs, records=records))
         print(json.dumps({k: records[-1][k] for k in ("model", "steps", "best", "wall_s", "load_end")}))
     print(command)
 

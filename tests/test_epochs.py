@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,19 +128,9 @@ def test_the_cli_derives_steps_from_epochs(tmp_path, capsys):
     data = _text(tmp_path)
     assert main(["train", "--print-config", "--epochs", "2", "--run-dir", run]) == 0
     assert "steps = 0  #" in capsys.readouterr().out
-    base = [
-        "train",
-        "--data",
-        data,
-        "--run-dir",
-        run,
-        "--no-progress",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
-    ]
-    assert main([*base, "--model", "tiny", "--epochs", "2", "--steps", "5"]) == 2
+    base = ["train", "--data", data, "--run-dir", run, "--no-progress", "--seq-len", "16"]  # fmt: skip
+    base += ["--batch-size", "4", "--hidden", "32", "--heads", "2", "--blocks", "1", "--cond-dim", "16"]
+    assert main([*base, "--epochs", "2", "--steps", "5"]) == 2
     assert "epochs = 2 is 11 optimizer steps on this corpus, but steps = 5" in capsys.readouterr().err
     # a run of 1 epoch, extended to 2 on resume: --epochs replaces the saved steps (6 -> 11)
     assert main([*base, "--epochs", "1"]) == 0
@@ -233,3 +224,30 @@ def test_two_processes_read_the_epochs_of_one_and_stop_together(tmp_path):
         for key in ("loss", "eval_bits_per_token", "epoch"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+
+
+def test_the_data_constrained_bench_runs_once(tmp_path):
+    """`benches/data_constrained.py` on the tiny model for 2 epochs: results, table, plot and command
+    (figures not checked; each model's best is the minimum of its evaluations)."""
+    pytest.importorskip("matplotlib", reason="the bench draws its plot with matplotlib (the `plot` extra)")
+    tiny = ["hidden=32", "heads=2", "blocks=1", "cond_dim=16", "seq_len=16", "batch_size=4"]
+    sets = [a for kv in tiny for a in ("--set-diffusion", kv, "--set-ar", kv)]
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "benches" / "data_constrained.py"), "--epochs", "2", "--data"]
+    cmd += [_text(tmp_path), "--eval-every-epochs", "1", "--eval-sequences", "2", "--eval-num-t", "2"]
+    cmd += ["--out", str(out), "--run-dir", str(runs), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert p.returncode == 0, p.stdout + p.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in results["records"]] == ["diffusion", "ar"]
+    for r in results["records"]:
+        assert [round(e["epoch"]) for e in r["evals"]] == [1, 2]
+        assert r["best"]["eval_bits_per_token"] == min(e["eval_bits_per_token"] for e in r["evals"])
+        assert 0 < r["evals"][0]["elapsed_s"] <= r["evals"][1]["elapsed_s"]
+    assert "Ratio of the bests" in (out / "table.md").read_text()
+    assert (out / "heldout_vs_epochs.png").stat().st_size > 0
+    assert "--epochs 2" in (out / "command.txt").read_text()
+    (out / "table.md").unlink()
+    p = subprocess.run([*cmd, "--redraw"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and (out / "table.md").is_file(), p.stderr
