@@ -167,7 +167,9 @@ def write_table(records: list[dict], path: Path) -> None:
     ]
     for r in records:
         c, b, last = r["config"], r["best"], r["last"]
-        size = f"{c.get('model')}, width {c.get('hidden')}" + (f", {c['blocks']} blocks" if c.get("blocks") else "")
+        size = f"{c.get('model')}, width {c.get('hidden')}" + (
+            f", {c['blocks']} blocks" if c.get("blocks") else ""
+        )
         lines.append(
             f"| {c.get('data', 'hamlet')} | {r['model']} ({c['objective']}) | {r['params']:,} | {size} | "
             f"{regularisation(c)} | {r['steps']} | {last['epoch']:.1f} | {b['epoch']:.1f} | "
