@@ -102,6 +102,8 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None
     }
+    if overrides.get("epochs") and "steps" not in overrides:  # --epochs derives the steps (issue 32)
+        overrides["steps"] = 0
     if args.config:
         cfg = load_config(args.config, **overrides)
     elif args.resume:

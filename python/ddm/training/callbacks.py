@@ -24,6 +24,7 @@ from ddm.eval.bound import likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.io import run
 from ddm.model.transformer import bf16_autocast_on
+from ddm.training.heldout import evaluation_due, heldout_callbacks
 from ddm.training.trainer import Callback, StepStats, Trainer, say
 
 __all__ = [
@@ -85,15 +86,17 @@ class TrainMetrics(Callback):
             "grad_norm": stats.grad_norm,
             "tokens_per_s": tok_per_s,
             "elapsed_s": trainer.elapsed,
+            "epoch": trainer.epoch,
+            "tokens_seen": trainer.tokens_seen,
         }
         self.loss, self.steps, self.time = 0.0, 0, 0.0
         trainer.log(record)
 
 
 class Evaluation(Callback):
-    """Every `eval_every` steps and at the last, logs the held-out bound of the EMA weights (the exact NLL
-    for the autoregressive baseline) on `eval_sequences` blocks of the held-out tail. A held-out split
-    shorter than `seq_len` is said once: the run then never evaluates."""
+    """Every `eval_every` steps, every `eval_every_epochs` epochs and at the last, logs the held-out bound
+    of the EMA weights (the exact NLL for the autoregressive baseline) on `eval_sequences` blocks of the
+    held-out tail. A held-out split shorter than `seq_len` is said once: the run then never evaluates."""
 
     def __init__(self, trainer: Trainer) -> None:
         cfg, corpus = trainer.cfg, trainer.corpus
@@ -112,10 +115,7 @@ class Evaluation(Callback):
 
     def due(self, trainer: Trainer) -> bool:
         """Whether the step just reached is evaluated."""
-        every = trainer.cfg.eval_every
-        return self.val is not None and (
-            (every and trainer.step % every == 0) or trainer.step == trainer.cfg.steps
-        )
+        return self.val is not None and evaluation_due(trainer)
 
     def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
         if self.due(trainer):
@@ -137,6 +137,8 @@ class Evaluation(Callback):
             "eval_nats_per_token": b.nats_per_token,
             "eval_bits_per_token": b.bits_per_token,
             "eval_stderr_bits": b.stderr_bits,
+            "epoch": trainer.epoch,
+            "tokens_seen": trainer.tokens_seen,
         }
 
 
@@ -191,6 +193,9 @@ def draw_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
             ms=3,
             label="held-out bound (EMA, +-2 s.e.)",
         )
+        best = min(evals, key=lambda r: r["eval_bits_per_token"])
+        ax.plot(best["step"], best["eval_bits_per_token"], "*", ms=12, color="C3", label="best held-out")
+    _epoch_and_token_axes(ax, ax_lr, train[-1])
     ax.set_ylabel("bits / token")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -201,6 +206,19 @@ def draw_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
     with _fs.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+
+
+def _epoch_and_token_axes(ax: Any, ax_lr: Any, last: dict[str, Any]) -> None:
+    """Epochs on the top axis and tokens seen under the bottom one: both are linear in the step (the
+    ratios of the last training record), so the held-out curve reads against either."""
+    step = last["step"]
+    if not step or "epoch" not in last:
+        return
+    per_epoch, per_token = last["epoch"] / step, last["tokens_seen"] / step
+    top = ax.secondary_xaxis("top", functions=(lambda s: s * per_epoch, lambda e: e / per_epoch))
+    top.set_xlabel("epoch")
+    low = ax_lr.secondary_xaxis(-0.6, functions=(lambda s: s * per_token, lambda t: t / per_token))
+    low.set_xlabel("tokens seen")
 
 
 class Summary(Callback):
@@ -218,7 +236,8 @@ class Summary(Callback):
             f"  data:      {cfg.data}: {corpus.n_train:,} train and {corpus.n_val:,} held-out tokens\n"
             f"  device:    {trainer.device} ({'bf16 autocast' if bf16 else 'float32'}){procs}\n"
             f"  steps:     {trainer.step} -> {trainer.stop} of {cfg.batch_size} x {cfg.seq_len} tokens, "
-            f"{corpus.n_train / trainer.tokens_per_step:,.1f} steps per epoch\n"
+            f"{trainer.order.samples_per_epoch / cfg.batch_size:,.1f} steps per epoch ({trainer.order.name} "
+            f"order){f', {cfg.epochs:g} epochs' if cfg.epochs else ''}\n"
             f"  run:       {trainer.run_dir}"
         )
 
@@ -276,10 +295,11 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
     """The run's own callbacks, in their order: rank 0 logs, evaluates, plots and shows progress; every
     rank takes part in the checkpoints."""
     if not trainer.env.is_main:
-        return [Checkpointing()]
+        return [Checkpointing(), *heldout_callbacks(trainer, None)]
     cfg = trainer.cfg
     log = JsonlLog(trainer.run_dir, trainer.step if trainer.resumed else None)
     callbacks: list[Callback] = [log, TrainMetrics(), Evaluation(trainer), Checkpointing()]
+    callbacks += heldout_callbacks(trainer, log.records)  # best/ and early stopping (issue 32)
     if cfg.plot:
         callbacks.append(Plotting(log))
     if cfg.progress:

@@ -8,6 +8,7 @@ comment gives SEDD's value.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,10 +20,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ddm import graphs, schedules
+from ddm.data.order import ORDERS
 from ddm.errors import InvalidArgument
 from ddm.model.transformer import SIZES, ModelConfig
 
-__all__ = ["TrainConfig", "load_config", "make_graph", "make_schedule"]
+__all__ = [
+    "TrainConfig",
+    "load_config",
+    "make_graph",
+    "make_schedule",
+    "resolved_data_order",
+    "with_derived_steps",
+]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -143,6 +152,27 @@ class TrainConfig:
         "console output on stderr: a start summary, then a progress bar on a terminal (log lines "
         "otherwise), and the held-out bound whenever it is evaluated",
     )
+    # epochs, held-out best and early stopping (issue 32: small data, many epochs)
+    epochs: float = _f(
+        0.0,
+        "train for this many epochs of the training split (0: steps decides); steps is then derived: "
+        "leave it out (0), or give the same count",
+    )
+    data_order: str = _f(
+        "auto",
+        "'random' (each window at an offset keyed by (seed, step, row)), 'epochs' (each epoch reads every "
+        "non-overlapping window once, in a fresh order at a fresh phase keyed by (seed, epoch)) or 'auto' "
+        "('epochs' when epochs > 0, else 'random')",
+    )
+    eval_every_epochs: float = _f(0.0, "also evaluate the held-out split every this many epochs (0: off)")
+    keep_best: bool = _f(
+        False, "keep the checkpoint of the best held-out bound (NLL for 'autoregressive') in <run_dir>/best/"
+    )
+    early_stop: int = _f(
+        0,
+        "stop when this many held-out evaluations in a row do not improve on the best (0: off); needs a "
+        "held-out split and periodic evaluation, and keeps best/",
+    )
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -168,6 +198,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}; known keys: {sorted(known)}")
         values = {k: _coerce(k, v, type(known[k].default)) for k, v in flat.items()}
+        if values.get("epochs", 0.0) > 0 and "steps" not in values:
+            values["steps"] = 0  # derived from the epochs by the Trainer
         config = cls(**values)
         config.validate()
         return config
@@ -223,15 +255,15 @@ class TrainConfig:
         self._validate_ranges()
         self._validate_choices()
         self._validate_combinations()
+        self._validate_epochs()
         self.model_config().validate()
         if not self.time_conditioning and self.graph != "absorbing":
             raise InvalidArgument("time_conditioning = false needs graph = 'absorbing'")
 
     def _validate_ranges(self) -> None:
         """The numeric fields: signs, intervals and orderings."""
-        positive_int = (
+        positive_int = (  # steps: _validate_epochs (0 is allowed with epochs)
             "seq_len",
-            "steps",
             "batch_size",
             "grad_accum",
             "log_every",
@@ -313,6 +345,27 @@ class TrainConfig:
                 f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
             )
 
+    def _validate_epochs(self) -> None:
+        """The epoch fields (issue 32): epochs, data_order, eval_every_epochs, keep_best, early_stop."""
+        if self.steps < 0 or (self.steps == 0 and not self.epochs > 0):
+            raise InvalidArgument(
+                "steps must be a positive integer (or 0 with epochs > 0: derived from them), got "
+                f"{self.steps!r}"
+            )
+        for name in ("epochs", "eval_every_epochs"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise InvalidArgument(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.data_order not in ("auto", *ORDERS):
+            raise InvalidArgument(f"data_order must be 'auto', 'random' or 'epochs', got {self.data_order!r}")
+        if self.early_stop < 0:
+            raise InvalidArgument(f"early_stop must be >= 0 evaluations, got {self.early_stop!r}")
+        if self.early_stop and not (self.eval_every or self.eval_every_epochs):
+            raise InvalidArgument(
+                f"early_stop = {self.early_stop} needs periodic held-out evaluation: set eval_every (steps) "
+                "or eval_every_epochs"
+            )
+
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is bool:
@@ -369,3 +422,26 @@ def make_schedule(config: TrainConfig) -> Any:
     if config.schedule == "loglinear":
         return schedules.LogLinear(eps=config.schedule_eps)
     return schedules.Geometric(sigma_min=config.sigma_min, sigma_max=config.sigma_max)
+
+
+def resolved_data_order(train: dict[str, Any] | TrainConfig) -> str:
+    """The data order a run reads with: its `data_order`, with `'auto'` resolved by its `epochs` (a
+    config dict from before these fields: `'random'`)."""
+    d = train.to_dict() if isinstance(train, TrainConfig) else train
+    order = d.get("data_order", "auto")
+    if order == "auto":
+        return "epochs" if d.get("epochs", 0.0) > 0 else "random"
+    return order
+
+
+def with_derived_steps(config: TrainConfig, steps_for_epochs: int) -> TrainConfig:
+    """`config` with `steps` derived from `epochs` (`steps_for_epochs` optimizer steps); a `steps` that is
+    given and disagrees is an `InvalidArgument`. Without epochs, `config` itself."""
+    if not config.epochs > 0:
+        return config
+    if config.steps not in (0, steps_for_epochs):
+        raise InvalidArgument(
+            f"epochs = {config.epochs:g} is {steps_for_epochs} optimizer steps on this corpus, but steps = "
+            f"{config.steps} was given: give one of them (steps 0 derives it), or steps = {steps_for_epochs}"
+        )
+    return config.replace(steps=steps_for_epochs)

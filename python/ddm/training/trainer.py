@@ -31,12 +31,19 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ddm.data.order import make_order
 from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
-from ddm.training.config import TrainConfig, make_graph, make_schedule
+from ddm.training.config import (
+    TrainConfig,
+    make_graph,
+    make_schedule,
+    resolved_data_order,
+    with_derived_steps,
+)
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 from ddm.io.rundata import load_run_corpus, source_record
@@ -201,6 +208,10 @@ class Trainer:
         record = ckpt.read_config(state["path"]).get("data") if state is not None else None
         self.corpus = self._load_corpus(record)
         self.corpus.check_seq_len(cfg.seq_len)
+        self.order = make_order(resolved_data_order(cfg), self.corpus, cfg.seq_len, cfg.seed, cfg.batch_size)
+        if cfg.epochs > 0 or self.order.name == "epochs":  # an epoch must be at least one step
+            self.order.check_batch_fits()
+        self.cfg = cfg = with_derived_steps(cfg, self.order.steps_for(cfg.epochs))  # issue 32: --epochs
         self.autoregressive = cfg.objective == "autoregressive"
         self._build_model()
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
@@ -240,6 +251,12 @@ class Trainer:
                     f"resume: {name} = {getattr(self.cfg, name)!r} differs from the checkpoint's "
                     f"{saved.get(name)!r}"
                 )
+        if resolved_data_order(saved) != resolved_data_order(self.cfg):  # 'auto' follows epochs
+            raise InvalidArgument(
+                f"resume: the data order would be {resolved_data_order(self.cfg)!r} (data_order = "
+                f"{self.cfg.data_order!r}, epochs = {self.cfg.epochs:g}), the checkpoint's run read "
+                f"{resolved_data_order(saved)!r}: give --data-order {resolved_data_order(saved)}"
+            )
         return ckpt.read_training_state(found)  # on CPU; load_state_dict moves tensors to the model
 
     def _load_corpus(self, record: dict[str, Any] | None) -> Any:
@@ -294,6 +311,11 @@ class Trainer:
         if record is not None:
             config["data"] = record
         return config
+
+    @property
+    def epoch(self) -> float:
+        """Epochs of the training split read after `step` steps (fractional; `ddm.data.order`)."""
+        return self.order.epoch_at(self.step)
 
     def add_callbacks(self, *callbacks: Callback) -> None:
         """Appends callbacks (they run after those already there)."""
@@ -361,7 +383,7 @@ class Trainer:
         """Forward and backward of the rows `rows`; returns their summed loss (nats)."""
         cfg = self.cfg
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
-        x0 = self.corpus.batch_at(cfg.seq_len, cfg.seed, self.step, rows).to(self.device)  # (b, L)
+        x0 = self.order.batch(self.step, rows).to(self.device)  # (b, L), keyed by (seed, step, row)
         # gradients are all-reduced only at the last micro-batch
         sync = self.net.no_sync() if self.env.enabled and not last else contextlib.nullcontext()
         with sync:
@@ -402,7 +424,7 @@ class Trainer:
         if self.env.is_main:
             extra = {
                 "rng": ckpt.rng_state(),
-                "data": {"position": "the step: offsets keyed by (seed, step, row)", "step": self.step},
+                "data": {"position": self.order.describe(), "order": self.order.name, "step": self.step},
                 "tokens_seen": self.tokens_seen,
                 "elapsed_s": self.elapsed,
             }
