@@ -20,6 +20,7 @@ from ddm.data.corpus import Corpus
 from ddm.errors import DataError
 from ddm.graphs import Absorbing, Uniform
 from ddm.io import checkpoint as ckpt
+from ddm.io.rundata import heldout_blocks
 from ddm.losses import dwdse, score_entropy_bruteforce
 from ddm.model import ModelConfig, ScoreModel
 from ddm.model.transformer import cpu_has_native_bf16
@@ -27,7 +28,6 @@ from ddm.schedules import Geometric, LogLinear
 from ddm.training import train
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import lr_at
-from ddm.io.rundata import heldout_blocks
 from safetensors.torch import load_file
 
 SMALL = dict(TINY_MODEL, dropout=0.0)

@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     bound = likelihood_bound(model, val, num_t=args.num_t, seed=0, batch_size=128)
     print()
-    print(
-        f"held-out bound:   {bound.bits_per_token:.3f} +- {format_stderr(bound.stderr_bits, 3)} bits/char (upper bound)"
-    )
+    se = format_stderr(bound.stderr_bits, 3)
+    print(f"held-out bound:   {bound.bits_per_token:.3f} +- {se} bits/char (upper bound)")
     print(f"unigram entropy:  {unigram_entropy_bits(heldout_text):.3f} bits/char (of the same held-out text)")
     print(f"uniform:          {math.log2(model.tokenizer.vocab_size):.3f} bits/char")
 

@@ -7,7 +7,6 @@ See `ddm.eval.metrics` for the three numbers and docs/quality.md for how to read
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ddm.data.order import make_order
 from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
+from ddm.io.rundata import load_run_corpus, source_record
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
@@ -46,7 +47,6 @@ from ddm.training.config import (
 )
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
-from ddm.io.rundata import load_run_corpus, source_record
 
 __all__ = ["RESUME_FIELDS", "Callback", "StepStats", "Trainer", "lr_at", "say"]
 
