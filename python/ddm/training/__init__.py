@@ -1,7 +1,7 @@
 """Training: the run config (`config`), the objective's keyed draws and losses (`objective`), the
-`Trainer` and its callbacks (`trainer`, `callbacks`; the corpus a run caches and records is
-`ddm.io.rundata`), the optimizers (`optim`) and multi-process training on torch.distributed (`distributed`). `train` is the
-entry point (`loop`).
+`Trainer` and its callbacks (`trainer`, `callbacks`), the optimizers (`optim`) and multi-process training
+on torch.distributed (`distributed`). `train` is the entry point (`loop`). The corpus a run caches and
+records is `ddm.io.rundata`.
 """
 
 from __future__ import annotations
