@@ -19,7 +19,7 @@ import sys as _sys
 
 # OpenMP workers that spin after each torch op hold the cores that the next op, or the Rust core's rayon
 # workers between network calls, need: on a shared 2-core machine at load 8 the demo model's forward took
-# 1.3 s with 2 threads instead of 75 ms with passive waiting (BENCHMARKS.md, issue 17). The policy is read
+# 1.3 s with 2 threads instead of 75 ms with passive waiting (BENCHMARKS.md). The policy is read
 # when torch loads its OpenMP runtime, so it is set only if torch is not imported yet, and never over a
 # value the user chose.
 if "torch" not in _sys.modules:

@@ -102,7 +102,7 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None
     }
-    if overrides.get("epochs") and "steps" not in overrides:  # --epochs derives the steps (issue 32)
+    if overrides.get("epochs") and "steps" not in overrides:  # --epochs derives the steps
         overrides["steps"] = 0
     if args.config:
         cfg = load_config(args.config, **overrides)
@@ -181,7 +181,7 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 
 # Rows per block of `ddm eval`: the bound's cost is blocks x num_t block evaluations. For the absorbing
 # graph 32 rows of the "masks" design have the Monte-Carlo error of 128 uniform strata on the demo model
-# (BENCHMARKS.md, issue 17), and score 100k characters (about 400 blocks of 256) in 13k evaluations;
+# (BENCHMARKS.md), and score 100k characters (about 400 blocks of 256) in 13k evaluations;
 # training's periodic evaluation uses `eval_num_t`.
 EVAL_NUM_T = 32
 
@@ -276,7 +276,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         data = heldout_blocks(model.checkpoint_path, seq_len)
         source = "held-out split of the training corpus"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if getattr(model, "objective", None) == "autoregressive":  # exact NLL, same JSON keys (issue 7)
+    if getattr(model, "objective", None) == "autoregressive":  # exact NLL, same JSON keys
         result = exact_nll(model, data, batch_size=args.batch_size, max_sequences=args.max_sequences)
         if args.json:
             print(json.dumps({**result.to_dict(), "checkpoint": str(model.checkpoint_path), "data": source}))

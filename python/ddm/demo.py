@@ -30,7 +30,7 @@ from ddm.training import TrainConfig, train
 __all__ = ["DEMO_CONFIG", "DEMO_SAMPLER", "main", "unigram_entropy_bits"]
 
 # About 3 to 4 minutes on 2 idle CPU cores (3 of them training): the training takes no longer than the
-# demo's did when issue 18 was filed (320 steps of the 192-wide model in float32), timed side by side. The
+# earlier demo did (320 steps of the 192-wide model in float32), timed side by side. The
 # recipe was chosen by measurement at that budget, over three seeds (docs/quality_results/objectives.md,
 # "The demo in the old demo's time").
 DEMO_CONFIG = dict(

@@ -299,7 +299,7 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
     cfg = trainer.cfg
     log = JsonlLog(trainer.run_dir, trainer.step if trainer.resumed else None)
     callbacks: list[Callback] = [log, TrainMetrics(), Evaluation(trainer), Checkpointing()]
-    callbacks += heldout_callbacks(trainer, log.records)  # best/ and early stopping (issue 32)
+    callbacks += heldout_callbacks(trainer, log.records)  # best/ and early stopping
     if cfg.plot:
         callbacks.append(Plotting(log))
     if cfg.progress:

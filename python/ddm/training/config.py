@@ -152,7 +152,7 @@ class TrainConfig:
         "console output on stderr: a start summary, then a progress bar on a terminal (log lines "
         "otherwise), and the held-out bound whenever it is evaluated",
     )
-    # epochs, held-out best and early stopping (issue 32: small data, many epochs)
+    # epochs, held-out best and early stopping
     epochs: float = _f(
         0.0,
         "train for this many epochs of the training split (0: steps decides); steps is then derived: "
@@ -346,7 +346,7 @@ class TrainConfig:
             )
 
     def _validate_epochs(self) -> None:
-        """The epoch fields (issue 32): epochs, data_order, eval_every_epochs, keep_best, early_stop."""
+        """The epoch fields: epochs, data_order, eval_every_epochs, keep_best, early_stop."""
         if self.steps < 0 or (self.steps == 0 and not self.epochs > 0):
             raise InvalidArgument(
                 "steps must be a positive integer (or 0 with epochs > 0: derived from them), got "

@@ -1,4 +1,4 @@
-"""The held-out split over many epochs (issue 32): when to evaluate, the best checkpoint, early stopping.
+"""The held-out split over many epochs: when to evaluate, the best checkpoint, early stopping.
 
 On a small corpus trained for many epochs a model's held-out figure falls, bottoms out and rises again
 (an autoregressive model overfits after some 20 epochs of Hamlet): the run is judged by its best

@@ -211,7 +211,7 @@ class Trainer:
         self.order = make_order(resolved_data_order(cfg), self.corpus, cfg.seq_len, cfg.seed, cfg.batch_size)
         if cfg.epochs > 0 or self.order.name == "epochs":  # an epoch must be at least one step
             self.order.check_batch_fits()
-        self.cfg = cfg = with_derived_steps(cfg, self.order.steps_for(cfg.epochs))  # issue 32: --epochs
+        self.cfg = cfg = with_derived_steps(cfg, self.order.steps_for(cfg.epochs))  # --epochs
         self.autoregressive = cfg.objective == "autoregressive"
         self._build_model()
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0

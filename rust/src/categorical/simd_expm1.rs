@@ -3,7 +3,7 @@
 //! same operations in the same order), and the pass [`expm1_row`] over a row of f32 log-scores.
 //!
 //! std's `f64::exp_m1` is a scalar libm call (about 4.5 ns per entry here): it made the exact path 5x
-//! the one-pass step (BENCHMARKS.md, issue 12). This one is vectorised and as accurate on the range the
+//! the one-pass step (BENCHMARKS.md). This one is vectorised and as accurate on the range the
 //! step uses (tested against std: within 2 ulp).
 
 /// 1.5 * 2^52: adding it rounds an f64 of magnitude < 2^51 to an integer held in the low mantissa bits.
