@@ -31,3 +31,20 @@ def test_other_layers_use_the_table() -> None:
     assert corpus.STREAM_TRAIN_DATA == _rng.STREAMS["train_data"]
     for name in ("time", "corrupt", "dropout", "time_strata"):
         assert getattr(distributed, f"STREAM_TRAIN_{name.upper()}") == _rng.STREAMS[f"train_{name}"]
+
+
+def test_no_module_writes_a_stream_tag_of_its_own() -> None:
+    """Every tag is written once, in the table: a 0x5EED literal anywhere else in the package is a second
+    list that nothing keeps distinct."""
+    import re
+    from pathlib import Path
+
+    root = Path(_rng.__file__).parent
+    stray = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        if p.name != "_rng.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"0x5EED[0-9A-Fa-f]{4}", line)
+    ]
+    assert not stray, f"stream tags written outside ddm._rng.STREAMS: {stray}"

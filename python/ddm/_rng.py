@@ -42,6 +42,8 @@ STREAMS: dict[str, int] = {
     "train_corrupt": 0x5EED0103,  # training: the keyed forward corruption
     "train_dropout": 0x5EED0104,  # training: the keyed dropout seed
     "train_time_strata": 0x5EED0105,  # training: the stratified times' offset
+    "train_epoch_order": 0x5EED01E0,  # training by epochs: each epoch's permutation of the windows
+    "train_epoch_phase": 0x5EED01E1,  # training by epochs: each epoch's starting phase
 }
 STREAM_STEP = STREAMS["step"]
 STREAM_LIMIT = STREAMS["limit"]

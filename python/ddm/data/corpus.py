@@ -22,8 +22,7 @@ from ddm.tokenizers import Tokenizer
 
 __all__ = ["STREAM_TRAIN_DATA", "Corpus", "blocks", "keyed_offsets", "read_text"]
 
-STREAM_TRAIN_DATA = 0x5EED0101  # stream tag of the keyed data offsets (the other STREAM_TRAIN_* are in
-# ddm.training.distributed, the sampler's in ddm._rng)
+STREAM_TRAIN_DATA = _rng.STREAMS["train_data"]  # the keyed data offsets' tag, from the one table
 _U64 = (1 << 64) - 1
 
 

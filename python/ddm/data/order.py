@@ -41,10 +41,9 @@ __all__ = [
     "make_order",
 ]
 
-# Stream tags of the epoch order (the other training streams are 0x5EED0101.. in ddm.data.corpus and
-# ddm.training.objective; these stay clear of that run).
-STREAM_TRAIN_EPOCH_ORDER = 0x5EED01E0
-STREAM_TRAIN_EPOCH_PHASE = 0x5EED01E1
+# Stream tags of the epoch order, from the one table (ddm._rng.STREAMS).
+STREAM_TRAIN_EPOCH_ORDER = _rng.STREAMS["train_epoch_order"]
+STREAM_TRAIN_EPOCH_PHASE = _rng.STREAMS["train_epoch_phase"]
 _U64 = (1 << 64) - 1
 ORDERS = ("random", "epochs")
 

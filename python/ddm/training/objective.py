@@ -40,12 +40,11 @@ __all__ = [
     "keyed_times",
 ]
 
-# Stream tags of the training randomness (distinct from the sampler's STREAM_* in ddm._rng; the data
-# offsets' STREAM_TRAIN_DATA = 0x5EED0101 is in ddm.data.corpus).
-STREAM_TRAIN_TIME = 0x5EED0102
-STREAM_TRAIN_CORRUPT = 0x5EED0103
-STREAM_TRAIN_DROPOUT = 0x5EED0104
-STREAM_TRAIN_TIME_STRATA = 0x5EED0105
+# Stream tags of the training randomness, from the one table (ddm._rng.STREAMS).
+STREAM_TRAIN_TIME = _rng.STREAMS["train_time"]
+STREAM_TRAIN_CORRUPT = _rng.STREAMS["train_corrupt"]
+STREAM_TRAIN_DROPOUT = _rng.STREAMS["train_dropout"]
+STREAM_TRAIN_TIME_STRATA = _rng.STREAMS["train_time_strata"]
 _U64 = (1 << 64) - 1
 
 # The objectives whose loss `Objective.loss` computes (the autoregressive baseline has its own,
