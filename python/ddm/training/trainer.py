@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ddm.data.pairs import keyed_length
 from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
 from ddm.model import EMA, ScoreModel
@@ -71,6 +72,12 @@ RESUME_FIELDS = (
     "block_size",
     "block_loss",
     "optimizer",
+    "pairs",
+    "prompt_field",
+    "response_field",
+    "supervise_padding",
+    "random_length_fraction",
+    "init_from",
 )
 
 
@@ -247,7 +254,9 @@ class Trainer:
         corpus = None
         for turn in (True, False):  # rank 0 tokenizes the corpus (or fills its cache) first, then the others
             if self.env.is_main == turn:
-                corpus = load_run_corpus(cfg.data, self.run_dir, record=record, **cfg.corpus_options())
+                corpus = load_run_corpus(
+                    cfg.data, self.run_dir, record=record, pairs=cfg.pair_options(), **cfg.corpus_options()
+                )
             self.env.barrier()
         return corpus
 
@@ -361,22 +370,41 @@ class Trainer:
         """Forward and backward of the rows `rows`; returns their summed loss (nats)."""
         cfg = self.cfg
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
-        x0 = self.corpus.batch_at(cfg.seq_len, cfg.seed, self.step, rows).to(self.device)  # (b, L)
+        x0, masks = self.batch(rows)  # (b, L), and the loss masks of prompt / response pairs
         # gradients are all-reduced only at the last micro-batch
         sync = self.net.no_sync() if self.env.enabled and not last else contextlib.nullcontext()
         with sync:
-            per_seq = self.sequence_loss(x0, rows)  # (b,)
+            per_seq = self.sequence_loss(x0, rows, masks)  # (b,)
             # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
             (per_seq.sum() * (self.env.world_size / cfg.batch_size)).backward()
         return float(per_seq.detach().sum())
 
-    def sequence_loss(self, x0: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The per-sequence loss `[b]` (nats) of the clean rows `x0` (`[b, L]`, global rows `rows`)."""
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The clean rows `rows` of this step on the device, `[b, L]`, and their `(noised, scored)` loss
+        masks (`ddm.data.pairs`; None for a token stream). With `random_length_fraction`, a step keyed
+        by `(seed, step)` has its rows cut to a random length (`ddm.data.pairs.keyed_length`)."""
+        cfg = self.cfg
+        x0 = self.corpus.batch_at(cfg.seq_len, cfg.seed, self.step, rows)
+        masks_at = getattr(self.corpus, "masks_at", None)  # a PairCorpus has loss masks
+        masks = None if masks_at is None else masks_at(cfg.seq_len, cfg.seed, self.step, rows)
+        x0 = x0[:, : keyed_length(cfg.seed, self.step, cfg.random_length_fraction, cfg.seq_len)]
+        return x0.to(self.device), None if masks is None else tuple(m.to(self.device) for m in masks)
+
+    def sequence_loss(
+        self, x0: torch.Tensor, rows: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The per-sequence loss `[b]` (nats) of the clean rows `x0` (`[b, L]`, global rows `rows`), with
+        the `(noised, scored)` masks of prompt / response pairs; scaled by `seq_len / L` for rows cut
+        shorter than `seq_len`, so that the Trainer's division by `seq_len` gives nats per token."""
+        noised, scored = masks if masks is not None else (None, None)
         if self.objective is None:
-            return sequence_nll(self.net, x0)  # exact -log p(x0)
-        return self.objective.loss(
-            self._model_fn(), self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step, rows=rows
-        )
+            per_seq = sequence_nll(self.net, x0, scored=scored)  # exact -log p(x0) (of the response)
+        else:
+            per_seq = self.objective.loss(
+                self._model_fn(), self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step,
+                rows=rows, noised=noised, scored=scored,
+            )  # fmt: skip
+        return per_seq if x0.shape[1] == self.cfg.seq_len else per_seq * (self.cfg.seq_len / x0.shape[1])
 
     def _model_fn(self) -> Any:
         """The network as the objective calls it (through DDP's forward, so gradients are reduced)."""
