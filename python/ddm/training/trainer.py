@@ -32,12 +32,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ddm.data.pairs import keyed_length
-from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
+from ddm.errors import CheckpointError, DataError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
 from ddm.model import EMA, ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
 from ddm.training.config import TrainConfig, make_graph, make_schedule
+from ddm.training.init_from import resolve_start
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 from ddm.training.rundata import load_run_corpus, source_record
@@ -205,7 +206,9 @@ class Trainer:
         self.resumed = state is not None
         self.rows_per_micro = ddist.batch_rows(cfg.batch_size, cfg.grad_accum, env)  # this rank's rows
         _seed_everything(cfg.seed)
-        record = ckpt.read_config(state["path"]).get("data") if state is not None else None
+        saved = ckpt.read_config(state["path"]) if state is not None else None
+        record = saved.get("data") if saved is not None else None
+        self.start = resolve_start(cfg, saved)  # init_from: the model the run starts from, or None
         self.corpus = self._load_corpus(record)
         self.corpus.check_seq_len(cfg.seq_len)
         self.autoregressive = cfg.objective == "autoregressive"
@@ -251,12 +254,22 @@ class Trainer:
 
     def _load_corpus(self, record: dict[str, Any] | None) -> Any:
         cfg = self.cfg
+        options = cfg.corpus_options()
+        if self.start is not None:  # fine-tuning: the data in the starting model's tokens
+            options["tokenizer"] = self.start.tokenizer
         corpus = None
         for turn in (True, False):  # rank 0 tokenizes the corpus (or fills its cache) first, then the others
             if self.env.is_main == turn:
-                corpus = load_run_corpus(
-                    cfg.data, self.run_dir, record=record, pairs=cfg.pair_options(), **cfg.corpus_options()
-                )
+                try:
+                    corpus = load_run_corpus(
+                        cfg.data, self.run_dir, record=record, pairs=cfg.pair_options(), **options
+                    )
+                except DataError as e:
+                    if self.start is None:
+                        raise
+                    raise DataError(
+                        f"init_from {cfg.init_from!r}: its tokenizer does not fit the data {cfg.data!r}: {e}"
+                    ) from None
             self.env.barrier()
         return corpus
 
@@ -264,7 +277,11 @@ class Trainer:
         cfg, tokenizer = self.cfg, self.corpus.tokenizer
         self.graph = make_graph(cfg, tokenizer.vocab_size)
         self.schedule = make_schedule(cfg)
-        if self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
+        if self.start is not None:  # fine-tuning: the starting model's architecture, graph and weights
+            model = self.start.build(cfg.objective)
+            model.tokenizer = tokenizer
+            self.graph, self.schedule = getattr(model, "graph", None), getattr(model, "schedule", None)
+        elif self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
             model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer)
         else:
             model = ScoreModel(cfg.model_config(), self.graph, self.schedule, tokenizer=tokenizer)
@@ -302,6 +319,8 @@ class Trainer:
         }
         if record is not None:
             config["data"] = record
+        if self.start is not None:
+            config["init_from"] = self.start.record
         return config
 
     def add_callbacks(self, *callbacks: Callback) -> None:
