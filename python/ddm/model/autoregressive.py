@@ -30,7 +30,7 @@ from torch import nn
 from ddm._categorical import inverse_cdf
 from ddm.errors import InvalidArgument
 from ddm.model.embeddings import Rotary
-from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on
+from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on, run_block
 
 __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 
@@ -76,6 +76,7 @@ class ARModel(nn.Module):
         self.tokenizer = tokenizer
         # bf16 autocast on a CPU with native bf16, as ScoreModel.cpu_bf16 (an opt-in; float32 by default)
         self.cpu_bf16 = False
+        self.grad_checkpointing = False  # recompute each block in the backward pass (run_block)
 
         self.embed = nn.Embedding(vocab_size + 1, config.hidden)  # + BOS
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -118,7 +119,7 @@ class ARModel(nn.Module):
             h = self.embed(inp)  # (B, L, hidden)
             cos, sin = self.rotary(L)
             for block in self.blocks:
-                h = block(h, c, cos, sin)
+                h = run_block(block, self.grad_checkpointing, h, c, cos, sin)
             logits = self.final(h, c)  # (B, L, V)
         return logits.float()
 

@@ -289,6 +289,7 @@ class Trainer:
         self.model.cpu_bf16 = (
             cfg.cpu_bf16
         )  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
+        self.model.grad_checkpointing = cfg.grad_checkpointing  # the same gradients, less memory
         self.ema = EMA(self.model, cfg.ema_decay)
         self.optimizer = make_optimizer(self.model, cfg)
 
