@@ -31,6 +31,7 @@ from ddm import __version__, _fs
 from ddm._device import check_memory, estimate_bytes, resolve_device
 from ddm.data import read_text
 from ddm.data import registry as datasets
+from ddm.data.pair_datasets import PAIR_DATASETS, list_pair_datasets, pair_dataset_file
 from ddm.errors import DdmError
 from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
 from ddm.eval.metrics import exact_nll
@@ -313,7 +314,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the datasets and whether they are cached")
     f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
-    f.add_argument("name", choices=sorted(datasets.REGISTRY))
+    f.add_argument("name", choices=sorted([*datasets.REGISTRY, *PAIR_DATASETS]))
     f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
 
 
@@ -324,6 +325,14 @@ def _run_data(args: argparse.Namespace) -> int:
         for row in datasets.list_datasets():
             mark = "cached" if row["cached"] else "-"
             print(f"{row['name']:16} {row['size']:>14}  {mark:6}  {row['package']:36} {row['description']}")
+        for row in list_pair_datasets():  # generated prompt / response pairs (ddm.data.pair_datasets)
+            mark = "cached" if row["cached"] else "-"
+            held = f"{row['heldout']:,} held out"
+            print(f"{row['name']:16} {held:>14}  {mark:6}  {'generated (pairs)':36} {row['description']}")
+        return 0
+    if args.name in PAIR_DATASETS:  # generated here, not fetched
+        path = pair_dataset_file(args.name)
+        print(f"{args.name}: {sum(1 for _ in open(path, encoding='utf-8')):,} pairs in {path}")
         return 0
     try:
         ddir = datasets.prepare(args.name)

@@ -1,8 +1,8 @@
 """The named prompt / response datasets (`ddm data list`): generated in the project, cached as JSONL.
 
 A pair dataset is made by a seeded generator (no download), written once to
-`$DDM_CACHE/datasets/<name>/pairs.jsonl`, and read by `ddm.data.pairs.load_pairs`; its held-out set is
-fixed: the last `heldout` pairs of the file, whatever `val_fraction` says.
+`$DDM_CACHE/datasets/<name>/pairs-v<version>.jsonl`, and read by `ddm.data.pairs.load_pairs`; its
+held-out set is fixed: the last `heldout` pairs of the file, whatever `val_fraction` says.
 """
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ddm import _fs
+from ddm.data.formats import EOS_CHAR
 from ddm.data.pairs import PairCorpus, load_pairs
 from ddm.data.sources import cache_dir
+from ddm.data.sudoku import BLANK, make_puzzles
 from ddm.errors import InvalidArgument
 
-__all__ = ["PAIR_DATASETS", "PairDataset", "load_pair_data", "pair_dataset_file"]
+__all__ = ["PAIR_DATASETS", "PairDataset", "list_pair_datasets", "load_pair_data", "pair_dataset_file"]
+
+
+_VERSION = 1  # bump when a generator's output changes: the cached files are then made again
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,62 @@ class PairDataset:
     seq_len: int
 
 
-PAIR_DATASETS: dict[str, PairDataset] = {}
+def _sudoku(blanks: int, train: int, heldout: int) -> Callable[[int], list[tuple[str, str]]]:
+    def make(seed: int) -> list[tuple[str, str]]:
+        return make_puzzles(seed, train + heldout, blanks)
+
+    return make
+
+
+_SUDOKU_TOKENIZER = {
+    "type": "char",
+    "chars": "".join(sorted("123456789" + BLANK + EOS_CHAR)),
+    "eos": EOS_CHAR,
+}
+_SUDOKU_LEN = 2 * 81 + 1  # givens, solution, EOS
+
+PAIR_DATASETS: dict[str, PairDataset] = {
+    d.name: d
+    for d in [
+        PairDataset(
+            "sudoku",
+            "Sudoku, 45 blanks, unique solutions (ddm.data.sudoku, seed 0): 20,000 train + 1,000 held out",
+            _sudoku(45, 20_000, 1_000),
+            1_000,
+            _SUDOKU_TOKENIZER,
+            _SUDOKU_LEN,
+        ),
+        PairDataset(
+            "sudoku-easy",
+            "Sudoku, 20 blanks, unique solutions (ddm.data.sudoku, seed 0): 20,000 train + 1,000 held out",
+            _sudoku(20, 20_000, 1_000),
+            1_000,
+            _SUDOKU_TOKENIZER,
+            _SUDOKU_LEN,
+        ),
+    ]
+}
+
+
+def list_pair_datasets() -> list[dict[str, Any]]:
+    """One dict per pair dataset: name, description, pairs held out, and whether it is generated yet."""
+    root = cache_dir() / "datasets"
+    return [
+        {
+            "name": d.name,
+            "description": d.description,
+            "heldout": d.heldout,
+            "cached": (root / d.name / f"pairs-v{_VERSION}.jsonl").is_file(),
+        }
+        for d in PAIR_DATASETS.values()
+    ]
 
 
 def pair_dataset_file(name: str, cache: str | os.PathLike | None = None) -> Path:
     """The JSONL of the pair dataset `name`, generated (seed 0) into the cache on first use."""
     d = PAIR_DATASETS[name]
-    path = (Path(cache) if cache is not None else cache_dir()) / "datasets" / name / "pairs.jsonl"
+    root = Path(cache) if cache is not None else cache_dir()
+    path = root / "datasets" / name / f"pairs-v{_VERSION}.jsonl"
     if not path.is_file():
         lines = [json.dumps({"prompt": p, "response": r}) for p, r in d.make(0)]
         path.parent.mkdir(parents=True, exist_ok=True)
