@@ -368,6 +368,10 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=1, metavar="K", help="number of samples (default 1)")
     p.add_argument("--prefix", metavar="TEXT", help="text the samples start with")
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
+    p.add_argument(
+        "--prompt", metavar="TEXT", help="print only a response to TEXT (with --stop-at-eos: up to its end)"
+    )
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="with --prompt: tokens to generate")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--device", default=None, help="device for the model (default: cpu)")
@@ -394,8 +398,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     prefix = tok.encode(args.prefix) if args.prefix else None
     suffix = tok.encode(args.suffix) if args.suffix else None
     block_kw: dict = {}
+    if args.prompt is not None or args.max_new_tokens is not None:  # a response (ddm.sampling.response)
+        block_kw = dict(prompt=args.prompt, max_new_tokens=args.max_new_tokens)
     if args.max_len is not None or args.stop_at_eos or args.eos_id is not None or args.no_kv_cache:
-        block_kw = dict(max_len=args.max_len, stop_at_eos=args.stop_at_eos, kv_cache=not args.no_kv_cache)
+        block_kw.update(max_len=args.max_len, stop_at_eos=args.stop_at_eos, kv_cache=not args.no_kv_cache)
         if args.eos_id is not None:
             block_kw["eos_id"] = args.eos_id
     x, stats = sample(
