@@ -242,3 +242,17 @@ def test_training_with_random_lengths_runs(tmp_path):
     path = train(tiny_run(tmp_path / "r", random_length_fraction=0.5, steps=4, objective="masked"))
     log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert path.is_dir() and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+
+
+@pytest.mark.parametrize("objective", ["masked", "autoregressive"])
+def test_ddm_eval_scores_the_held_out_responses_given_the_prompts(tmp_path, capsys, objective):
+    # imported here: only this test drives the CLI
+    from ddm.cli import main
+
+    data = _pairs_file(tmp_path)
+    run = train(_run(tmp_path, "run", data, objective=objective, steps=2))
+    assert main(["eval", "--checkpoint", str(run), "--json", "--num-t", "4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    corpus = load_pairs(data, seq_len=L, val_fraction=0.25)
+    assert out["responses"] == 10 and out["tokens"] == int(corpus.val_masks(L)[0].sum())
+    assert 0 < out["nats_per_token"] < 10 and "held-out responses" in out["data"]

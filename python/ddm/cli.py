@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -24,19 +25,22 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors import SafetensorError
 
 from ddm import __version__, _fs
 from ddm._device import check_memory, estimate_bytes, resolve_device
 from ddm.data import read_text
 from ddm.data import registry as datasets
-from ddm.data.pair_datasets import PAIR_DATASETS, list_pair_datasets, pair_dataset_file
+from ddm.data.pair_datasets import PAIR_DATASETS, list_pair_datasets, load_pair_data, pair_dataset_file
 from ddm.errors import DdmError
-from ddm.eval.bound import heldout_blocks, likelihood_bound, text_blocks
+from ddm.eval.bound import conditional_bound, heldout_blocks, likelihood_bound, text_blocks
 from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load
+from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
 from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
 from ddm.training import distributed
@@ -260,6 +264,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     if seq_len > model.seq_len:
         raise ValueError(f"--seq-len {seq_len} is larger than the model's seq_len {model.seq_len}")
     _check_eval_memory(model, args.batch_size, seq_len)
+    saved = checkpoint.read_config(model.checkpoint_path) if not args.data and not is_sedd_checkpoint(
+        args.checkpoint) else {}  # fmt: skip
+    if saved.get("train", {}).get("pairs") or saved.get("train", {}).get("data") in PAIR_DATASETS:
+        return _eval_pairs(model, args, saved)
     if args.data:
         data = text_blocks(model, read_text(args.data), seq_len)
         source = args.data
@@ -297,6 +305,39 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"checkpoint: {model.checkpoint_path}")
         print(f"data:       {source}")
         print(f"bound:      {bound}")
+    return 0
+
+
+def _eval_pairs(model: Any, args: argparse.Namespace, saved: dict[str, Any]) -> int:
+    """`ddm eval` of a model trained on prompt / response pairs: the bound on the held-out responses (and
+    their EOS padding) given their prompts (`conditional_bound`; the exact NLL for the AR baseline)."""
+    train, record = saved["train"], saved.get("data") or {}
+    data = record.get("source", train["data"]) if train["data"] not in PAIR_DATASETS else train["data"]
+    corpus = load_pair_data(
+        data, tokenizer=saved["tokenizer"], val_fraction=train["val_fraction"], seq_len=train["seq_len"],
+        supervise_padding=train["supervise_padding"], prompt_field=train["prompt_field"],
+        response_field=train["response_field"],
+    )  # fmt: skip
+    x = corpus.val_blocks(train["seq_len"], args.max_sequences)
+    scored = corpus.val_masks(train["seq_len"], args.max_sequences)[0]
+    tokens = int(scored.sum())
+    if getattr(model, "objective", None) == "autoregressive":
+        with torch.no_grad():
+            nats = float((sequence_nll(model, x, scored=scored) * scored.sum(-1) / x.shape[1]).sum()) / tokens
+        stderr = 0.0
+    else:
+        b = conditional_bound(model, x, scored, num_t=args.num_t, batch_size=args.batch_size, seed=args.seed)
+        nats = float(b.nats.sum()) / tokens
+        stderr = math.sqrt(float((b.mc_stderr.nan_to_num() ** 2).sum())) / tokens
+    source = f"held-out responses given prompts of {data}"
+    result = {"nats_per_token": nats, "mc_stderr": stderr, "responses": len(x), "tokens": tokens,
+              "checkpoint": str(model.checkpoint_path), "data": source}  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"checkpoint: {model.checkpoint_path}")
+        print(f"data:       {result['data']} ({len(x)} pairs, {tokens} response tokens)")
+        print(f"bound:      {nats:.4f} nats per response token (+- {stderr:.4f} Monte-Carlo)")
     return 0
 
 
