@@ -120,3 +120,20 @@ def test_ddm_sample_answers_a_prompt_from_the_command_line(tmp_path, capsys):
     texts = captured.out.strip().split("\n" + "=" * 80 + "\n")
     assert len(texts) == 2 and all(len(t) <= 6 and "ab=" not in t for t in texts)
     assert "lengths" in captured.err
+
+
+def test_several_prompts_are_answered_one_per_row():
+    model = _model()
+    prompts = ["ab=", "ca=", "bb="]
+    kw = dict(max_new_tokens=6, seed=4, predictor="confidence", order="margin")
+    got = sample(model, 8, prompt=prompts, **kw)
+    assert got.shape == (3, 6)
+    for k, text in enumerate(prompts):  # row k of the batch: the seed's row k, with its own prompt
+        alone = sample(model, 8, prompt=text, batch_size=k + 1, **kw)
+        assert torch.equal(got[k], alone[k])
+    with pytest.raises(InvalidArgument, match="one token length"):
+        sample(model, 8, prompt=["ab=", "a="], max_new_tokens=3)
+    with pytest.raises(InvalidArgument, match="3 prompts for batch_size=2"):
+        sample(model, 8, prompt=prompts, max_new_tokens=3, batch_size=2)
+    with pytest.raises(InvalidArgument, match="one prompt at a time"):
+        sample(_model(block_size=4), 4, prompt=prompts, max_new_tokens=5)

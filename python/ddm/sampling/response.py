@@ -24,8 +24,9 @@ __all__ = ["ResponsePlan", "cut_at_eos", "plan"]
 
 @dataclass(frozen=True)
 class ResponsePlan:
-    """How a response is sampled: `prefix` (int64 `[P]`, the prompt's ids), `total` (the sequence length,
-    `P + new`), `new` (the tokens to generate) and `eos_id` (None unless `stop_at_eos`)."""
+    """How a response is sampled: `prefix` (int64 `[P]`, the prompt's ids, or `[B, P]`, one prompt per
+    row), `total` (the sequence length, `P + new`), `new` (the tokens to generate) and `eos_id` (None
+    unless `stop_at_eos`)."""
 
     prefix: torch.Tensor
     total: int
@@ -53,15 +54,33 @@ def _ids(prompt: Any, tokenizer: Any) -> torch.Tensor:
     )
 
 
+def _prompts(prompt: Any, tokenizer: Any) -> torch.Tensor:
+    """One prompt's ids `[P]`, or for a list of prompts (texts or id lists) of one token length `[B, P]`."""
+    several = isinstance(prompt, (list, tuple)) and prompt and not isinstance(prompt[0], int)
+    if isinstance(prompt, torch.Tensor) and prompt.dim() == 2:
+        several, prompt = True, list(prompt)
+    if not several:
+        return _ids(prompt, tokenizer)
+    rows = [_ids(p, tokenizer) for p in prompt]
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) > 1:
+        raise InvalidArgument(f"prompts answered together must have one token length, got lengths {lengths}")
+    return torch.stack(rows)
+
+
 def plan(
     model: Any, prompt: Any, max_new_tokens: int | None, stop_at_eos: bool, eos_id: int | None
 ) -> ResponsePlan:
-    """The prefix and lengths of a response to `prompt` (text, encoded with `model.tokenizer`, or ids).
+    """The prefix and lengths of a response to `prompt` (text, encoded with `model.tokenizer`, or ids), or
+    of one response per row to a list of prompts of one token length (a `[B, P]` prefix).
 
     `max_new_tokens` defaults to what the model's `seq_len` leaves after the prompt; a model without
     blocks cannot go past its `seq_len`, a block model can (its context slides).
     """
-    ids = _ids(prompt, getattr(model, "tokenizer", None))
+    ids = _prompts(prompt, getattr(model, "tokenizer", None))
+    if ids.dim() == 2 and getattr(model, "block_size", 0):
+        raise InvalidArgument("a block model answers one prompt at a time (a prefix for all rows)")
+    ids_len = ids.shape[-1]
     seq_len = getattr(model, "seq_len", None)
     block = bool(getattr(model, "block_size", 0))
     if max_new_tokens is None:
@@ -74,10 +93,10 @@ def plan(
             )
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgument(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    total = len(ids) + max_new_tokens
+    total = ids_len + max_new_tokens
     if not block and seq_len is not None and total > seq_len:
         raise InvalidArgument(
-            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} is longer than the "
+            f"prompt ({ids_len} tokens) + max_new_tokens ({max_new_tokens}) = {total} is longer than the "
             f"model's seq_len = {seq_len}: shorten the prompt or ask for fewer tokens"
         )
     if stop_at_eos and eos_id is None:

@@ -298,6 +298,10 @@ def sample(
     fixed = build_fixed(prefix, suffix, infill, seq_len, graph.vocab_size)
     if fixed is not None:
         fixed = fixed.to(device)
+        if fixed.tokens.dim() == 2 and fixed.tokens.shape[0] != batch_size:
+            raise InvalidArgument(
+                f"{fixed.tokens.shape[0]} prefixes (one per row) for batch_size={batch_size}"
+            )
     call = _checked_call(model, device, sigma_dtype, (seq_len, graph.dim))
     x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
     if sampler.unmasking:
@@ -322,6 +326,10 @@ def _sample_response(
     if seq_len is not None or run.prefix is not None or run.max_len is not None:
         raise InvalidArgument("prompt takes the place of prefix, seq_len and max_len: give max_new_tokens")
     p = response.plan(model, run.prompt, run.max_new_tokens, run.stop_at_eos, run.eos_id)
+    if p.prefix.dim() == 2:  # one prompt per row
+        if common["batch_size"] not in (1, len(p.prefix)):
+            raise InvalidArgument(f"{len(p.prefix)} prompts for batch_size={common['batch_size']}")
+        common["batch_size"] = len(p.prefix)
     drop = ("prompt", "max_new_tokens", "stop_at_eos", "eos_id", "prefix", "max_len")  # set here
     rest = {k: v for k, v in options.items() if k not in drop}
     if getattr(model, "block_size", 0):  # blocks: generated left to right, stopped at EOS by the block loop
@@ -329,9 +337,9 @@ def _sample_response(
         rest.update({} if p.eos_id is None else {"eos_id": p.eos_id})
     else:
         rest["seq_len"] = p.total
-    prefix = p.prefix if len(p.prefix) else None  # an empty prompt: an unconditional sample
+    prefix = p.prefix if p.prefix.shape[-1] else None  # an empty prompt: an unconditional sample
     x, stats = sample(model, steps, prefix=prefix, return_stats=True, **common, **rest)
-    out = x[:, len(p.prefix) :]
+    out = x[:, p.prefix.shape[-1] :]
     if p.eos_id is not None:
         out, stats.lengths = response.cut_at_eos(out, p.eos_id)
     return (out, stats) if return_stats else out
@@ -422,6 +430,8 @@ def _sample_blocks(
     cache = True if run.cache is None else run.cache  # a block model is time-independent (ScoreModel checks)
     ids = None
     if prefix is not None:
+        if isinstance(prefix, torch.Tensor) and prefix.dim() == 2:
+            raise InvalidArgument("a block model takes one prefix for all rows, not one per row")
         fixed = build_fixed(prefix, None, None, max_len, graph.vocab_size)  # checks ids and the length
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)
