@@ -138,5 +138,8 @@ def test_a_pair_dataset_has_a_fixed_held_out_set_and_trains(small_sudoku, tmp_pa
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "sudoku " in out and "sudoku-easy" in out and "generated (pairs)" in out
+    assert "sudoku-test" in out and "6 held out" in out and "cached" in out
+    assert main(["data", "fetch", "sudoku-test"]) == 0
+    assert "sudoku-test: 30 pairs in" in capsys.readouterr().out
     with pytest.raises(InvalidArgument, match="needs seq_len >= 163"):
         load_pair_data("sudoku", tokenizer="char", val_fraction=0.1, seq_len=100)

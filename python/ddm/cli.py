@@ -373,7 +373,7 @@ def _run_data(args: argparse.Namespace) -> int:
         return 0
     if args.name in PAIR_DATASETS:  # generated here, not fetched
         path = pair_dataset_file(args.name)
-        print(f"{args.name}: {sum(1 for _ in open(path, encoding='utf-8')):,} pairs in {path}")
+        print(f"{args.name}: {len(path.read_text(encoding='utf-8').splitlines()):,} pairs in {path}")
         return 0
     try:
         ddir = datasets.prepare(args.name)
