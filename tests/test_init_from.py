@@ -90,3 +90,21 @@ def test_a_model_that_does_not_fit_is_refused(tmp_path, base):
         train(_run(tmp_path, "t", other, init_from=str(path)))
     with pytest.raises(CheckpointError, match="no such file"):
         train(_run(tmp_path, "m", data, init_from=str(tmp_path / "missing")))
+
+
+def test_ddm_train_init_from_and_grad_checkpointing_on_the_command_line(tmp_path, base, capsys):
+    # imported here: only this test drives the CLI
+    from ddm.cli import main
+
+    path, _ = base
+    cfg = tmp_path / "ft.toml"
+    cfg.write_text(
+        f'run_dir = "{tmp_path / "run"}"\ndata = "{_pairs(tmp_path)}"\npairs = true\nobjective = "masked"\n'
+        "hidden = 32\nheads = 2\nblocks = 1\ncond_dim = 16\nseq_len = 16\nbatch_size = 4\nwarmup_steps = 1\n"
+        "eval_every = 0\nsave_every = 2\nprogress = false\nplot = false\n"
+    )
+    args = ["train", "--config", str(cfg), "--steps", "2", "--init-from", str(path), "--grad-checkpointing"]
+    assert main(args) == 0
+    last = ckpt.latest(tmp_path / "run")
+    saved = ckpt.read_config(last)
+    assert saved["init_from"]["source"] == str(path) and saved["train"]["grad_checkpointing"] is True
