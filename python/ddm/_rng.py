@@ -42,6 +42,7 @@ STREAMS: dict[str, int] = {
     "train_corrupt": 0x5EED0103,  # training: the keyed forward corruption
     "train_dropout": 0x5EED0104,  # training: the keyed dropout seed
     "train_time_strata": 0x5EED0105,  # training: the stratified times' offset
+    "train_length": 0x5EED0106,  # pretraining: the steps cut to a random length (keyed_length)
     "train_epoch_order": 0x5EED01E0,  # training by epochs: each epoch's permutation of the windows
     "train_epoch_phase": 0x5EED01E1,  # training by epochs: each epoch's starting phase
 }

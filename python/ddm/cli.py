@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -24,18 +25,22 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors import SafetensorError
 
 from ddm import __version__, _fs
 from ddm._device import check_memory, estimate_bytes, resolve_device
 from ddm.data import blocks, encode_file
 from ddm.data import registry as datasets
+from ddm.data.pair_datasets import PAIR_DATASETS, list_pair_datasets, load_pair_data, pair_dataset_file
 from ddm.errors import DdmError
-from ddm.eval.bound import heldout_blocks, likelihood_bound
+from ddm.eval.bound import conditional_bound, heldout_blocks, likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load
+from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
 from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
 from ddm.training import distributed
@@ -268,6 +273,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     if seq_len > model.seq_len:
         raise ValueError(f"--seq-len {seq_len} is larger than the model's seq_len {model.seq_len}")
     _check_eval_memory(model, args.batch_size, seq_len)
+    saved = checkpoint.read_config(model.checkpoint_path) if not args.data and not is_sedd_checkpoint(
+        args.checkpoint) else {}  # fmt: skip
+    if saved.get("train", {}).get("pairs") or saved.get("train", {}).get("data") in PAIR_DATASETS:
+        return _eval_pairs(model, args, saved)
     if args.data:
         # read as training reads data (FASTA, JSONL, a directory or a glob; raw bytes for `bytes`)
         data = blocks(encode_file(args.data, _model_tokenizer(model)), seq_len, what=f"--data {args.data!r}")
@@ -309,6 +318,39 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_pairs(model: Any, args: argparse.Namespace, saved: dict[str, Any]) -> int:
+    """`ddm eval` of a model trained on prompt / response pairs: the bound on the held-out responses (and
+    their EOS padding) given their prompts (`conditional_bound`; the exact NLL for the AR baseline)."""
+    train, record = saved["train"], saved.get("data") or {}
+    data = record.get("source", train["data"]) if train["data"] not in PAIR_DATASETS else train["data"]
+    corpus = load_pair_data(
+        data, tokenizer=saved["tokenizer"], val_fraction=train["val_fraction"], seq_len=train["seq_len"],
+        supervise_padding=train["supervise_padding"], prompt_field=train["prompt_field"],
+        response_field=train["response_field"],
+    )  # fmt: skip
+    x = corpus.val_blocks(train["seq_len"], args.max_sequences)
+    scored = corpus.val_masks(train["seq_len"], args.max_sequences)[0]
+    tokens = int(scored.sum())
+    if getattr(model, "objective", None) == "autoregressive":
+        with torch.no_grad():
+            nats = float((sequence_nll(model, x, scored=scored) * scored.sum(-1) / x.shape[1]).sum()) / tokens
+        stderr = 0.0
+    else:
+        b = conditional_bound(model, x, scored, num_t=args.num_t, batch_size=args.batch_size, seed=args.seed)
+        nats = float(b.nats.sum()) / tokens
+        stderr = math.sqrt(float((b.mc_stderr.nan_to_num() ** 2).sum())) / tokens
+    source = f"held-out responses given prompts of {data}"
+    result = {"nats_per_token": nats, "mc_stderr": stderr, "responses": len(x), "tokens": tokens,
+              "checkpoint": str(model.checkpoint_path), "data": source}  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"checkpoint: {model.checkpoint_path}")
+        print(f"data:       {result['data']} ({len(x)} pairs, {tokens} response tokens)")
+        print(f"bound:      {nats:.4f} nats per response token (+- {stderr:.4f} Monte-Carlo)")
+    return 0
+
+
 register("train", "train a score model (DWDSE) from a TOML config", _train_arguments, _run_train)
 register("eval", "likelihood bound of a checkpoint on held-out data", _eval_arguments, _run_eval)
 
@@ -323,7 +365,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the datasets and whether they are cached")
     f = sub.add_parser("fetch", help="download, check, split and tokenize a dataset (once)")
-    f.add_argument("name", choices=sorted(datasets.REGISTRY))
+    f.add_argument("name", choices=sorted([*datasets.REGISTRY, *PAIR_DATASETS]))
     f.add_argument("--tokenizer", default=None, help="tokenizer name (default: the dataset's own)")
 
 
@@ -334,6 +376,14 @@ def _run_data(args: argparse.Namespace) -> int:
         for row in datasets.list_datasets():
             mark = "cached" if row["cached"] else "-"
             print(f"{row['name']:16} {row['size']:>14}  {mark:6}  {row['package']:36} {row['description']}")
+        for row in list_pair_datasets():  # generated prompt / response pairs (ddm.data.pair_datasets)
+            mark = "cached" if row["cached"] else "-"
+            held = f"{row['heldout']:,} held out"
+            print(f"{row['name']:16} {held:>14}  {mark:6}  {'generated (pairs)':36} {row['description']}")
+        return 0
+    if args.name in PAIR_DATASETS:  # generated here, not fetched
+        path = pair_dataset_file(args.name)
+        print(f"{args.name}: {len(path.read_text(encoding='utf-8').splitlines()):,} pairs in {path}")
         return 0
     try:
         ddir = datasets.prepare(args.name)
@@ -369,6 +419,10 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=1, metavar="K", help="number of samples (default 1)")
     p.add_argument("--prefix", metavar="TEXT", help="text the samples start with")
     p.add_argument("--suffix", metavar="TEXT", help="text the samples end with")
+    p.add_argument(
+        "--prompt", metavar="TEXT", help="print only a response to TEXT (with --stop-at-eos: up to its end)"
+    )
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="with --prompt: tokens to generate")
     p.add_argument("--seq-len", type=int, metavar="L", help="sample length in tokens (default: the model's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -395,8 +449,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     prefix = tok.encode(args.prefix) if args.prefix else None
     suffix = tok.encode(args.suffix) if args.suffix else None
     block_kw: dict = {}
+    if args.prompt is not None or args.max_new_tokens is not None:  # a response (ddm.sampling.response)
+        block_kw = dict(prompt=args.prompt, max_new_tokens=args.max_new_tokens)
     if args.max_len is not None or args.stop_at_eos or args.eos_id is not None or args.no_kv_cache:
-        block_kw = dict(max_len=args.max_len, stop_at_eos=args.stop_at_eos, kv_cache=not args.no_kv_cache)
+        block_kw.update(max_len=args.max_len, stop_at_eos=args.stop_at_eos, kv_cache=not args.no_kv_cache)
         if args.eos_id is not None:
             block_kw["eos_id"] = args.eos_id
     x, stats = sample(

@@ -44,6 +44,7 @@ def dwdse(
     u: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
     scored: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence DWDSE loss `sigma(t) * sum_i DSE_i` in nats (SEDD eq. 10; docs/math.md section 4).
 
@@ -67,6 +68,9 @@ def dwdse(
             corruption of the training loop, bit-identical to `Graph.corrupt` at the same uniforms).
         scored: optional bool `[B, L]`: only these positions are noised and counted; the others stay
             clean (a context the loss is conditioned on, `ddm.eval.conditional_bound`).
+        counted: optional bool `[B, L]`: of the noised positions, those counted in the loss (default all
+            of `scored`): a prompt/response pair's EOS padding is noised but, with `supervise_padding`
+            off, not counted (`ddm.data.pairs`).
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
@@ -79,9 +83,19 @@ def dwdse(
             f"log_score_fn must return a [B, L, dim] = {(*x0.shape, graph.dim)} tensor, got {got}"
         )
     dse = graph.score_entropy(log_score, sigma_bar[:, None], x_t, x0)  # (B, L)
-    if scored is not None:
-        dse = torch.where(scored, dse, torch.zeros_like(dse))
+    keep = _counted(scored, counted, x0)
+    if keep is not None:
+        dse = torch.where(keep, dse, torch.zeros_like(dse))
     return sigma.to(dse.dtype) * dse.sum(dim=-1)
+
+
+def _counted(scored: torch.Tensor | None, counted: torch.Tensor | None, x0: torch.Tensor):
+    """The positions a loss counts: `scored & counted` (either may be None: all), or None for all."""
+    if counted is None:
+        return scored
+    if counted.dtype != torch.bool or counted.shape != x0.shape:
+        raise ValueError(f"counted must be a bool tensor of shape {tuple(x0.shape)}")
+    return counted if scored is None else scored & counted
 
 
 def _noised(
@@ -150,6 +164,7 @@ def masked_nelbo(
     u: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
     scored: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence masked-diffusion NELBO in nats (MDLM, Sahoo et al. 2024; MD4; docs/math.md section 7).
 
@@ -165,7 +180,7 @@ def masked_nelbo(
         graph: the absorbing graph.
         schedule: the noise schedule.
         x0: int64 clean tokens `[B, L]`, real ids.
-        t, eps_t, generator, u, x_t, scored: as in `dwdse`.
+        t, eps_t, generator, u, x_t, scored, counted: as in `dwdse`.
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
@@ -180,8 +195,9 @@ def masked_nelbo(
             f"log_prob_fn must return a [B, L, N] = {(*x0.shape, graph.vocab_size)} tensor, got {got}"
         )
     masked = x_t == graph.mask_id  # (B, L)
-    if scored is not None:
-        masked = masked & scored
+    keep = _counted(scored, counted, x0)
+    if keep is not None:
+        masked = masked & keep
     nll = -logp.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
     nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions: 0 (and never -inf * 0)
     weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B,)
@@ -278,6 +294,7 @@ def block_loss(
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
     scored: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sequence block-diffusion loss in nats: the sum over blocks of each block's loss (BD3-LM's L_BD).
 
@@ -304,6 +321,7 @@ def block_loss(
         u: optional float64 uniforms `[B, L]` of the corruption (`Graph.corrupt`).
         scored: optional bool `[B, L]`: only these positions are noised and counted (e.g. not the padding
             after an end-of-sequence token); the others stay clean.
+        counted: optional bool `[B, L]`: of the noised positions, those counted (as in `dwdse`).
 
     Returns:
         `[B]` loss per sequence, differentiable with respect to the model's output.
@@ -316,7 +334,7 @@ def block_loss(
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     x0, sigma_bar, sigma, x_t = _block_noised(graph, schedule, x0, block_size, t, eps_t, generator, u, scored)
     out = fn(x_t, sigma_bar, x0)
-    return _block_terms(graph, loss, out, sigma_bar, sigma, x_t, x0, scored)
+    return _block_terms(graph, loss, out, sigma_bar, sigma, x_t, x0, _counted(scored, counted, x0))
 
 
 def _block_noised(
@@ -373,6 +391,8 @@ def _block_terms(
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             raise ValueError(f"fn must return [B, L, N] = {want} log-probabilities for loss='masked'")
         masked = x_t == graph.mask_id
+        if scored is not None:
+            masked = masked & scored
         nll = -out.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
         nll = torch.where(masked, nll, torch.zeros_like(nll))
         weight = sigma.to(torch.float64) / torch.expm1(sigma_bar.to(torch.float64))  # (B, L)

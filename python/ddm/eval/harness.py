@@ -18,8 +18,8 @@ What the three request types compute:
 - `loglikelihood_rolling(text)`: minus the bound on the whole text, in windows of `seq_len`: full windows
   are scored on their own (the same blocks and draws as `ddm eval` / `likelihood_bound`), and a last
   partial window is scored given the tokens before it that fill the window.
-- `generate_until(context, {until, max_gen_toks})`: `ddm.sample` with the context as prefix, then cut
-  at the first `until` string.
+- `generate_until(context, {until, max_gen_toks})`: `ddm.sample` with the context as the prompt, cut at
+  the first end-of-sequence token (when the tokenizer has one), then at the first `until` string.
 
 These log-likelihoods are Monte-Carlo estimates of upper bounds on the NLL (SEDD's ELBO, as LLaDA, MDLM
 and DUO report them), not exact values: perplexities from them are upper bounds. The adapter says so on
@@ -219,15 +219,15 @@ class DDMLM(LM):
             gen = min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self.seq_len - 1)
             ctx = self._encode(context)
             ctx = ctx[max(0, len(ctx) - (self.seq_len - gen)) :]
-            x = sample(
-                self.model,
-                self.steps,
-                batch_size=1,
-                seq_len=len(ctx) + gen,
-                prefix=ctx if ctx else None,
-                seed=self.seed + i,
-            )
-            text = self.tokenizer.decode(x[0, len(ctx) :].tolist())
+            eos = getattr(self.tokenizer, "eos_id", None)
+            x, stats = sample(
+                self.model, self.steps, batch_size=1, prompt=ctx, max_new_tokens=gen,
+                stop_at_eos=eos is not None, seed=self.seed + i, return_stats=True,
+            )  # fmt: skip
+            ids = x[0].tolist()
+            if eos is not None:  # the response ends at its first EOS
+                ids = [t for t in ids[: int(stats.lengths[0])] if t != eos]
+            text = self.tokenizer.decode(ids)
             cuts = [text.find(u) for u in until if u and u in text]
             out.append(text[: min(cuts)] if cuts else text)
         return out

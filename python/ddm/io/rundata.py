@@ -23,6 +23,8 @@ import torch
 
 from ddm.data import BUNDLED, Corpus, TokenFile, bundled_path, load_corpus
 from ddm.data.formats import resolve_files
+from ddm.data.pair_datasets import PAIR_DATASETS, load_pair_data
+from ddm.data.pairs import PairCorpus
 from ddm.data.registry import REGISTRY
 from ddm.errors import DataError
 from ddm.io import checkpoint as ckpt
@@ -51,7 +53,7 @@ def source_record(data: str) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the data names no file.
     """
-    if data in REGISTRY:
+    if data in REGISTRY or data in PAIR_DATASETS:
         return {"name": data}
     if data in ("", BUNDLED):
         source, files = str(bundled_path()), [bundled_path()]
@@ -117,8 +119,13 @@ def _changed(record: dict[str, Any] | None, cache: TokenFile | None) -> str | No
 
 
 def load_run_corpus(
-    data: str, run_dir: Path, *, record: dict[str, Any] | None = None, **options: Any
-) -> Corpus:
+    data: str,
+    run_dir: Path,
+    *,
+    record: dict[str, Any] | None = None,
+    pairs: dict[str, Any] | None = None,
+    **options: Any,
+) -> Corpus | PairCorpus:
     """The corpus of a run: the tokens cached in `run_dir` when `record` (the checkpoint's `"data"`, on
     resume) is given and the cache exists, else `ddm.data.load_corpus`, which tokenizes into the cache
     (from the recorded absolute path, on resume).
@@ -130,9 +137,15 @@ def load_run_corpus(
         data: the config's `data`.
         run_dir: the run directory.
         record: the checkpoint's `source_record`, or None for a new run (or a checkpoint without one).
+        pairs: the keywords of `ddm.data.pairs.load_pairs` (`TrainConfig.pair_options`) when the data is
+            prompt / response pairs: they are read again from their source (or the named dataset).
         **options: the keywords of `load_corpus` (`TrainConfig.corpus_options`): `tokenizer`,
             `val_fraction`, and how the files are read.
     """
+    if pairs is not None:
+        return load_pair_data(
+            data, tokenizer=options["tokenizer"], val_fraction=options["val_fraction"], **pairs
+        )
     cache = cached_tokens(run_dir) if data not in REGISTRY and record is not None else None
     if cache is None:
         changed = _changed(record, None)

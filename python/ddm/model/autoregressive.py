@@ -30,7 +30,7 @@ from torch import nn
 from ddm._categorical import inverse_cdf
 from ddm.errors import InvalidArgument
 from ddm.model.embeddings import Rotary
-from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on
+from ddm.model.transformer import DiTBlock, ModelConfig, _FinalLayer, bf16_autocast_on, run_block
 
 __all__ = ["ARModel", "CausalBlock", "ancestral_sample", "sequence_nll"]
 
@@ -76,6 +76,7 @@ class ARModel(nn.Module):
         self.tokenizer = tokenizer
         # bf16 autocast on a CPU with native bf16, as ScoreModel.cpu_bf16 (an opt-in; float32 by default)
         self.cpu_bf16 = False
+        self.grad_checkpointing = False  # recompute each block in the backward pass (run_block)
 
         self.embed = nn.Embedding(vocab_size + 1, config.hidden)  # + BOS
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -118,7 +119,7 @@ class ARModel(nn.Module):
             h = self.embed(inp)  # (B, L, hidden)
             cos, sin = self.rotary(L)
             for block in self.blocks:
-                h = block(h, c, cos, sin)
+                h = run_block(block, self.grad_checkpointing, h, c, cos, sin)
             logits = self.final(h, c)  # (B, L, V)
         return logits.float()
 
@@ -138,13 +139,16 @@ def _check_tokens(x: Any, vocab_size: int, name: str = "x") -> torch.Tensor:
     return x.long()
 
 
-def sequence_nll(model: Any, x: torch.Tensor) -> torch.Tensor:
+def sequence_nll(model: Any, x: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
     """Exact negative log-likelihood of each block, `-sum_i log p(x_i | x_<i)` in nats.
 
     Args:
         model: an `ARModel` (or a wrapper whose call returns its logits, e.g. DistributedDataParallel;
             `vocab_size` is read from the wrapped module).
         x: int64 `[B, L]` tokens in `[0, vocab_size)`.
+        scored: optional bool `[B, L]`: only these positions count (a response given its prompt,
+            `ddm.data.pairs`), and the sum is normalised over them: `L / n_scored` times it, the
+            per-token loss of the diffusion objectives' masks (`ddm.training.objective`).
 
     Returns:
         float32 `[B]` NLL per block (differentiable; divide by L for nats per token).
@@ -153,7 +157,10 @@ def sequence_nll(model: Any, x: torch.Tensor) -> torch.Tensor:
     x = _check_tokens(x, inner.vocab_size)
     logits = model(x)  # (B, L, V)
     nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
-    return nll.sum(-1)  # (B,)
+    if scored is None:
+        return nll.sum(-1)  # (B,)
+    nll = torch.where(scored, nll, torch.zeros_like(nll))
+    return nll.sum(-1) * (x.shape[1] / scored.sum(-1).clamp(min=1).to(nll.dtype))
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ddm.errors import InvalidArgument
@@ -36,6 +37,7 @@ __all__ = [
     "attention",
     "cpu_has_native_bf16",
     "is_absorbing",
+    "run_block",
 ]
 
 # Named sizes. `tiny` trains in minutes on a laptop CPU; `small` and `medium` are SEDD's sizes.
@@ -119,6 +121,15 @@ def cpu_has_native_bf16() -> bool:
         if fn is not None and fn():
             return True
     return False
+
+
+def run_block(block: Any, grad_checkpointing: bool, *args: Any) -> Any:
+    """`block(*args)`; with `grad_checkpointing` and gradients on, through `torch.utils.checkpoint`: the
+    block's activations are not kept but recomputed in the backward pass (the same gradients, the RNG of
+    its dropout replayed; less memory, one more forward of the block)."""
+    if grad_checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def bf16_autocast_on(device_type: str, bf16: bool, cpu_bf16: bool) -> bool:
@@ -300,6 +311,8 @@ class ScoreModel(PretrainedMixin, nn.Module):
         cpu_bf16: set True to run the forward under bf16 autocast on a CPU with native bf16
             (`cpu_has_native_bf16`) when `config.bf16`; False by default (float32: the same law as
             training on the CPU).
+        grad_checkpointing: set True to recompute each block's activations in the backward pass
+            (`run_block`; `TrainConfig.grad_checkpointing`).
     """
 
     def __init__(
@@ -340,6 +353,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
         # bf16 autocast on the CPU too, where the CPU computes in bf16 natively (cpu_has_native_bf16): an
         # opt-in, since bf16 moves the log-scores (by ~1e-2 on the demo model) and with them the law
         self.cpu_bf16 = False
+        self.grad_checkpointing = False  # recompute each block in the backward pass (run_block)
 
         self.embed = nn.Embedding(self.dim, config.hidden)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -460,7 +474,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
             cos, sin = self.rotary(tokens.shape[1], start) if positions is None else positions
             for i, layer in enumerate(self.blocks):
                 past = cache.past(i) if cache is not None else None
-                h, k, v = layer.forward_kv(h, c, cos, sin, mask, past)
+                h, k, v = run_block(layer.forward_kv, self.grad_checkpointing, h, c, cos, sin, mask, past)
                 keys.append(k)
                 values.append(v)
             raw = self.final(h, c)  # (B, T, dim)

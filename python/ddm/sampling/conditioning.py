@@ -25,7 +25,8 @@ class Fixed:
 
     Attributes:
         mask: bool `[L]`, True where the position is fixed.
-        tokens: int64 `[L]`, the fixed token where `mask` is True (0 elsewhere).
+        tokens: int64 `[L]`, the fixed token where `mask` is True (0 elsewhere); `[B, L]` for one prefix
+            per row (`build_fixed` of a `[B, P]` prefix).
     """
 
     mask: torch.Tensor
@@ -114,11 +115,27 @@ def _infill(infill: Any, seq_len: int, vocab_size: int) -> tuple[torch.Tensor, t
     )
 
 
+def _row_prefixes(prefix: torch.Tensor, suffix: Any, infill: Any, seq_len: int, vocab_size: int) -> Fixed:
+    """A `Fixed` of one prefix per row, `[B, P]` (prompts of one length): mask `[L]`, tokens `[B, L]`."""
+    if suffix is not None or infill is not None:
+        raise ValueError("a prefix per row ([B, P]) takes no suffix or infill")
+    rows = [_token_ids(row, "prefix", vocab_size) for row in prefix]
+    width = prefix.shape[1]
+    if width > seq_len:
+        raise ValueError(f"prefix has {width} tokens, longer than seq_len={seq_len}")
+    mask = torch.zeros(seq_len, dtype=torch.bool)
+    mask[:width] = True
+    tokens = torch.zeros(len(rows), seq_len, dtype=torch.int64)
+    tokens[:, :width] = torch.stack(rows) if rows else tokens[:, :width]
+    return Fixed(mask, tokens)
+
+
 def build_fixed(prefix: Any, suffix: Any, infill: Any, seq_len: int, vocab_size: int) -> Fixed | None:
     """Merge a prefix, a suffix and an infill pattern into one `Fixed`, or None when nothing is fixed.
 
     Args:
-        prefix: token ids for positions `0..len(prefix)-1` (list or 1-D LongTensor), or None.
+        prefix: token ids for positions `0..len(prefix)-1` (list or 1-D LongTensor), or None; a 2-D
+            LongTensor `[B, P]` gives row b its own prefix (no suffix or infill then).
         suffix: token ids for the last `len(suffix)` positions, or None.
         infill: a dict `{position: token}` or a pair `(mask, tokens)` of `[seq_len]` tensors, or None.
         seq_len: the sequence length `L`.
@@ -130,6 +147,8 @@ def build_fixed(prefix: Any, suffix: Any, infill: Any, seq_len: int, vocab_size:
     """
     if prefix is None and suffix is None and infill is None:
         return None
+    if isinstance(prefix, torch.Tensor) and prefix.dim() == 2:  # one prompt per row (ddm.sampling.response)
+        return _row_prefixes(prefix, suffix, infill, seq_len, vocab_size)
     mask = torch.zeros(seq_len, dtype=torch.bool)
     tokens = torch.zeros(seq_len, dtype=torch.int64)
 

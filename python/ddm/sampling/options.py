@@ -27,6 +27,8 @@ class RunOptions:
     stop_at_eos: bool = False  # block models: stop each row at its first eos_id
     eos_id: int | None = None  # block models: the end-of-sequence id (default: the tokenizer's)
     kv_cache: bool = True  # block models: cache the keys and values of finished blocks
+    prompt: Any = None  # a response to this prompt (text or ids): only the new tokens are returned
+    max_new_tokens: int | None = None  # with prompt: the tokens to generate after it
 
     def __post_init__(self) -> None:
         for name in ("stop_at_eos", "kv_cache", "denoise", "progress"):

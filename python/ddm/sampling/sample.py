@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ddm.errors import InvalidArgument
-from ddm.sampling import predictors
+from ddm.sampling import predictors, response
 from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.grid import run_grid
@@ -39,8 +39,8 @@ class SampleStats:
         cache: whether network outputs were reused.
         backend: `"rust"` or `"torch"`, where the steps ran.
         seed: the seed used (drawn when `seed=None` was given).
-        lengths: block models: int64 `[B]`, the tokens of each row (its end-of-sequence token
-            included); None otherwise.
+        lengths: block models, and responses with `stop_at_eos`: int64 `[B]`, the tokens of each row
+            (its end-of-sequence token included); None otherwise.
         blocks: block models: the blocks generated; None otherwise.
     """
 
@@ -207,6 +207,12 @@ def sample(
             slides); default `seq_len`, else the model's. Blocks are generated left to right, each with
             `predictor` (any of them, with its options) given the clean blocks before it. Other models
             refuse it.
+        prompt: a response to this prompt (text, encoded with `model.tokenizer`, or token ids): the prompt
+            is the prefix of `len(prompt) + max_new_tokens` tokens (`max_len` for a block model) and only
+            the `max_new_tokens` new tokens are returned; with `stop_at_eos` each row is cut at its first
+            `eos_id` (the rest set to `eos_id`, `stats.lengths` its length), for any model
+            (`ddm.sampling.response`). Replaces `prefix`, `seq_len` and `max_len`.
+        max_new_tokens: with `prompt`: the tokens to generate (default: what `seq_len` leaves).
         stop_at_eos: block models: stop each row at its first `eos_id` (the batch stops when every row
             has); the tokens after it are `eos_id` and `stats.lengths` gives the lengths.
         eos_id: the end-of-sequence id (default `model.tokenizer.eos_id`).
@@ -246,6 +252,10 @@ def sample(
     """
     _check_keywords(options)
     run, predictor_options = RunOptions.split(options)
+    if run.prompt is not None or run.max_new_tokens is not None:  # a response (ddm.sampling.response)
+        common = dict(predictor=predictor, graph=graph, schedule=schedule, batch_size=batch_size, seed=seed,
+                      device=device, backend=backend)  # fmt: skip
+        return _sample_response(model, steps, run, options, seq_len, return_stats, common)
     prefix, suffix, infill, progress = run.prefix, run.suffix, run.infill, run.progress
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
@@ -288,6 +298,10 @@ def sample(
     fixed = build_fixed(prefix, suffix, infill, seq_len, graph.vocab_size)
     if fixed is not None:
         fixed = fixed.to(device)
+        if fixed.tokens.dim() == 2 and fixed.tokens.shape[0] != batch_size:
+            raise InvalidArgument(
+                f"{fixed.tokens.shape[0]} prefixes (one per row) for batch_size={batch_size}"
+            )
     call = _checked_call(model, device, sigma_dtype, (seq_len, graph.dim))
     x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
     if sampler.unmasking:
@@ -299,6 +313,36 @@ def sample(
     else:
         x, stats = _sample_grid(sampler, call, x, fixed, seed, ops, cache, sigma_dtype, progress)
     return (x, stats) if return_stats else x
+
+
+def _sample_response(
+    model: Any, steps: int, run: RunOptions, options: dict[str, Any], seq_len: Any, return_stats: bool,
+    common: dict[str, Any],
+) -> Any:  # fmt: skip
+    """`sample` with `prompt`: the prompt as the prefix, only the new tokens returned, cut at EOS with
+    `stop_at_eos` (`ddm.sampling.response`)."""
+    if run.prompt is None:
+        raise InvalidArgument("max_new_tokens is the length of a response: give the prompt too")
+    if seq_len is not None or run.prefix is not None or run.max_len is not None:
+        raise InvalidArgument("prompt takes the place of prefix, seq_len and max_len: give max_new_tokens")
+    p = response.plan(model, run.prompt, run.max_new_tokens, run.stop_at_eos, run.eos_id)
+    if p.prefix.dim() == 2:  # one prompt per row
+        if common["batch_size"] not in (1, len(p.prefix)):
+            raise InvalidArgument(f"{len(p.prefix)} prompts for batch_size={common['batch_size']}")
+        common["batch_size"] = len(p.prefix)
+    drop = ("prompt", "max_new_tokens", "stop_at_eos", "eos_id", "prefix", "max_len")  # set here
+    rest = {k: v for k, v in options.items() if k not in drop}
+    if getattr(model, "block_size", 0):  # blocks: generated left to right, stopped at EOS by the block loop
+        rest.update(max_len=p.total, stop_at_eos=p.eos_id is not None)
+        rest.update({} if p.eos_id is None else {"eos_id": p.eos_id})
+    else:
+        rest["seq_len"] = p.total
+    prefix = p.prefix if p.prefix.shape[-1] else None  # an empty prompt: an unconditional sample
+    x, stats = sample(model, steps, prefix=prefix, return_stats=True, **common, **rest)
+    out = x[:, p.prefix.shape[-1] :]
+    if p.eos_id is not None:
+        out, stats.lengths = response.cut_at_eos(out, p.eos_id)
+    return (out, stats) if return_stats else out
 
 
 def _checked_call(
@@ -386,6 +430,8 @@ def _sample_blocks(
     cache = True if run.cache is None else run.cache  # a block model is time-independent (ScoreModel checks)
     ids = None
     if prefix is not None:
+        if isinstance(prefix, torch.Tensor) and prefix.dim() == 2:
+            raise InvalidArgument("a block model takes one prefix for all rows, not one per row")
         fixed = build_fixed(prefix, None, None, max_len, graph.vocab_size)  # checks ids and the length
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)

@@ -18,11 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ddm import _fs
 from ddm._stats import error_bar, format_stderr
-from ddm.eval.bound import likelihood_bound
+from ddm.eval.bound import conditional_bound, likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.io import run
+from ddm.model.autoregressive import sequence_nll
 from ddm.model.transformer import bf16_autocast_on
 from ddm.training.heldout import evaluation_due, heldout_callbacks
 from ddm.training.trainer import Callback, StepStats, Trainer, say
@@ -112,6 +115,10 @@ class Evaluation(Callback):
                 "longer corpus)"
             )
         self.eval_model = copy.deepcopy(trainer.model).eval()
+        val_masks = getattr(corpus, "val_masks", None)  # pairs: the bound of the response given the prompt
+        self.scored = None
+        if self.val is not None and val_masks is not None:
+            self.scored = val_masks(cfg.seq_len, cfg.eval_sequences or None)[0]
 
     def due(self, trainer: Trainer) -> bool:
         """Whether the step just reached is evaluated."""
@@ -126,6 +133,8 @@ class Evaluation(Callback):
         cfg = trainer.cfg
         trainer.ema.copy_to(self.eval_model)
         rows = max(64, cfg.batch_size)  # no gradients: larger batches than training are cheap
+        if self.scored is not None:
+            return self._conditional(trainer, rows)
         if trainer.autoregressive:  # exact NLL, same keys
             b = exact_nll(self.eval_model, self.val, batch_size=rows)
         else:
@@ -139,6 +148,28 @@ class Evaluation(Callback):
             "eval_stderr_bits": b.stderr_bits,
             "epoch": trainer.epoch,
             "tokens_seen": trainer.tokens_seen,
+        }
+
+    def _conditional(self, trainer: Trainer, rows: int) -> dict[str, Any]:
+        """Prompt / response pairs: the bound of the noised positions (response and EOS padding) given
+        the prompt (the exact NLL for the autoregressive baseline), per scored token."""
+        cfg = trainer.cfg
+        if trainer.autoregressive:
+            with torch.no_grad():
+                nats = sequence_nll(self.eval_model, self.val, scored=self.scored) / cfg.seq_len
+            tokens = self.scored.sum(-1).double()
+            nats, var = float((nats.double() * tokens).sum() / tokens.sum()), 0.0
+        else:
+            b = conditional_bound(
+                self.eval_model, self.val, self.scored, num_t=cfg.eval_num_t, seed=cfg.seed, batch_size=rows
+            )
+            tokens = float(b.tokens.sum())
+            nats, var = float(b.nats.sum()) / tokens, float((b.mc_stderr.nan_to_num() ** 2).sum()) / tokens**2
+        return {
+            "step": trainer.step,
+            "eval_nats_per_token": nats,
+            "eval_bits_per_token": nats / math.log(2),
+            "eval_stderr_bits": math.sqrt(var) / math.log(2),
         }
 
 

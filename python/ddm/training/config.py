@@ -21,6 +21,7 @@ else:  # pragma: no cover
 
 from ddm import graphs, schedules
 from ddm.data.order import ORDERS
+from ddm.data.pair_datasets import PAIR_DATASETS
 from ddm.errors import InvalidArgument
 from ddm.model.transformer import SIZES, ModelConfig
 
@@ -173,6 +174,30 @@ class TrainConfig:
         "stop when this many held-out evaluations in a row do not improve on the best (0: off); needs a "
         "held-out split and periodic evaluation, and keeps best/",
     )
+    # fine-tuning: prompt / response pairs, random lengths, the starting model, checkpointing
+    pairs: bool = _f(
+        False,
+        "data is a JSONL of prompt / response pairs (ddm.data.pairs): each row is prompt + response + EOS "
+        "padded with EOS to seq_len, the prompt never noised nor scored (a pair dataset sets it itself)",
+    )
+    prompt_field: str = _f("prompt", "pairs: the JSONL field of the prompt")
+    response_field: str = _f("response", "pairs: the JSONL field of the response")
+    supervise_padding: bool = _f(
+        True,
+        "pairs: score the EOS padding after the response (LLaDA sec 2.3: the model learns where its answer "
+        "ends); false scores only the response and its first EOS (the padding is still noised)",
+    )
+    random_length_fraction: float = _f(
+        0.0, "pretraining: the fraction of steps cut to a random length in 1..seq_len (LLaDA: 0.01)"
+    )
+    init_from: str = _f(
+        "",
+        "start from this model's weights (a ddm checkpoint or run, a save_pretrained directory, a SEDD "
+        "checkpoint or a Hub id; read by ddm.load); its architecture, graph, schedule and tokenizer are kept",
+    )
+    grad_checkpointing: bool = _f(
+        False, "recompute each transformer block's activations in the backward pass (less memory, more time)"
+    )
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -257,6 +282,7 @@ class TrainConfig:
         self._validate_combinations()
         self._validate_epochs()
         self.model_config().validate()
+        self._validate_finetune()
         if not self.time_conditioning and self.graph != "absorbing":
             raise InvalidArgument("time_conditioning = false needs graph = 'absorbing'")
 
@@ -304,6 +330,39 @@ class TrainConfig:
             raise InvalidArgument(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
         if not self.sigma_min < self.sigma_max:
             raise InvalidArgument(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
+
+    def _validate_finetune(self) -> None:
+        """The fine-tuning fields (issue 31)."""
+        if not 0.0 <= self.random_length_fraction < 1.0:
+            raise InvalidArgument(
+                f"random_length_fraction must be in [0, 1), got {self.random_length_fraction!r}"
+            )
+        if self.random_length_fraction > 0 and self.is_pairs():
+            raise InvalidArgument(
+                "random_length_fraction is a pretraining rule: prompt / response pairs have their own lengths"
+                " (set it to 0 with pairs)"
+            )
+        if self.random_length_fraction > 0 and self.objective == "block":
+            raise InvalidArgument(
+                "random_length_fraction would cut a block: it needs an objective without blocks"
+            )
+        if self.is_pairs() and (not self.prompt_field or not self.response_field):
+            raise InvalidArgument("prompt_field and response_field must be non-empty")
+
+    def is_pairs(self) -> bool:
+        """Whether the data is prompt / response pairs (`pairs`, or a pair dataset of the registry)."""
+        return self.pairs or self.data in PAIR_DATASETS
+
+    def pair_options(self) -> dict[str, Any] | None:
+        """The keywords of `ddm.data.pairs.load_pairs` this config sets, or None for a token stream."""
+        if not self.is_pairs():
+            return None
+        return {
+            "seq_len": self.seq_len,
+            "supervise_padding": self.supervise_padding,
+            "prompt_field": self.prompt_field,
+            "response_field": self.response_field,
+        }
 
     def _validate_choices(self) -> None:
         """The fields that name one of a few choices."""

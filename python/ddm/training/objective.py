@@ -37,6 +37,7 @@ __all__ = [
     "keyed_block_times",
     "keyed_loss",
     "keyed_mask_draws",
+    "loss_masks",
     "keyed_times",
 ]
 
@@ -115,7 +116,14 @@ def keyed_block_times(
 
 
 def keyed_mask_draws(
-    seed: int, step: int, rows: torch.Tensor, length: int, schedule: Any, *, batch_size: int
+    seed: int,
+    step: int,
+    rows: torch.Tensor,
+    length: int,
+    schedule: Any,
+    *,
+    batch_size: int,
+    noised: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masks design's training draws for the rows `rows` of a step's global batch (`t_sampling =
     "masks"`, the absorbing graph; docs/math.md section 4.6): `(t [b], masked [b, L], weight [b])`, float64,
@@ -128,6 +136,9 @@ def keyed_mask_draws(
     which positions they are. `t = m^{-1}(m)` and the weight `pi / q` come from
     `ddm.losses.mask_count_times`: `weight * f(t, x_t)` is an unbiased estimate of the integral of the
     loss over `t in [0, 1]`, with no heavy tail (the `1 / t` of a rare mask at small t cancels).
+
+    With `noised` (bool `[b, L]`, CPU: a prompt's positions False), row j has `n_j` maskable positions:
+    `c ~ q` on `1..n_j` and the c smallest uniforms among the noised positions are masked.
     """
     if batch_size <= 0:
         raise InvalidArgument("t_sampling='masks' needs the global batch_size")
@@ -138,9 +149,12 @@ def keyed_mask_draws(
     zero = torch.zeros(1, dtype=torch.int64, device=rows.device)
     u0 = _rng.uniforms(seed, STREAM_TRAIN_TIME_STRATA, step, zero, 1)[0, 0].cpu()
     v = torch.frac(u0 + rows.cpu().to(torch.float64) / batch_size)  # (b,)
-    count, s_n = mask_counts(v, torch.tensor(length), length)  # (b,) in 1..L, S(L)
+    n = torch.tensor(length) if noised is None else noised.sum(-1)  # maskable positions: 0-d or (b,)
+    count, s_n = mask_counts(v, n, length)  # (b,) in 1..n, S(n)
     u = _rng.uniforms(seed, STREAM_TRAIN_CORRUPT, step, rows, length).cpu()  # (b, L) float64
-    m = u.sort(dim=-1).values.gather(-1, (count - 1)[:, None])[:, 0]  # (b,) the c-th smallest
+    if noised is not None:  # the context is never among the c smallest (uniforms are < 1)
+        u = torch.where(noised, u, torch.full_like(u, 2.0))
+    m = u.sort(dim=-1).values.gather(-1, (count - 1).clamp(min=0)[:, None])[:, 0]  # (b,) the c-th smallest
     masked = u <= m[:, None]  # (b, L): exactly c positions
     t, weight = mask_count_times(schedule, m, count, s_n)
     return t, masked, weight
@@ -194,9 +208,18 @@ class Objective:
         seed: int,
         step: int,
         rows: torch.Tensor,
+        noised: torch.Tensor | None = None,
+        scored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sequence loss `[b]` of the clean rows `x0` (int64 `[b, L]`, global rows `rows` of step `step`),
         with the noise keyed by `(seed, step, row)`.
+
+        With a loss mask (`ddm.data.pairs`: a prompt and its response), only the `noised` positions are
+        corrupted (the prompt stays clean in `x_t`), only the `scored` ones count, and the row's loss is
+        normalised over its scored tokens: `L / n_scored` times the sum, so that the mean over rows
+        divided by `L` (the Trainer's nats per token) is the per-token loss of LLaDA's SFT (arXiv
+        2502.09992 sec 2.3, the sum over the answer divided by its length). Without masks (or with
+        all-ones masks, bit for bit) it is the loss of a whole block.
 
         Args:
             log_fn: `f(x_t: int64 [b, L], sigma_bar: [b])`: `[b, L, dim]` log-scores, or `[b, L, N]`
@@ -208,18 +231,28 @@ class Objective:
             seed: the run's seed.
             step: the optimizer step (the key's counter).
             rows: int64 `[b]` global row indices of the sequences in the step's batch.
+            noised: optional bool `[b, L]`: the positions corrupted (default: `scored`); the others are
+                the clean context.
+            scored: optional bool `[b, L]`: the positions counted in the loss (default: `noised`); a
+                position counts only if it is noised too.
         """
         rows = rows.to(device=x0.device, dtype=torch.int64)
+        masks = loss_masks(x0, noised, scored)
         if self.kind == "block":
-            return self._block(log_fn, graph, schedule, x0, seed, step, rows)
-        if self.t_sampling == "masks":
-            return self._masks_first(log_fn, graph, schedule, x0, seed, step, rows)
-        return self._per_sequence_time(log_fn, graph, schedule, x0, seed, step, rows)
+            per_seq = self._block(log_fn, graph, schedule, x0, seed, step, rows, masks)
+        elif self.t_sampling == "masks":
+            per_seq = self._masks_first(log_fn, graph, schedule, x0, seed, step, rows, masks)
+        else:
+            per_seq = self._per_sequence_time(log_fn, graph, schedule, x0, seed, step, rows, masks)
+        if masks is None:
+            return per_seq
+        n = masks["counted"].sum(-1).clamp(min=1).to(per_seq.dtype)  # (b,) scored tokens per row
+        return per_seq * (x0.shape[1] / n)
 
     def _loss_fn(self) -> Any:
         return {"diffusion": dwdse, "masked": masked_nelbo}[self.kind]
 
-    def _block(self, log_fn, graph, schedule, x0, seed, step, rows) -> torch.Tensor:
+    def _block(self, log_fn, graph, schedule, x0, seed, step, rows, masks) -> torch.Tensor:
         length = x0.shape[1]
         nb = -(-length // self.block_size)
         t = keyed_block_times(
@@ -228,22 +261,25 @@ class Objective:
         u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, length)  # (b, L) float64
         return block_loss_fn(
             log_fn, graph, schedule, x0, self.block_size, loss=self.block_loss,
-            t=t.to(torch.get_default_dtype()), eps_t=self.eps_t, u=u,
+            t=t.to(torch.get_default_dtype()), eps_t=self.eps_t, u=u, **(masks or {}),
         )  # fmt: skip
 
-    def _masks_first(self, log_fn, graph, schedule, x0, seed, step, rows) -> torch.Tensor:
+    def _masks_first(self, log_fn, graph, schedule, x0, seed, step, rows, masks) -> torch.Tensor:
         mask_id = getattr(graph, "mask_id", None)
         if mask_id is None:
             raise InvalidArgument(f"t_sampling='masks' needs the absorbing graph, got {graph!r}")
+        noised = None if masks is None else masks["scored"].cpu()
         t, masked, weight = keyed_mask_draws(
-            seed, step, rows, x0.shape[1], schedule, batch_size=self.batch_size
+            seed, step, rows, x0.shape[1], schedule, batch_size=self.batch_size, noised=noised
         )
         x_t = torch.where(masked.to(x0.device), torch.full_like(x0, mask_id), x0)
         t = t.to(device=x0.device, dtype=torch.get_default_dtype())
-        f = self._loss_fn()(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, x_t=x_t)  # (b,) at (t, x_t)
+        f = self._loss_fn()(
+            log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, x_t=x_t, **(masks or {})
+        )  # (b,) at (t, x_t)
         return weight.to(device=f.device, dtype=f.dtype) * f
 
-    def _per_sequence_time(self, log_fn, graph, schedule, x0, seed, step, rows) -> torch.Tensor:
+    def _per_sequence_time(self, log_fn, graph, schedule, x0, seed, step, rows, masks) -> torch.Tensor:
         loss = self._loss_fn()
         t = keyed_times(seed, step, rows, self.eps_t, t_sampling=self.t_sampling, batch_size=self.batch_size)
         t = t.to(torch.get_default_dtype())  # (b,)
@@ -255,9 +291,30 @@ class Objective:
             x_t = RustOps().corrupt(
                 graph, x0.contiguous(), sigma_bar, seed & _U64, step, first, stream=STREAM_TRAIN_CORRUPT
             )
-            return loss(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, x_t=x_t)
+            return loss(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, x_t=x_t, **(masks or {}))
         u = _rng.uniforms(seed & _U64, STREAM_TRAIN_CORRUPT, step, rows, x0.shape[1])  # (b, L) float64
-        return loss(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, u=u)
+        return loss(log_fn, graph, schedule, x0, t=t, eps_t=self.eps_t, u=u, **(masks or {}))
+
+
+def loss_masks(
+    x0: torch.Tensor, noised: torch.Tensor | None, scored: torch.Tensor | None
+) -> dict[str, torch.Tensor] | None:
+    """The keywords of the losses (`scored`: noised, `counted`: counted) for the masks of `Objective.loss`,
+    checked (bool, the shape of `x0`, at least one counted position per row), or None without masks."""
+    if noised is None and scored is None:
+        return None
+    out = {}
+    for name, m in (("noised", noised), ("scored", scored)):
+        if m is not None and (
+            not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != x0.shape
+        ):
+            raise InvalidArgument(f"{name} must be a bool tensor of shape {tuple(x0.shape)}")
+        out[name] = None if m is None else m.to(x0.device)
+    noised = out["noised"] if out["noised"] is not None else out["scored"]
+    counted = noised if out["scored"] is None else noised & out["scored"]
+    if not bool(counted.any(-1).all()):
+        raise InvalidArgument("every row needs at least one position both noised and scored (a response)")
+    return {"scored": noised, "counted": counted}
 
 
 def keyed_loss(
@@ -270,6 +327,8 @@ def keyed_loss(
     step: int,
     rows: torch.Tensor,
     objective: str | Objective = "diffusion",
+    noised: torch.Tensor | None = None,
+    scored: torch.Tensor | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Per-sequence training loss with keyed noise: `Objective(objective, **options).loss(...)`.
@@ -277,6 +336,7 @@ def keyed_loss(
     Args:
         log_fn, graph, schedule, x0, seed, step, rows: as in `Objective.loss`.
         objective: an `Objective`, or its kind (`"diffusion"`, `"masked"` or `"block"`).
+        noised, scored: the loss masks of `Objective.loss` (a prompt and its response), or None.
         **options: fields of `Objective` (`eps_t`, `t_sampling`, `batch_size`, `block_size`,
             `block_loss`), which replace those of an `Objective` given as `objective`.
 
@@ -293,4 +353,6 @@ def keyed_loss(
         obj = dataclasses.replace(objective, **options) if options else objective
     else:
         obj = Objective(kind=objective, **options)
-    return obj.loss(log_fn, graph, schedule, x0, seed=seed, step=step, rows=rows)
+    return obj.loss(
+        log_fn, graph, schedule, x0, seed=seed, step=step, rows=rows, noised=noised, scored=scored
+    )

@@ -32,7 +32,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ddm.data.order import make_order
-from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
+from ddm.data.pairs import keyed_length
+from ddm.errors import CheckpointError, DataError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
 from ddm.io.rundata import load_run_corpus, source_record
 from ddm.model import EMA, ScoreModel
@@ -45,6 +46,7 @@ from ddm.training.config import (
     resolved_data_order,
     with_derived_steps,
 )
+from ddm.training.init_from import resolve_start
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 
@@ -78,6 +80,12 @@ RESUME_FIELDS = (
     "block_size",
     "block_loss",
     "optimizer",
+    "pairs",
+    "prompt_field",
+    "response_field",
+    "supervise_padding",
+    "random_length_fraction",
+    "init_from",
 )
 
 
@@ -205,10 +213,17 @@ class Trainer:
         self.resumed = state is not None
         self.rows_per_micro = ddist.batch_rows(cfg.batch_size, cfg.grad_accum, env)  # this rank's rows
         _seed_everything(cfg.seed)
-        record = ckpt.read_config(state["path"]).get("data") if state is not None else None
+        saved = ckpt.read_config(state["path"]) if state is not None else None
+        record = saved.get("data") if saved is not None else None
+        self.start = resolve_start(cfg, saved)  # init_from: the model the run starts from, or None
         self.corpus = self._load_corpus(record)
         self.corpus.check_seq_len(cfg.seq_len)
         self.order = make_order(resolved_data_order(cfg), self.corpus, cfg.seq_len, cfg.seed, cfg.batch_size)
+        if self.order.name == "epochs" and hasattr(self.corpus, "masks_at"):
+            raise InvalidArgument(
+                "data_order 'epochs' reads windows of a token stream; prompt / response pairs are read in "
+                "the 'random' order: set data_order = 'random' (and steps instead of epochs)"
+            )
         if cfg.epochs > 0 or self.order.name == "epochs":  # an epoch must be at least one step
             self.order.check_batch_fits()
         self.cfg = cfg = with_derived_steps(cfg, self.order.steps_for(cfg.epochs))  # --epochs
@@ -261,10 +276,22 @@ class Trainer:
 
     def _load_corpus(self, record: dict[str, Any] | None) -> Any:
         cfg = self.cfg
+        options = cfg.corpus_options()
+        if self.start is not None:  # fine-tuning: the data in the starting model's tokens
+            options["tokenizer"] = self.start.tokenizer
         corpus = None
         for turn in (True, False):  # rank 0 tokenizes the corpus (or fills its cache) first, then the others
             if self.env.is_main == turn:
-                corpus = load_run_corpus(cfg.data, self.run_dir, record=record, **cfg.corpus_options())
+                try:
+                    corpus = load_run_corpus(
+                        cfg.data, self.run_dir, record=record, pairs=cfg.pair_options(), **options
+                    )
+                except DataError as e:
+                    if self.start is None:
+                        raise
+                    raise DataError(
+                        f"init_from {cfg.init_from!r}: its tokenizer does not fit the data {cfg.data!r}: {e}"
+                    ) from None
             self.env.barrier()
         return corpus
 
@@ -272,7 +299,11 @@ class Trainer:
         cfg, tokenizer = self.cfg, self.corpus.tokenizer
         self.graph = make_graph(cfg, tokenizer.vocab_size)
         self.schedule = make_schedule(cfg)
-        if self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
+        if self.start is not None:  # fine-tuning: the starting model's architecture, graph and weights
+            model = self.start.build(cfg.objective)
+            model.tokenizer = tokenizer
+            self.graph, self.schedule = getattr(model, "graph", None), getattr(model, "schedule", None)
+        elif self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
             model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer)
         else:
             model = ScoreModel(cfg.model_config(), self.graph, self.schedule, tokenizer=tokenizer)
@@ -280,6 +311,7 @@ class Trainer:
         self.model.cpu_bf16 = (
             cfg.cpu_bf16
         )  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
+        self.model.grad_checkpointing = cfg.grad_checkpointing  # the same gradients, less memory
         self.ema = EMA(self.model, cfg.ema_decay)
         self.optimizer = make_optimizer(self.model, cfg)
 
@@ -310,6 +342,8 @@ class Trainer:
         }
         if record is not None:
             config["data"] = record
+        if self.start is not None:
+            config["init_from"] = self.start.record
         return config
 
     @property
@@ -383,22 +417,41 @@ class Trainer:
         """Forward and backward of the rows `rows`; returns their summed loss (nats)."""
         cfg = self.cfg
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
-        x0 = self.order.batch(self.step, rows).to(self.device)  # (b, L), keyed by (seed, step, row)
+        x0, masks = self.batch(rows)  # (b, L), and the loss masks of prompt / response pairs
         # gradients are all-reduced only at the last micro-batch
         sync = self.net.no_sync() if self.env.enabled and not last else contextlib.nullcontext()
         with sync:
-            per_seq = self.sequence_loss(x0, rows)  # (b,)
+            per_seq = self.sequence_loss(x0, rows, masks)  # (b,)
             # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
             (per_seq.sum() * (self.env.world_size / cfg.batch_size)).backward()
         return float(per_seq.detach().sum())
 
-    def sequence_loss(self, x0: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The per-sequence loss `[b]` (nats) of the clean rows `x0` (`[b, L]`, global rows `rows`)."""
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The clean rows `rows` of this step on the device, `[b, L]`, and their `(noised, scored)` loss
+        masks (`ddm.data.pairs`; None for a token stream). With `random_length_fraction`, a step keyed
+        by `(seed, step)` has its rows cut to a random length (`ddm.data.pairs.keyed_length`)."""
+        cfg = self.cfg
+        x0 = self.order.batch(self.step, rows)  # (b, L), keyed by (seed, step, row)
+        masks_at = getattr(self.corpus, "masks_at", None)  # a PairCorpus has loss masks
+        masks = None if masks_at is None else masks_at(cfg.seq_len, cfg.seed, self.step, rows)
+        x0 = x0[:, : keyed_length(cfg.seed, self.step, cfg.random_length_fraction, cfg.seq_len)]
+        return x0.to(self.device), None if masks is None else tuple(m.to(self.device) for m in masks)
+
+    def sequence_loss(
+        self, x0: torch.Tensor, rows: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The per-sequence loss `[b]` (nats) of the clean rows `x0` (`[b, L]`, global rows `rows`), with
+        the `(noised, scored)` masks of prompt / response pairs; scaled by `seq_len / L` for rows cut
+        shorter than `seq_len`, so that the Trainer's division by `seq_len` gives nats per token."""
+        noised, scored = masks if masks is not None else (None, None)
         if self.objective is None:
-            return sequence_nll(self.net, x0)  # exact -log p(x0)
-        return self.objective.loss(
-            self._model_fn(), self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step, rows=rows
-        )
+            per_seq = sequence_nll(self.net, x0, scored=scored)  # exact -log p(x0) (of the response)
+        else:
+            per_seq = self.objective.loss(
+                self._model_fn(), self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step,
+                rows=rows, noised=noised, scored=scored,
+            )  # fmt: skip
+        return per_seq if x0.shape[1] == self.cfg.seq_len else per_seq * (self.cfg.seq_len / x0.shape[1])
 
     def _model_fn(self) -> Any:
         """The network as the objective calls it (through DDP's forward, so gradients are reduced)."""
