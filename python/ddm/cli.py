@@ -528,10 +528,10 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     """Load the checkpoint once and serve it (`ddm.serve`) until interrupted."""
-    try:  # the serve extra is optional: import it only for this command
-        import uvicorn
+    try:
+        import uvicorn  # the serve extra is optional: imported only for this command
 
-        from ddm.serve.app import create_app
+        from ddm.serve.app import create_app  # needs fastapi (the serve extra)
     except ImportError as e:
         raise DdmError(f"ddm serve needs the serve extra: pip install 'ddm[serve]' ({e})") from e
     model = load(args.checkpoint, device=resolve_device(args.device))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -94,10 +95,15 @@ def create_app(
     limits = limits or Limits()
     sched = scheduler or Scheduler(model)
     render = _Renderer(model)
-    app = FastAPI(title="ddm serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        sched.close()  # the server stops: so do the loop and the workers
+
+    app = FastAPI(title="ddm serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.scheduler = sched
     app.state.batch_invariant = batch_invariant(model)
-    app.add_event_handler("shutdown", sched.close)
     created = int(time.time())
 
     @app.middleware("http")

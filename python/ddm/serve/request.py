@@ -27,6 +27,8 @@ _NEUTRAL = {
     "logit_bias": None,
 }
 _IGNORED = ("user", "stream_options")
+_FIELDS = ("model", "prompt", "suffix", "max_tokens", "n", "stop", "seed", "stream", "steps", "predictor",
+           "temperature", "top_p", "top_k", "best_of")  # fmt: skip
 
 
 class RequestError(InvalidArgument):
@@ -105,6 +107,22 @@ def _stops(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _check_fields(body: dict, model_name: str) -> None:
+    """`RequestError` for an unknown field, an unsupported OpenAI feature, or another model."""
+    known = {*_FIELDS, *_NEUTRAL, *_IGNORED, *predictors.option_fields()}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}", unknown[0])
+    for name, neutral in _NEUTRAL.items():
+        if body.get(name, neutral) not in (neutral, None):
+            raise RequestError(f"{name} is not supported by a diffusion model (got {body[name]!r})", name)
+    if body.get("model") not in (None, model_name):
+        raise RequestError(
+            f"model {body['model']!r} is not served here; this server serves {model_name!r}",
+            "model", 404, "model_not_found",
+        )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     """A checked completion request (see the module docstring)."""
@@ -138,38 +156,7 @@ class CompletionRequest:
         """Check `body` (the parsed JSON) against `model` and `limits`; `RequestError` on a bad field."""
         if not isinstance(body, dict):
             raise RequestError(f"the body must be a JSON object, got {type(body).__name__}")
-        known = {
-            "model",
-            "prompt",
-            "suffix",
-            "max_tokens",
-            "n",
-            "stop",
-            "seed",
-            "stream",
-            "steps",
-            "predictor",
-        }
-        known |= {
-            "temperature",
-            "top_p",
-            "top_k",
-            "best_of",
-            *_NEUTRAL,
-            *_IGNORED,
-            *predictors.option_fields(),
-        }
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise RequestError(f"unknown field {unknown[0]!r}", unknown[0])
-        for name, neutral in _NEUTRAL.items():
-            if body.get(name, neutral) not in (neutral, None):
-                raise RequestError(f"{name} is not supported by a diffusion model (got {body[name]!r})", name)
-        if body.get("model") not in (None, model_name):
-            raise RequestError(
-                f"model {body['model']!r} is not served here; this server serves {model_name!r}",
-                "model", 404, "model_not_found",
-            )  # fmt: skip
+        _check_fields(body, model_name)
         tok = getattr(model, "tokenizer", None)
         prompt = _text(body, "prompt", required=False) or ""
         prompt_ids = _encode(tok, prompt, "prompt")
