@@ -227,15 +227,19 @@ def test_openai_client(live, model) -> None:
 
 
 def test_concurrent_clients_each_get_their_solo_tokens(live, model) -> None:
+    """16 clients with different seeds, predictors, lengths and options at once."""
     url, app = live
     predictors = ["analytic", "confidence", "first_hitting", "euler"]
     bodies = [dict(prompt="ab"[: i % 3], max_tokens=6 + i % 2 * 4, n=1 + i % 2, seed=100 + i, steps=6 + i,
-                   predictor=predictors[i % 4], temperature=[1.0, 0.7][i % 2]) for i in range(8)]  # fmt: skip
+                   predictor=predictors[i % 4], temperature=[1.0, 0.7][i % 2])
+              for i in range(16)]  # fmt: skip
     got: dict[int, list[str]] = {}
     forwards = app.state.scheduler.forwards
 
     def run(i: int) -> None:
         r = httpx.post(f"{url}/v1/completions", json=bodies[i], timeout=60)
+        assert r.status_code == 200, r.text
+        assert i not in got  # not duplicated
         got[i] = [c["text"] for c in sorted(r.json()["choices"], key=lambda c: c["index"])]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
@@ -298,5 +302,26 @@ def test_time_dependent_model_batches_exactly() -> None:
         sched.close()
 
 
-def test_limits_default_to_the_model(model) -> None:
+def test_ddm_serve_command(tmp_path, monkeypatch, model) -> None:
+    """`ddm serve` loads the checkpoint once, binds 127.0.0.1 by default and serves it."""
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    from ddm.cli import main
+    from ddm.io import checkpoint
+    from ddm.model import EMA
+
+    config = {"model": model.config.to_dict(), "graph": model.graph.to_config(),
+              "schedule": model.schedule.to_config(), "tokenizer": model.tokenizer.to_config(),
+              "train": {}}  # fmt: skip
+    path = checkpoint.save(tmp_path, 1, model=model, config=config, ema=EMA(model, 0.9),
+                           optimizer=torch.optim.AdamW(model.parameters()))  # fmt: skip
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--checkpoint", str(path), "--max-n", "2", "--api-key", "k"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
+    with TestClient(seen["app"]) as c:
+        auth = {"Authorization": "Bearer k"}
+        assert c.post("/v1/completions", json={"n": 3}, headers=auth).status_code == 400  # --max-n
+        r = c.post("/v1/completions", json=dict(max_tokens=6, seed=2, steps=5), headers=auth)
+        loaded = seen["app"].state.scheduler.model
+        assert r.json()["choices"][0]["text"] == _solo(loaded, "", 6, seed=2, steps=5)[0]
     assert Limits().max_n == 8
