@@ -6,7 +6,10 @@ Without `--checkpoint`, an untrained model of the demo's shape (`ddm.demo.DEMO_C
 128 tokens, time-independent masked objective, a character vocabulary): the cost of a forward does not
 depend on the weights. Each request asks for `--max-tokens` tokens in `--steps` analytic steps with its own
 seed. Prints total tokens/s and p50/p99 latency per request for each mode, the in-process `ddm.sample` time
-of the same work (the server's overhead), the batching (forwards, rows per forward) and /proc/loadavg.
+of the same work (the server's overhead), process CPU seconds (the machine may be shared), the cost
+of one forward of 1 and of C rows (`batching_ceiling`: the most batching can gain), the batching
+(forwards, rows per
+forward) and /proc/loadavg.
 """
 
 from __future__ import annotations
@@ -101,18 +104,28 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     bodies = [dict(max_tokens=args.max_tokens, steps=args.steps, seed=i) for i in range(args.requests)]
     run_clients(url, bodies[:2], 1)  # warm up
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for b in bodies:
         sample(model, b["steps"], seq_len=b["max_tokens"], seed=b["seed"])
-    in_process = time.perf_counter() - t
+    in_process, in_process_cpu = time.perf_counter() - t, time.process_time() - cpu
+    x = torch.full((args.clients, args.max_tokens), model.graph.dim - 1)
+    with torch.no_grad():  # the cost of one forward of 1 row and of `clients` rows (the ceiling of batching)
+        cost = []
+        for rows in (1, args.clients):
+            t = time.process_time()
+            for _ in range(10):
+                model(x[:rows], torch.ones(rows))
+            cost.append((time.process_time() - t) / 10)
     sched = app.state.scheduler
     results = {}
     for clients in (1, args.clients):
-        f0, r0 = sched.forwards, sched.rows
+        f0, r0, cpu = sched.forwards, sched.rows, time.process_time()
         wall, lat = run_clients(url, bodies, clients)
+        cpu = time.process_time() - cpu
         results[clients] = dict(
             clients=clients, requests=len(bodies), wall_s=round(wall, 3),
-            tokens_per_s=round(len(bodies) * args.max_tokens / wall, 1),
+            tokens_per_s=round(len(bodies) * args.max_tokens / wall, 1), cpu_s=round(cpu, 3),
+            tokens_per_cpu_s=round(len(bodies) * args.max_tokens / cpu, 1),
             p50_s=round(pct(lat, 0.5), 3), p99_s=round(pct(lat, 0.99), 3),
             forwards=sched.forwards - f0,
             rows_per_forward=round((sched.rows - r0) / max(1, sched.forwards - f0), 2),
@@ -123,8 +136,11 @@ def main() -> None:
     summary = dict(
         model=args.checkpoint or "untrained demo-shaped (tiny, hidden 128, seq_len 128)",
         max_tokens=args.max_tokens, steps=args.steps, torch_threads=args.threads,
-        in_process_s=round(in_process, 3),
+        in_process_s=round(in_process, 3), in_process_cpu_s=round(in_process_cpu, 3),
+        forward_cpu_s_1_row=round(cost[0], 5), forward_cpu_s_c_rows=round(cost[1], 5),
+        batching_ceiling=round(args.clients * cost[0] / cost[1], 2),
         speedup=round(results[args.clients]["tokens_per_s"] / results[1]["tokens_per_s"], 2),
+        cpu_speedup=round(results[args.clients]["tokens_per_cpu_s"] / results[1]["tokens_per_cpu_s"], 2),
         overhead_1_client=round(results[1]["wall_s"] / in_process - 1, 3), loadavg=load_avg,
         runs=list(results.values()),
     )  # fmt: skip
