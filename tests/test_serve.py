@@ -325,3 +325,63 @@ def test_ddm_serve_command(tmp_path, monkeypatch, model) -> None:
         loaded = seen["app"].state.scheduler.model
         assert r.json()["choices"][0]["text"] == _solo(loaded, "", 6, seed=2, steps=5)[0]
     assert Limits().max_n == 8
+
+
+# ---- the page's script, run by node against the live server (no browser here) ---------------------------
+
+_DRIVER = r"""
+const vm = require("vm");
+const [base, script, values] = [process.argv[2], process.argv[3], JSON.parse(process.argv[4])];
+const els = {};
+let anon = 0;
+function el(id) {
+  if (!els[id]) els[id] = {id, value: values[id] ?? "", className: "", dataset: {}, style: {}, children: [],
+    _text: "", appendChild(c) { this.children.push(c); }, addEventListener(ev, f) { this.handler = f; }};
+  return els[id];
+}
+const masked = [];  // the masked count of each drawing of the canvas
+Object.defineProperty(el("canvas"), "textContent", {
+  get() { return this._text; },
+  set(v) {
+    this._text = v;
+    if (this.children.length) masked.push(this.children.filter((c) => c.className === "mask").length);
+    this.children = [];
+  }});
+globalThis.document = {getElementById: el, createElement: () => el("anon" + anon++)};
+const realFetch = fetch;
+globalThis.fetch = (url, opts) => realFetch(base + url, opts);
+vm.runInThisContext(script);
+el("go").handler().then(() => {
+  const c = el("canvas");
+  masked.push(c.children.filter((x) => x.className === "mask").length);
+  console.log(JSON.stringify({final: c.dataset.final, masked, stats: el("stats").textContent}));
+});
+"""
+
+
+def test_the_page_fills_the_canvas_live(live, model, tmp_path) -> None:
+    """The page's own script (a DOM stub under node) streams a completion: the canvas changes at least 3
+    times, from all masked to none, and the final text equals the API's for the same seed."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script cannot be run without a browser")
+    url, _ = live
+    page = httpx.get(f"{url}/").text
+    script = page.split("<script>")[1].split("</script>")[0]
+    driver = tmp_path / "driver.js"
+    driver.write_text(_DRIVER)
+    values = {"prompt": "ab", "max_tokens": "10", "steps": "6", "predictor": "analytic", "temperature": "1",
+              "top_p": "1", "seed": "21", "order": "", "key": ""}  # fmt: skip
+    out = subprocess.run([node, str(driver), url, script, json.dumps(values)], capture_output=True,
+                         text=True, timeout=60, check=True)  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["masked"][0] == 10 and got["masked"][-1] == 0
+    assert len(set(got["masked"])) >= 3, got  # the canvas changed at least 3 times before it completed
+    api = httpx.post(
+        f"{url}/v1/completions", json=dict(prompt="ab", max_tokens=10, steps=6, seed=21, top_p=1.0)
+    )
+    assert got["final"] == api.json()["choices"][0]["text"] == _solo(model, "ab", 10, seed=21, steps=6)[0]
+    assert "network calls" in got["stats"]
