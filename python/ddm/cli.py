@@ -1,4 +1,4 @@
-"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`.
+"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`, `ddm serve`.
 
 The top layer of the package: it imports every layer below and nothing imports it. Each subcommand is a
 `Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry: `add_arguments(parser)`
