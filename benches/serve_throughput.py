@@ -80,6 +80,46 @@ def run_clients(url: str, bodies: list[dict], clients: int) -> tuple[float, list
     return time.perf_counter() - t0, latencies
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
+
+
+def soak(url: str, args: argparse.Namespace) -> dict:
+    """`--clients` clients send requests for `--soak-s` seconds, each checking its text against the one
+    the same seed gave before; nothing may be lost, fail or differ. RSS at the start and the end."""
+    start_rss, stop = rss_mb(), time.monotonic() + args.soak_s
+    counts = {"ok": 0, "failed": 0, "differed": 0}
+    lock = threading.Lock()
+    seen: dict[int, str] = {}
+
+    def worker(k: int) -> None:
+        i = k
+        with httpx.Client(timeout=600) as c:
+            while time.monotonic() < stop:
+                body = dict(max_tokens=args.max_tokens, steps=args.steps, seed=i % 64)
+                try:
+                    text = c.post(f"{url}/v1/completions", json=body).json()["choices"][0]["text"]
+                except Exception:
+                    with lock:
+                        counts["failed"] += 1
+                    continue
+                with lock:
+                    counts["ok"] += 1
+                    counts["differed"] += int(seen.setdefault(i % 64, text) != text)
+                i += args.clients
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return dict(
+        soak_s=args.soak_s, clients=args.clients, **counts, rss_start_mb=start_rss, rss_end_mb=rss_mb()
+    )
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
@@ -93,6 +133,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--soak-s", type=float, default=0, help="then a soak of this many seconds")
     p.add_argument("--out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,6 +185,8 @@ def main() -> None:
         overhead_1_client=round(results[1]["wall_s"] / in_process - 1, 3), loadavg=load_avg,
         runs=list(results.values()),
     )  # fmt: skip
+    if args.soak_s:
+        summary["soak"] = soak(url, args)
     print(json.dumps(summary, indent=1))
     if args.out:
         with open(args.out, "w") as f:
