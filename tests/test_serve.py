@@ -14,7 +14,7 @@ from ddm.graphs import Absorbing
 from ddm.model import ModelConfig, ScoreModel
 from ddm.sampling import sample
 from ddm.schedules import LogLinear
-from ddm.serve import Limits, Scheduler
+from ddm.serve import Scheduler
 from ddm.tokenizers import CharTokenizer
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
@@ -324,7 +324,6 @@ def test_ddm_serve_command(tmp_path, monkeypatch, model) -> None:
         r = c.post("/v1/completions", json=dict(max_tokens=6, seed=2, steps=5), headers=auth)
         loaded = seen["app"].state.scheduler.model
         assert r.json()["choices"][0]["text"] == _solo(loaded, "", 6, seed=2, steps=5)[0]
-    assert Limits().max_n == 8
 
 
 # ---- the page's script, run by node against the live server (no browser here) ---------------------------
