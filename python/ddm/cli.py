@@ -1,4 +1,4 @@
-"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`.
+"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`, `ddm serve`.
 
 The top layer of the package: it imports every layer below and nothing imports it. Each subcommand is a
 `Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry: `add_arguments(parser)`
@@ -43,6 +43,7 @@ from ddm.io import checkpoint, is_sedd_checkpoint, load
 from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
 from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
+from ddm.serve import Limits, Scheduler
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config
 from ddm.training.loop import train
@@ -493,6 +494,60 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 register("sample", "generate text from a checkpoint (ddm.sampling.sample)", _sample_arguments, _run_sample)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ddm serve
+# ---------------------------------------------------------------------------------------------------
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="checkpoint, run directory or SEDD checkpoint"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/")
+    p.add_argument("--device", default=None, help="device for the model (default: cpu)")
+    p.add_argument(
+        "--max-active", type=positive_int, default=16, metavar="N", help="requests sampling at once"
+    )
+    p.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests waiting (503 past it)")
+    p.add_argument(
+        "--max-batch-tokens", type=positive_int, default=16384, metavar="T", help="rows x length per forward"
+    )
+    p.add_argument("--max-n", type=positive_int, default=8, metavar="N", help="largest n of a request")
+    p.add_argument("--max-steps", type=positive_int, default=1024, metavar="N", help="largest steps")
+    p.add_argument(
+        "--max-tokens", type=positive_int, metavar="N", help="largest max_tokens (default: seq_len)"
+    )
+    p.add_argument("--max-body-bytes", type=positive_int, default=65536, metavar="B", help="largest body")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    """Load the checkpoint once and serve it (`ddm.serve`) until interrupted."""
+    try:
+        import uvicorn  # the serve extra is optional: imported only for this command
+
+        from ddm.serve.app import create_app  # needs fastapi (the serve extra)
+    except ImportError as e:
+        raise DdmError(f"ddm serve needs the serve extra: pip install 'ddm[serve]' ({e})") from e
+    model = load(args.checkpoint, device=resolve_device(args.device))
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens, max_n=args.max_n,
+                    max_steps=args.max_steps)  # fmt: skip
+    sched = Scheduler(model, max_batch_tokens=args.max_batch_tokens, max_active=args.max_active,
+                      max_queue=args.max_queue)  # fmt: skip
+    name = Path(args.checkpoint).name or "ddm"
+    app = create_app(model, model_name=name, limits=limits, api_key=args.api_key, scheduler=sched)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+register(
+    "serve", "serve a checkpoint over the OpenAI completions API (ddm.serve)", _serve_arguments, _run_serve
+)
 
 
 # ---------------------------------------------------------------------------------------------------
