@@ -332,7 +332,7 @@ class TrainConfig:
             raise InvalidArgument(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
 
     def _validate_finetune(self) -> None:
-        """The fine-tuning fields (issue 31)."""
+        """The fine-tuning fields."""
         if not 0.0 <= self.random_length_fraction < 1.0:
             raise InvalidArgument(
                 f"random_length_fraction must be in [0, 1), got {self.random_length_fraction!r}"
