@@ -7,7 +7,7 @@ import math
 import ddm.graphs
 import pytest
 import torch
-from ddm.errors import InvalidArgument
+from ddm.errors import BackendError, InvalidArgument
 from ddm.graphs import Absorbing, Graph, Uniform, _check_scores, _dse_term, from_config
 from ddm.sampling import Sampler, sample
 from ddm.schedules import Geometric
@@ -495,3 +495,23 @@ def test_third_graph_samples_exactly_on_torch(predictor: str) -> None:
     exact = sampler_law(model, s)
     assert tv(exact, p0.reshape(-1)) < 0.05  # the discretisation error of 64 steps (first order)
     assert chi2_pvalue(got * draws, exact) > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["rust", "auto"])
+def test_third_graph_is_refused_by_the_rust_backend(backend: str) -> None:
+    # the Rust core has kernels for Absorbing and Uniform only: a third graph on the CPU must never run
+    # one of them, whether the Rust backend is asked for or chosen by "auto"
+    pytest.importorskip("ddm._core", reason="needs the built Rust core")
+    g = CycleWalk(3)
+    model = ExactScore(g, correlated_law(3, 2))
+    if backend == "rust":
+        with pytest.raises(BackendError, match="CycleWalk"):
+            sample(model, 4, graph=g, schedule=Geometric(), batch_size=2, seq_len=2, seed=0, backend=backend)
+    else:  # "auto" resolves to torch for a graph the core does not know, and samples exactly there
+        got = sample(
+            model, 4, graph=g, schedule=Geometric(), batch_size=2, seq_len=2, seed=0, backend=backend
+        )
+        want = sample(
+            model, 4, graph=g, schedule=Geometric(), batch_size=2, seq_len=2, seed=0, backend="torch"
+        )
+        assert torch.equal(got, want)

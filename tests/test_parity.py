@@ -180,7 +180,7 @@ def _force_torch_corruption(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the torch reference ran the Rust corruption")
 
-    monkeypatch.setattr("ddm.sampling.ops.native_available", lambda: False)
+    monkeypatch.setattr("ddm.sampling.ops._native", lambda: None)
     monkeypatch.setattr("ddm.training.objective.native_available", lambda: False)
     monkeypatch.setattr("ddm.sampling.ops.RustOps.corrupt", refuse)
 

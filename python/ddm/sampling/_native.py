@@ -38,7 +38,7 @@ from ddm.graphs import Absorbing, Uniform
 # `from ddm import _core` reads to it as an import of the package root (and every layer under it).
 _core = importlib.import_module("ddm._core")
 
-__all__ = ["KINDS", "corrupt", "reverse_step", "proposal_step", "propose"]
+__all__ = ["KINDS", "corrupt", "reverse_step", "proposal_step", "propose", "supports"]
 
 KINDS = ("euler", "analytic", "denoise")
 # What a step's `level` is, by kind (the name used in error messages).
@@ -47,6 +47,11 @@ _LEVEL_ARG = {"euler": "rate_dt", "analytic": "dsigma", "denoise": "sigma"}
 _GRAPH_KINDS: dict[type, str] = {Absorbing: "absorbing", Uniform: "uniform"}
 
 _T = TypeVar("_T")
+
+
+def supports(graph: Any) -> bool:
+    """Whether the Rust core has a kernel for `graph` (by its exact type)."""
+    return type(graph) in _GRAPH_KINDS
 
 
 def _graph(graph: Any) -> tuple[str, int]:

@@ -260,21 +260,25 @@ def corrupt(
     """`Ops.corrupt` on the backend `"auto"` picks for `x`'s device (the Rust core on the CPU where it is
     built): bit-identical either way, so callers (`Sampler.add_noise`, the keyed training loss) need not
     choose."""
-    return get_ops("auto", x.device).corrupt(graph, x, sigma, seed, step, seq_offset, stream=stream)
+    return get_ops("auto", x.device, graph).corrupt(graph, x, sigma, seed, step, seq_offset, stream=stream)
 
 
-def get_ops(backend: Any = "auto", device: Any = "cpu") -> Ops:
-    """The backend for tensors on `device`: `"auto"` (Rust on the CPU when the core is built, else torch),
-    `"rust"` or `"torch"`.
+def get_ops(backend: Any = "auto", device: Any = "cpu", graph: Any = None) -> Ops:
+    """The backend for tensors on `device`: `"auto"` (Rust on the CPU when the core is built and has a
+    kernel for `graph`, else torch), `"rust"` or `"torch"`.
 
     Raises:
         InvalidArgument: an unknown backend name.
-        BackendError: `"rust"` without the compiled core.
+        BackendError: `"rust"` without the compiled core (or, at the first step, for a graph it has no
+            kernel for).
     """
     if backend not in BACKENDS:
         raise InvalidArgument(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return _TORCH
-    if backend == "rust" or (torch.device(device).type == "cpu" and native_available()):
+    if backend == "rust":
+        return RustOps()
+    native = _native() if torch.device(device).type == "cpu" else None
+    if native is not None and (graph is None or native.supports(graph)):
         return RustOps()
     return _TORCH

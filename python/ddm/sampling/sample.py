@@ -266,7 +266,7 @@ def sample(
     model_device, sigma_dtype = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
     if getattr(model, "block_size", 0):
-        ops = get_ops(backend, device)
+        ops = get_ops(backend, device, graph)
         seed = random_seed() if seed is None else check_seed(seed)
         x, stats = _sample_blocks(model, sampler, run, ops, device, batch_size, prefix, suffix, infill, seed,
                                   progress)  # fmt: skip
@@ -286,7 +286,7 @@ def sample(
         raise InvalidArgument(
             f"seq_len={seq_len} is longer than the model's seq_len={model_len} (its maximum)"
         )
-    ops = get_ops(backend, device)
+    ops = get_ops(backend, device, graph)
     seed = random_seed() if seed is None else check_seed(seed)
     cache = run.cache
     if cache is None:

@@ -410,7 +410,7 @@ class Sampler:
         k = self._check_index(t_index)
         seed = _seed_of(seed, generator)
         rows = _rows(x.shape[0], seq_offset, x.device)
-        ops = get_ops(backend, x.device)
+        ops = get_ops(backend, x.device, self.graph)
         new = self.predictor.step(self._grid("step"), log_score, k, x, ops=ops, seed=seed, rows=rows, out=out)
         return SamplerOutput(prev_sample=new)
 
@@ -474,7 +474,7 @@ class Sampler:
         sigma = self.schedule.total_noise(t).to(torch.float64).expand(x0.shape[0])  # (B,)
         if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.graph.dim):
             raise InvalidArgument(f"x0 holds ids outside [0, {self.graph.dim - 1}]")
-        ops = get_ops("auto", x0.device)
+        ops = get_ops("auto", x0.device, self.graph)
         return ops.corrupt(
             self.graph,
             x0.contiguous(),
