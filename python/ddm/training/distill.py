@@ -31,12 +31,15 @@ import torch
 
 from ddm import _rng
 from ddm._categorical import inverse_cdf
-from ddm.data import load_corpus
+from ddm._device import resolve_device
+from ddm.data import Corpus, load_corpus
 from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
+from ddm.io import run
 from ddm.io.load import load as load_any
 from ddm.model import ScoreModel
 from ddm.training.callbacks import JsonlLog
+from ddm.training.rundata import cached_tokens
 from ddm.training.trainer import say
 
 __all__ = ["LOSSES", "DistillConfig", "distill", "sdtt_loss", "step_law", "teacher_two_step_law"]
@@ -46,60 +49,45 @@ STREAM_TIME = _rng.STREAMS["distill_time"]
 STREAM_CORRUPT = _rng.STREAMS["distill_corrupt"]
 STREAM_TEACHER = _rng.STREAMS["distill_teacher_step"]
 _U64 = (1 << 64) - 1
-_TINY = 1e-300
+_TINY = 1e-300  # the floor of a probability inside a log (float64)
 # Fields that define the student: a resumed run must keep them.
 _RESUME_FIELDS = (
     "rounds", "steps_per_round", "teacher_steps", "dt_schedule", "loss", "lr", "warmup_steps", "batch_size",
     "seq_len", "grad_clip", "seed", "data",
-)  # fmt: skip  # the floor of a probability inside a log (float64)
+)  # fmt: skip
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """What a distillation run does (`ddm distill` flags of the same names).
+    """What a distillation run does; each field's help is in its metadata (`ddm distill --FIELD`)."""
 
-    Attributes:
-        run_dir: the run directory (checkpoints, teachers, log).
-        rounds: SDTT rounds, >= 1; each halves the student's step count.
-        steps_per_round: optimizer steps per round (SDTT: 10k); 0 leaves the student the teacher.
-        teacher_steps: the first teacher's step count: `dt_0 = 1 / teacher_steps` (SDTT: 1024).
-        dt_schedule: optional explicit teacher step size of each round (`rounds` values, `2 dt <= 1`);
-            empty: `dt_r = 2^r / teacher_steps`.
-        loss: `"reverse_kl"` (KL(student || teacher), SDTT's best), `"forward_kl"` or `"tvd"`.
-        lr: the AdamW learning rate (constant after `warmup_steps` of each round).
-        warmup_steps: linear warm-up at the start of each round.
-        batch_size: sequences per optimizer step.
-        grad_accum: micro-batches per step (the same batch and noise, split).
-        seq_len: tokens per sequence (0: the teacher's).
-        grad_clip: clip the gradient norm to this (0: off).
-        seed: keys the data offsets, times, corruptions and the teacher's draws.
-        data: the training data (as `TrainConfig.data`); "": the teacher's own training data.
-        save_every: optimizer steps between checkpoints (and one at the end of each round).
-        keep_checkpoints: how many recent student checkpoints to keep.
-        log_every: steps between log lines.
-        progress: progress on stderr: a bar with an ETA on a terminal, else a line per log record.
-        device: "cpu", "cuda", "cuda:N" or "auto".
-    """
-
-    run_dir: str = "runs/distill"
-    rounds: int = 3
-    steps_per_round: int = 500
-    teacher_steps: int = 128
-    dt_schedule: tuple[float, ...] = field(default_factory=tuple)
-    loss: str = "reverse_kl"
-    lr: float = 6e-5
-    warmup_steps: int = 0
-    batch_size: int = 16
-    grad_accum: int = 1
-    seq_len: int = 0
-    grad_clip: float = 1.0
-    seed: int = 0
-    data: str = ""
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
-    device: str = "cpu"
+    run_dir: str = _f(
+        "runs/distill", "run directory: student checkpoints, the teachers of the rounds, the log"
+    )
+    rounds: int = _f(3, "SDTT rounds, >= 1; each halves the student's step count (SDTT: 7)")
+    steps_per_round: int = _f(500, "optimizer steps per round (SDTT: 10k); 0 leaves the student the teacher")
+    teacher_steps: int = _f(128, "the first teacher's step count: dt_0 = 1 / teacher_steps (SDTT: 1024)")
+    dt_schedule: tuple[float, ...] = _f(
+        (), "the teacher's step size dt of each round (one per round, 2 dt in (0, 1]); empty: dt doubles"
+    )
+    loss: str = _f("reverse_kl", "'reverse_kl' (KL(student || teacher), SDTT's best), 'forward_kl' or 'tvd'")
+    lr: float = _f(6e-5, "AdamW learning rate, constant after the warm-up (SDTT: 6e-5)")
+    warmup_steps: int = _f(0, "linear learning-rate warm-up at the start of each round")
+    batch_size: int = _f(16, "sequences per optimizer step")
+    grad_accum: int = _f(1, "micro-batches per step (the same batch and noise, split)")
+    seq_len: int = _f(0, "tokens per sequence (0: the teacher's)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
+    seed: int = _f(0, "keys the data offsets, the times, the corruption and the teacher's draws")
+    data: str = _f("", "training data (as ddm train's --data); '': the teacher's own (its cached tokens)")
+    save_every: int = _f(100, "optimizer steps between checkpoints (and one at the end of each round)")
+    keep_checkpoints: int = _f(2, "how many recent student checkpoints to keep")
+    log_every: int = _f(10, "steps between lines of the log (log.jsonl)")
+    progress: bool = _f(True, "progress on stderr: a bar with an ETA on a terminal, else a line per log line")
+    device: str = _f("cpu", "'cpu', 'cuda', 'cuda:N' or 'auto'")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dt_schedule", tuple(float(d) for d in self.dt_schedule))
@@ -357,6 +345,12 @@ def _corpus(config: DistillConfig, teacher: ScoreModel, saved: dict[str, Any] | 
         )
     if getattr(teacher, "tokenizer", None) is None:
         raise InvalidArgument("distill: the teacher has no tokenizer, so its data cannot be tokenized")
+    teacher_run = (
+        run.run_dir_of(teacher.checkpoint_path) if getattr(teacher, "checkpoint_path", None) else None
+    )
+    cache = cached_tokens(teacher_run) if teacher_run is not None and not config.data else None
+    if cache is not None and cache.tokenizer == teacher.tokenizer.to_config():  # the teacher's own tokens
+        return Corpus(cache.open(), teacher.tokenizer, train.get("val_fraction", 0.1))
     options = {k: train[k] for k in ("val_fraction", "text_field", "unknown") if k in train}
     if train.get("separator"):
         options["separator"] = train["separator"]
@@ -405,11 +399,7 @@ class _Run:
     def __init__(self, teacher: Any, config: DistillConfig, student: Any, resume: bool) -> None:
         self.cfg = config
         self.run_dir = Path(config.run_dir)
-        self.device = torch.device(
-            "cuda"
-            if config.device == "auto" and torch.cuda.is_available()
-            else ("cpu" if config.device == "auto" else config.device)
-        )
+        self.device = resolve_device(config.device)
         model, saved, self.teacher_name = _load_teacher(teacher)
         check_teacher(model)
         if student is not None:
