@@ -108,6 +108,12 @@ def test_student_is_an_ordinary_checkpoint(teacher_path, tmp_path):
     rec = ddm.io.checkpoint.read_config(path)["distill"]
     assert rec["teacher"] == str(teacher_path) and rec["teacher_steps"] == 8 and rec["student_steps"] == 2
     assert not _same(_weights(student), _weights(ddm.load(teacher_path)))  # it trained
+    card_dir = tmp_path / "card"
+    ddm.io.hub.save_pretrained(student, card_dir)
+    assert (
+        "## Distillation" in (card_dir / "README.md").read_text()
+        and "**2 steps**" in (card_dir / "README.md").read_text()
+    )
     for name in predictors.names():
         x = ddm.sample(student, 2, predictor=name, batch_size=2, seed=1)
         assert x.shape == (2, student.seq_len) and int(x.max()) < student.graph.vocab_size, name

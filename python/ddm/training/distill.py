@@ -1,5 +1,5 @@
 """Few-step sampling by distillation: SDTT, self-distillation through time (Deschenaux & Gulcehre 2024,
-arXiv 2410.21035), for absorbing models (docs/math.md section 12).
+arXiv 2410.21035), for absorbing models (docs/math.md section 13).
 
 `distill(teacher, config)` trains a student that takes one analytic step of size `2 dt` where its teacher
 takes two of size `dt`. The student starts as a copy of the teacher. A training step draws clean blocks of
@@ -150,7 +150,7 @@ class DistillConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The laws (docs/math.md section 12)
+# The laws (docs/math.md section 13)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -187,7 +187,7 @@ def teacher_two_step_law(
     at the uniforms `u`). Where `z` unmasked position i itself, the teacher at `z` says nothing about i
     (the absorbing chain keeps it), and `r_i` is taken at `x_t`: `a_i + m_i r_i` is then the teacher's
     one `2dt` step at `x_t`. For a teacher whose posteriors do not depend on the context (a product law)
-    the result is the teacher's `2dt` law exactly (docs/math.md section 12).
+    the result is the teacher's `2dt` law exactly (docs/math.md section 13).
 
     Args:
         teacher: the score model (no gradients are taken).
