@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 
 import ddm
 import pytest
@@ -184,3 +185,30 @@ def test_cli_distill_trains_a_student_that_ddm_sample_uses(teacher_path, tmp_pat
     assert main(["sample", "--checkpoint", str(run_dir), "--steps", "2", "--num", "1"]) == 0
     assert main(["distill", str(teacher_path), "--run-dir", str(tmp_path / "x"), "--rounds", "0"]) == 2
     assert "rounds must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_resumes_exactly(teacher_path, tmp_path, monkeypatch, capsys):
+    """SIGINT during a step: the step finishes, a checkpoint is saved, the resume equals the whole run."""
+    whole = ddm.load(distill(teacher_path, _cfg(tmp_path, "whole", save_every=100)))
+    real_step = dst._Run.train_step
+
+    def interrupted(self, *a, **kw):
+        if self.step == 1:
+            signal.raise_signal(signal.SIGINT)  # the handler only sets a flag: the step goes on
+        return real_step(self, *a, **kw)
+
+    cfg = _cfg(tmp_path, "ctrlc", save_every=100)
+    monkeypatch.setattr(dst._Run, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher_path, cfg)
+    assert ddm.io.run.steps(tmp_path / "ctrlc") == [2] and "resume with" in capsys.readouterr().err
+    monkeypatch.setattr(dst._Run, "train_step", real_step)
+    assert _same(_weights(whole), _weights(ddm.load(distill(teacher_path, cfg, resume=True))))
+
+
+def test_a_dwdse_teacher_distils(tmp_path):
+    """A time-conditioned absorbing score model (the DWDSE objective) is a teacher too."""
+    teacher = ddm.train(tiny_run(tmp_path / "t", objective="diffusion", dropout=0.0, steps=2))
+    student = ddm.load(distill(teacher, _cfg(tmp_path, rounds=1, steps_per_round=2)))
+    assert not _same(_weights(student), _weights(ddm.load(teacher)))
+    assert ddm.sample(student, 4, batch_size=2, seed=0).shape == (2, student.seq_len)

@@ -40,7 +40,7 @@ from ddm.io.load import load as load_any
 from ddm.model import ScoreModel
 from ddm.training.callbacks import JsonlLog
 from ddm.training.rundata import cached_tokens
-from ddm.training.trainer import say
+from ddm.training.trainer import _Interrupt, say  # the Ctrl-C seam training's loop uses
 
 __all__ = ["LOSSES", "DistillConfig", "distill", "sdtt_loss", "step_law", "teacher_two_step_law"]
 
@@ -216,7 +216,8 @@ def teacher_two_step_law(
 def divergence(kind: str, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-position divergence `[b, L]` between the student's law and the teacher's (float64)."""
     if kind == "reverse_kl":
-        return (torch.xlogy(student, student) - student * torch.log(target.clamp_min(_TINY))).sum(-1)
+        # not xlogy(p, p): its gradient at p = 0 (a clipped step law) is -inf, and NaN after the product
+        return (student * (torch.log(student.clamp_min(_TINY)) - torch.log(target.clamp_min(_TINY)))).sum(-1)
     if kind == "forward_kl":
         return (torch.xlogy(target, target) - target * torch.log(student.clamp_min(_TINY))).sum(-1)
     if kind == "tvd":
@@ -498,26 +499,43 @@ class _Run:
         )
 
     def fit(self) -> Path:
-        cfg, dts = self.cfg, self.cfg.dts()
+        """Runs the rounds from `step`; Ctrl-C saves a checkpoint at the end of the step in progress."""
+        interrupt = _Interrupt("ddm distill")
         log = JsonlLog(self.run_dir, self.step if self.step else None)
-        progress = _Progress(cfg.progress, self.total, self.step)
+        progress = _Progress(self.cfg.progress, self.total, self.step)
         last = ckpt.latest(self.run_dir) if self.step else None
         try:
-            while self.step < self.total:
-                r, first = divmod(self.step, cfg.steps_per_round)
-                teacher, opt = self.round_teacher(r), self.optimizer(first == 0)
-                for k in range(first, cfg.steps_per_round):
-                    loss = self.train_step(teacher, opt, dts[r], k)
-                    record = {"step": self.step, "round": r, "dt": dts[r], "loss": loss}
-                    if self.step % cfg.log_every == 0 or k == cfg.steps_per_round - 1:
-                        log.on_log(None, record)  # type: ignore[arg-type]  (JsonlLog reads the record only)
-                        progress.update(record, self.step)
-                    if self.step % cfg.save_every == 0 or k == cfg.steps_per_round - 1:
-                        last = self.save(opt)
-                self.optimizer_state = None
+            with interrupt.installed():
+                while self.step < self.total:
+                    last = self._round(log, progress, interrupt) or last
         finally:
             progress.close()
         return last if last is not None else self.save(None)
+
+    def _round(self, log: JsonlLog, progress: _Progress, interrupt: _Interrupt) -> Path | None:
+        """The rest of the round `step` is in; returns its last checkpoint."""
+        cfg, dts, last = self.cfg, self.cfg.dts(), None
+        r, first = divmod(self.step, cfg.steps_per_round)
+        teacher, opt = self.round_teacher(r), self.optimizer(first == 0)
+        for k in range(first, cfg.steps_per_round):
+            loss = self.train_step(teacher, opt, dts[r], k)
+            record = {"step": self.step, "round": r, "dt": dts[r], "loss": loss}
+            end = k == cfg.steps_per_round - 1
+            if self.step % cfg.log_every == 0 or end:
+                log.on_log(None, record)  # type: ignore[arg-type]  (JsonlLog reads the record only)
+                progress.update(record, self.step)
+            if self.step % cfg.save_every == 0 or end or interrupt.requested:
+                last = self.save(opt)
+            if interrupt.requested:
+                say(f"ddm distill: stopped at step {self.step}; checkpoint {last}")
+                say(f"  resume with: {self.resume_hint()}")
+                raise KeyboardInterrupt
+        self.optimizer_state = None
+        return last
+
+    def resume_hint(self) -> str:
+        """What continues this run."""
+        return f"ddm distill TEACHER --resume --run-dir {self.run_dir} (with the same options)"
 
 
 def distill(
