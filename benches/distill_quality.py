@@ -20,8 +20,8 @@ import torch
 from ddm.data import Corpus
 from ddm.eval.metrics import gen_perplexity, real_word_fraction, unigram_entropy
 from ddm.io import checkpoint, run
+from ddm.io.rundata import cached_tokens
 from ddm.training.distill import DistillConfig, distill
-from ddm.training.rundata import cached_tokens
 
 
 def _measure(model, steps, judge, vocabulary, *, num, seed):

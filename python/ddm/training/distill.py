@@ -37,9 +37,9 @@ from ddm.errors import CheckpointError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
 from ddm.io import run
 from ddm.io.load import load as load_any
+from ddm.io.rundata import cached_tokens
 from ddm.model import ScoreModel
 from ddm.training.callbacks import JsonlLog
-from ddm.training.rundata import cached_tokens
 from ddm.training.trainer import _Interrupt, say  # the Ctrl-C seam training's loop uses
 
 __all__ = ["LOSSES", "DistillConfig", "distill", "sdtt_loss", "step_law", "teacher_two_step_law"]
