@@ -212,3 +212,10 @@ def test_a_dwdse_teacher_distils(tmp_path):
     student = ddm.load(distill(teacher, _cfg(tmp_path, rounds=1, steps_per_round=2)))
     assert not _same(_weights(student), _weights(ddm.load(teacher)))
     assert ddm.sample(student, 4, batch_size=2, seed=0).shape == (2, student.seq_len)
+
+
+def test_a_loaded_model_is_a_teacher_with_its_data(teacher_path, tmp_path):
+    """A model object from ddm.load finds its training data through its checkpoint, like the path."""
+    by_model = ddm.load(distill(ddm.load(teacher_path), _cfg(tmp_path, "m", rounds=1, steps_per_round=1)))
+    by_path = ddm.load(distill(teacher_path, _cfg(tmp_path, "p", rounds=1, steps_per_round=1)))
+    assert _same(_weights(by_model), _weights(by_path))

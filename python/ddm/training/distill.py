@@ -272,22 +272,22 @@ def sdtt_loss(
 
 
 def _load_teacher(teacher: Any) -> tuple[ScoreModel, dict[str, Any] | None, str]:
-    """The teacher model, its checkpoint config (None for an in-memory model) and how to name it."""
+    """The teacher model, its checkpoint config (None without one: a Hub, SEDD or in-memory model) and
+    how to name it."""
     if isinstance(teacher, torch.nn.Module):
-        return (
-            teacher,
-            None,
-            getattr(teacher, "checkpoint_path", None) and str(teacher.checkpoint_path) or "<in-memory model>",
-        )
+        model, name = teacher, str(getattr(teacher, "checkpoint_path", None) or "<in-memory model>")
+    else:
+        try:
+            model = load_any(teacher)
+        except (CheckpointError, FileNotFoundError, OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"distill: the teacher {str(teacher)!r} does not load: {e}") from e
+        name = str(teacher)
+    path = getattr(model, "checkpoint_path", None)
     try:
-        model = load_any(teacher)
-    except (CheckpointError, FileNotFoundError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"distill: the teacher {str(teacher)!r} does not load: {e}") from e
-    try:
-        cfg = ckpt.read_config(model.checkpoint_path)
-    except (CheckpointError, FileNotFoundError):
+        cfg = ckpt.read_config(path) if path is not None else None
+    except (CheckpointError, FileNotFoundError, OSError):
         cfg = None  # a Hub / SEDD layout: its config is rebuilt from the model
-    return model, cfg, str(teacher)
+    return model, cfg, name
 
 
 def check_teacher(model: Any) -> None:
