@@ -380,7 +380,7 @@ class _Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(round=record["round"], loss=f"{record['loss']:.4f}", refresh=False)
+            self.bar.set_postfix(round=record["round"] + 1, loss=f"{record['loss']:.4f}", refresh=False)
             return
         done = step - self.start
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
