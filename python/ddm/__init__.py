@@ -4,6 +4,8 @@ The public API:
 
 - `ddm.sample(model, steps, ...)`: generate with Euler or Tweedie tau-leaping (`ddm.sampling`).
 - `ddm.train(config)`: DWDSE training from a `TrainConfig`, a dict or a TOML file (`ddm.training`).
+- `ddm.distill(teacher, DistillConfig(...))`: a few-step student of an absorbing model by SDTT
+  (`ddm.training.distill`).
 - `ddm.likelihood_bound(model, chunks, ...)`: the likelihood bound on held-out data (`ddm.eval`).
 - `ddm.load(path_or_hub_id)`: a ddm checkpoint, a `save_pretrained` directory, a published SEDD
   checkpoint, or a Hub id `"user/repo"` through the local Hugging Face cache, ready to sample (`ddm.io`).
@@ -35,18 +37,21 @@ from ddm.model import ScoreModel  # noqa: E402
 from ddm.sampling import Sampler, sample  # noqa: E402
 from ddm.schedules import Geometric, LogLinear  # noqa: E402
 from ddm.training import train  # noqa: E402
+from ddm.training.distill import DistillConfig, distill  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Absorbing",
     "DdmError",
+    "DistillConfig",
     "Geometric",
     "LogLinear",
     "Sampler",
     "ScoreModel",
     "Uniform",
     "__version__",
+    "distill",
     "dwdse",
     "graphs",
     "likelihood_bound",

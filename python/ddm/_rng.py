@@ -45,6 +45,9 @@ STREAMS: dict[str, int] = {
     "train_length": 0x5EED0106,  # pretraining: the steps cut to a random length (keyed_length)
     "train_epoch_order": 0x5EED01E0,  # training by epochs: each epoch's permutation of the windows
     "train_epoch_phase": 0x5EED01E1,  # training by epochs: each epoch's starting phase
+    "distill_time": 0x5EED0201,  # distillation (SDTT): the keyed times
+    "distill_corrupt": 0x5EED0202,  # distillation: the keyed forward corruption of the data
+    "distill_teacher_step": 0x5EED0203,  # distillation: the teacher's first step draw
 }
 STREAM_STEP = STREAMS["step"]
 STREAM_LIMIT = STREAMS["limit"]

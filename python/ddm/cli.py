@@ -1,4 +1,5 @@
-"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`, `ddm serve`.
+"""The `ddm` command line: `ddm train`, `ddm eval`, `ddm sample`, `ddm report`, `ddm data`, `ddm serve`,
+`ddm distill`.
 
 The top layer of the package: it imports every layer below and nothing imports it. Each subcommand is a
 `Subcommand(name, help, add_arguments, run)` in the `SUBCOMMANDS` registry: `add_arguments(parser)`
@@ -46,6 +47,7 @@ from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
 from ddm.serve import Limits, Scheduler
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config
+from ddm.training.distill import DistillConfig, distill
 from ddm.training.loop import train
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "register"]
@@ -617,6 +619,56 @@ register(
     "quality report: bound vs autoregressive NLL, generative perplexity and entropy vs steps",
     _report_arguments,
     _run_report,
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ddm distill
+# ---------------------------------------------------------------------------------------------------
+
+
+def _distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "teacher", help="the teacher: a checkpoint or run directory, a Hub id or a SEDD checkpoint"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint"
+    )
+    g = p.add_argument_group("distillation (fields of ddm.training.distill.DistillConfig)")
+    for f in fields(DistillConfig):
+        flag, help_text = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default {f.default!r})"
+        if f.name == "dt_schedule":
+            g.add_argument(flag, dest=f.name, default=None, metavar="DT,DT,...", help=help_text)
+        elif isinstance(f.default, bool):
+            g.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            g.add_argument(
+                flag, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(), help=help_text
+            )
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    given = {
+        f.name: getattr(args, f.name) for f in fields(DistillConfig) if getattr(args, f.name) is not None
+    }
+    if "dt_schedule" in given:
+        try:
+            given["dt_schedule"] = tuple(float(v) for v in given["dt_schedule"].split(",") if v.strip())
+        except ValueError:
+            raise ValueError(
+                f"--dt-schedule must be comma-separated numbers, got {given['dt_schedule']!r}"
+            ) from None
+    cfg = DistillConfig(**given)
+    path = distill(args.teacher, cfg, resume=args.resume)
+    n = cfg.student_steps()
+    print(f"checkpoint: {path} (a {n}-step student: ddm sample --checkpoint {path} --steps {n})")
+    return 0
+
+
+register(
+    "distill", "distil an absorbing model into a few-step student (SDTT)", _distill_arguments, _run_distill
 )
 
 

@@ -339,7 +339,18 @@ def hub_config(model: Any, *, train: dict[str, Any] | None = None, bound: Any = 
         "tokenizer": tokenizer.to_config() if tokenizer is not None else None,
         "train": train if train is not None else run_train,
         "bound": _bound_dict(bound) if bound is not None else run_bound,
+        **_distill_record(model),
     }
+
+
+def _distill_record(model: Any) -> dict[str, Any]:
+    """`{"distill": ...}` of a student written by `ddm distill` (its teacher, step counts), else `{}`."""
+    path = getattr(model, "checkpoint_path", None)
+    try:
+        cfg = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8")) if path else None
+    except (OSError, ValueError):
+        return {}
+    return {"distill": cfg["distill"]} if isinstance(cfg, dict) and "distill" in cfg else {}
 
 
 def _fmt(v: Any) -> str:
@@ -403,6 +414,11 @@ def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
         "",
     ]
     lines += _bound_lines(cfg.get("bound"))
+    if cfg.get("distill"):  # a few-step student (ddm.training.distill)
+        d = cfg["distill"]
+        lines += ["", "## Distillation", "", f"Distilled by {d.get('method', '?').upper()} from "
+                  f"`{d.get('teacher')}` ({d.get('teacher_steps')} steps) for **{d.get('student_steps')} "
+                  f"steps**: `ddm.sample(model, {d.get('student_steps')})`."]  # fmt: skip
     lines += ["", "## Training config", ""]
     if cfg.get("train"):
         lines += ["```json", json.dumps(cfg["train"], indent=1), "```"]

@@ -1,7 +1,8 @@
 """Training: the run config (`config`), the objective's keyed draws and losses (`objective`), the
-`Trainer` and its callbacks (`trainer`, `callbacks`), the optimizers (`optim`) and multi-process training
-on torch.distributed (`distributed`). `train` is the entry point (`loop`). The corpus a run caches and
-records is `ddm.io.rundata`.
+`Trainer` and its callbacks (`trainer`, `callbacks`), the optimizers (`optim`), multi-process training
+on torch.distributed (`distributed`) and SDTT distillation into a few-step student (`distill`, whose
+entry point `ddm.distill` is). `train` is the entry point of training (`loop`). The corpus a run caches
+and records is `ddm.io.rundata`.
 """
 
 from __future__ import annotations

@@ -158,14 +158,14 @@ class _Interrupt:
     """Turns the first SIGINT into a request to stop at the end of the step; a second one stops at once.
     Installed only in the main thread (where Python delivers signals)."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, prog: str = "ddm train") -> None:
+        self.requested, self.prog = False, prog  # prog: the command named in the message (ddm distill too)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        say("ddm train: interrupted: saving a checkpoint at the end of this step (Ctrl-C again to stop now)")
+        say(f"{self.prog}: interrupted: saving a checkpoint at the end of this step (Ctrl-C again: now)")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
