@@ -46,8 +46,8 @@ from ddm.training.config import (
     resolved_data_order,
     with_derived_steps,
 )
-from ddm.training.init_from import resolve_start
 from ddm.training.fsdp import make_parallelism
+from ddm.training.init_from import resolve_start
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 
