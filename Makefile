@@ -11,7 +11,7 @@ WHEELS  ?= $(HOME)/.cache/ddm/wheels
 RUST_SRC := $(wildcard rust/src/*.rs rust/src/*/*.rs) Cargo.toml
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build demo test lint fmt cargo-test pytest bench clean wheel wheel-test sdist-test
+.PHONY: setup build demo test gpu-check lint fmt cargo-test pytest bench clean wheel wheel-test sdist-test
 
 setup: $(DEPS)
 
@@ -65,6 +65,10 @@ pytest: build
 	$(PY) -m pytest -q
 
 test: build lint cargo-test pytest
+
+# On a CUDA machine only (about 5 minutes): the CUDA tests, a bf16 FSDP step, export, sampling on the GPU.
+gpu-check: build
+	PY=$(PY) bash benches/gpu_check.sh
 
 # The product: an abi3 wheel (one file for every CPython >= 3.10) and an sdist, into dist/.
 wheel: $(DEPS) $(RUST_SRC) pyproject.toml

@@ -40,7 +40,7 @@ from ddm.errors import DdmError
 from ddm.eval.bound import conditional_bound, heldout_blocks, likelihood_bound
 from ddm.eval.metrics import exact_nll
 from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
-from ddm.io import checkpoint, is_sedd_checkpoint, load
+from ddm.io import checkpoint, is_sedd_checkpoint, load, sharded
 from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
 from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
@@ -354,7 +354,22 @@ def _eval_pairs(model: Any, args: argparse.Namespace, saved: dict[str, Any]) -> 
     return 0
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a sharded checkpoint directory (or its run directory)"
+    )
+    p.add_argument("out", metavar="OUT", help="the new directory of the plain (safetensors) checkpoint")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """`ddm export`: a sharded (DCP) checkpoint -> the plain checkpoint that sampling and the Hub read."""
+    out = sharded.export(checkpoint.resolve(args.checkpoint), args.out)
+    print(f"wrote {out}")
+    return 0
+
+
 register("train", "train a score model (DWDSE) from a TOML config", _train_arguments, _run_train)
+register("export", "write the plain checkpoint of a sharded (DCP) one", _export_arguments, _run_export)
 register("eval", "likelihood bound of a checkpoint on held-out data", _eval_arguments, _run_eval)
 
 

@@ -405,6 +405,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, e
             checkpoint of the run).
     """
     path = resolve(path)
+    if (path / "sharded").is_dir():  # ddm.io.sharded (imports this module): DCP shards, no safetensors
+        raise CheckpointError(
+            f"{str(path)!r} is a sharded (DCP) checkpoint: write its plain checkpoint with "
+            f"`ddm export {path} OUT` (ddm.io.sharded.export) and load that"
+        )
     weights_name = "ema.safetensors" if ema else "model.safetensors"
     _verify(path, ["config.json", weights_name])
     cfg = read_config(path)

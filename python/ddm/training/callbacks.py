@@ -11,7 +11,6 @@ own.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
@@ -114,7 +113,7 @@ class Evaluation(Callback):
                 f"{cfg.seq_len}: the held-out bound is never evaluated (raise val_fraction, or use a "
                 "longer corpus)"
             )
-        self.eval_model = copy.deepcopy(trainer.model).eval()
+        self.eval_model = trainer.parallel.eval_copy(trainer.model, trainer.new_model).eval()
         val_masks = getattr(corpus, "val_masks", None)  # pairs: the bound of the response given the prompt
         self.scored = None
         if self.val is not None and val_masks is not None:
@@ -171,6 +170,18 @@ class Evaluation(Callback):
             "eval_bits_per_token": nats / math.log(2),
             "eval_stderr_bits": math.sqrt(var) / math.log(2),
         }
+
+
+class EvaluationPeer(Evaluation):
+    """A rank other than 0 of a sharded (FSDP) run: at each evaluation it takes part in gathering the EMA
+    shards (a collective) for rank 0's evaluation, without a model copy or a bound of its own."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.val = True if trainer.corpus.n_val >= trainer.cfg.seq_len else None  # whether rank 0 evaluates
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        if self.due(trainer):
+            trainer.parallel.join_evaluation(trainer.ema)
 
 
 class Checkpointing(Callback):
@@ -325,8 +336,9 @@ class Console(Callback):
 def default_callbacks(trainer: Trainer) -> list[Callback]:
     """The run's own callbacks, in their order: rank 0 logs, evaluates, plots and shows progress; every
     rank takes part in the checkpoints."""
-    if not trainer.env.is_main:
-        return [Checkpointing(), *heldout_callbacks(trainer, None)]
+    if not trainer.env.is_main:  # a sharded model's evaluation gathers the EMA: every rank takes part
+        peers = [EvaluationPeer(trainer)] if trainer.parallel.sharded else []
+        return [*peers, Checkpointing(), *heldout_callbacks(trainer, None)]
     cfg = trainer.cfg
     log = JsonlLog(trainer.run_dir, trainer.step if trainer.resumed else None)
     callbacks: list[Callback] = [log, TrainMetrics(), Evaluation(trainer), Checkpointing()]

@@ -198,6 +198,27 @@ class TrainConfig:
     grad_checkpointing: bool = _f(
         False, "recompute each transformer block's activations in the backward pass (less memory, more time)"
     )
+    # past one device: sharding, checkpoint format, compile (ddm.training.fsdp; docs/distributed.md)
+    parallel: str = _f(
+        "ddp",
+        "several processes: 'ddp' (a whole replica per process) or 'fsdp' (FSDP2: parameters, gradients, "
+        "optimizer state and EMA sharded per transformer block)",
+    )
+    checkpoint_format: str = _f(
+        "plain",
+        "'plain' (safetensors, written by rank 0) or 'sharded' (torch.distributed.checkpoint, every rank "
+        "writes its shard; resumes at any world size; `ddm export` makes it plain)",
+    )
+    compile: bool = _f(
+        False,
+        "torch.compile the network the training step calls (off by default: on this 2-core CPU it does "
+        "not pay, see docs/distributed.md)",
+    )
+    async_save: bool = _f(
+        False,
+        "checkpoint_format 'sharded': write the shards in a background thread while training goes on "
+        "(the checkpoint becomes the latest when the next save or the run's end completes it)",
+    )
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -281,6 +302,7 @@ class TrainConfig:
         self._validate_choices()
         self._validate_combinations()
         self._validate_epochs()
+        self._validate_parallel()
         self.model_config().validate()
         self._validate_finetune()
         if not self.time_conditioning and self.graph != "absorbing":
@@ -423,6 +445,19 @@ class TrainConfig:
             raise InvalidArgument(
                 f"early_stop = {self.early_stop} needs periodic held-out evaluation: set eval_every (steps) "
                 "or eval_every_epochs"
+            )
+
+    def _validate_parallel(self) -> None:
+        """The fields of the group "past one device"."""
+        for name, allowed in (("parallel", ("ddp", "fsdp")), ("checkpoint_format", ("plain", "sharded"))):
+            if getattr(self, name) not in allowed:
+                raise InvalidArgument(
+                    f"{name} must be {allowed[0]!r} or {allowed[1]!r}, got {getattr(self, name)!r}"
+                )
+        if self.parallel == "fsdp" and (self.keep_best or self.early_stop):
+            raise InvalidArgument(
+                "keep_best and early_stop write best/ from rank 0's whole model: not with parallel 'fsdp' "
+                "yet; use parallel 'ddp', or keep the periodic checkpoints (keep_checkpoints)"
             )
 
 

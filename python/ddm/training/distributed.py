@@ -108,8 +108,8 @@ class DistEnv:
         return [float(v) for v in t.cpu()]
 
     def shutdown(self) -> None:
-        """Destroys the process group (no-op in a single process)."""
-        if self.enabled and dist.is_initialized():
+        """Destroys the process group (no-op in a single process without one)."""
+        if self.backend is not None and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -133,7 +133,7 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init(device_name: str, timeout_s: float) -> tuple[DistEnv, torch.device]:
+def init(device_name: str, timeout_s: float, *, group: bool = False) -> tuple[DistEnv, torch.device]:
     """Joins the process group torchrun set up (if any) and picks this process's device.
 
     Args:
@@ -141,6 +141,8 @@ def init(device_name: str, timeout_s: float) -> tuple[DistEnv, torch.device]:
             processes on CUDA, each takes `cuda:LOCAL_RANK`, so `"cuda:N"` is refused).
         timeout_s: timeout of every collective: if a rank dies, the others fail after this long at most
             instead of hanging (torchrun usually stops them sooner).
+        group: set up a process group even for a single process (a one-rank group on an in-memory
+            store, no rendezvous): FSDP's DTensors need one.
 
     Returns:
         `(env, device)`.
@@ -149,7 +151,15 @@ def init(device_name: str, timeout_s: float) -> tuple[DistEnv, torch.device]:
         raise ValueError(f"dist_timeout must be > 0 seconds, got {timeout_s!r}")
     world = _env_int("WORLD_SIZE") if launched_by_torchrun() else None
     if world is None or world <= 1:
-        return DistEnv(), resolve_device(device_name)
+        device = resolve_device(device_name)
+        if not group:
+            return DistEnv(), device
+        backend = backend_for(device)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timedelta(seconds=timeout_s)
+            )
+        return DistEnv(0, 1, 0, backend), device
     rank = _env_int("RANK") or 0
     local_rank = _env_int("LOCAL_RANK") or 0
     device = resolve_device(device_name)

@@ -73,7 +73,7 @@ def train(
         The checkpoint directory written last.
     """
     cfg = _as_config(config)
-    env, device = ddist.init(cfg.device, cfg.dist_timeout)
+    env, device = ddist.init(cfg.device, cfg.dist_timeout, group=cfg.parallel == "fsdp")
     try:
         trainer = Trainer(cfg, env, device, resume=resume, until_step=until_step)
         trainer.add_callbacks(*default_callbacks(trainer), *callbacks)

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ddm.data.order import make_order
 from ddm.data.pairs import keyed_length
 from ddm.errors import CheckpointError, DataError, DivergenceError, InvalidArgument
 from ddm.io import checkpoint as ckpt
+from ddm.io import sharded
 from ddm.io.rundata import load_run_corpus, source_record
-from ddm.model import EMA, ScoreModel
+from ddm.model import ScoreModel
 from ddm.model.autoregressive import ARModel, sequence_nll
 from ddm.training import distributed as ddist
 from ddm.training.config import (
@@ -46,6 +46,7 @@ from ddm.training.config import (
     resolved_data_order,
     with_derived_steps,
 )
+from ddm.training.fsdp import make_parallelism
 from ddm.training.init_from import resolve_start
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
@@ -212,6 +213,7 @@ class Trainer:
         state = self._resume_state() if resume else self._check_new_run()
         self.resumed = state is not None
         self.rows_per_micro = ddist.batch_rows(cfg.batch_size, cfg.grad_accum, env)  # this rank's rows
+        self.parallel = make_parallelism(cfg, env, device)  # DDP or FSDP (ddm.training.fsdp)
         _seed_everything(cfg.seed)
         saved = ckpt.read_config(state["path"]) if state is not None else None
         record = saved.get("data") if saved is not None else None
@@ -236,14 +238,13 @@ class Trainer:
         self.stop = min(cfg.steps, until_step) if until_step is not None else cfg.steps
         self.tokens_per_step = cfg.batch_size * cfg.seq_len
         self.last_path: Path | None = state["path"] if state is not None else None
-        self.net: torch.nn.Module = self.model
-        if env.enabled:  # DDP averages the gradients over the ranks during backward
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None
-            )
+        self.net: torch.nn.Module = self.parallel.wrap(self.model)  # DDP averages gradients in backward
+        if cfg.compile:  # the forward and backward of a micro-batch, traced once per shape
+            self.net = torch.compile(self.net)
         self.objective = None if self.autoregressive else Objective.from_config(cfg)
         self.callbacks: list[Callback] = list(callbacks)
         self._interrupt = _Interrupt()
+        self._pending: sharded.PendingSave | None = None  # an asynchronous sharded save in flight
 
     # -- building the run ---------------------------------------------------------------------------
 
@@ -272,6 +273,8 @@ class Trainer:
                 f"{self.cfg.data_order!r}, epochs = {self.cfg.epochs:g}), the checkpoint's run read "
                 f"{resolved_data_order(saved)!r}: give --data-order {resolved_data_order(saved)}"
             )
+        if sharded.is_sharded(found):  # DCP: the tensors are read into the model once it is built
+            return sharded.read_state(found)
         return ckpt.read_training_state(found)  # on CPU; load_state_dict moves tensors to the model
 
     def _load_corpus(self, record: dict[str, Any] | None) -> Any:
@@ -299,29 +302,36 @@ class Trainer:
         cfg, tokenizer = self.cfg, self.corpus.tokenizer
         self.graph = make_graph(cfg, tokenizer.vocab_size)
         self.schedule = make_schedule(cfg)
+        model = self.new_model()
+        if self.start is not None:  # fine-tuning: the starting model's graph and schedule
+            self.graph, self.schedule = getattr(model, "graph", None), getattr(model, "schedule", None)
+        self.model = self.parallel.prepare(model)  # sharded before the optimizer sees it
+        self.ema = self.parallel.make_ema(self.model, cfg.ema_decay)
+        self.optimizer = make_optimizer(self.model, cfg)
+
+    def new_model(self) -> torch.nn.Module:
+        """A new, unsharded model of this run on its device (the starting model's when fine-tuning)."""
+        cfg, tokenizer = self.cfg, self.corpus.tokenizer
         if self.start is not None:  # fine-tuning: the starting model's architecture, graph and weights
             model = self.start.build(cfg.objective)
             model.tokenizer = tokenizer
-            self.graph, self.schedule = getattr(model, "graph", None), getattr(model, "schedule", None)
         elif self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
             model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer)
         else:
             model = ScoreModel(cfg.model_config(), self.graph, self.schedule, tokenizer=tokenizer)
-        self.model = model.to(self.device)
-        self.model.cpu_bf16 = (
-            cfg.cpu_bf16
-        )  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
-        self.model.grad_checkpointing = cfg.grad_checkpointing  # the same gradients, less memory
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.optimizer = make_optimizer(self.model, cfg)
+        model = model.to(self.device)
+        model.cpu_bf16 = cfg.cpu_bf16  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
+        model.grad_checkpointing = cfg.grad_checkpointing  # the same gradients, less memory
+        return model
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved_tok = ckpt.read_config(state["path"])["tokenizer"]
         if saved_tok != self.corpus.tokenizer.to_config():
             raise CheckpointError("resume: the corpus gives a different tokenizer than the checkpoint's")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"], state["ema_num_updates"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded"):
+            sharded.load_into(state, self.model, self.ema, self.optimizer)
+        else:
+            self.parallel.load(self.model, self.ema, self.optimizer, state)
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         self.elapsed, self.tokens_seen = state.get("elapsed_s", 0.0), state.get("tokens_seen", 0)
@@ -382,6 +392,7 @@ class Trainer:
                     cb.on_train_end(self)
         if self.last_path is None:  # nothing to do (already at `stop`): make sure a checkpoint exists
             self.save()
+        self.finish_pending()
         return self.last_path
 
     def train_step(self) -> StepStats:
@@ -419,8 +430,7 @@ class Trainer:
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
         x0, masks = self.batch(rows)  # (b, L), and the loss masks of prompt / response pairs
         # gradients are all-reduced only at the last micro-batch
-        sync = self.net.no_sync() if self.env.enabled and not last else contextlib.nullcontext()
-        with sync:
+        with self.parallel.sync(self.net, last):
             per_seq = self.sequence_loss(x0, rows, masks)  # (b,)
             # W / B times the sum: after DDP's mean over W ranks, the gradient of the global-batch mean
             (per_seq.sum() * (self.env.world_size / cfg.batch_size)).backward()
@@ -474,28 +484,49 @@ class Trainer:
         """Saves a checkpoint of the current step (rank 0 writes it and runs the `on_save` callbacks; every
         rank waits for it) and returns its path."""
         path = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        extra = {
+            "rng": ckpt.rng_state(),
+            "data": {"position": self.order.describe(), "order": self.order.name, "step": self.step},
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed,
+        }
+        if self.cfg.checkpoint_format == "sharded":  # every rank writes its shard (ddm.io.sharded)
+            path = self._save_sharded(extra)
+        else:  # full tensors (FSDP gathers its shards here, on every rank); rank 0 writes them
+            model, ema, optimizer = self.parallel.checkpoint_views(self.model, self.ema, self.optimizer)
+            if self.env.is_main:
+                path = ckpt.save(
+                    self.run_dir,
+                    self.step,
+                    model=model,
+                    config=self.ckpt_config,
+                    ema=ema,
+                    optimizer=optimizer,
+                    state=extra,
+                    keep=self.cfg.keep_checkpoints,
+                )
         if self.env.is_main:
-            extra = {
-                "rng": ckpt.rng_state(),
-                "data": {"position": self.order.describe(), "order": self.order.name, "step": self.step},
-                "tokens_seen": self.tokens_seen,
-                "elapsed_s": self.elapsed,
-            }
-            path = ckpt.save(
-                self.run_dir,
-                self.step,
-                model=self.model,
-                config=self.ckpt_config,
-                ema=self.ema,
-                optimizer=self.optimizer,
-                state=extra,
-                keep=self.cfg.keep_checkpoints,
-            )
             for cb in self.callbacks:
                 cb.on_save(self, path)
         self.env.barrier()  # no rank runs ahead of a checkpoint
         self.last_path = path
         return path
+
+    def _save_sharded(self, extra: dict[str, Any]) -> Path:
+        self.finish_pending()
+        write = sharded.save_async if self.cfg.async_save else sharded.save
+        kw = {"model": self.model, "ema": self.ema, "optimizer": self.optimizer, "config": self.ckpt_config}
+        done = write(self.run_dir, self.step, **kw, state=extra, keep=self.cfg.keep_checkpoints)
+        if isinstance(done, sharded.PendingSave):
+            self._pending = done
+            return done.final
+        return done
+
+    def finish_pending(self) -> None:
+        """Completes an asynchronous save in flight (every rank calls it), making it the latest."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.wait()
 
     def resume_command(self) -> str:
         """The shell command that continues this run."""
@@ -505,6 +536,7 @@ class Trainer:
     def _stop_on_interrupt(self) -> None:
         if self.last_path is None or self.last_path.name != f"step_{self.step:08d}":
             self.save()
+        self.finish_pending()
         if self.env.is_main:
             say(
                 f"ddm train: stopped at step {self.step}; checkpoint {self.last_path}\n"
