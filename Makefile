@@ -105,9 +105,10 @@ sdist-test: wheel
 	print(f'same {len(names(a))} files in the wheel built from the sdist')" \
 	  "$$(ls dist/ddm-*.whl)" "$$(ls target/sdist-wheel/ddm-*.whl)"
 
-# compare.py: the kernels against torch and the floor; eval_variance.py and user_wait.py (issue 17): the
-# bound's Monte-Carlo error by design, and before/after of the network call and the sampling loop, on the
-# demo model (trained first when runs/demo is missing).
+# compare.py: the kernels against torch and the floor (a read pass with the step's threads);
+# eval_variance.py: the bound's Monte-Carlo error by design; user_wait.py: the network call and the
+# sampling loop under variants of this tree (the old spinning OpenMP wait policy, the default, opt-in bf16),
+# on the demo model (trained first when runs/demo is missing).
 bench: build
 	$(PY) benches/compare.py --out benches/results/latest.json
 	test -d runs/demo || $(MAKE) demo
