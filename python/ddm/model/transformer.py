@@ -64,6 +64,9 @@ class ModelConfig:
     subs: bool = False  # absorbing: MDLM's SUBS output, log p(x0 | x_t) over the N tokens (math.md 7)
     block_size: int = 0  # > 0: a block-diffusion model (BD3-LM, ddm.model.blocks); divides seq_len
     bf16: bool = True  # bf16 autocast on CUDA (on the CPU only with ScoreModel.cpu_bf16 and native bf16)
+    # issue 30, class labels: an embedding added to the adaLN conditioning (0: unconditional, no parameters)
+    num_classes: int = 0  # > 0: label ids 0 .. num_classes - 1, and num_classes is the null (dropped) label
+    label_names: list[str] | None = None  # the names of the label ids (from the data), or None
 
     @classmethod
     def from_size(cls, size: str, **overrides: Any) -> ModelConfig:
@@ -106,6 +109,21 @@ class ModelConfig:
             raise InvalidArgument(f"model.block_size must be an integer >= 0, got {b!r}")
         if b and self.seq_len % b:
             raise InvalidArgument(f"model.block_size ({b}) must divide model.seq_len ({self.seq_len})")
+        _validate_labels(self.num_classes, self.label_names)
+
+
+def _validate_labels(num_classes: Any, names: Any) -> None:
+    """`model.num_classes` an integer >= 0; `model.label_names` None or `num_classes` distinct strings."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise InvalidArgument(f"model.num_classes must be an integer >= 0, got {num_classes!r}")
+    if names is None:
+        return
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise InvalidArgument(f"model.label_names must be a list of strings, got {names!r}")
+    if len(names) != num_classes or len(set(names)) != len(names):
+        raise InvalidArgument(
+            f"model.label_names must be num_classes={num_classes} distinct names, got {list(names)!r}"
+        )
 
 
 @functools.cache
@@ -364,6 +382,50 @@ class ScoreModel(PretrainedMixin, nn.Module):
             for _ in range(config.blocks)
         )
         self.final = _FinalLayer(config.hidden, config.cond_dim, self.dim)
+        if config.num_classes:  # issue 30: one row per label and one for the null label (DiT's LabelEmbedder)
+            self.label_embed = nn.Embedding(config.num_classes + 1, config.cond_dim)
+            nn.init.normal_(self.label_embed.weight, std=0.02)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of class labels (0: an unconditional model); `null_label` is the dropped label."""
+        return self.config.num_classes
+
+    @property
+    def null_label(self) -> int:
+        """The id of the null label (`num_classes`): the unconditional model of classifier-free guidance."""
+        if not self.num_classes:
+            raise InvalidArgument("this model was trained without labels (model.num_classes = 0)")
+        return self.num_classes
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The names of the label ids, or None."""
+        return self.config.label_names
+
+    def _labels(self, x: torch.Tensor, label: Any) -> torch.Tensor | None:
+        """The label ids `[B]` (None for an unconditional model); None on a labelled model is the null
+        label. An int or a 0-d tensor is every row's label."""
+        if label is None:
+            return None if not self.num_classes else torch.full((x.shape[0],), self.num_classes, device=x.device)
+        if not self.num_classes:
+            raise InvalidArgument(
+                "label given, but this model was trained without labels (model.num_classes = 0)"
+            )
+        lab = torch.as_tensor(label, device=x.device)
+        if lab.is_floating_point() or lab.dtype == torch.bool:
+            raise InvalidArgument(f"label must hold integer ids, got dtype {lab.dtype}")
+        lab = lab.to(torch.int64).reshape(-1)
+        if lab.numel() == 1:
+            lab = lab.expand(x.shape[0])
+        if lab.numel() != x.shape[0]:
+            raise InvalidArgument(f"label must have B={x.shape[0]} entries (or one), got {lab.numel()}")
+        if bool(((lab < 0) | (lab > self.num_classes)).any()):
+            raise InvalidArgument(
+                f"label ids must be in [0, {self.num_classes}] ({self.num_classes}: the null label), "
+                f"got {lab.tolist()}"
+            )
+        return lab
 
     @property
     def device(self) -> torch.device:
@@ -379,6 +441,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
         sigma: torch.Tensor | float,
         log_probs: bool = False,
         x0: torch.Tensor | None = None,
+        label: Any = None,
     ) -> torch.Tensor:
         """Log-score of the concrete score (docs/math.md section 1); `log_probs=True`: `log_probs(x, sigma)`.
 
@@ -393,32 +456,34 @@ class ScoreModel(PretrainedMixin, nn.Module):
             x0: a block model (`config.block_size > 0`) only, and required there: the clean sequence
                 `[B, L]`; block b of `x` is scored given the clean blocks before it (BD3-LM's vectorised
                 input `[x, x0]`, `ddm.model.blocks`).
+            label: a labelled model (`config.num_classes > 0`) only: the class id of each row, int64 `[B]`
+                or one int; None is the null label (the unconditional model). Issue 30.
 
         Returns:
             float32 `[B, L, dim]` log-scores, exactly 0 at the current token.
         """
         if log_probs:
-            return self.log_probs(x, sigma, x0=x0)
+            return self.log_probs(x, sigma, x0=x0, label=label)
         sig = self._levels(x, sigma)  # (B, 1) or (B, L)
         if self.config.subs:
-            logp = self.log_probs(x, sigma, x0=x0)  # (B, L, N)
+            logp = self.log_probs(x, sigma, x0=x0, label=label)  # (B, L, N)
             l = logp - log_expm1(sig)[..., None]
             l = torch.cat([l, torch.zeros_like(l[..., :1])], dim=-1)  # (B, L, dim): MASK entry 0 (current)
             return torch.where((x == self.mask_id)[..., None], l, torch.zeros_like(l))
-        return self._head(self._raw(x, sigma, x0), x, sig)
+        return self._head(self._raw(x, sigma, x0, label), x, sig)
 
     def log_probs(
-        self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None = None
+        self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None = None, label: Any = None
     ) -> torch.Tensor:
         """`log p(x0 | x_t)` of a SUBS model (`config.subs`), float32 `[B, L, N]` (docs/math.md section 7).
 
         The network's outputs over the N real tokens, log-softmax normalised (zero probability on MASK);
         at an unmasked position the token is carried over: `log p = 0` at it and `-inf` elsewhere. `x0`:
-        as in `forward` (block models).
+        as in `forward` (block models); `label`: as in `forward`.
         """
         if not self.config.subs:
             raise InvalidArgument("log_probs needs a masked-diffusion model (model.subs=True)")
-        return self._subs(self._raw(x, sigma, x0), x)
+        return self._subs(self._raw(x, sigma, x0, label), x)
 
     def _subs(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n = self.graph.vocab_size  # the real tokens, ids 0 .. N - 1
@@ -480,25 +545,32 @@ class ScoreModel(PretrainedMixin, nn.Module):
             raw = self.final(h, c)  # (B, T, dim)
         return raw.float(), keys, values
 
-    def _cond(self, sigma: torch.Tensor) -> torch.Tensor:
+    def _cond(self, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The conditioning `[B, cond_dim]`, or `[1, cond_dim]` in CPU inference when the whole batch
-        shares one noise level (every sampling step): embedded once, the modulations broadcast."""
+        shares one noise level (every sampling step): embedded once, the modulations broadcast. `labels`
+        (`[B]`, a labelled model's ids from `_labels`) add their embedding before the SiLU (DiT)."""
         cond = sigma if self.config.time_conditioning else torch.zeros_like(sigma)
         if cond.shape[0] > 1 and cond.device.type == "cpu" and not torch.is_grad_enabled():
             if bool((cond == cond[0]).all()):  # no device sync: CPU only
                 cond = cond[:1]
-        return F.silu(self.noise_embed(cond))  # (B or 1, cond_dim)
+        e = self.noise_embed(cond)  # (B or 1, cond_dim)
+        if labels is not None:
+            e = e + self.label_embed(labels)  # (B, cond_dim)
+        return F.silu(e)
 
-    def _raw(self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None) -> torch.Tensor:
+    def _raw(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, x0: torch.Tensor | None, label: Any = None
+    ) -> torch.Tensor:
         """The network's output `[B, L, dim]` before the parametrisation (`_head` or `_subs`)."""
         self._check_x(x)
         B, L = x.shape
+        labels = self._labels(x, label)
         if L > self.seq_len:
             raise InvalidArgument(f"sequence length {L} is larger than the model's seq_len {self.seq_len}")
         if not self.block_size:
             if x0 is not None:
                 raise InvalidArgument("x0 is an input of block models only (model.block_size > 0)")
-            return self._trunk(x, self._cond(self._sigma(x, sigma)))[0]
+            return self._trunk(x, self._cond(self._sigma(x, sigma), labels))[0]
         if x0 is None:
             raise InvalidArgument(
                 f"a block model (block_size={self.block_size}) scores x given the clean sequence: pass x0 "
@@ -507,7 +579,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
         self._check_x(x0, "x0")
         if x0.shape != x.shape:
             raise InvalidArgument(f"x0 must have the shape of x {tuple(x.shape)}, got {tuple(x0.shape)}")
-        c = self._cond(torch.zeros(B, device=x.device))  # time-independent (checked in __init__)
+        c = self._cond(torch.zeros(B, device=x.device), labels)  # time-independent (checked in __init__)
         if L <= self.block_size:  # one block: no clean past, the ordinary network (and half the work)
             return self._trunk(x, c)[0]
         return self._vectorised(x, x0, c)
@@ -537,20 +609,26 @@ class ScoreModel(PretrainedMixin, nn.Module):
         empty = [torch.zeros(batch_size, self.config.heads, 0, d, device=dev) for _ in self.blocks]
         return KVCache(empty, [e.clone() for e in empty], 0)
 
-    def _block_c(self, x: torch.Tensor) -> torch.Tensor:
-        return self._cond(torch.zeros(x.shape[0], device=x.device))
+    def _block_c(self, x: torch.Tensor, label: Any = None) -> torch.Tensor:
+        return self._cond(torch.zeros(x.shape[0], device=x.device), self._labels(x, label))
 
     def block_scores(
-        self, x: torch.Tensor, sigma: torch.Tensor | float, cache: KVCache, log_probs: bool = False
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        cache: KVCache,
+        log_probs: bool = False,
+        label: Any = None,
     ) -> torch.Tensor:
         """Log-scores (or, `log_probs=True`, SUBS log-probabilities) of the noisy block `x` `[B, n]` at the
-        positions `cache.end ..`, given the cached clean blocks: `[B, n, dim]` (`[B, n, N]`)."""
+        positions `cache.end ..`, given the cached clean blocks: `[B, n, dim]` (`[B, n, N]`). `label`: as
+        in `forward` (the cache must have been committed with the same labels)."""
         if not self.block_size:
             raise InvalidArgument("block_scores needs a block model (model.block_size > 0)")
         self._check_x(x)
         if x.shape[0] != cache.batch_size:
             raise InvalidArgument(f"x has {x.shape[0]} rows, the cache {cache.batch_size}")
-        raw, _, _ = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
+        raw, _, _ = self._trunk(x, self._block_c(x, label), start=cache.end, cache=cache)
         return self._parametrise(raw, x, sigma, log_probs)
 
     def _parametrise(
@@ -567,13 +645,13 @@ class ScoreModel(PretrainedMixin, nn.Module):
             raise InvalidArgument("log_probs needs a masked-diffusion model (model.subs=True)")
         return self._head(raw, x, self._sigma(x, sigma)[:, None])
 
-    def commit_block(self, cache: KVCache, x: torch.Tensor) -> KVCache:
+    def commit_block(self, cache: KVCache, x: torch.Tensor, label: Any = None) -> KVCache:
         """The cache with the clean block `x` `[B, n]` appended at `cache.end`; it keeps the last
         `window_blocks - 1` blocks (the sliding context)."""
         if not self.block_size:
             raise InvalidArgument("commit_block needs a block model (model.block_size > 0)")
         self._check_x(x)
-        _, keys, values = self._trunk(x, self._block_c(x), start=cache.end, cache=cache)
+        _, keys, values = self._trunk(x, self._block_c(x, label), start=cache.end, cache=cache)
         keep = (self.window_blocks - 1) * self.block_size
         if cache.length:
             keys = [torch.cat([old, new], 2) for old, new in zip(cache.keys, keys, strict=True)]
@@ -583,7 +661,12 @@ class ScoreModel(PretrainedMixin, nn.Module):
         return KVCache(keys, values, cache.end + x.shape[1])
 
     def block_scores_recompute(
-        self, context: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor | float, log_probs: bool = False
+        self,
+        context: torch.Tensor,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        log_probs: bool = False,
+        label: Any = None,
     ) -> torch.Tensor:
         """`block_scores` without a cache: one pass over the clean `context` `[B, T]` (whole blocks from
         position 0) and the noisy block `x` `[B, n]`, with the block mask of `ddm.model.blocks` (banded
@@ -598,5 +681,5 @@ class ScoreModel(PretrainedMixin, nn.Module):
         pos = torch.arange(T + n, device=x.device)
         noisy = pos >= T
         mask = block_mask(pos, noisy, pos, noisy, self.block_size, self.window_blocks)
-        raw, _, _ = self._trunk(torch.cat([context, x], 1), self._block_c(x), mask=mask)
+        raw, _, _ = self._trunk(torch.cat([context, x], 1), self._block_c(x, label), mask=mask)
         return self._parametrise(raw[:, T:], x, sigma, log_probs)

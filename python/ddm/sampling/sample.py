@@ -18,6 +18,7 @@ from ddm.sampling import predictors, response
 from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.grid import run_grid
+from ddm.sampling.guidance import build_guided
 from ddm.sampling.ops import Ops, get_ops
 from ddm.sampling.options import RunOptions
 from ddm.sampling.sampler import Sampler, check_seed, random_seed
@@ -218,6 +219,17 @@ def sample(
         eos_id: the end-of-sequence id (default `model.tokenizer.eos_id`).
         kv_cache: block models: cache the keys and values of finished blocks (default); False
             recomputes the whole context at every call, with the same log-scores to float32 rounding.
+        label: a labelled model (`model.num_classes > 0`, trained with `--label-field`): the class of
+            every row, a name (`model.label_names`) or an id, or a list of one per row. Without
+            `guidance` the conditional model samples; a labelled model without `label` samples with
+            the null label (unconditional). Issue 30; `ddm.sampling.guidance`.
+        guidance: classifier-free guidance strength `gamma >= 0` (0: the unconditional model, 1: the
+            conditional one, bit for bit; > 1: sharper). With `label`: the null label is the
+            unconditional pass. Without a label but with a prefix / suffix / infill (absorbing graph):
+            prompt guidance, the unconditional pass sees the prompt as MASK (LLaDA's `w = gamma - 1`).
+            Both passes are one network call on `2B` rows; the exact cache still applies.
+        guidance_rule: `"dcfg"` (absorbing default: mix the clean-token predictions, Schiff et al. 2024)
+            or `"rates"` (uniform default: mix the reverse rates, Nisonoff et al. 2024); docs/math.md 12.
 
     Returns:
         int64 `[batch_size, seq_len]` tokens on `device`, or `(tokens, stats)` with `return_stats=True`.
@@ -266,6 +278,8 @@ def sample(
     model_device, sigma_dtype = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
     if getattr(model, "block_size", 0):
+        if run.label is not None or run.guidance is not None:
+            raise InvalidArgument("label and guidance are not supported for block-diffusion models yet")
         ops = get_ops(backend, device, graph)
         seed = random_seed() if seed is None else check_seed(seed)
         x, stats = _sample_blocks(model, sampler, run, ops, device, batch_size, prefix, suffix, infill, seed,
@@ -302,7 +316,9 @@ def sample(
             raise InvalidArgument(
                 f"{fixed.tokens.shape[0]} prefixes (one per row) for batch_size={batch_size}"
             )
-    call = _checked_call(model, device, sigma_dtype, (seq_len, graph.dim))
+    guided = build_guided(model, graph, batch_size, run.label, run.guidance, run.guidance_rule, fixed, device)
+    call = _checked_call(model if guided is None else guided, device, sigma_dtype, (seq_len, graph.dim),
+                         with_rows=guided is not None)  # fmt: skip
     x = sampler.init_noise(batch_size, seq_len, seed=seed, device=device)  # (B, L)
     if sampler.unmasking:
         x = x if fixed is None else fixed.apply(x)
@@ -346,14 +362,16 @@ def _sample_response(
 
 
 def _checked_call(
-    model: Any, device: torch.device, sigma_dtype: torch.dtype, want: tuple[int, int]
+    model: Any, device: torch.device, sigma_dtype: torch.dtype, want: tuple[int, int], with_rows: bool = False
 ) -> Callable:
     """`call(x, sigma, rows)`: the model on `x` at `sigma` (on `device`, in `sigma_dtype`), its output
-    checked to be floating log-scores `[B, L, dim]`."""
+    checked to be floating log-scores `[B, L, dim]`; `with_rows`: the model takes the rows too (a
+    `ddm.sampling.guidance.Guided`, whose labels are per row)."""
 
     def call(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        # (the rows do not matter here); the .to is a no-op for the grid's sigma_in
-        out = model(x, sigma.to(device=device, dtype=sigma_dtype))
+        # the .to is a no-op for the grid's sigma_in
+        sigma = sigma.to(device=device, dtype=sigma_dtype)
+        out = model(x, sigma, rows) if with_rows else model(x, sigma)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise InvalidArgument("the model must return a floating tensor of log-scores [B, L, dim]")
         if tuple(out.shape) != (x.shape[0], *want):
