@@ -20,9 +20,10 @@ from ddm.sampling.proposal import make_proposal
 from ddm.sampling.torch_steps import step_probs
 from ddm.schedules import LogLinear
 
-from exact_scores import BACKENDS, ExactScore, chi2_pvalue, correlated_law
+from exact_scores import BACKENDS, ExactScore, chi2_pvalue, correlated_law, one_torch_thread  # noqa: F401
 
 N, L, K = 3, 2, 2  # tokens, length, labels
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LabelledExact:
@@ -124,8 +125,8 @@ def test_guided_step_draws_follow_the_law(backend, graph, rule, kind):
     x0 = torch.tensor([[N, 1]]) if graph.absorbing else torch.tensor([[2, 1]])
     n, gamma, sigma, level = 20000, 3.0, 0.9, (0.3 if kind == "analytic" else 0.1)
     x = x0.expand(n, L).contiguous()
-    guided = Guided(model, graph, torch.zeros(n, dtype=torch.int64), K, gamma, rule)
-    ls = guided(x, torch.full((n,), sigma, dtype=torch.float64)).to(torch.float32)
+    guided = Guided(model, graph, torch.zeros(1, dtype=torch.int64), K, gamma, rule)
+    ls = guided(x0, torch.tensor([sigma], dtype=torch.float64)).to(torch.float32).expand(n, L, -1).contiguous()
     lev = torch.full((n,), level, dtype=torch.float64)
     out = get_ops(backend).reverse_step(kind, graph, x, ls, lev, seed=7, step=0, proposal=make_proposal())
     want = (_brute_dcfg(model, x0, 0, gamma, sigma, level) if rule == "dcfg"
