@@ -219,6 +219,9 @@ class TrainConfig:
         "checkpoint_format 'sharded': write the shards in a background thread while training goes on "
         "(the checkpoint becomes the latest when the next save or the run's end completes it)",
     )
+    # issue 30, class labels for classifier-free guidance (ddm.data.labels, ddm.sampling.guidance)
+    label_field: str = _f("", "JSONL data: the field holding each document's class label ('': no labels)")
+    cond_dropout: float = _f(0.1, "with label_field: the probability a row's label is dropped (the null label)")
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -303,6 +306,7 @@ class TrainConfig:
         self._validate_combinations()
         self._validate_epochs()
         self._validate_parallel()
+        self._validate_labels()
         self.model_config().validate()
         self._validate_finetune()
         if not self.time_conditioning and self.graph != "absorbing":
@@ -406,6 +410,18 @@ class TrainConfig:
                 raise InvalidArgument(f"{name} must be {listed}, got {getattr(self, name)!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise InvalidArgument(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def _validate_labels(self) -> None:
+        """`cond_dropout` in [0, 1); labels need a diffusion objective (issue 30)."""
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise InvalidArgument(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if self.label_field and self.objective not in ("diffusion", "masked"):
+            raise InvalidArgument(
+                f"label_field needs objective 'diffusion' or 'masked' (got {self.objective!r}): labels "
+                "condition the score network"
+            )
+        if self.label_field and self.pairs:
+            raise InvalidArgument("label_field reads labelled JSONL documents; it does not combine with pairs")
 
     def _validate_combinations(self) -> None:
         """The fields that constrain each other."""

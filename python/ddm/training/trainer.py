@@ -48,6 +48,7 @@ from ddm.training.config import (
 )
 from ddm.training.fsdp import make_parallelism
 from ddm.training.init_from import resolve_start
+from ddm.training.labels import batch_labels, labelled_corpus, with_label_fn, with_labels
 from ddm.training.objective import Objective, dropout_seed
 from ddm.training.optim import make_optimizer
 
@@ -219,6 +220,9 @@ class Trainer:
         record = saved.get("data") if saved is not None else None
         self.start = resolve_start(cfg, saved)  # init_from: the model the run starts from, or None
         self.corpus = self._load_corpus(record)
+        if cfg.label_field:  # issue 30: a label per document, for classifier-free guidance
+            self.corpus = labelled_corpus(self.corpus, cfg)
+        self._labels: torch.Tensor | None = None  # the labels of the micro-batch being trained
         self.corpus.check_seq_len(cfg.seq_len)
         self.order = make_order(resolved_data_order(cfg), self.corpus, cfg.seq_len, cfg.seed, cfg.batch_size)
         if self.order.name == "epochs" and hasattr(self.corpus, "masks_at"):
@@ -318,7 +322,8 @@ class Trainer:
         elif self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
             model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer)
         else:
-            model = ScoreModel(cfg.model_config(), self.graph, self.schedule, tokenizer=tokenizer)
+            config = with_labels(cfg.model_config(), self.corpus)  # issue 30: the corpus's labels
+            model = ScoreModel(config, self.graph, self.schedule, tokenizer=tokenizer)
         model = model.to(self.device)
         model.cpu_bf16 = cfg.cpu_bf16  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
         model.grad_checkpointing = cfg.grad_checkpointing  # the same gradients, less memory
@@ -429,6 +434,8 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
         x0, masks = self.batch(rows)  # (b, L), and the loss masks of prompt / response pairs
+        labels = batch_labels(self.corpus, self.order, cfg, self.step, rows)  # (b,) or None: issue 30
+        self._labels = None if labels is None else labels.to(self.device)
         # gradients are all-reduced only at the last micro-batch
         with self.parallel.sync(self.net, last):
             per_seq = self.sequence_loss(x0, rows, masks)  # (b,)
@@ -457,8 +464,9 @@ class Trainer:
         if self.objective is None:
             per_seq = sequence_nll(self.net, x0, scored=scored)  # exact -log p(x0) (of the response)
         else:
+            fn = with_label_fn(self._model_fn(), self._labels)  # issue 30: the micro-batch's labels, if any
             per_seq = self.objective.loss(
-                self._model_fn(), self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step,
+                fn, self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step,
                 rows=rows, noised=noised, scored=scored,
             )  # fmt: skip
         return per_seq if x0.shape[1] == self.cfg.seq_len else per_seq * (self.cfg.seq_len / x0.shape[1])

@@ -1,0 +1,64 @@
+"""Issue 30: label-conditioned training (a JSONL label field, keyed label dropout, names in the checkpoint)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _tiny import tiny_run
+from ddm import load, sample
+from ddm.data.labels import read_labels
+from ddm.errors import DataError, InvalidArgument
+from ddm.training import train
+from ddm.training.config import TrainConfig
+from ddm.training.labels import keyed_label_drop
+
+DOCS = [("to be or not to be, that is the question", "hamlet"), ("the lady doth protest too much", "hamlet"),
+        ("all the world's a stage, and all the men", "asyoulike"), ("a rose by any other name", "romeo")] * 6
+
+
+def _jsonl(path, docs=DOCS, field="play"):
+    path.write_text("".join(json.dumps({"text": t, field: y}) + "\n" for t, y in docs))
+    return path
+
+
+def test_labelled_training_stores_the_names_and_samples(tmp_path):
+    data = _jsonl(tmp_path / "plays.jsonl")
+    ckpt = train(tiny_run(tmp_path / "run", data=str(data), label_field="play", cond_dropout=0.2, steps=3,
+                          save_every=3, eval_sequences=1))  # fmt: skip
+    model = load(ckpt)
+    assert model.num_classes == 3 and model.label_names == ["asyoulike", "hamlet", "romeo"]
+    assert "label_embed.weight" in model.state_dict()
+    x = sample(model, 3, batch_size=2, seed=0, label="romeo", guidance=2.0)
+    assert x.shape == (2, model.seq_len)
+    with pytest.raises(InvalidArgument, match="unknown label 'lear'"):
+        sample(model, 3, label="lear")
+
+
+def test_label_dropout_is_keyed_per_row():
+    """The dropped labels of a row depend on (seed, step, row) only: any split of the rows agrees."""
+    labels = torch.arange(64) % 3
+    rows = torch.arange(64)
+    full = keyed_label_drop(labels, 0.3, 3, seed=4, step=7, rows=rows)
+    parts = torch.cat([keyed_label_drop(labels[a:b], 0.3, 3, 4, 7, rows[a:b]) for a, b in ((0, 10), (10, 64))])
+    assert torch.equal(full, parts)
+    dropped = float((full == 3).double().mean())
+    assert 0.1 < dropped < 0.5  # 0.3 of 64 rows
+    assert torch.equal(keyed_label_drop(labels, 0.0, 3, 4, 7, rows), labels)
+
+
+def test_bad_label_input(tmp_path):
+    for p in (1.0, -0.1):
+        with pytest.raises(InvalidArgument, match="cond_dropout"):
+            TrainConfig.from_dict({"cond_dropout": p})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "a", "play": "x"}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    with pytest.raises(DataError, match="line 2 has no label field 'play'"):
+        read_labels(bad, "play")
+    text = tmp_path / "plain.txt"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="needs JSONL"):
+        read_labels(text, "play")
+    with pytest.raises(InvalidArgument, match="label_field needs objective"):
+        TrainConfig.from_dict({"label_field": "play", "objective": "autoregressive"})
