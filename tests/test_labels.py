@@ -62,3 +62,21 @@ def test_bad_label_input(tmp_path):
         read_labels(text, "play")
     with pytest.raises(InvalidArgument, match="label_field needs objective"):
         TrainConfig.from_dict({"label_field": "play", "objective": "autoregressive"})
+
+
+def test_cli_trains_with_labels_and_samples_guided(tmp_path, capsys):
+    from ddm.cli import main  # the CLI is the layer above everything this file imports
+
+    data = _jsonl(tmp_path / "plays.jsonl")
+    run = tmp_path / "cli"
+    args = ["train", "--data", str(data), "--label-field", "play", "--cond-dropout", "0.25", "--run-dir", str(run),
+            "--steps", "2", "--save-every", "2", "--eval-every", "0", "--eval-sequences", "1", "--hidden", "32",
+            "--heads", "2", "--blocks", "1", "--cond-dim", "16", "--seq-len", "16", "--batch-size", "4",
+            "--no-progress", "--no-plot"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    ckpt = str(sorted(run.glob("checkpoint*"))[-1])
+    assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--num", "2", "--label", "hamlet", "--guidance", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--label", "lear", "--no-progress"]) != 0
+    assert "unknown label 'lear'" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load, sharded
 from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
-from ddm.sampling.cli_options import add_sampler_options, sampler_kwargs
+from ddm.sampling.cli_options import add_guidance_options, add_sampler_options, guidance_kwargs, sampler_kwargs
 from ddm.serve import Limits, Scheduler
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config
@@ -456,6 +456,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
         "--no-kv-cache", action="store_true", help="recompute the context at every call (the same samples)"
     )
     add_sampler_options(p)
+    add_guidance_options(p)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -486,6 +487,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         return_stats=True,
         **sampler_kwargs(args),
+        **guidance_kwargs(args),
         **block_kw,
     )
     rows = x.tolist()

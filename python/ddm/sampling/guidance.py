@@ -130,6 +130,8 @@ class Guided:
 
 
 def _label_id(value: Any, names: Sequence[str] | None, num_classes: int) -> int:
+    if isinstance(value, str) and value.isdigit() and not (names and value in names):
+        value = int(value)  # an id given as text (`ddm sample --label 2`)
     if isinstance(value, str):
         if not names:
             raise InvalidArgument(f"label={value!r} is a name, but the model has no label names; pass an id")
