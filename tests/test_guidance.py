@@ -275,3 +275,39 @@ def test_bad_input():
         sample(_labelled_model(Uniform(5), num_classes=0), 2, prefix=[1], guidance=2.0)
     with pytest.raises(InvalidArgument, match="batch_size=2"):
         sample(m, 2, batch_size=2, label=["c0"])
+
+
+# ---- block models ----------------------------------------------------------------------------------
+
+
+def _block_model(num_classes=3) -> ScoreModel:
+    return _labelled_model(num_classes=num_classes, block_size=4, time_conditioning=False)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_block_sampler_guidance(kv_cache):
+    """gamma 1 / 0 are the conditional / null-label block samplers bit for bit; the cache of keys and
+    values (both passes) gives the recomputed result; rows are independent."""
+    m = _block_model()
+    kw = dict(batch_size=3, seed=4, max_len=12, kv_cache=kv_cache, backend="torch")
+    cond = sample(m, 3, label="c2", **kw)
+    assert torch.equal(sample(m, 3, label="c2", guidance=1.0, **kw), cond)
+    assert torch.equal(sample(m, 3, label="c2", guidance=0.0, **kw), sample(m, 3, **kw))
+    labels = ["c2", "c0", "c1"]
+    guided = sample(m, 3, label=labels, guidance=3.0, **kw)
+    assert not torch.equal(guided, sample(m, 3, label=labels, **kw))
+    other = sample(m, 3, label=["c2", "c0", "c0"], guidance=3.0, **kw)
+    assert torch.equal(other[:2], guided[:2])
+    if kv_cache:
+        recomputed = sample(m, 3, label=labels, guidance=3.0, **{**kw, "kv_cache": False})
+        assert torch.equal(recomputed, guided)
+
+
+def test_block_prompt_guidance_runs_both_passes():
+    m = _block_model(num_classes=0)
+    kw = dict(batch_size=2, seed=1, max_len=12, prefix=[1, 2, 3, 4, 0, 1], backend="torch")
+    plain = sample(m, 3, **kw)
+    assert torch.equal(sample(m, 3, guidance=1.0, **kw), plain)
+    guided = sample(m, 3, guidance=4.0, **kw)
+    assert torch.equal(guided[:, :6], plain[:, :6]) and not torch.equal(guided, plain)
+    assert torch.equal(sample(m, 3, guidance=4.0, **{**kw, "kv_cache": False}), guided)

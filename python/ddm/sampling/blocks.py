@@ -148,6 +148,8 @@ class _Blocks:
         if self.kv is not None:
             return self.model.block_scores(x, sigma, self.kv if full else self.kv.select(idx))
         context = self.out[:, :lo] if full else self.out[idx, :lo]
+        if getattr(self.model, "takes_rows", False):  # a guided model: its labels are per row
+            return self.model.block_scores_recompute(context, x, sigma, rows=idx)
         return self.model.block_scores_recompute(context, x, sigma)
 
     def commit(self, lo: int, hi: int) -> None:

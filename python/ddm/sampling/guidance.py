@@ -42,7 +42,7 @@ import torch
 from ddm.errors import InvalidArgument
 from ddm.graphs import log_expm1
 
-__all__ = ["RULES", "Guided", "build_guided", "guided_log_score", "resolve_labels"]
+__all__ = ["RULES", "Guided", "GuidedBlocks", "build_guided", "guided_log_score", "resolve_labels"]
 
 RULES = ("dcfg", "rates")
 
@@ -104,29 +104,115 @@ class Guided:
     rule: str
     fixed: torch.Tensor | None = None
 
-    def _pass(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if labels is None:
-            return self.model(x, sigma)
-        return self.model(x, sigma, label=labels)
+    @property
+    def passes(self) -> str:
+        """The passes that run: `"c"` (conditional), `"u"` (unconditional) or `"cu"` (both, one call)."""
+        if self.gamma is None or self.gamma == 1.0:
+            return "c"
+        return "u" if self.gamma == 0.0 else "cu"
 
-    def _uncond_x(self, x: torch.Tensor) -> torch.Tensor:
+    def row_labels(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels `[n]` of the rows `rows` (all rows for None), or None (prompt guidance)."""
+        if self.labels is None or rows is None:
+            return self.labels
+        return self.labels[rows.to(self.labels.device)]
+
+    def uncond_x(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """`x` as the unconditional pass sees it: prompt guidance masks the fixed positions (`x` holds the
+        positions `start ..` of the sequence)."""
         if self.fixed is None or self.labels is not None:
             return x
-        return x.masked_fill(self.fixed, self.graph.mask_id)  # (n, L): the prompt as MASK
+        fixed = self.fixed[start : start + x.shape[1]]
+        if fixed.shape[0] < x.shape[1]:
+            fixed = torch.cat([fixed, fixed.new_zeros(x.shape[1] - fixed.shape[0])])
+        return x.masked_fill(fixed, self.graph.mask_id)  # (n, l): the prompt as MASK
+
+    def inputs(
+        self, x: torch.Tensor, labels: torch.Tensor | None, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rows of the one network call (`passes` stacked) and their labels (None: no label)."""
+        xs, ls = [], []
+        for p in self.passes:
+            xs.append(x if p == "c" else self.uncond_x(x, start))
+            if labels is not None:
+                ls.append(labels if p == "c" else torch.full_like(labels, self.null))
+        return torch.cat(xs), (torch.cat(ls) if ls else None)
+
+    def combine(self, x: torch.Tensor, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The guided log-scores of the `n` rows `x` from the stacked call output `out`."""
+        if len(self.passes) == 1:
+            return out
+        n = x.shape[0]
+        return guided_log_score(self.graph, x, out[:n], out[n:], sigma, float(self.gamma), self.rule)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        lab = null = None
-        if self.labels is not None:
-            lab = self.labels if rows is None else self.labels[rows.to(self.labels.device)]
-            null = torch.full_like(lab, self.null)
-        if self.gamma is None or self.gamma == 1.0:
-            return self._pass(x, sigma, lab)  # the conditional model: one pass
-        if self.gamma == 0.0:
-            return self._pass(self._uncond_x(x), sigma, null)  # the unconditional model: one pass
-        n = x.shape[0]
-        both = None if lab is None else torch.cat([lab, null])
-        out = self._pass(torch.cat([x, self._uncond_x(x)]), torch.cat([sigma, sigma]), both)  # (2n, L, dim)
-        return guided_log_score(self.graph, x, out[:n], out[n:], sigma, self.gamma, self.rule)
+        xs, labels = self.inputs(x, self.row_labels(rows))
+        sig = torch.cat([sigma] * len(self.passes))
+        out = self.model(xs, sig) if labels is None else self.model(xs, sig, label=labels)
+        return self.combine(x, out, sigma)
+
+
+@dataclass
+class _PairCache:
+    """A block model's key / value cache for the guided passes: `inner` holds `k n` rows (the rows of each
+    pass in turn), `labels` the `n` rows' labels."""
+
+    inner: Any
+    labels: torch.Tensor | None
+    n: int
+
+    @property
+    def end(self) -> int:
+        return self.inner.end
+
+    @property
+    def batch_size(self) -> int:
+        return self.n
+
+    def select(self, idx: torch.Tensor) -> _PairCache:
+        k = self.inner.batch_size // self.n
+        both = torch.cat([idx + j * self.n for j in range(k)])
+        labels = None if self.labels is None else self.labels[idx]
+        return _PairCache(self.inner.select(both), labels, int(idx.numel()))
+
+
+class GuidedBlocks:
+    """A block model (`ddm.sampling.blocks`) with guidance: the block methods run the passes of `guided`
+    as one call and the cache holds the keys and values of each pass."""
+
+    takes_rows = True  # block_scores_recompute takes the rows (ddm.sampling.blocks._Blocks)
+
+    def __init__(self, model: Any, guided: Guided) -> None:
+        self.model, self.guided = model, guided
+        self.block_size, self.seq_len = model.block_size, model.seq_len
+        self.tokenizer = getattr(model, "tokenizer", None)
+
+    def _call(self, fn: Any, labels: torch.Tensor | None, *args: Any, **kw: Any) -> Any:
+        return fn(*args, **kw) if labels is None else fn(*args, label=labels, **kw)
+
+    def empty_cache(self, batch_size: int, device: Any = None) -> _PairCache:
+        k = len(self.guided.passes)
+        return _PairCache(self.model.empty_cache(k * batch_size, device), self.guided.labels, batch_size)
+
+    def block_scores(self, x: torch.Tensor, sigma: torch.Tensor, cache: _PairCache) -> torch.Tensor:
+        xs, labels = self.guided.inputs(x, cache.labels, cache.end)
+        sig = torch.cat([sigma] * len(self.guided.passes))
+        out = self._call(self.model.block_scores, labels, xs, sig, cache.inner)
+        return self.guided.combine(x, out, sigma)
+
+    def commit_block(self, cache: _PairCache, x: torch.Tensor) -> _PairCache:
+        xs, labels = self.guided.inputs(x, cache.labels, cache.end)
+        return _PairCache(self._call(self.model.commit_block, labels, cache.inner, xs), cache.labels, cache.n)
+
+    def block_scores_recompute(
+        self, context: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        labels = self.guided.row_labels(rows)
+        ctx, _ = self.guided.inputs(context, labels, 0)
+        xs, both = self.guided.inputs(x, labels, context.shape[1])
+        sig = torch.cat([sigma] * len(self.guided.passes))
+        out = self._call(self.model.block_scores_recompute, both, ctx, xs, sig)
+        return self.guided.combine(x, out, sigma)
 
 
 def _label_id(value: Any, names: Sequence[str] | None, num_classes: int) -> int:

@@ -18,7 +18,7 @@ from ddm.sampling import predictors, response
 from ddm.sampling.blocks import sample_blocks
 from ddm.sampling.conditioning import build_fixed
 from ddm.sampling.grid import run_grid
-from ddm.sampling.guidance import build_guided
+from ddm.sampling.guidance import GuidedBlocks, build_guided
 from ddm.sampling.ops import Ops, get_ops
 from ddm.sampling.options import RunOptions
 from ddm.sampling.sampler import Sampler, check_seed, random_seed
@@ -278,8 +278,6 @@ def sample(
     model_device, sigma_dtype = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
     if getattr(model, "block_size", 0):
-        if run.label is not None or run.guidance is not None:
-            raise InvalidArgument("label and guidance are not supported for block-diffusion models yet")
         ops = get_ops(backend, device, graph)
         seed = random_seed() if seed is None else check_seed(seed)
         x, stats = _sample_blocks(model, sampler, run, ops, device, batch_size, prefix, suffix, infill, seed,
@@ -446,15 +444,16 @@ def _sample_blocks(
         if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < graph.vocab_size:
             raise InvalidArgument(f"eos_id must be a token id in [0, {graph.vocab_size}), got {eos_id!r}")
     cache = True if run.cache is None else run.cache  # a block model is time-independent (ScoreModel checks)
-    ids = None
+    ids = fixed = None
     if prefix is not None:
         if isinstance(prefix, torch.Tensor) and prefix.dim() == 2:
             raise InvalidArgument("a block model takes one prefix for all rows, not one per row")
         fixed = build_fixed(prefix, None, None, max_len, graph.vocab_size)  # checks ids and the length
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)
+    guided = build_guided(model, graph, batch_size, run.label, run.guidance, run.guidance_rule, fixed, device)
     res = sample_blocks(
-        model, sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
+        model if guided is None else GuidedBlocks(model, guided), sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
         ops=ops, device=device, cache=cache, kv_cache=run.kv_cache,
         eos_id=eos_id if run.stop_at_eos else None, progress=progress,
     )  # fmt: skip
