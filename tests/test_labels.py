@@ -10,6 +10,7 @@ from _tiny import tiny_run
 from ddm import load, sample
 from ddm.data.labels import read_labels
 from ddm.errors import DataError, InvalidArgument
+from ddm.io.hub import model_card
 from ddm.training import train
 from ddm.training.config import TrainConfig
 from ddm.training.labels import keyed_label_drop
@@ -80,3 +81,9 @@ def test_cli_trains_with_labels_and_samples_guided(tmp_path, capsys):
                  "--no-progress"]) == 0  # fmt: skip
     assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--label", "lear", "--no-progress"]) != 0
     assert "unknown label 'lear'" in capsys.readouterr().err
+
+
+def test_model_card_lists_the_labels():
+    card = model_card({"objective": "diffusion", "model": {"num_classes": 2, "label_names": ["cat", "dog"]}})
+    assert "## Class labels" in card and "`cat`, `dog`" in card
+    assert "Class labels" not in model_card({"objective": "diffusion", "model": {"num_classes": 0}})

@@ -419,6 +419,10 @@ def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
         lines += ["", "## Distillation", "", f"Distilled by {d.get('method', '?').upper()} from "
                   f"`{d.get('teacher')}` ({d.get('teacher_steps')} steps) for **{d.get('student_steps')} "
                   f"steps**: `ddm.sample(model, {d.get('student_steps')})`."]  # fmt: skip
+    names = (cfg.get("model") or {}).get("label_names")
+    if names:  # issue 30: a labelled model
+        lines += ["", "## Class labels", "", f"`ddm.sample(model, 128, label=NAME, guidance=2.0)` with NAME one of: "
+                  + ", ".join(f"`{n}`" for n in names) + "."]  # fmt: skip
     lines += ["", "## Training config", ""]
     if cfg.get("train"):
         lines += ["```json", json.dumps(cfg["train"], indent=1), "```"]
