@@ -20,10 +20,9 @@ import math
 import time
 from pathlib import Path
 
+import ddm
 import numpy as np
 import torch
-
-import ddm
 from ddm.training import train
 
 LETTERS = "abcdefgh"
@@ -57,7 +56,11 @@ def score(texts: list[str], name: str) -> dict[str, float]:
         ll = {n: sum(math.log(law[n][c]) for c in t) for n in HALF}
         acc.append(float(ll[name] > ll[other]))
         nll.append(-ll[name] / len(t))
-    return {"in_class": float(np.mean(frac)), "bayes_acc": float(np.mean(acc)), "nll_per_letter": float(np.mean(nll))}
+    return {
+        "in_class": float(np.mean(frac)),
+        "bayes_acc": float(np.mean(acc)),
+        "nll_per_letter": float(np.mean(nll)),
+    }
 
 
 def main() -> None:
@@ -86,22 +89,35 @@ def main() -> None:
     for gamma in (0.0, 1.0, 2.0, 4.0):
         for name in ("low", "high"):
             x = ddm.sample(model, 32, batch_size=args.samples, seed=1, label=name, guidance=gamma)
-            rows.append({"kind": "label", "gamma": gamma, "label": name, **score([tok.decode(r) for r in x.tolist()], name)})
+            rows.append(
+                {
+                    "kind": "label",
+                    "gamma": gamma,
+                    "label": name,
+                    **score([tok.decode(r) for r in x.tolist()], name),
+                }
+            )
             print(rows[-1], flush=True)
     rng = np.random.default_rng(5)
     for gamma in (1.0, 2.0, 4.0):
         for name in ("low", "high"):
             prefix = "".join(rng.choice(list(LETTERS), size=8, p=class_law(name)))
-            x = ddm.sample(model, 32, batch_size=args.samples, seed=2, prefix=tok.encode(prefix), guidance=gamma)
+            x = ddm.sample(
+                model, 32, batch_size=args.samples, seed=2, prefix=tok.encode(prefix), guidance=gamma
+            )
             free = [tok.decode(r[8:]) for r in x.tolist()]
             rows.append({"kind": "prompt", "gamma": gamma, "label": name, **score(free, name)})
             print(rows[-1], flush=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
     result = {"train_seconds": train_s, "steps": args.steps, "loadavg": load, "rows": rows}
     (out / "synthetic.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| kind | gamma | label | in-class letters | Bayes acc | NLL/letter (asked class) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| kind | gamma | label | in-class letters | Bayes acc | NLL/letter (asked class) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['gamma']:g} | {r['label']} | {r['in_class']:.3f} | {r['bayes_acc']:.3f} | {r['nll_per_letter']:.3f} |")
+        figures = f"{r['in_class']:.3f} | {r['bayes_acc']:.3f} | {r['nll_per_letter']:.3f}"
+        lines.append(f"| {r['kind']} | {r['gamma']:g} | {r['label']} | {figures} |")
     (out / "synthetic.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

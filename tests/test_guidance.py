@@ -19,7 +19,6 @@ from ddm.sampling.ops import get_ops
 from ddm.sampling.proposal import make_proposal
 from ddm.sampling.torch_steps import step_probs
 from ddm.schedules import LogLinear
-
 from exact_scores import BACKENDS, ExactScore, chi2_pvalue, correlated_law, one_torch_thread  # noqa: F401
 
 N, L, K = 3, 2, 2  # tokens, length, labels
@@ -39,7 +38,9 @@ class LabelledExact:
         self.exact = [ExactScore(graph, laws[k]) for k in range(K)] + [ExactScore(graph, self.joint.sum(0))]
         self.seq_len = L
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
         label = torch.full((x.shape[0],), K) if label is None else label.cpu()
         out = torch.empty(*x.shape, self.g.dim, dtype=torch.float64)
         sigma = sigma.reshape(-1).expand(x.shape[0])
@@ -99,7 +100,9 @@ CASES = [  # graph, rule, step kind
 ]
 
 
-@pytest.mark.parametrize("graph, rule, kind", CASES, ids=["absorbing-dcfg", "absorbing-rates", "uniform-rates"])
+@pytest.mark.parametrize(
+    "graph, rule, kind", CASES, ids=["absorbing-dcfg", "absorbing-rates", "uniform-rates"]
+)
 @pytest.mark.parametrize("gamma", [0.5, 2.0, 4.0])
 def test_guided_step_law_is_the_formula(graph, rule, kind, gamma):
     """Exact: the step probabilities of the guided log-score equal the brute-force guided law."""
@@ -108,7 +111,9 @@ def test_guided_step_law_is_the_formula(graph, rule, kind, gamma):
     y = 1
     sigma, level = 0.9, (0.3 if kind == "analytic" else 0.02)
     guided = Guided(model, graph, torch.full((x.shape[0],), y), K, gamma, rule)
-    probs = step_probs(kind, graph, x, guided(x, torch.full((x.shape[0],), sigma, dtype=torch.float64)), level)
+    probs = step_probs(
+        kind, graph, x, guided(x, torch.full((x.shape[0],), sigma, dtype=torch.float64)), level
+    )
     if rule == "dcfg":
         want = _brute_dcfg(model, x, y, gamma, sigma, level)
     else:
@@ -118,7 +123,9 @@ def test_guided_step_law_is_the_formula(graph, rule, kind, gamma):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("graph, rule, kind", CASES, ids=["absorbing-dcfg", "absorbing-rates", "uniform-rates"])
+@pytest.mark.parametrize(
+    "graph, rule, kind", CASES, ids=["absorbing-dcfg", "absorbing-rates", "uniform-rates"]
+)
 def test_guided_step_draws_follow_the_law(backend, graph, rule, kind):
     """Each backend's one guided step, drawn 20000 times from one state, matches the brute-force law."""
     model = LabelledExact(graph)
@@ -126,7 +133,9 @@ def test_guided_step_draws_follow_the_law(backend, graph, rule, kind):
     n, gamma, sigma, level = 20000, 3.0, 0.9, (0.3 if kind == "analytic" else 0.1)
     x = x0.expand(n, L).contiguous()
     guided = Guided(model, graph, torch.zeros(1, dtype=torch.int64), K, gamma, rule)
-    ls = guided(x0, torch.tensor([sigma], dtype=torch.float64)).to(torch.float32).expand(n, L, -1).contiguous()
+    ls = (
+        guided(x0, torch.tensor([sigma], dtype=torch.float64)).to(torch.float32).expand(n, L, -1).contiguous()
+    )
     lev = torch.full((n,), level, dtype=torch.float64)
     out = get_ops(backend).reverse_step(kind, graph, x, ls, lev, seed=7, step=0, proposal=make_proposal())
     want = (_brute_dcfg(model, x0, 0, gamma, sigma, level) if rule == "dcfg"
@@ -136,7 +145,9 @@ def test_guided_step_draws_follow_the_law(backend, graph, rule, kind):
     assert bool((out[:, 1] == x0[0, 1]).all()) or not graph.absorbing
 
 
-@pytest.mark.parametrize("graph, rule", [(Absorbing(N), "dcfg"), (Absorbing(N), "rates"), (Uniform(N), "rates")])
+@pytest.mark.parametrize(
+    "graph, rule", [(Absorbing(N), "dcfg"), (Absorbing(N), "rates"), (Uniform(N), "rates")]
+)
 @pytest.mark.parametrize("gamma", [0.0, 1.0, 10.0, 100.0])
 def test_extreme_gamma_stays_finite(graph, rule, gamma):
     model = LabelledExact(graph)
@@ -147,8 +158,8 @@ def test_extreme_gamma_stays_finite(graph, rule, gamma):
     for kind, level in (("euler", 0.01), ("analytic", 0.2), ("denoise", 1e-4)):
         if kind == "denoise" and graph.absorbing:
             x_d = torch.full_like(x, N)  # the denoising step needs a token to move to: all MASK
-            p = step_probs(kind, graph, x_d, Guided(model, graph, torch.zeros(x.shape[0], dtype=torch.int64), K,
-                                                      gamma, rule)(x_d, sig), level)  # fmt: skip
+            guided = Guided(model, graph, torch.zeros(x.shape[0], dtype=torch.int64), K, gamma, rule)
+            p = step_probs(kind, graph, x_d, guided(x_d, sig), level)
         else:
             p = step_probs(kind, graph, x, ls, level)
         assert bool(torch.isfinite(p).all()) and bool((p >= 0).all())

@@ -1,4 +1,5 @@
-"""Issue 30: label-conditioned training (a JSONL label field, keyed label dropout, names in the checkpoint)."""
+"""Issue 30: label-conditioned training (a JSONL label field, keyed label dropout, the label names in the
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from ddm.training import train
 from ddm.training.config import TrainConfig
 from ddm.training.labels import keyed_label_drop
 
-DOCS = [("to be or not to be, that is the question", "hamlet"), ("the lady doth protest too much", "hamlet"),
-        ("all the world's a stage, and all the men", "asyoulike"), ("a rose by any other name", "romeo")] * 6
+DOCS = [
+    ("to be or not to be, that is the question", "hamlet"),
+    ("the lady doth protest too much", "hamlet"),
+    ("all the world's a stage, and all the men", "asyoulike"),
+    ("a rose by any other name", "romeo"),
+] * 6
 
 
 def _jsonl(path, docs=DOCS, field="play"):
@@ -42,7 +47,9 @@ def test_label_dropout_is_keyed_per_row():
     labels = torch.arange(64) % 3
     rows = torch.arange(64)
     full = keyed_label_drop(labels, 0.3, 3, seed=4, step=7, rows=rows)
-    parts = torch.cat([keyed_label_drop(labels[a:b], 0.3, 3, 4, 7, rows[a:b]) for a, b in ((0, 10), (10, 64))])
+    parts = torch.cat(
+        [keyed_label_drop(labels[a:b], 0.3, 3, 4, 7, rows[a:b]) for a, b in ((0, 10), (10, 64))]
+    )
     assert torch.equal(full, parts)
     dropped = float((full == 3).double().mean())
     assert 0.1 < dropped < 0.5  # 0.3 of 64 rows
@@ -70,15 +77,15 @@ def test_cli_trains_with_labels_and_samples_guided(tmp_path, capsys):
 
     data = _jsonl(tmp_path / "plays.jsonl")
     run = tmp_path / "cli"
-    args = ["train", "--data", str(data), "--label-field", "play", "--cond-dropout", "0.25", "--run-dir", str(run),
-            "--steps", "2", "--save-every", "2", "--eval-every", "0", "--eval-sequences", "1", "--hidden", "32",
-            "--heads", "2", "--blocks", "1", "--cond-dim", "16", "--seq-len", "16", "--batch-size", "4",
-            "--no-progress", "--no-plot"]  # fmt: skip
+    args = ["train", "--data", str(data), "--label-field", "play", "--cond-dropout", "0.25",
+            "--run-dir", str(run), "--steps", "2", "--save-every", "2", "--eval-every", "0",
+            "--eval-sequences", "1", "--hidden", "32", "--heads", "2", "--blocks", "1", "--cond-dim", "16",
+            "--seq-len", "16", "--batch-size", "4", "--no-progress", "--no-plot"]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
     ckpt = str(sorted(run.glob("checkpoint*"))[-1])
-    assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--num", "2", "--label", "hamlet", "--guidance", "2",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--num", "2", "--label", "hamlet",
+                 "--guidance", "2", "--no-progress"]) == 0  # fmt: skip
     assert main(["sample", "--checkpoint", ckpt, "--steps", "3", "--label", "lear", "--no-progress"]) != 0
     assert "unknown label 'lear'" in capsys.readouterr().err
 

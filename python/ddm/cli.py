@@ -43,7 +43,12 @@ from ddm.eval.report import DEFAULT_PREDICTORS, DEFAULT_STEPS, report
 from ddm.io import checkpoint, is_sedd_checkpoint, load, sharded
 from ddm.model.autoregressive import sequence_nll
 from ddm.sampling import predictors, sample
-from ddm.sampling.cli_options import add_guidance_options, add_sampler_options, guidance_kwargs, sampler_kwargs
+from ddm.sampling.cli_options import (
+    add_guidance_options,
+    add_sampler_options,
+    guidance_kwargs,
+    sampler_kwargs,
+)
 from ddm.serve import Limits, Scheduler
 from ddm.training import distributed
 from ddm.training.config import TrainConfig, load_config

@@ -39,7 +39,9 @@ def _line_label(line: str, where: str, text_field: str, label_field: str) -> tup
         )
     label = obj[label_field]
     if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
-        raise DataError(f"{where}: label field {label_field!r} must be a non-empty string or an int, got {label!r}")
+        raise DataError(
+            f"{where}: label field {label_field!r} must be a non-empty string or an int, got {label!r}"
+        )
     return None if not obj[text_field] else (obj[text_field], str(label))
 
 

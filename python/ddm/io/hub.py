@@ -421,8 +421,8 @@ def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
                   f"steps**: `ddm.sample(model, {d.get('student_steps')})`."]  # fmt: skip
     names = (cfg.get("model") or {}).get("label_names")
     if names:  # issue 30: a labelled model
-        lines += ["", "## Class labels", "", f"`ddm.sample(model, 128, label=NAME, guidance=2.0)` with NAME one of: "
-                  + ", ".join(f"`{n}`" for n in names) + "."]  # fmt: skip
+        usage = "`ddm.sample(model, 128, label=NAME, guidance=2.0)` with NAME one of: "
+        lines += ["", "## Class labels", "", usage + ", ".join(f"`{n}`" for n in names) + "."]
     lines += ["", "## Training config", ""]
     if cfg.get("train"):
         lines += ["```json", json.dumps(cfg["train"], indent=1), "```"]

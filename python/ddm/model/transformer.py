@@ -407,7 +407,9 @@ class ScoreModel(PretrainedMixin, nn.Module):
         """The label ids `[B]` (None for an unconditional model); None on a labelled model is the null
         label. An int or a 0-d tensor is every row's label."""
         if label is None:
-            return None if not self.num_classes else torch.full((x.shape[0],), self.num_classes, device=x.device)
+            return (
+                None if not self.num_classes else torch.full((x.shape[0],), self.num_classes, device=x.device)
+            )
         if not self.num_classes:
             raise InvalidArgument(
                 "label given, but this model was trained without labels (model.num_classes = 0)"

@@ -9,7 +9,13 @@ from typing import Any
 from ddm.sampling import predictors
 from ddm.sampling.ops import BACKENDS
 
-__all__ = ["ALL_PREDICTORS", "add_guidance_options", "add_sampler_options", "guidance_kwargs", "sampler_kwargs"]
+__all__ = [
+    "ALL_PREDICTORS",
+    "add_guidance_options",
+    "add_sampler_options",
+    "guidance_kwargs",
+    "sampler_kwargs",
+]
 
 ALL_PREDICTORS = predictors.names()
 
@@ -64,7 +70,9 @@ def sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_guidance_options(p: argparse.ArgumentParser) -> None:
     """`--label`, `--guidance` and `--guidance-rule` (issue 30; `ddm.sampling.guidance`)."""
     g = p.add_argument_group("conditioning and guidance (ddm.sampling.guidance)")
-    g.add_argument("--label", metavar="NAME", help="the class of every sample (a model trained with --label-field)")
+    g.add_argument(
+        "--label", metavar="NAME", help="the class of every sample (a model trained with --label-field)"
+    )
     g.add_argument(
         "--guidance", type=float, metavar="G",
         help="classifier-free guidance strength >= 0 (1: conditional, 0: unconditional); without --label, "
@@ -72,7 +80,8 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--guidance-rule", choices=("dcfg", "rates"),
-        help="dcfg (absorbing default: mix the clean-token predictions) or rates (uniform default: mix the rates)",
+        help="dcfg (absorbing default: mix the clean-token predictions) or rates (uniform default: mix "
+        "the rates)",
     )  # fmt: skip
 
 

@@ -56,7 +56,13 @@ def _mix(l_c: torch.Tensor, l_u: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def guided_log_score(
-    graph: Any, x: torch.Tensor, l_c: torch.Tensor, l_u: torch.Tensor, sigma: torch.Tensor, gamma: float, rule: str
+    graph: Any,
+    x: torch.Tensor,
+    l_c: torch.Tensor,
+    l_u: torch.Tensor,
+    sigma: torch.Tensor,
+    gamma: float,
+    rule: str,
 ) -> torch.Tensor:
     """The guided log-scores `[B, L, dim]` from the conditional `l_c` and unconditional `l_u` log-scores at
     the tokens `x` `[B, L]` and total noise `sigma` `[B]` (docs/math.md section 12; `rule` as above).
@@ -71,7 +77,9 @@ def guided_log_score(
     if rule != "dcfg":
         raise InvalidArgument(f"guidance_rule must be one of {RULES}, got {rule!r}")
     if graph.mask_id is None:
-        raise InvalidArgument("guidance_rule='dcfg' needs an absorbing graph; use 'rates' on the uniform graph")
+        raise InvalidArgument(
+            "guidance_rule='dcfg' needs an absorbing graph; use 'rates' on the uniform graph"
+        )
     n = graph.vocab_size
     m = _mix(l_c[..., :n], l_u[..., :n], gamma)  # (B, L, N)
     empty = torch.isneginf(m).all(dim=-1, keepdim=True)  # (B, L, 1): no common token
@@ -145,7 +153,9 @@ class Guided:
         n = x.shape[0]
         return guided_log_score(self.graph, x, out[:n], out[n:], sigma, float(self.gamma), self.rule)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         xs, labels = self.inputs(x, self.row_labels(rows))
         sig = torch.cat([sigma] * len(self.passes))
         out = self.model(xs, sig) if labels is None else self.model(xs, sig, label=labels)
@@ -242,7 +252,9 @@ def resolve_labels(model: Any, label: Any, batch_size: int) -> torch.Tensor:
         label = label.tolist()
     if isinstance(label, (list, tuple)):
         if len(label) != batch_size:
-            raise InvalidArgument(f"label must have batch_size={batch_size} entries (or be one), got {len(label)}")
+            raise InvalidArgument(
+                f"label must have batch_size={batch_size} entries (or be one), got {len(label)}"
+            )
         ids = [_label_id(v, names, num_classes) for v in label]
     else:
         ids = [_label_id(label, names, num_classes)] * batch_size
@@ -258,7 +270,14 @@ def _check_gamma(guidance: Any) -> float:
 
 
 def build_guided(
-    model: Any, graph: Any, batch_size: int, label: Any, guidance: Any, rule: str | None, fixed: Any, device: Any
+    model: Any,
+    graph: Any,
+    batch_size: int,
+    label: Any,
+    guidance: Any,
+    rule: str | None,
+    fixed: Any,
+    device: Any,
 ) -> Guided | None:
     """The `Guided` call of `ddm.sample`'s `label` / `guidance` / `guidance_rule`, or None (neither given).
 
@@ -276,7 +295,9 @@ def build_guided(
     if rule not in RULES:
         raise InvalidArgument(f"guidance_rule must be one of {RULES}, got {rule!r}")
     if rule == "dcfg" and graph.mask_id is None:
-        raise InvalidArgument("guidance_rule='dcfg' needs an absorbing graph; use 'rates' on the uniform graph")
+        raise InvalidArgument(
+            "guidance_rule='dcfg' needs an absorbing graph; use 'rates' on the uniform graph"
+        )
     labels = null = mask = None
     if label is not None:
         labels = resolve_labels(model, label, batch_size).to(device)

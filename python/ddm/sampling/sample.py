@@ -452,8 +452,9 @@ def _sample_blocks(
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)
     guided = build_guided(model, graph, batch_size, run.label, run.guidance, run.guidance_rule, fixed, device)
+    model = model if guided is None else GuidedBlocks(model, guided)  # issue 30: the passes in one call
     res = sample_blocks(
-        model if guided is None else GuidedBlocks(model, guided), sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
+        model, sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
         ops=ops, device=device, cache=cache, kv_cache=run.kv_cache,
         eos_id=eos_id if run.stop_at_eos else None, progress=progress,
     )  # fmt: skip

@@ -221,7 +221,9 @@ class TrainConfig:
     )
     # issue 30, class labels for classifier-free guidance (ddm.data.labels, ddm.sampling.guidance)
     label_field: str = _f("", "JSONL data: the field holding each document's class label ('': no labels)")
-    cond_dropout: float = _f(0.1, "with label_field: the probability a row's label is dropped (the null label)")
+    cond_dropout: float = _f(
+        0.1, "with label_field: the probability a row's label is dropped (the null label)"
+    )
 
     @classmethod
     def help(cls, name: str) -> str:

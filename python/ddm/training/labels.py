@@ -40,7 +40,9 @@ def with_labels(config: ModelConfig, corpus: Any) -> ModelConfig:
     return replace(config, num_classes=corpus.num_classes, label_names=list(corpus.names))
 
 
-def keyed_label_drop(labels: torch.Tensor, p: float, null: int, seed: int, step: int, rows: torch.Tensor) -> torch.Tensor:
+def keyed_label_drop(
+    labels: torch.Tensor, p: float, null: int, seed: int, step: int, rows: torch.Tensor
+) -> torch.Tensor:
     """`labels` `[b]` with each set to `null` with probability `p`, keyed by `(seed, step, row)`."""
     if not 0.0 <= p < 1.0:
         raise InvalidArgument(f"cond_dropout must be in [0, 1), got {p!r}")
