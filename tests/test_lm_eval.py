@@ -19,6 +19,7 @@ import ddm  # noqa: E402
 from _tiny import tiny_run  # noqa: E402
 from ddm import cli  # noqa: E402
 from ddm.assets import bundled_text  # noqa: E402
+from ddm.errors import InvalidArgument  # noqa: E402
 from ddm.eval import conditional_bound, likelihood_bound  # noqa: E402
 from ddm.eval.harness import DDMLM, NOTE, windows  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -218,3 +219,14 @@ def test_lm_eval_cli_runs_a_local_task_and_matches_ddm_eval(ckpt, tmp_path, caps
     assert math.isclose(
         info["loglikelihood_rolling"]["bits_per_byte"], ddm_eval["bits_per_token"], rel_tol=1e-9
     )
+
+
+def test_generate_until_with_prompt_guidance(ckpt):
+    """Issue 30: `guidance=1` is the plain sampler; another strength changes the continuation's law."""
+    reqs = [_req("generate_until", _text(40), {"until": [], "max_gen_toks": 12}) for _ in range(3)]
+    plain = DDMLM(pretrained=str(ckpt), steps=8, seed=1).generate_until(reqs)
+    assert DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="1.0").generate_until(reqs) == plain
+    guided = DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="4").generate_until(reqs)
+    assert all(len(t) == 12 for t in guided)
+    with pytest.raises(InvalidArgument, match=">= 0"):
+        DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="-1").generate_until(reqs[:1])

@@ -30,7 +30,9 @@ documents.
 Model arguments: `pretrained` (a path or Hub id, required), `num_t` (stratified times per window,
 default 128), `seed` (default 0), `eval_batch_size` (rows per network call, default 64: `ddm eval
 --batch-size`), `steps` (sampling steps for generation, default 128), `max_gen_toks` (default 256),
-`device` (default CPU; `cuda`, lm_eval's default, falls back to the CPU without CUDA), `raw_weights`.
+`device` (default CPU; `cuda`, lm_eval's default, falls back to the CPU without CUDA), `raw_weights`,
+`guidance` (prompt guidance strength `gamma >= 0` for `generate_until`, issue 30: the unconditional pass
+sees the context as MASK; default none, the plain sampler).
 lm_eval's `batch_size` is accepted and unused: ddm batches rows of (window, time) itself.
 """
 
@@ -99,6 +101,7 @@ class DDMLM(LM):
         device: str | None = None,
         raw_weights: bool = False,
         batch_size: Any = None,  # lm_eval's, unused (see the module docstring)
+        guidance: Any = None,  # issue 30: prompt guidance in generate_until (ddm.sampling.guidance)
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -128,6 +131,7 @@ class DDMLM(LM):
         self.eval_batch_size = _arg(eval_batch_size, int, "eval_batch_size")
         self.steps = _arg(steps, int, "steps")
         self.max_gen_toks = _arg(max_gen_toks, int, "max_gen_toks")
+        self.guidance = None if guidance in (None, "", "none", "None") else float(guidance)
         self.seq_len = int(self.model.seq_len)
         self.pretrained = str(getattr(self.model, "checkpoint_path", pretrained))
         self.records: dict[str, list[dict[str, Any]]] = {"loglikelihood": [], "loglikelihood_rolling": []}
@@ -223,6 +227,7 @@ class DDMLM(LM):
             x, stats = sample(
                 self.model, self.steps, batch_size=1, prompt=ctx, max_new_tokens=gen,
                 stop_at_eos=eos is not None, seed=self.seed + i, return_stats=True,
+                guidance=self.guidance if ctx else None,  # prompt guidance needs a prompt
             )  # fmt: skip
             ids = x[0].tolist()
             if eos is not None:  # the response ends at its first EOS
