@@ -9,12 +9,14 @@ import pytest
 import torch
 from _tiny import tiny_run
 from ddm import load, sample
+from ddm.data import load_corpus
 from ddm.data.labels import read_labels
+from ddm.data.order import make_order
 from ddm.errors import DataError, InvalidArgument
 from ddm.io.hub import model_card
 from ddm.training import train
 from ddm.training.config import TrainConfig
-from ddm.training.labels import keyed_label_drop
+from ddm.training.labels import batch_labels, keyed_label_drop, labelled_corpus
 
 DOCS = [
     ("to be or not to be, that is the question", "hamlet"),
@@ -94,3 +96,22 @@ def test_model_card_lists_the_labels():
     card = model_card({"objective": "diffusion", "model": {"num_classes": 2, "label_names": ["cat", "dog"]}})
     assert "## Class labels" in card and "`cat`, `dog`" in card
     assert "Class labels" not in model_card({"objective": "diffusion", "model": {"num_classes": 0}})
+
+
+@pytest.mark.parametrize("order_name", ["random", "epochs"])
+def test_labels_follow_the_data_order(tmp_path, order_name):
+    """Each row's label is the label of the document its block starts in, in either data order."""
+    docs = [(letter * 40, letter) for letter in "abcab" * 4]
+    data = _jsonl(tmp_path / "letters.jsonl", docs, field="letter")
+    fields = dict(data=str(data), label_field="letter", cond_dropout=0.0, seq_len=8, batch_size=16)
+    cfg = TrainConfig.from_dict(dict(fields, val_fraction=0.1, run_dir=str(tmp_path / "r")))
+    corpus = labelled_corpus(load_corpus(str(data), tmp_path / "cache", **cfg.corpus_options()), cfg)
+    assert corpus.names == ["a", "b", "c"]
+    order = make_order(order_name, corpus, cfg.seq_len, cfg.seed, cfg.batch_size)
+    for step in (0, 3, 11):
+        rows = torch.arange(16)
+        x0 = order.batch(step, rows)
+        labels = batch_labels(corpus, order, cfg, step, rows)
+        first = [corpus.tokenizer.decode([int(t)]) for t in x0[:, 0]]
+        for ch, lab in zip(first, labels.tolist(), strict=True):
+            assert ch == corpus.names[lab] or ch not in "abc"  # a block may start on the separator

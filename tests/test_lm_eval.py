@@ -227,6 +227,6 @@ def test_generate_until_with_prompt_guidance(ckpt):
     plain = DDMLM(pretrained=str(ckpt), steps=8, seed=1).generate_until(reqs)
     assert DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="1.0").generate_until(reqs) == plain
     guided = DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="4").generate_until(reqs)
-    assert all(len(t) == 12 for t in guided)
+    assert all(len(t) <= 12 for t in guided)
     with pytest.raises(InvalidArgument, match=">= 0"):
         DDMLM(pretrained=str(ckpt), steps=8, seed=1, guidance="-1").generate_until(reqs[:1])

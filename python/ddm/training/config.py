@@ -423,7 +423,9 @@ class TrainConfig:
                 "condition the score network"
             )
         if self.label_field and self.pairs:
-            raise InvalidArgument("label_field reads labelled JSONL documents; it does not combine with pairs")
+            raise InvalidArgument(
+                "label_field reads labelled JSONL documents; it does not combine with pairs"
+            )
 
     def _validate_combinations(self) -> None:
         """The fields that constrain each other."""
