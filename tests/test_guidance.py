@@ -65,7 +65,7 @@ def _clean_law(model: LabelledExact, x: torch.Tensor, label: int | None) -> torc
 
 def _brute_dcfg(model, x, y, gamma, sigma, dsigma) -> torch.Tensor:
     """The D-CFG analytic step law: `x_g ∝ x(.|y)^gamma x(.|null)^(1-gamma)`, then the absorbing
-    posterior `P(v) = (e^d - 1) / expm1(sigma) x_g(v)`, `P(MASK) = 1 - sum` (docs/math.md 13.1)."""
+    posterior `P(v) = (e^d - 1) / expm1(sigma) x_g(v)`, `P(MASK) = 1 - sum` (docs/math.md 14.1)."""
     xg = _clean_law(model, x, y) ** gamma * _clean_law(model, x, None) ** (1 - gamma)
     xg = xg / xg.sum(-1, keepdim=True)
     move = math.expm1(dsigma) / math.expm1(sigma) * xg  # (B, L, N)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance: one guided model seam for every sampler (issue 30; docs/math.md section 13).
+"""Classifier-free guidance: one guided model seam for every sampler (issue 30; docs/math.md section 14).
 
 `Guided` wraps a score model into the `call(x, sigma, rows) -> log_score` that every sampling loop
 already uses (the grid loop, the unmasking samplers), so every predictor is guided without a change of
@@ -14,7 +14,7 @@ The rules (`rule`):
 - `"dcfg"` (absorbing graph, its default; Schiff et al. 2024, arXiv 2412.10193): the clean-token
   predictions are mixed in log space and renormalised, `x_g ∝ x(.|y)^gamma x(.|null)^(1-gamma)`, and the
   score is formed from them with the schedule's hazard: `log s_g = log x_g - log expm1(sigma_bar)` at a
-  MASK position (docs/math.md section 13.1). An absorbing log-score is `log x - log expm1(sigma_bar)` up
+  MASK position (docs/math.md section 14.1). An absorbing log-score is `log x - log expm1(sigma_bar)` up
   to the model's normalisation, so `x ∝ exp(l)` over the N real tokens.
 - `"rates"` (the uniform graph's default; Nisonoff et al. 2024, arXiv 2406.01572): the reverse rates are
   mixed, `R_g(x, y) = R(x, y | y)^gamma R(x, y | null)^(1-gamma)` off the diagonal. `R(x, y) = Q(x, y)
@@ -65,7 +65,7 @@ def guided_log_score(
     rule: str,
 ) -> torch.Tensor:
     """The guided log-scores `[B, L, dim]` from the conditional `l_c` and unconditional `l_u` log-scores at
-    the tokens `x` `[B, L]` and total noise `sigma` `[B]` (docs/math.md section 13; `rule` as above).
+    the tokens `x` `[B, L]` and total noise `sigma` `[B]` (docs/math.md section 14; `rule` as above).
 
     `"dcfg"` (absorbing only): at a MASK position `log softmax(gamma l_c + (1 - gamma) l_u)` over the real
     tokens minus `log expm1(sigma)`, 0 at MASK; elsewhere `l_c` (a clean token never moves). A position

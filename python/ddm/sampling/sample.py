@@ -229,7 +229,7 @@ def sample(
             prompt guidance, the unconditional pass sees the prompt as MASK (LLaDA's `w = gamma - 1`).
             Both passes are one network call on `2B` rows; the exact cache still applies.
         guidance_rule: `"dcfg"` (absorbing default: mix the clean-token predictions, Schiff et al. 2024)
-            or `"rates"` (uniform default: mix the reverse rates, Nisonoff et al. 2024); docs/math.md 13.
+            or `"rates"` (uniform default: mix the reverse rates, Nisonoff et al. 2024); docs/math.md 14.
 
     Returns:
         int64 `[batch_size, seq_len]` tokens on `device`, or `(tokens, stats)` with `return_stats=True`.
