@@ -48,7 +48,7 @@ STREAMS: dict[str, int] = {
     "distill_time": 0x5EED0201,  # distillation (SDTT): the keyed times
     "distill_corrupt": 0x5EED0202,  # distillation: the keyed forward corruption of the data
     "distill_teacher_step": 0x5EED0203,  # distillation: the teacher's first step draw
-    "train_label_drop": 0x5EED0107,  # training: whether a row's class label is dropped (issue 30)
+    "train_label_drop": 0x5EED0107,  # training: whether a row's class label is dropped
 }
 STREAM_STEP = STREAMS["step"]
 STREAM_LIMIT = STREAMS["limit"]

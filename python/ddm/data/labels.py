@@ -1,4 +1,4 @@
-"""Class labels of a JSONL corpus, one per document, for label-conditioned training (issue 30).
+"""Class labels of a JSONL corpus, one per document, for label-conditioned training.
 
 `read_labels(data, label_field)` reads the label of every non-empty document of JSONL data (the string
 or integer at `label_field`; a line without it is a `DataError` naming the file and the line).

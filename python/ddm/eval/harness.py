@@ -31,7 +31,7 @@ Model arguments: `pretrained` (a path or Hub id, required), `num_t` (stratified 
 default 128), `seed` (default 0), `eval_batch_size` (rows per network call, default 64: `ddm eval
 --batch-size`), `steps` (sampling steps for generation, default 128), `max_gen_toks` (default 256),
 `device` (default CPU; `cuda`, lm_eval's default, falls back to the CPU without CUDA), `raw_weights`,
-`guidance` (prompt guidance strength `gamma >= 0` for `generate_until`, issue 30: the unconditional pass
+`guidance` (prompt guidance strength `gamma >= 0` for `generate_until`: the unconditional pass
 sees the context as MASK; default none, the plain sampler).
 lm_eval's `batch_size` is accepted and unused: ddm batches rows of (window, time) itself.
 """
@@ -101,7 +101,7 @@ class DDMLM(LM):
         device: str | None = None,
         raw_weights: bool = False,
         batch_size: Any = None,  # lm_eval's, unused (see the module docstring)
-        guidance: Any = None,  # issue 30: prompt guidance in generate_until (ddm.sampling.guidance)
+        guidance: Any = None,  # prompt guidance in generate_until (ddm.sampling.guidance)
         **kwargs: Any,
     ) -> None:
         super().__init__()

@@ -420,7 +420,7 @@ def model_card(cfg: dict[str, Any], num_parameters: int | None = None) -> str:
                   f"`{d.get('teacher')}` ({d.get('teacher_steps')} steps) for **{d.get('student_steps')} "
                   f"steps**: `ddm.sample(model, {d.get('student_steps')})`."]  # fmt: skip
     names = (cfg.get("model") or {}).get("label_names")
-    if names:  # issue 30: a labelled model
+    if names:  # a labelled model
         usage = "`ddm.sample(model, 128, label=NAME, guidance=2.0)` with NAME one of: "
         lines += ["", "## Class labels", "", usage + ", ".join(f"`{n}`" for n in names) + "."]
     lines += ["", "## Training config", ""]

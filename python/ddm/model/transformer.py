@@ -64,7 +64,7 @@ class ModelConfig:
     subs: bool = False  # absorbing: MDLM's SUBS output, log p(x0 | x_t) over the N tokens (math.md 7)
     block_size: int = 0  # > 0: a block-diffusion model (BD3-LM, ddm.model.blocks); divides seq_len
     bf16: bool = True  # bf16 autocast on CUDA (on the CPU only with ScoreModel.cpu_bf16 and native bf16)
-    # issue 30, class labels: an embedding added to the adaLN conditioning (0: unconditional, no parameters)
+    # class labels: an embedding added to the adaLN conditioning (0: unconditional, no parameters)
     num_classes: int = 0  # > 0: label ids 0 .. num_classes - 1, and num_classes is the null (dropped) label
     label_names: list[str] | None = None  # the names of the label ids (from the data), or None
 
@@ -382,7 +382,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
             for _ in range(config.blocks)
         )
         self.final = _FinalLayer(config.hidden, config.cond_dim, self.dim)
-        if config.num_classes:  # issue 30: one row per label and one for the null label (DiT's LabelEmbedder)
+        if config.num_classes:  # one row per label and one for the null label (DiT's LabelEmbedder)
             self.label_embed = nn.Embedding(config.num_classes + 1, config.cond_dim)
             nn.init.normal_(self.label_embed.weight, std=0.02)
 
@@ -459,7 +459,7 @@ class ScoreModel(PretrainedMixin, nn.Module):
                 `[B, L]`; block b of `x` is scored given the clean blocks before it (BD3-LM's vectorised
                 input `[x, x0]`, `ddm.model.blocks`).
             label: a labelled model (`config.num_classes > 0`) only: the class id of each row, int64 `[B]`
-                or one int; None is the null label (the unconditional model). Issue 30.
+                or one int; None is the null label (the unconditional model).
 
         Returns:
             float32 `[B, L, dim]` log-scores, exactly 0 at the current token.

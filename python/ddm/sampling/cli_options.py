@@ -68,7 +68,7 @@ def sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_guidance_options(p: argparse.ArgumentParser) -> None:
-    """`--label`, `--guidance` and `--guidance-rule` (issue 30; `ddm.sampling.guidance`)."""
+    """`--label`, `--guidance` and `--guidance-rule` (`ddm.sampling.guidance`)."""
     g = p.add_argument_group("conditioning and guidance (ddm.sampling.guidance)")
     g.add_argument(
         "--label", metavar="NAME", help="the class of every sample (a model trained with --label-field)"

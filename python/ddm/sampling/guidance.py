@@ -1,4 +1,4 @@
-"""Classifier-free guidance: one guided model seam for every sampler (issue 30; docs/math.md section 14).
+"""Classifier-free guidance: one guided model seam for every sampler (docs/math.md section 14).
 
 `Guided` wraps a score model into the `call(x, sigma, rows) -> log_score` that every sampling loop
 already uses (the grid loop, the unmasking samplers), so every predictor is guided without a change of

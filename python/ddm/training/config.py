@@ -414,7 +414,7 @@ class TrainConfig:
             raise InvalidArgument(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def _validate_labels(self) -> None:
-        """`cond_dropout` in [0, 1); labels need a diffusion objective (issue 30)."""
+        """`cond_dropout` in [0, 1); labels need a diffusion objective."""
         if not 0.0 <= self.cond_dropout < 1.0:
             raise InvalidArgument(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
         if self.label_field and self.objective not in ("diffusion", "masked"):

@@ -1,4 +1,4 @@
-"""Label-conditioned training for classifier-free guidance (issue 30): the corpus's labels, the keyed
+"""Label-conditioned training for classifier-free guidance: the corpus's labels, the keyed
 label dropout, and the network called with the labels.
 
 With `TrainConfig.label_field`, the corpus is a `ddm.data.labels.LabelledCorpus`, the model gets
