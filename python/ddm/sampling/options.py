@@ -29,7 +29,7 @@ class RunOptions:
     kv_cache: bool = True  # block models: cache the keys and values of finished blocks
     prompt: Any = None  # a response to this prompt (text or ids): only the new tokens are returned
     max_new_tokens: int | None = None  # with prompt: the tokens to generate after it
-    # issue 30, guidance (ddm.sampling.guidance)
+    # guidance (ddm.sampling.guidance)
     label: Any = None  # a labelled model's class: a name or id, or one per row
     guidance: float | None = None  # the guidance strength gamma >= 0 (1: conditional, 0: unconditional)
     guidance_rule: str | None = None  # "dcfg" (absorbing default) or "rates" (uniform default)

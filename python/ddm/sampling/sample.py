@@ -222,7 +222,7 @@ def sample(
         label: a labelled model (`model.num_classes > 0`, trained with `--label-field`): the class of
             every row, a name (`model.label_names`) or an id, or a list of one per row. Without
             `guidance` the conditional model samples; a labelled model without `label` samples with
-            the null label (unconditional). Issue 30; `ddm.sampling.guidance`.
+            the null label (unconditional). See `ddm.sampling.guidance`.
         guidance: classifier-free guidance strength `gamma >= 0` (0: the unconditional model, 1: the
             conditional one, bit for bit; > 1: sharper). With `label`: the null label is the
             unconditional pass. Without a label but with a prefix / suffix / infill (absorbing graph):
@@ -452,7 +452,7 @@ def _sample_blocks(
         assert fixed is not None
         ids = fixed.tokens[: fixed.num_fixed].to(device)
     guided = build_guided(model, graph, batch_size, run.label, run.guidance, run.guidance_rule, fixed, device)
-    model = model if guided is None else GuidedBlocks(model, guided)  # issue 30: the passes in one call
+    model = model if guided is None else GuidedBlocks(model, guided)  # the two passes in one call
     res = sample_blocks(
         model, sampler.predictor, sampler.grid, shape=(batch_size, max_len), prefix=ids, seed=seed,
         ops=ops, device=device, cache=cache, kv_cache=run.kv_cache,

@@ -219,7 +219,7 @@ class TrainConfig:
         "checkpoint_format 'sharded': write the shards in a background thread while training goes on "
         "(the checkpoint becomes the latest when the next save or the run's end completes it)",
     )
-    # issue 30, class labels for classifier-free guidance (ddm.data.labels, ddm.sampling.guidance)
+    # class labels for classifier-free guidance (ddm.data.labels, ddm.sampling.guidance)
     label_field: str = _f("", "JSONL data: the field holding each document's class label ('': no labels)")
     cond_dropout: float = _f(
         0.1, "with label_field: the probability a row's label is dropped (the null label)"

@@ -220,7 +220,7 @@ class Trainer:
         record = saved.get("data") if saved is not None else None
         self.start = resolve_start(cfg, saved)  # init_from: the model the run starts from, or None
         self.corpus = self._load_corpus(record)
-        if cfg.label_field:  # issue 30: a label per document, for classifier-free guidance
+        if cfg.label_field:  # a label per document, for classifier-free guidance
             self.corpus = labelled_corpus(self.corpus, cfg)
         self._labels: torch.Tensor | None = None  # the labels of the micro-batch being trained
         self.corpus.check_seq_len(cfg.seq_len)
@@ -322,7 +322,7 @@ class Trainer:
         elif self.autoregressive:  # the baseline: same blocks, causal, next-token cross-entropy
             model = ARModel(cfg.model_config(), tokenizer.vocab_size, tokenizer=tokenizer)
         else:
-            config = with_labels(cfg.model_config(), self.corpus)  # issue 30: the corpus's labels
+            config = with_labels(cfg.model_config(), self.corpus)  # the corpus's labels
             model = ScoreModel(config, self.graph, self.schedule, tokenizer=tokenizer)
         model = model.to(self.device)
         model.cpu_bf16 = cfg.cpu_bf16  # takes effect only on a CPU with native bf16 (cpu_has_native_bf16)
@@ -434,7 +434,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(dropout_seed(cfg.seed, self.step, int(rows[0])))
         x0, masks = self.batch(rows)  # (b, L), and the loss masks of prompt / response pairs
-        labels = batch_labels(self.corpus, self.order, cfg, self.step, rows)  # (b,) or None: issue 30
+        labels = batch_labels(self.corpus, self.order, cfg, self.step, rows)  # (b,) or None
         self._labels = None if labels is None else labels.to(self.device)
         # gradients are all-reduced only at the last micro-batch
         with self.parallel.sync(self.net, last):
@@ -464,7 +464,7 @@ class Trainer:
         if self.objective is None:
             per_seq = sequence_nll(self.net, x0, scored=scored)  # exact -log p(x0) (of the response)
         else:
-            fn = with_label_fn(self._model_fn(), self._labels)  # issue 30: the micro-batch's labels, if any
+            fn = with_label_fn(self._model_fn(), self._labels)  # the micro-batch's labels, if any
             per_seq = self.objective.loss(
                 fn, self.graph, self.schedule, x0, seed=self.cfg.seed, step=self.step,
                 rows=rows, noised=noised, scored=scored,
