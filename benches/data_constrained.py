@@ -96,7 +96,7 @@ def _evals(run: Path) -> list[dict]:
         pairs = zip(train, [*train[1:], (math.inf, train[-1][1])], strict=True)  # past the last: its time
         (s0, e0), (s1, e1) = next((a, b) for a, b in pairs if a[0] <= r["step"] <= b[0])
         elapsed = e0 if s1 == math.inf else e0 + (e1 - e0) * (r["step"] - s0) / max(s1 - s0, 1)
-        out.append({**{k: r[k] for k in keys}, "elapsed_s": round(elapsed, 1)})
+        out.append({**{k: r[k] for k in keys}, "elapsed_s": round(elapsed, 4)})  # a tiny run: milliseconds
     return out
 
 
