@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if not Path(args.checkpoint).exists():
         ap.error(f"no checkpoint at {args.checkpoint}: run `make demo` first, or pass --checkpoint")
+    args.checkpoint = str(Path(args.checkpoint).resolve())  # the workers run in another directory
     load0 = Path("/proc/loadavg").read_text().split()[:3]
     results: dict[str, list[dict]] = {k: [] for k in VARIANTS}
     for _ in range(args.rounds):

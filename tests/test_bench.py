@@ -202,9 +202,11 @@ def test_eval_variance_runs_once() -> None:
 
 
 @pytest.mark.slow
-def test_user_wait_runs_from_this_tree(tmp_path, one_torch_thread) -> None:
+def test_user_wait_runs_from_this_tree(tmp_path, one_torch_thread, monkeypatch) -> None:
     """`benches/user_wait.py` (what `make bench` runs after `make demo`) on a checkpoint trained here:
-    every variant runs this tree, so a fresh clone needs no old commit. Quick mode, one round."""
+    every variant runs this tree, so a fresh clone needs no old commit. Quick mode, one round. The
+    checkpoint is given relative to the working directory, as `make bench` gives `runs/demo` (the workers
+    run elsewhere)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -216,9 +218,10 @@ def test_user_wait_runs_from_this_tree(tmp_path, one_torch_thread) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "wait.json"
+    monkeypatch.chdir(tmp_path)
     argv = [
         "--checkpoint",
-        str(tmp_path / "run"),
+        "run",
         "--rounds",
         "1",
         "--threads",
