@@ -281,6 +281,40 @@ impl<'py> Common<'py> {
     }
 }
 
+impl<'py> Common<'py> {
+    /// A reverse step's shared body: checks `level` `[B]`, `out` and `log_score` `[B, L, dim]` (in that
+    /// order), borrows them with `x`, and runs `kernel(x, log_score, level, out)` through [`run_tokens`].
+    fn run_step<F>(
+        &self,
+        py: Python<'py>,
+        kind: StepKind,
+        level: &Bound<'py, PyAny>,
+        log_score: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+        kernel: F,
+    ) -> PyResult<Bound<'py, PyArray2<i64>>>
+    where
+        F: FnOnce(&[i64], &[f32], &[f64], &mut [i64]) -> Result<(), KernelError> + Send,
+    {
+        let lv = self.level(level, kind.level_arg())?;
+        let out = self.out(out)?;
+        let ls = self.log_score(log_score)?;
+        let (xr, lr, sr) = (
+            borrow(&self.x, "x")?,
+            borrow(&lv, "level")?,
+            borrow(&ls, "log_score")?,
+        );
+        let (xs, lvs, lss) = (
+            slice(&xr, "x")?,
+            slice(&lr, "level")?,
+            slice(&sr, "log_score")?,
+        );
+        run_tokens(py, (self.batch, self.len), out, move |os| {
+            kernel(xs, lss, lvs, os)
+        })
+    }
+}
+
 /// Runs a kernel that writes new tokens `[B, L]`, into `out` (returned) or a new array.
 fn run_tokens<'py, F>(
     py: Python<'py>,
@@ -374,21 +408,8 @@ fn reverse_step<'py>(
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
     let kind = step_kind(kind)?;
     let c = common(x, graph, vocab_size, seed, Some(step), seq_offset)?;
-    let lv = c.level(level, kind.level_arg())?;
-    let out = c.out(out)?;
-    let ls = c.log_score(log_score)?;
-    let (xr, lr, sr) = (
-        borrow(&c.x, "x")?,
-        borrow(&lv, "level")?,
-        borrow(&ls, "log_score")?,
-    );
-    let (xs, lvs, lss) = (
-        slice(&xr, "x")?,
-        slice(&lr, "level")?,
-        slice(&sr, "log_score")?,
-    );
     let (g, len, key) = (c.graph, c.len, c.key);
-    run_tokens(py, (c.batch, len), out, move |os| {
+    c.run_step(py, kind, level, log_score, out, move |xs, lss, lvs, os| {
         steps::reverse_step(kind, g, xs, lss, lvs, len, key, os)
     })
 }
@@ -416,21 +437,8 @@ fn proposal_step<'py>(
     let kind = step_kind(kind)?;
     let tf = Transform::new(temperature, top_k, top_p)?;
     let c = common(x, graph, vocab_size, seed, Some(step), seq_offset)?;
-    let lv = c.level(level, kind.level_arg())?;
-    let out = c.out(out)?;
-    let ls = c.log_score(log_score)?;
-    let (xr, lr, sr) = (
-        borrow(&c.x, "x")?,
-        borrow(&lv, "level")?,
-        borrow(&ls, "log_score")?,
-    );
-    let (xs, lvs, lss) = (
-        slice(&xr, "x")?,
-        slice(&lr, "level")?,
-        slice(&sr, "log_score")?,
-    );
     let (g, len, key) = (c.graph, c.len, c.key);
-    run_tokens(py, (c.batch, len), out, move |os| {
+    c.run_step(py, kind, level, log_score, out, move |xs, lss, lvs, os| {
         proposal::proposal_step(kind, g, xs, lss, lvs, len, key, tf, os)
     })
 }
